@@ -1,0 +1,1 @@
+//! AArch64 instruction knowledge, as plain functions that compile and are tested on any host.

@@ -1,0 +1,418 @@
+//! Capabilities: the things a table entry is keyed by.
+//!
+//! A capability is either a **CPU feature** (POPCNT, AVX2, ERMS, ...) or an **erratum** (a bug of
+//! some CPU models that needs a workaround). Both share one 12-bit id space so that a table entry
+//! can name either:
+//!
+//! | ids             | meaning                                    | set type    |
+//! |-----------------|--------------------------------------------|-------------|
+//! | `0x000..0x040`  | CPU feature, bit `id` of [`Features`]      | [`Features`]|
+//! | `0x040..0x080`  | erratum, bit `id - 0x40` of [`Errata`]     | [`Errata`]  |
+//! | `0x080..0x1000` | reserved: an entry naming one is invalid   |             |
+//!
+//! Features combine with AND across CPUs (a feature is used only if every CPU has it); errata
+//! combine with OR (a workaround is applied if any CPU needs it). See [`CapabilitySet`].
+//!
+//! Every capability has a lower-case name (`"popcnt"`, `"avx2"`, `"erratum_amd_div0"`...). Names
+//! are what the macros accept and what the override variable takes: see [`Capability::from_name`]
+//! and [`crate::overrides`].
+
+use core::fmt;
+
+pub use sets::{Errata, Features};
+
+/// The bit sets. The constants are named after the CPUID flag or the erratum they stand for; the
+/// tables below give their lower-case names.
+mod sets {
+    #![allow(missing_docs)]
+
+    bitflags::bitflags! {
+        /// x86-64 CPU features, one bit each. Bit `n` is capability id `n`.
+        ///
+        /// A bit is set only when the CPU reports the feature *and* it is usable: AVX, AVX2, FMA and the
+        /// AVX-512 bits also require that the operating system enabled the register state (XGETBV).
+        /// Each constant is named after the CPUID feature flag it stands for.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+        pub struct Features: u64 {
+            const SSE3 = 1 << 0;
+            const SSSE3 = 1 << 1;
+            const SSE4_1 = 1 << 2;
+            const SSE4_2 = 1 << 3;
+            const POPCNT = 1 << 4;
+            const LZCNT = 1 << 5;
+            const BMI1 = 1 << 6;
+            const BMI2 = 1 << 7;
+            const MOVBE = 1 << 8;
+            const FMA = 1 << 9;
+            const AVX = 1 << 10;
+            const AVX2 = 1 << 11;
+            const AVX512F = 1 << 12;
+            const AVX512BW = 1 << 13;
+            const AVX512VL = 1 << 14;
+            const ERMS = 1 << 15;
+            const FSRM = 1 << 16;
+            const RDTSCP = 1 << 17;
+            const CLFLUSHOPT = 1 << 18;
+            const CLWB = 1 << 19;
+            const RDRAND = 1 << 20;
+            const HYPERVISOR = 1 << 21;
+            const AVX512DQ = 1 << 22;
+            const AVX512CD = 1 << 23;
+            const F16C = 1 << 24;
+            const AES = 1 << 25;
+            const PCLMULQDQ = 1 << 26;
+            const SHA = 1 << 27;
+            const RDSEED = 1 << 28;
+            const ADX = 1 << 29;
+            const CMPXCHG16B = 1 << 30;
+            const FSGSBASE = 1 << 31;
+            const RDPID = 1 << 32;
+            const SERIALIZE = 1 << 33;
+            const XSAVE = 1 << 34;
+            const OSXSAVE = 1 << 35;
+            const CLFLUSH = 1 << 36;
+            const HYBRID = 1 << 37;
+            const LFENCE_SERIALIZING = 1 << 38;
+        }
+    }
+
+    bitflags::bitflags! {
+        /// Errata, one bit each. Bit `n` is capability id `0x40 + n`.
+        ///
+        /// The errata database ([`crate::errata`]) says which CPU models have each one.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+        pub struct Errata: u64 {
+            // x86-64 (names after Linux's X86_BUG_* where one exists).
+            const AMD_DIV0 = 1 << 0;
+            const CLFLUSH_MONITOR = 1 << 1;
+            const MONITOR = 1 << 2;
+            const SYSRET_SS_ATTRS = 1 << 3;
+            const AMD_E400 = 1 << 4;
+            const AMD_TLB_MMATCH = 1 << 5;
+            const FXSAVE_LEAK = 1 << 6;
+            const ZENBLEED = 1 << 7;
+            const NULL_SEG = 1 << 8;
+            // AArch64 (names after Linux's ARM64_ERRATUM_* configuration options).
+            const ARM64_835769 = 1 << 32;
+            const ARM64_843419 = 1 << 33;
+            const ARM64_832075 = 1 << 34;
+            const ARM64_834220 = 1 << 35;
+            const ARM64_1319367 = 1 << 36;
+            const ARM64_1286807 = 1 << 37;
+            const ARM64_1463225 = 1 << 38;
+            const ARM64_1418040 = 1 << 39;
+            const ARM64_1165522 = 1 << 40;
+            const ARM64_845719 = 1 << 41;
+            const ARM64_824069 = 1 << 42;
+            const ARM64_819472 = 1 << 43;
+            const ARM64_826319 = 1 << 44;
+            const ARM64_827319 = 1 << 45;
+        }
+    }
+}
+
+/// First capability id of the feature range.
+pub const FEATURE_BASE: u16 = 0x000;
+/// First capability id of the errata range.
+pub const ERRATUM_BASE: u16 = 0x040;
+/// One past the last capability id in use; ids from here to `0xfff` are reserved.
+pub const CAPABILITY_LIMIT: u16 = 0x080;
+
+/// A capability id: a CPU feature or an erratum. Fits in the 12 bits a table entry has for it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(transparent)]
+pub struct Capability(u16);
+
+/// What a [`Capability`] names, once decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CapabilityKind {
+    /// A CPU feature: one bit of [`Features`].
+    Feature(Features),
+    /// An erratum: one bit of [`Errata`].
+    Erratum(Errata),
+}
+
+/// Names of the features, indexed by bit.
+const FEATURE_NAMES: [(&str, Features); 39] = [
+    ("sse3", Features::SSE3),
+    ("ssse3", Features::SSSE3),
+    ("sse4.1", Features::SSE4_1),
+    ("sse4.2", Features::SSE4_2),
+    ("popcnt", Features::POPCNT),
+    ("lzcnt", Features::LZCNT),
+    ("bmi1", Features::BMI1),
+    ("bmi2", Features::BMI2),
+    ("movbe", Features::MOVBE),
+    ("fma", Features::FMA),
+    ("avx", Features::AVX),
+    ("avx2", Features::AVX2),
+    ("avx512f", Features::AVX512F),
+    ("avx512bw", Features::AVX512BW),
+    ("avx512vl", Features::AVX512VL),
+    ("erms", Features::ERMS),
+    ("fsrm", Features::FSRM),
+    ("rdtscp", Features::RDTSCP),
+    ("clflushopt", Features::CLFLUSHOPT),
+    ("clwb", Features::CLWB),
+    ("rdrand", Features::RDRAND),
+    ("hypervisor", Features::HYPERVISOR),
+    ("avx512dq", Features::AVX512DQ),
+    ("avx512cd", Features::AVX512CD),
+    ("f16c", Features::F16C),
+    ("aes", Features::AES),
+    ("pclmulqdq", Features::PCLMULQDQ),
+    ("sha", Features::SHA),
+    ("rdseed", Features::RDSEED),
+    ("adx", Features::ADX),
+    ("cmpxchg16b", Features::CMPXCHG16B),
+    ("fsgsbase", Features::FSGSBASE),
+    ("rdpid", Features::RDPID),
+    ("serialize", Features::SERIALIZE),
+    ("xsave", Features::XSAVE),
+    ("osxsave", Features::OSXSAVE),
+    ("clflush", Features::CLFLUSH),
+    ("hybrid", Features::HYBRID),
+    ("lfence_serializing", Features::LFENCE_SERIALIZING),
+];
+
+/// Names of the errata. Each starts with `erratum_` so that it can never be mistaken for a
+/// feature.
+const ERRATUM_NAMES: [(&str, Errata); 23] = [
+    ("erratum_amd_div0", Errata::AMD_DIV0),
+    ("erratum_clflush_monitor", Errata::CLFLUSH_MONITOR),
+    ("erratum_monitor", Errata::MONITOR),
+    ("erratum_sysret_ss_attrs", Errata::SYSRET_SS_ATTRS),
+    ("erratum_amd_e400", Errata::AMD_E400),
+    ("erratum_amd_tlb_mmatch", Errata::AMD_TLB_MMATCH),
+    ("erratum_fxsave_leak", Errata::FXSAVE_LEAK),
+    ("erratum_zenbleed", Errata::ZENBLEED),
+    ("erratum_null_seg", Errata::NULL_SEG),
+    ("erratum_arm64_835769", Errata::ARM64_835769),
+    ("erratum_arm64_843419", Errata::ARM64_843419),
+    ("erratum_arm64_832075", Errata::ARM64_832075),
+    ("erratum_arm64_834220", Errata::ARM64_834220),
+    ("erratum_arm64_1319367", Errata::ARM64_1319367),
+    ("erratum_arm64_1286807", Errata::ARM64_1286807),
+    ("erratum_arm64_1463225", Errata::ARM64_1463225),
+    ("erratum_arm64_1418040", Errata::ARM64_1418040),
+    ("erratum_arm64_1165522", Errata::ARM64_1165522),
+    ("erratum_arm64_845719", Errata::ARM64_845719),
+    ("erratum_arm64_824069", Errata::ARM64_824069),
+    ("erratum_arm64_819472", Errata::ARM64_819472),
+    ("erratum_arm64_826319", Errata::ARM64_826319),
+    ("erratum_arm64_827319", Errata::ARM64_827319),
+];
+
+impl Capability {
+    /// The capability with this raw id, if the id is in use.
+    pub const fn from_id(id: u16) -> Option<Self> {
+        if id < ERRATUM_BASE {
+            if Features::all().bits() & (1u64 << id) != 0 {
+                return Some(Self(id));
+            }
+        } else if id < CAPABILITY_LIMIT {
+            if Errata::all().bits() & (1u64 << (id - ERRATUM_BASE)) != 0 {
+                return Some(Self(id));
+            }
+        }
+        None
+    }
+
+    /// The capability of a single feature bit. `None` if `f` is empty or has several bits.
+    pub const fn feature(f: Features) -> Option<Self> {
+        if f.bits().count_ones() != 1 {
+            return None;
+        }
+        Some(Self(FEATURE_BASE + f.bits().trailing_zeros() as u16))
+    }
+
+    /// The capability of a single erratum bit. `None` if `e` is empty or has several bits.
+    pub const fn erratum(e: Errata) -> Option<Self> {
+        if e.bits().count_ones() != 1 {
+            return None;
+        }
+        Some(Self(ERRATUM_BASE + e.bits().trailing_zeros() as u16))
+    }
+
+    /// The raw id, as stored in a table entry.
+    pub const fn id(self) -> u16 {
+        self.0
+    }
+
+    /// Whether this is a feature or an erratum, with its bit.
+    pub const fn kind(self) -> CapabilityKind {
+        if self.0 < ERRATUM_BASE {
+            CapabilityKind::Feature(Features::from_bits_retain(1 << self.0))
+        } else {
+            CapabilityKind::Erratum(Errata::from_bits_retain(1 << (self.0 - ERRATUM_BASE)))
+        }
+    }
+
+    /// The capability's name: `"popcnt"`, `"avx2"`, `"erratum_amd_div0"`...
+    pub fn name(self) -> &'static str {
+        match self.kind() {
+            CapabilityKind::Feature(f) => FEATURE_NAMES
+                .iter()
+                .find(|(_, b)| *b == f)
+                .map_or("?", |(n, _)| n),
+            CapabilityKind::Erratum(e) => ERRATUM_NAMES
+                .iter()
+                .find(|(_, b)| *b == e)
+                .map_or("?", |(n, _)| n),
+        }
+    }
+
+    /// Looks a capability up by name. Names are case-insensitive; `_` and `-` are the same, and
+    /// `sse4_1` is accepted for `sse4.1`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::all().find(|c| names_equal(c.name(), name))
+    }
+
+    /// Every capability in use, features first, in id order.
+    pub fn all() -> impl Iterator<Item = Capability> {
+        let features = FEATURE_NAMES.iter().filter_map(|(_, f)| Self::feature(*f));
+        let errata = ERRATUM_NAMES.iter().filter_map(|(_, e)| Self::erratum(*e));
+        features.chain(errata)
+    }
+}
+
+fn names_equal(canonical: &str, given: &str) -> bool {
+    let norm = |c: u8| match c.to_ascii_lowercase() {
+        b'-' | b'.' => b'_',
+        c => c,
+    };
+    canonical.len() == given.len()
+        && canonical
+            .bytes()
+            .zip(given.bytes())
+            .all(|(a, b)| norm(a) == norm(b))
+}
+
+impl fmt::Debug for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Capability({:#05x} {})", self.0, self.name())
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The capabilities of a system (or of one CPU): its usable features and the errata it needs
+/// worked around.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CapabilitySet {
+    /// Usable CPU features.
+    pub features: Features,
+    /// Errata that need their workaround.
+    pub errata: Errata,
+}
+
+impl CapabilitySet {
+    /// A set with these features and errata.
+    pub const fn new(features: Features, errata: Errata) -> Self {
+        Self { features, errata }
+    }
+
+    /// Whether the capability is present: the feature usable, or the erratum in need of its
+    /// workaround.
+    pub fn has(&self, cap: Capability) -> bool {
+        match cap.kind() {
+            CapabilityKind::Feature(f) => self.features.contains(f),
+            CapabilityKind::Erratum(e) => self.errata.contains(e),
+        }
+    }
+
+    /// Removes a capability (the effect of a `clearcpuid`-style override).
+    pub fn clear(&mut self, cap: Capability) {
+        match cap.kind() {
+            CapabilityKind::Feature(f) => self.features.remove(f),
+            CapabilityKind::Erratum(e) => self.errata.remove(e),
+        }
+    }
+
+    /// Adds a capability.
+    pub fn set(&mut self, cap: Capability) {
+        match cap.kind() {
+            CapabilityKind::Feature(f) => self.features.insert(f),
+            CapabilityKind::Erratum(e) => self.errata.insert(e),
+        }
+    }
+
+    /// Combines the sets of two CPUs of one system: features every CPU has (AND), errata any
+    /// CPU has (OR). Commutative and associative, so the order in which CPUs report does not
+    /// matter.
+    pub fn combine(self, other: Self) -> Self {
+        Self {
+            features: self.features & other.features,
+            errata: self.errata | other.errata,
+        }
+    }
+
+    /// Every capability present, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = Capability> + '_ {
+        Capability::all().filter(move |c| self.has(*c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_through_names() {
+        let mut n = 0;
+        for cap in Capability::all() {
+            assert_eq!(Capability::from_id(cap.id()), Some(cap));
+            assert_eq!(
+                Capability::from_name(cap.name()),
+                Some(cap),
+                "{}",
+                cap.name()
+            );
+            assert_ne!(cap.name(), "?");
+            n += 1;
+        }
+        assert_eq!(n, FEATURE_NAMES.len() + ERRATUM_NAMES.len());
+        assert_eq!(
+            FEATURE_NAMES.len() as u32,
+            Features::all().bits().count_ones()
+        );
+        assert_eq!(
+            ERRATUM_NAMES.len() as u32,
+            Errata::all().bits().count_ones()
+        );
+    }
+
+    #[test]
+    fn names_are_forgiving_about_case_and_separators() {
+        let sse41 = Capability::feature(Features::SSE4_1).unwrap();
+        assert_eq!(Capability::from_name("SSE4_1"), Some(sse41));
+        assert_eq!(Capability::from_name("sse4-1"), Some(sse41));
+        assert_eq!(Capability::from_name("popcount"), None);
+        assert_eq!(Capability::from_name(""), None);
+    }
+
+    #[test]
+    fn ids_are_placed_in_their_ranges() {
+        assert_eq!(Capability::feature(Features::SSE3).unwrap().id(), 0);
+        assert_eq!(Capability::feature(Features::POPCNT).unwrap().id(), 4);
+        assert_eq!(Capability::erratum(Errata::AMD_DIV0).unwrap().id(), 0x40);
+        assert_eq!(Capability::from_id(0x7f), None, "unused erratum bit");
+        assert_eq!(Capability::from_id(0x80), None, "reserved range");
+        assert_eq!(Capability::from_id(0xfff), None);
+        assert_eq!(Capability::feature(Features::AVX | Features::AVX2), None);
+    }
+
+    #[test]
+    fn combine_ands_features_and_ors_errata() {
+        let big = CapabilitySet::new(Features::AVX2 | Features::POPCNT, Errata::empty());
+        let little = CapabilitySet::new(Features::POPCNT, Errata::ARM64_835769);
+        let sys = big.combine(little);
+        assert_eq!(sys.features, Features::POPCNT);
+        assert_eq!(sys.errata, Errata::ARM64_835769);
+        assert_eq!(sys, little.combine(big));
+    }
+}

@@ -1,0 +1,40 @@
+//! # alt-runtime
+//!
+//! The run-time half of **alt**: boot-time (or start-up) alternatives and paravirt patching.
+//!
+//! Code compiled by the `alt` macros carries, at every patchable *site*, a safe default sequence
+//! padded with NOPs, and a table entry per alternative. At start-up this crate
+//!
+//! 1. probes the CPUs and decides the system's [capabilities](capability) (features every CPU has,
+//!    errata any CPU has),
+//! 2. reads the [tables](table) and makes a [plan]: one decision per site, after validating every
+//!    entry (nothing is written if any entry is wrong),
+//! 3. writes each site through a [writer] (the replacement relocated to its new address, or a
+//!    fresh direct `call`, the rest NOP-filled), synchronises, and
+//! 4. returns a [report] of what it chose and why, which can also [revert](patch::Patched::revert)
+//!    every site to its exact original bytes.
+//!
+//! The crate is `no_std`. The `alloc` feature enables plans and reports; `std` (the default)
+//! adds hosted Linux support: probing every online CPU, patching the process's own text with
+//! `mprotect`, and the `ALT_CLEARCPUID` override.
+//!
+//! Host tools (such as `alt-tablegen`) use this crate with default features off: the table
+//! layouts, capability names and instruction encodings are plain data and functions that compile
+//! on any host.
+
+#![no_std]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod aarch64;
+pub mod capability;
+pub mod table;
+pub mod x86_64;
+
+pub use capability::{Capability, CapabilityKind, CapabilitySet, Errata, Features};
+pub use table::{AltEntry, AltFlags, Clobbers, PvEntry};

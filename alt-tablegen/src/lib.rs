@@ -1,0 +1,1 @@
+//! alt-tablegen: build-time table generator and inspector for alt.
