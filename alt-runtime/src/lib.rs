@@ -33,6 +33,9 @@ extern crate std;
 
 pub mod aarch64;
 pub mod capability;
+pub mod cpu;
+pub mod errata;
+pub mod policy;
 pub mod table;
 pub mod x86_64;
 

@@ -1,4 +1,9 @@
 //! x86-64 instruction knowledge: NOPs, instruction lengths, relocation of moved code, CPUID.
 //!
-//! Everything here except the `cpuid` probe's native source is plain data and functions, so host
-//! tools can use it on any machine.
+//! Everything here except the native CPUID source is plain data and functions, so host tools can
+//! use it on any machine.
+
+pub mod cpuid;
+pub mod insn;
+pub mod nops;
+pub mod relocate;
