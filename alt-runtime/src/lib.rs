@@ -35,8 +35,21 @@ pub mod aarch64;
 pub mod capability;
 pub mod cpu;
 pub mod errata;
+pub mod linker;
+#[cfg(feature = "std")]
+pub mod os;
+pub mod overrides;
+#[cfg(feature = "alloc")]
+pub mod patch;
+#[cfg(feature = "alloc")]
+pub mod plan;
 pub mod policy;
+#[cfg(all(feature = "std", target_os = "linux", target_arch = "x86_64"))]
+pub mod process;
+#[cfg(feature = "alloc")]
+pub mod report;
 pub mod table;
+pub mod writer;
 pub mod x86_64;
 
 pub use capability::{Capability, CapabilityKind, CapabilitySet, Errata, Features};

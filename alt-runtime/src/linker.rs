@@ -1,0 +1,175 @@
+//! Where the tables are: section bounds, placeholders, and the kernel linker-script fragment.
+//!
+//! Every detail of how sections are named and bounded lives here. Hosted ELF linkers define
+//! `__start_<name>` and `__stop_<name>` for every output section whose name is a C identifier;
+//! kernels define the same symbols with [`LINKER_SCRIPT`]. Either way the runtime reads:
+//!
+//! | section            | bounds symbols                                   | entries |
+//! |--------------------|--------------------------------------------------|---------|
+//! | `alt_instr`        | `__start_alt_instr`, `__stop_alt_instr`          | [`AltEntry`], 12 bytes |
+//! | `alt_replacement`  | `__start_alt_replacement`, `__stop_alt_replacement` | code |
+//! | `alt_site_names`   | `__start_alt_site_names`, `__stop_alt_site_names`   | [`NameEntry`], 8 bytes |
+//! | `alt_entry_names`  | `__start_alt_entry_names`, `__stop_alt_entry_names` | [`NameEntry`], 8 bytes |
+//!
+//! An empty table must still exist or its bounds symbols are undefined, so this module emits a
+//! placeholder into each section: an all-zero [`AltEntry`] (skipped by the planner), an `int3`
+//! byte of replacement code, and all-zero name entries (skipped). The placeholders are emitted by
+//! the same function that reads the bounds, so whenever the bounds are used the object that
+//! holds the placeholders is linked.
+//!
+//! The name tables are optional side tables the macros emit for reports: a [`NameEntry`] maps a
+//! site address (in `alt_site_names`) or an alternative entry's address (in `alt_entry_names`)
+//! to a `&'static str`.
+
+use crate::table::AltEntry;
+
+/// Linker-script fragment for kernels: `KEEP`s every alt section, defines the bounds symbols
+/// and `ASSERT`s the layout with messages that say how to fix it. Also shipped as
+/// `alt-runtime/link/alt.ld`.
+pub const LINKER_SCRIPT: &str = include_str!("../link/alt.ld");
+
+/// The assembler directive that opens the `alt_instr` section, exactly as every emitter must
+/// write it (the flags must agree or the assembler refuses to merge).
+pub const ALT_INSTR_PUSHSECTION: &str = ".pushsection alt_instr,\"aR\",@progbits";
+/// The directive that opens the `alt_replacement` section.
+pub const ALT_REPLACEMENT_PUSHSECTION: &str = ".pushsection alt_replacement,\"axR\",@progbits";
+/// The directive that opens the `alt_site_names` section.
+pub const SITE_NAMES_PUSHSECTION: &str = ".pushsection alt_site_names,\"aR\",@progbits";
+/// The directive that opens the `alt_entry_names` section.
+pub const ENTRY_NAMES_PUSHSECTION: &str = ".pushsection alt_entry_names,\"aR\",@progbits";
+
+/// A name for a site or an entry: two self-relative offsets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, align(4))]
+pub struct NameEntry {
+    /// Self-relative offset of the site or entry named.
+    pub target: i32,
+    /// Self-relative offset of a `&'static str` holding the name.
+    pub name: i32,
+}
+
+/// The bounds of this program's alt sections.
+#[derive(Clone, Copy, Debug)]
+pub struct Sections {
+    /// `alt_instr`.
+    pub alt_instr: (usize, usize),
+    /// `alt_replacement`.
+    pub alt_replacement: (usize, usize),
+    /// `alt_site_names`.
+    pub site_names: (usize, usize),
+    /// `alt_entry_names`.
+    pub entry_names: (usize, usize),
+}
+
+/// The bounds of this program's alt sections, with placeholders that keep them defined.
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+pub fn sections() -> Sections {
+    let (a0, a1, r0, r1, s0, s1, e0, e1): (usize, usize, usize, usize, usize, usize, usize, usize);
+    // SAFETY: the asm only computes addresses of linker-defined symbols and adds placeholder
+    // data to other sections; it reads and writes no memory.
+    unsafe {
+        core::arch::asm!(
+            ".pushsection alt_instr,\"aR\",@progbits",
+            ".balign 4",
+            ".long 0, 0, 0",
+            ".popsection",
+            ".pushsection alt_replacement,\"axR\",@progbits",
+            ".byte 0xcc",
+            ".popsection",
+            ".pushsection alt_site_names,\"aR\",@progbits",
+            ".balign 4",
+            ".long 0, 0",
+            ".popsection",
+            ".pushsection alt_entry_names,\"aR\",@progbits",
+            ".balign 4",
+            ".long 0, 0",
+            ".popsection",
+            ".hidden __start_alt_instr",
+            ".hidden __stop_alt_instr",
+            ".hidden __start_alt_replacement",
+            ".hidden __stop_alt_replacement",
+            ".hidden __start_alt_site_names",
+            ".hidden __stop_alt_site_names",
+            ".hidden __start_alt_entry_names",
+            ".hidden __stop_alt_entry_names",
+            "lea {a0}, [rip + __start_alt_instr]",
+            "lea {a1}, [rip + __stop_alt_instr]",
+            "lea {r0}, [rip + __start_alt_replacement]",
+            "lea {r1}, [rip + __stop_alt_replacement]",
+            "lea {s0}, [rip + __start_alt_site_names]",
+            "lea {s1}, [rip + __stop_alt_site_names]",
+            "lea {e0}, [rip + __start_alt_entry_names]",
+            "lea {e1}, [rip + __stop_alt_entry_names]",
+            a0 = out(reg) a0,
+            a1 = out(reg) a1,
+            r0 = out(reg) r0,
+            r1 = out(reg) r1,
+            s0 = out(reg) s0,
+            s1 = out(reg) s1,
+            e0 = out(reg) e0,
+            e1 = out(reg) e1,
+            options(nomem, nostack, preserves_flags)
+        );
+    }
+    Sections {
+        alt_instr: (a0, a1),
+        alt_replacement: (r0, r1),
+        site_names: (s0, s1),
+        entry_names: (e0, e1),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Sections {
+    /// The alternative entries of this program (placeholders included).
+    pub fn alt_entries(&self) -> &'static [AltEntry] {
+        // SAFETY: the linker places only 12-byte, 4-aligned entries in alt_instr (the kernel
+        // script asserts it); the section is read-only data alive for the whole program.
+        unsafe { slice_between(self.alt_instr) }
+    }
+
+    /// The site names of this program (placeholders included).
+    pub fn site_names(&self) -> &'static [NameEntry] {
+        // SAFETY: as for alt_instr, with 8-byte entries.
+        unsafe { slice_between(self.site_names) }
+    }
+
+    /// The entry names of this program (placeholders included).
+    pub fn entry_names(&self) -> &'static [NameEntry] {
+        // SAFETY: as for alt_instr, with 8-byte entries.
+        unsafe { slice_between(self.entry_names) }
+    }
+}
+
+/// # Safety
+///
+/// `start..end` must hold `T`s, aligned, alive for the program's lifetime.
+unsafe fn slice_between<T>((start, end): (usize, usize)) -> &'static [T] {
+    let size = core::mem::size_of::<T>();
+    if end <= start || start % core::mem::align_of::<T>() != 0 {
+        return &[];
+    }
+    // SAFETY: the caller's contract; the length is rounded down to whole entries.
+    unsafe { core::slice::from_raw_parts(start as *const T, (end - start) / size) }
+}
+
+/// Looks a name up in a name table: the name whose target is `addr`.
+///
+/// # Safety
+///
+/// Every non-placeholder entry's `name` must point at a live `&'static str`.
+pub unsafe fn lookup_name(table: &'static [NameEntry], addr: u64) -> Option<&'static str> {
+    table.iter().find_map(|n| {
+        if n.target == 0 && n.name == 0 {
+            return None;
+        }
+        let base = n as *const NameEntry as u64;
+        if crate::table::resolve(base, n.target) != addr {
+            return None;
+        }
+        let name = crate::table::resolve(base + 4, n.name) as usize as *const &'static str;
+        // SAFETY: the caller's contract.
+        Some(unsafe { *name })
+    })
+}

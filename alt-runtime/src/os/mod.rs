@@ -1,0 +1,4 @@
+//! Operating-system support for hosted programs.
+
+#[cfg(target_os = "linux")]
+pub mod linux;

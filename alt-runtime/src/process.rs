@@ -1,0 +1,145 @@
+//! Patching the running process (hosted Linux): probe, override, plan, write, report, revert.
+//!
+//! ```no_run
+//! let report = alt_runtime::process::patch_self().expect("patching");
+//! println!("{report}");
+//! ```
+//!
+//! [`patch_self`] patches once per process; later calls return [`ProcessError::AlreadyPatched`].
+//! [`revert_self`] restores every site's original bytes. Both refuse while the process has
+//! other threads (see [`crate::os::linux::MprotectWriter`]): patch first, then start threads.
+
+use alloc::vec::Vec;
+use core::fmt;
+use core::ops::Range;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::capability::CapabilitySet;
+use crate::linker::{lookup_name, sections};
+use crate::os::linux::{executable_segments_containing, MprotectWriter};
+use crate::overrides::{Overrides, ENV_VAR};
+use crate::patch::{apply, PatchError, Patched};
+use crate::plan::{plan_alternatives, Layout, LiveMemory, TableEntry, TableError};
+use crate::report::Report;
+
+/// Why patching the process failed.
+#[derive(Debug)]
+pub enum ProcessError {
+    /// [`patch_self`] already ran.
+    AlreadyPatched,
+    /// [`revert_self`] found nothing patched.
+    NotPatched,
+    /// Probing the CPUs failed.
+    Probe(std::string::String),
+    /// The override variable names an unknown capability.
+    Override(std::string::String),
+    /// The table is invalid; nothing was written.
+    Table(TableError),
+    /// Writing failed.
+    Patch(PatchError),
+}
+
+impl fmt::Display for ProcessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProcessError::AlreadyPatched => f.write_str("this process is already patched"),
+            ProcessError::NotPatched => f.write_str("this process is not patched"),
+            ProcessError::Probe(e) => write!(f, "probing the CPUs failed: {e}"),
+            ProcessError::Override(e) => f.write_str(e),
+            ProcessError::Table(e) => write!(f, "invalid alternatives table: {e}"),
+            ProcessError::Patch(e) => write!(f, "patching failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ProcessError {}
+
+static PATCHED: Mutex<Option<Patched>> = Mutex::new(None);
+
+/// The capabilities of this system: features every online CPU has, errata any has.
+pub fn system_capabilities() -> Result<CapabilitySet, ProcessError> {
+    crate::cpu::system_capabilities_hosted().map_err(ProcessError::Probe)
+}
+
+/// The overrides from the environment ([`ENV_VAR`]).
+pub fn env_overrides() -> Result<Overrides, ProcessError> {
+    match std::env::var(ENV_VAR) {
+        Ok(v) => Overrides::parse(&v).map_err(|e| ProcessError::Override(std::format!("{e}"))),
+        Err(std::env::VarError::NotPresent) => Ok(Overrides::default()),
+        Err(std::env::VarError::NotUnicode(_)) => Err(ProcessError::Override(std::format!(
+            "{ENV_VAR} is not valid UTF-8"
+        ))),
+    }
+}
+
+/// The layout of this program's text and replacement section.
+pub fn process_text() -> (Vec<Range<u64>>, Range<u64>) {
+    let s = sections();
+    let text = executable_segments_containing(s.alt_instr.0 as u64);
+    (text, s.alt_replacement.0 as u64..s.alt_replacement.1 as u64)
+}
+
+/// Probes, applies the environment overrides, and patches every site of this program.
+pub fn patch_self() -> Result<Report, ProcessError> {
+    let mut caps = system_capabilities()?;
+    env_overrides()?.apply(&mut caps);
+    patch_self_with(&caps)
+}
+
+/// Patches every site of this program for the given capabilities (no probing, no overrides).
+pub fn patch_self_with(caps: &CapabilitySet) -> Result<Report, ProcessError> {
+    let mut guard = PATCHED.lock().unwrap_or_else(|p| p.into_inner());
+    if guard.is_some() {
+        return Err(ProcessError::AlreadyPatched);
+    }
+    let started = Instant::now();
+    let s = sections();
+    let (text, replacements) = process_text();
+    let layout = Layout {
+        text: &text,
+        replacements,
+    };
+    let entries: Vec<TableEntry> = s
+        .alt_entries()
+        .iter()
+        .map(|e| TableEntry {
+            addr: e as *const _ as u64,
+            entry: *e,
+        })
+        .collect();
+    // SAFETY: the layout's ranges are this program's executable segments and its replacement
+    // section, mapped readable for the program's lifetime.
+    let mem = unsafe { LiveMemory::new() };
+    let plan = plan_alternatives(&entries, &layout, caps, &mem).map_err(ProcessError::Table)?;
+    let mut writer = MprotectWriter::new();
+    let mut patched = apply(plan, &mut writer).map_err(ProcessError::Patch)?;
+    let report = patched.report_mut();
+    report.elapsed_ns = Some(started.elapsed().as_nanos() as u64);
+    // SAFETY: name entries are emitted by the macros and point at `&'static str` statics.
+    report.name_sites(
+        |addr| unsafe { lookup_name(s.site_names(), addr) },
+        |index| {
+            let addr = entries.get(index)?.addr;
+            // SAFETY: as above.
+            unsafe { lookup_name(s.entry_names(), addr) }
+        },
+    );
+    let report = report.clone();
+    *guard = Some(patched);
+    Ok(report)
+}
+
+/// Restores every site patched by [`patch_self`] to its original bytes.
+pub fn revert_self() -> Result<(), ProcessError> {
+    let mut guard = PATCHED.lock().unwrap_or_else(|p| p.into_inner());
+    let patched = guard.take().ok_or(ProcessError::NotPatched)?;
+    let mut writer = MprotectWriter::new();
+    match patched.revert(&mut writer) {
+        Ok(_) => Ok(()),
+        Err((patched, e)) => {
+            *guard = Some(patched);
+            Err(ProcessError::Patch(e))
+        }
+    }
+}
