@@ -258,7 +258,7 @@ fn round_to_lines(addr: u64, len: u64, line: u64) -> (u64, u64) {
     let end = (addr as u128 + len as u128).min(1u128 << 64);
     let end = (end + mask as u128) & !(mask as u128);
     // Only a range covering the whole address space has a length of 2^64; cut it by one line.
-    let rounded = u64::try_from(end - start as u128).unwrap_or(u64::MAX & !mask);
+    let rounded = u64::try_from(end - start as u128).unwrap_or(!mask);
     (start, rounded)
 }
 

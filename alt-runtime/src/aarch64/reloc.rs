@@ -420,7 +420,8 @@ fn check_aligned(from: u64, to: u64) -> Result<(), RelocErrorKind> {
 /// `to`). Errors ([`RelocError::index`] is 0):
 ///
 /// - [`RelocErrorKind::Misaligned`] if `from` or `to` is not a multiple of 4;
-/// - [`RelocErrorKind::OutOfRange`] if the target cannot be reached from `to`;
+/// - [`RelocErrorKind::OutOfRange`] if the target cannot be reached from `to` (distances are
+///   taken modulo 2^64, as the hardware's address arithmetic is);
 /// - [`RelocErrorKind::UnsupportedLiteral`] for literal loads, even when `from == to`, so a
 ///   table is accepted or refused independently of where things happen to land;
 /// - [`RelocErrorKind::UnsupportedPcRelative`] for FEAT_CMPBR `CB<cc>`.
