@@ -435,16 +435,14 @@ fn misaligned_addresses_are_refused() {
 fn block_keeps_inside_targets_and_retargets_outside_ones() {
     let from = 0x40_0000u64;
     let to = 0x48_0000u64; // 512 KiB later: inside every form's range except TBZ
-    let original = [
-        cbz(1, 0, 3),   // 0: -> 3 (inside)
-        b_cond(1, 5),   // 1: -> 6 (the end of the block: inside)
-        adr(2, -8),     // 2: -> 2 bytes before index 0... see below
-        tbnz(7, 4, -3), // 3: -> 0 (inside, backward)
-        bl(0x1000),     // 4: -> outside (a call to a function)
+    let mut code = [
+        cbz(1, 0, 3),   // 0: -> index 3 (inside, forward)
+        b_cond(1, 5),   // 1: -> index 6, the end of the block (inside)
+        adr(2, -4),     // 2: -> index 1 (inside, backward)
+        tbnz(7, 4, -3), // 3: -> index 0 (inside, backward)
+        bl(0x1000),     // 4: -> a function outside the block
         adrp(5, 0),     // 5: ADRP: always re-targeted
     ];
-    let mut code = original;
-    code[2] = adr(2, -4); // index 2 at from+8 -> from+4 = index 1 (inside)
     let before = code;
     relocate_block(&mut code, from, to).unwrap();
     assert_eq!(code[0], before[0]);
