@@ -1,1 +1,349 @@
-//! Macros of **alt**.
+//! Macros of **alt**: patchable call sites from Rust.
+//!
+//! Use them through the `alt` crate: `alt::alternative` (the attribute) and
+//! `alt::asm::alternative!` (bare instruction swaps). Rust has one namespace for attribute and
+//! function-like macros, so the two cannot share a path; the bare form lives in `alt::asm`.
+//!
+//! # `#[alternative(...)]` on a function
+//!
+//! The function's body is the portable default. The arguments list replacements in priority
+//! order, each keyed by a capability (a CPU feature or an erratum, `!` to negate) and each either
+//! an inline instruction sequence or another function with the same signature:
+//!
+//! ```ignore
+//! use alt::alternative;
+//!
+//! /// Number of set bits.
+//! #[alternative(popcnt => inline("popcnt {ret}, {x}"))]
+//! pub fn popcount(x: u64) -> u64 {
+//!     x.count_ones() as u64
+//! }
+//!
+//! #[alternative(avx2 => sum_avx2)]
+//! pub unsafe fn sum(ptr: *const u8, len: usize) -> u64 {
+//!     /* SSE2 default */
+//! #   0
+//! }
+//!
+//! #[target_feature(enable = "avx2")]
+//! unsafe fn sum_avx2(ptr: *const u8, len: usize) -> u64 {
+//! #   0
+//! }
+//! ```
+//!
+//! The function becomes an `#[inline(always)]` wrapper whose body is one `asm!` block, so every
+//! call in your code is its own fixed-size site: a hand-encoded `call rel32` to the default,
+//! padded with NOPs to the longest inline replacement, plus one table entry per replacement (the
+//! entry order is the priority order). At start-up the runtime rewrites each site once: the
+//! first replacement whose key holds is copied in (inline) or called directly (function); if none
+//! holds the default call stays.
+//!
+//! **Templates** name arguments and the result as `{x}` and `{ret}`, with `asm!`'s width
+//! modifiers (`{x:e}` is the 32-bit register). Values live in the System V registers: arguments
+//! in `rdi`, `rsi`, `rdx`, `rcx`, `r8`, `r9`, the result in `rax`. An inline replacement may
+//! change only `rax` and the flags, plus registers listed in `clobber(...)`:
+//!
+//! ```ignore
+//! #[alternative(erms => inline("mov rcx, rdx", "rep movsb"), clobber(rcx, rdi, rsi))]
+//! pub unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) { /* byte loop */ }
+//! ```
+//!
+//! **Register discipline.** With inline replacements, the site promises the compiler that only
+//! `rax`, the flags and the listed clobbers change, so the native instruction costs nothing
+//! around it; calls (the default and function replacements) then go through generated thunks that
+//! save every other caller-saved register, vector registers included. Without inline
+//! replacements, or with the `clobber_abi` option, the site instead declares everything a C call
+//! clobbers and calls the implementation directly.
+//!
+//! **Signatures**: up to six arguments and a result, each an integer of up to 64 bits, `bool`,
+//! `usize`/`isize` or a raw pointer. Generics, `self`, `async`, `const`, floats, references and
+//! structs are compile errors that point at the offending token.
+//!
+//! # `alt::asm::alternative!` for bare instruction swaps
+//!
+//! ```ignore
+//! // A speculation barrier only where lfence serialises dispatch.
+//! unsafe { alt::asm::alternative!("", lfence_serializing => "lfence") };
+//! // clflushopt where available, with an operand as in asm!.
+//! unsafe { alt::asm::alternative!("clflush [{0}]", clflushopt => "clflushopt [{0}]", in(reg) p) };
+//! ```
+//!
+//! The first string is the default sequence (may be empty), then `key => "replacement"` pairs in
+//! priority order, then `asm!` operands and options, which every sequence shares. Like `asm!`, it
+//! must be used inside `unsafe`.
+
+mod args;
+mod bare;
+mod sig;
+mod site;
+mod template;
+mod thunk;
+
+use proc_macro::TokenStream;
+use proc_macro2::{Span, TokenStream as TokenStream2};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{parse_macro_input, ItemFn};
+
+use args::{AttrArgs, Body};
+use sig::{ValueKind, ARG_REGS, CLOBBERABLE};
+use site::{DefaultCode, EntrySpec, EntryTarget, SiteSpec};
+use thunk::{thunk_lines, VectorState};
+
+/// Makes a function a patchable site with alternatives. See the [crate documentation](crate).
+#[proc_macro_attribute]
+pub fn alternative(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let args = parse_macro_input!(attr as AttrArgs);
+    let func = parse_macro_input!(item as ItemFn);
+    expand_fn(args, func)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Swaps bare instruction sequences. See the [crate documentation](crate).
+#[proc_macro]
+pub fn alternative_asm(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as bare::BareInput);
+    bare::expand(input)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
+    let checked = sig::check(&func.sig)?;
+    if args.replacements.is_empty() {
+        return Err(syn::Error::new(
+            Span::call_site(),
+            "#[alternative] needs at least one replacement, e.g. \
+             #[alternative(popcnt => inline(\"popcnt {ret}, {x}\"))]",
+        ));
+    }
+    for r in &args.clobbers {
+        if !CLOBBERABLE.contains(&r.to_string().as_str()) {
+            return Err(syn::Error::new(
+                r.span(),
+                format!(
+                    "`{r}` cannot be clobbered; a site may clobber the caller-saved registers {}",
+                    CLOBBERABLE.join(", ")
+                ),
+            ));
+        }
+    }
+    let has_inline = args
+        .replacements
+        .iter()
+        .any(|r| matches!(r.body, Body::Inline(_)));
+    let thunks = has_inline && args.clobber_abi.is_none();
+
+    let ItemFn {
+        attrs,
+        vis,
+        sig: fsig,
+        block,
+    } = func;
+    let name = &fsig.ident;
+    let unsafety = &fsig.unsafety;
+    let inputs = &fsig.inputs;
+    let output = &fsig.output;
+    let arg_names: Vec<&syn::Ident> = checked.args.iter().map(|a| &a.name).collect();
+    let arg_types: Vec<&syn::Type> = checked.args.iter().map(|a| &a.ty).collect();
+    let attrs: Vec<&syn::Attribute> = attrs
+        .iter()
+        .filter(|a| !a.path().is_ident("inline"))
+        .collect();
+
+    // The default, as an extern "C" function with the original body.
+    let mut items = vec![quote! {
+        #[allow(clippy::missing_safety_doc, clippy::too_many_arguments, unused_unsafe)]
+        #unsafety extern "C" fn __alt_default(#inputs) #output #block
+    }];
+
+    // Function replacements: extern "C" shims that call the user's function.
+    let mut entries = Vec::new();
+    let mut operands = Vec::new();
+    let mut call_targets: Vec<(syn::Ident, syn::Ident)> = Vec::new(); // (thunk, implementation)
+    for (i, r) in args.replacements.iter().enumerate() {
+        let variant_static = format_ident!("__ALT_VARIANT_{}", i);
+        let variant_op = format!("alt_v{i}");
+        let variant_name = match &r.body {
+            Body::Inline(lines) => lines
+                .iter()
+                .map(|l| l.value().trim().to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+            Body::Function(path) => quote!(#path).to_string().replace(' ', ""),
+        };
+        items.push(quote! {
+            static #variant_static: &str = #variant_name;
+        });
+        let vop = format_ident!("{}", variant_op);
+        operands.push(quote!(#vop = sym #variant_static));
+        match &r.body {
+            Body::Inline(lines) => {
+                let mut text = Vec::new();
+                for l in lines {
+                    text.push(template::substitute(&l.value(), l.span(), &checked)?);
+                }
+                entries.push(EntrySpec {
+                    key: r.key.encode(false),
+                    target: EntryTarget::Inline(text),
+                    name_operand: Some(variant_op),
+                });
+            }
+            Body::Function(path) => {
+                let shim = format_ident!("__alt_shim_{}", i);
+                let call = quote_spanned!(path.span()=> #path(#(#arg_names),*));
+                items.push(quote! {
+                    #[allow(clippy::missing_safety_doc, clippy::too_many_arguments, unused_unsafe)]
+                    extern "C" fn #shim(#(#arg_names: #arg_types),*) #output {
+                        unsafe { #call }
+                    }
+                });
+                let op = format!("alt_t{i}");
+                let target = if thunks {
+                    let t = format_ident!("__alt_thunk_{}", i);
+                    call_targets.push((t.clone(), shim.clone()));
+                    t
+                } else {
+                    shim
+                };
+                let opi = format_ident!("{}", op);
+                operands.push(quote!(#opi = sym #target));
+                entries.push(EntrySpec {
+                    key: r.key.encode(true),
+                    target: EntryTarget::Call(op),
+                    name_operand: Some(variant_op),
+                });
+            }
+        }
+    }
+    let default_impl = format_ident!("__alt_default");
+    let default_target = if thunks {
+        let t = format_ident!("__alt_thunk_default");
+        call_targets.push((t.clone(), default_impl));
+        t
+    } else {
+        default_impl
+    };
+    operands.insert(0, quote!(alt_default = sym #default_target));
+    items.push(quote! {
+        static __ALT_FN_NAME: &str = concat!(module_path!(), "::", stringify!(#name));
+    });
+    operands.push(quote!(alt_fname = sym __ALT_FN_NAME));
+
+    for (thunk_name, target) in &call_targets {
+        items.push(thunk_items(thunk_name, target));
+    }
+
+    let lines = site::template(&SiteSpec {
+        default: DefaultCode::Call("alt_default".into()),
+        entries,
+        name_operand: Some("alt_fname".into()),
+    });
+
+    // Register operands.
+    let clobbered: Vec<String> = args.clobbers.iter().map(|c| c.to_string()).collect();
+    let mut regs = Vec::new();
+    for (i, a) in checked.args.iter().enumerate() {
+        let reg = ARG_REGS[i][0];
+        let n = &a.name;
+        let value = match a.kind {
+            ValueKind::Int { bits, signed } if bits < 32 => {
+                if signed {
+                    quote!(#n as i32)
+                } else {
+                    quote!(#n as u32)
+                }
+            }
+            ValueKind::Bool => quote!(#n as u32),
+            _ => quote!(#n),
+        };
+        if clobbered.iter().any(|c| c == reg) {
+            regs.push(quote!(inout(#reg) #value => _));
+        } else {
+            regs.push(quote!(in(#reg) #value));
+        }
+    }
+    for c in &clobbered {
+        let is_input = ARG_REGS[..checked.args.len()].iter().any(|r| r[0] == c);
+        if !is_input && c != "rax" {
+            regs.push(quote!(out(#c) _));
+        }
+    }
+    let (ret_decl, ret_out, ret_value) = match &checked.ret {
+        None => (quote!(), quote!(lateout("rax") _), quote!()),
+        Some((ty, kind)) => match kind {
+            ValueKind::Int { bits, .. } if *bits < 32 => (
+                quote!(let __alt_ret: u32;),
+                quote!(lateout("rax") __alt_ret),
+                quote!(__alt_ret as #ty),
+            ),
+            ValueKind::Bool => (
+                quote!(let __alt_ret: u32;),
+                quote!(lateout("rax") __alt_ret),
+                quote!((__alt_ret as u8) != 0),
+            ),
+            _ => (
+                quote!(let __alt_ret: #ty;),
+                quote!(lateout("rax") __alt_ret),
+                quote!(__alt_ret),
+            ),
+        },
+    };
+    let abi = if thunks {
+        quote!()
+    } else {
+        quote!(clobber_abi("C"),)
+    };
+
+    Ok(quote! {
+        #(#attrs)*
+        #[inline(always)]
+        #vis #unsafety fn #name(#inputs) #output {
+            #(#items)*
+            #ret_decl
+            #[allow(unused_unsafe)]
+            // SAFETY: the site calls the default through a register-preserving thunk (or
+            // declares the C ABI's clobbers); the runtime only rewrites it with replacements
+            // whose capability holds on every CPU.
+            unsafe {
+                ::core::arch::asm!(
+                    #(#lines,)*
+                    #(#operands,)*
+                    #(#regs,)*
+                    #ret_out,
+                    #abi
+                );
+            }
+            #ret_value
+        }
+    })
+}
+
+/// A naked thunk saving the caller-saved registers around a call of `target`, in one variant
+/// per vector-state configuration.
+fn thunk_items(name: &syn::Ident, target: &syn::Ident) -> TokenStream2 {
+    let variant = |v: VectorState| {
+        let lines = thunk_lines(v);
+        quote! {
+            #[unsafe(naked)]
+            unsafe extern "C" fn #name() {
+                ::core::arch::naked_asm!(#(#lines,)* target = sym #target)
+            }
+        }
+    };
+    let sse = variant(VectorState::Sse);
+    let avx = variant(VectorState::Avx);
+    let avx512 = variant(VectorState::Avx512 { bw: false });
+    let avx512bw = variant(VectorState::Avx512 { bw: true });
+    quote! {
+        #[cfg(not(target_feature = "avx"))]
+        #sse
+        #[cfg(all(target_feature = "avx", not(target_feature = "avx512f")))]
+        #avx
+        #[cfg(all(target_feature = "avx512f", not(target_feature = "avx512bw")))]
+        #avx512
+        #[cfg(all(target_feature = "avx512f", target_feature = "avx512bw"))]
+        #avx512bw
+    }
+}
