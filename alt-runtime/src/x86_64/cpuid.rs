@@ -556,7 +556,9 @@ impl CpuidDump {
                 *n = parse_hex32(w).ok_or(err("bad hexadecimal number"))?;
             }
             if words.next().is_some() {
-                return Err(err("too many fields: expected leaf subleaf eax ebx ecx edx"));
+                return Err(err(
+                    "too many fields: expected leaf subleaf eax ebx ecx edx",
+                ));
             }
             d.set(nums[0], nums[1], [nums[2], nums[3], nums[4], nums[5]])
                 .map_err(|_| err("too many leaves"))?;
@@ -756,7 +758,10 @@ mod tests {
         d.set(0x8000_0000, 0, [0x8000_0000, 0, 0, 0]).unwrap();
         let cpu = probe(&Strict(d));
         assert!(!cpu.features.intersects(Features::AVX2 | Features::BMI2));
-        assert!(!cpu.features.contains(Features::LZCNT), "extended leaf 1 not read");
+        assert!(
+            !cpu.features.contains(Features::LZCNT),
+            "extended leaf 1 not read"
+        );
         assert!(cpu.features.contains(Features::AVX | Features::POPCNT));
     }
 
@@ -783,7 +788,8 @@ mod tests {
         d.set(1, 0, [0x00a0_0f11, 0, 1 << 3, 1 << 19]).unwrap();
         d.set(0x8000_0000, 0, [0x8000_0021, 0, 0, 0]).unwrap();
         d.set(0x8000_0008, 0, [0, 1 << 2, 0, 0]).unwrap();
-        d.set(0x8000_0021, 0, [(1 << 2) | (1 << 6), 0, 0, 0]).unwrap();
+        d.set(0x8000_0021, 0, [(1 << 2) | (1 << 6), 0, 0, 0])
+            .unwrap();
         let cpu = probe(&d);
         assert_eq!((cpu.family, cpu.model), (0x19, 0x01));
         assert!(cpu.features.contains(Features::LFENCE_SERIALIZING));
