@@ -630,7 +630,20 @@ pub const CPU_MODELS: &[&str] = &[
 /// under QEMU 7.2 (Debian 12) in user mode, so they are QEMU's CPU model definitions as the TCG
 /// emulator delivers them: a feature of the model that TCG cannot emulate is absent here, as it
 /// is for a program run under that model. Plans made for a model therefore match what a run
-/// under `qemu-x86_64 -cpu NAME` can execute.
+/// under `qemu-x86_64 -cpu NAME` can execute. (So `Icelake-Server` here has no AVX-512 and
+/// `Skylake-Client` no RDSEED: QEMU 7.2's TCG does not emulate them.)
+///
+/// | model            | vendor, family/model/stepping | highlights                         |
+/// |------------------|-------------------------------|------------------------------------|
+/// | `qemu64`         | AMD 0xf/0x6b/1                | SSE3, CMPXCHG16B; no POPCNT        |
+/// | `Nehalem`        | Intel 6/0x1a/3                | SSE4.2, POPCNT; no AVX             |
+/// | `Westmere`       | Intel 6/0x2c/1                | + AES, PCLMULQDQ                   |
+/// | `SandyBridge`    | Intel 6/0x2a/1                | + AVX (XCR0 = 7)                   |
+/// | `Haswell`        | Intel 6/0x3c/4                | + AVX2, BMI1/2, FMA, MOVBE, LZCNT  |
+/// | `Skylake-Client` | Intel 6/0x5e/3                | + ADX (no CLFLUSHOPT in this model)|
+/// | `Icelake-Server` | Intel 6/0x86/0                | + CLFLUSHOPT, CLWB; AVX-512 not in TCG |
+/// | `EPYC`           | AMD 0x17/0x01/2               | AVX2, BMI2, ADX, CLFLUSHOPT        |
+/// | `max`            | AMD 0xf/0x6b/1                | everything TCG emulates            |
 pub fn cpu_model_dump(name: &str) -> Option<CpuidDump> {
     let text = models::MODELS
         .iter()
@@ -639,9 +652,148 @@ pub fn cpu_model_dump(name: &str) -> Option<CpuidDump> {
     CpuidDump::from_text(text).ok()
 }
 
+/// The features [probe] finds in [`cpu_model_dump`]`(name)`.
+pub fn model_features(name: &str) -> Option<Features> {
+    cpu_model_dump(name).map(|d| probe(&d).features)
+}
+
 mod models {
     //! Recorded dumps; see [`super::cpu_model_dump`].
-    pub(super) const MODELS: &[(&str, &str)] = &[];
+    //! Each text is the output of `qemu-x86_64 -cpu NAME target/release/examples/cpus --cpuid`
+    //! (QEMU 7.2, user mode, TCG), comments removed.
+    pub(super) const MODELS: &[(&str, &str)] = &[
+        (
+            "qemu64",
+            "\
+         0 0 0000000d 68747541 444d4163 69746e65\n\
+         1 0 00060fb1 00000800 80002001 078bfbfd\n\
+         7 0 00000000 00000000 00000000 00000000\n\
+         7 1 00000000 00000000 00000000 00000000\n\
+         d 0 00000000 00000000 00000000 00000000\n\
+         d 1 00000000 00000000 00000000 00000000\n\
+         80000000 0 8000000a 68747541 444d4163 69746e65\n\
+         80000001 0 00060fb1 00000000 00000005 2193fbfd\n\
+         80000007 0 00000000 00000000 00000000 00000000\n\
+         80000008 0 00003028 00000000 00000000 00000000\n\
+         xcr0 0\n",
+        ),
+        (
+            "Nehalem",
+            "\
+         0 0 0000000b 756e6547 6c65746e 49656e69\n\
+         1 0 000106a3 00000800 80982201 078bfbfd\n\
+         7 0 00000000 00000000 00000000 00000000\n\
+         7 1 00000000 00000000 00000000 00000000\n\
+         80000000 0 80000008 756e6547 6c65746e 49656e69\n\
+         80000001 0 000106a3 00000000 00000001 20100800\n\
+         80000007 0 00000000 00000000 00000000 00000000\n\
+         80000008 0 00003028 00000000 00000000 00000000\n\
+         xcr0 0\n",
+        ),
+        (
+            "Westmere",
+            "\
+         0 0 0000000b 756e6547 6c65746e 49656e69\n\
+         1 0 000206c1 00000800 82982203 078bfbfd\n\
+         7 0 00000000 00000000 00000000 00000000\n\
+         7 1 00000000 00000000 00000000 00000000\n\
+         80000000 0 80000008 756e6547 6c65746e 49656e69\n\
+         80000001 0 000206c1 00000000 00000001 20100800\n\
+         80000007 0 00000000 00000000 00000000 00000000\n\
+         80000008 0 00003028 00000000 00000000 00000000\n\
+         xcr0 0\n",
+        ),
+        (
+            "SandyBridge",
+            "\
+         0 0 0000000d 756e6547 6c65746e 49656e69\n\
+         1 0 000206a1 00000800 9e982203 078bfbfd\n\
+         7 0 00000000 00000000 00000000 00000000\n\
+         7 1 00000000 00000000 00000000 00000000\n\
+         d 0 00000007 00000340 00000340 00000000\n\
+         d 1 00000001 00000340 00000000 00000000\n\
+         80000000 0 80000008 756e6547 6c65746e 49656e69\n\
+         80000001 0 000206a1 00000000 00000001 28100800\n\
+         80000007 0 00000000 00000000 00000000 00000000\n\
+         80000008 0 00003028 00000000 00000000 00000000\n\
+         xcr0 7\n",
+        ),
+        (
+            "Haswell",
+            "\
+         0 0 0000000d 756e6547 6c65746e 49656e69\n\
+         1 0 000306c4 00000800 fed83203 078bfbfd\n\
+         7 0 00000000 000003a9 00000000 00000000\n\
+         7 1 00000000 00000000 00000000 00000000\n\
+         d 0 00000007 00000340 00000340 00000000\n\
+         d 1 00000001 00000340 00000000 00000000\n\
+         80000000 0 80000008 756e6547 6c65746e 49656e69\n\
+         80000001 0 000306c4 00000000 00000021 28100800\n\
+         80000007 0 00000000 00000000 00000000 00000000\n\
+         80000008 0 00003028 00000000 00000000 00000000\n\
+         xcr0 7\n",
+        ),
+        (
+            "Skylake-Client",
+            "\
+         0 0 0000000d 756e6547 6c65746e 49656e69\n\
+         1 0 000506e3 00000800 fed83203 078bfbfd\n\
+         7 0 00000000 001803a9 00000000 00000000\n\
+         7 1 00000000 00000000 00000000 00000000\n\
+         d 0 00000007 00000340 00000340 00000000\n\
+         d 1 00000005 00000340 00000000 00000000\n\
+         80000000 0 80000008 756e6547 6c65746e 49656e69\n\
+         80000001 0 000506e3 00000000 00000021 28100800\n\
+         80000007 0 00000000 00000000 00000000 00000000\n\
+         80000008 0 00003028 00000000 00000000 00000000\n\
+         xcr0 7\n",
+        ),
+        (
+            "Icelake-Server",
+            "\
+         0 0 0000000d 756e6547 6c65746e 49656e69\n\
+         1 0 00080660 00000800 fed83203 078bfbfd\n\
+         7 0 00000000 019803a9 0001020c 00000000\n\
+         7 1 00000000 00000000 00000000 00000000\n\
+         d 0 000002e7 00000a88 00000a88 00000000\n\
+         d 1 00000005 00000988 00000000 00000000\n\
+         80000000 0 80000008 756e6547 6c65746e 49656e69\n\
+         80000001 0 00080660 00000000 00000021 2c100800\n\
+         80000007 0 00000000 00000000 00000000 00000000\n\
+         80000008 0 00003928 00000000 00000000 00000000\n\
+         xcr0 207\n",
+        ),
+        (
+            "EPYC",
+            "\
+         0 0 0000000d 68747541 444d4163 69746e65\n\
+         1 0 00800f12 00000800 fed8320b 078bfbfd\n\
+         7 0 00000000 009801a9 00000000 00000000\n\
+         7 1 00000000 00000000 00000000 00000000\n\
+         d 0 00000007 00000340 00000340 00000000\n\
+         d 1 00000005 00000340 00000000 00000000\n\
+         80000000 0 8000001e 68747541 444d4163 69746e65\n\
+         80000001 0 00800f12 00000000 00000075 2dd3fbfd\n\
+         80000007 0 00000000 00000000 00000000 00000000\n\
+         80000008 0 00003028 00000000 00000000 00000000\n\
+         xcr0 7\n",
+        ),
+        (
+            "max",
+            "\
+         0 0 0000000d 68747541 444d4163 69746e65\n\
+         1 0 00060fb1 00000800 fed8320b 0fcbfbfd\n\
+         7 0 00000000 01d843a9 8001020c 00000000\n\
+         7 1 00000000 00000000 00000000 00000000\n\
+         d 0 0000021f 00000a88 00000a88 00000000\n\
+         d 1 00000005 000003c8 00000000 00000000\n\
+         80000000 0 8000000a 68747541 444d4163 69746e65\n\
+         80000001 0 00060fb1 00000000 00000075 edd3fbfd\n\
+         80000007 0 00000000 00000000 00000000 00000000\n\
+         80000008 0 00003928 00000000 00000000 00000000\n\
+         xcr0 21f\n",
+        ),
+    ];
 }
 
 #[cfg(test)]
@@ -864,6 +1016,35 @@ mod tests {
         }
         assert_eq!(many.set(1000, 0, [0; 4]), Err(DumpError::Full));
         assert!(many.set(3, 0, [1; 4]).is_ok(), "replacing needs no room");
+    }
+
+    #[test]
+    fn qemu_models() {
+        for name in CPU_MODELS {
+            let d = cpu_model_dump(name).unwrap_or_else(|| panic!("{name} parses"));
+            assert_ne!(probe(&d).max_leaf, 0, "{name}");
+        }
+        assert!(cpu_model_dump("haswell").is_some(), "case-insensitive");
+        assert!(cpu_model_dump("Pentium5").is_none());
+        let f = |n| model_features(n).unwrap();
+        assert!(!f("qemu64").contains(Features::POPCNT));
+        assert!(f("Nehalem").contains(Features::POPCNT | Features::SSE4_2));
+        assert!(!f("Nehalem").intersects(Features::AVX | Features::AVX2));
+        assert!(f("SandyBridge").contains(Features::AVX));
+        assert!(!f("SandyBridge").contains(Features::AVX2));
+        let hsw = Features::AVX2 | Features::BMI1 | Features::BMI2 | Features::FMA;
+        assert!(f("Haswell").contains(hsw | Features::LZCNT | Features::MOVBE));
+        assert!(f("Skylake-Client").contains(hsw | Features::ADX));
+        assert!(f("Icelake-Server").contains(Features::CLWB | Features::CLFLUSHOPT));
+        assert!(!f("Icelake-Server").contains(Features::AVX512F));
+        let epyc = probe(&cpu_model_dump("EPYC").unwrap());
+        assert_eq!(epyc.vendor, Vendor::Amd);
+        assert_eq!((epyc.family, epyc.model, epyc.stepping), (0x17, 1, 2));
+        let hsw = probe(&cpu_model_dump("Haswell").unwrap());
+        assert_eq!(
+            (hsw.vendor, hsw.family, hsw.model),
+            (Vendor::Intel, 6, 0x3c)
+        );
     }
 
     #[cfg(target_arch = "x86_64")]
