@@ -152,7 +152,7 @@ fn permutations<T>(v: &mut [T], k: usize, f: &mut impl FnMut(&[T])) {
     }
     for i in 0..k {
         permutations(v, k - 1, f);
-        let j = if k % 2 == 0 { i } else { 0 };
+        let j = if k.is_multiple_of(2) { i } else { 0 };
         v.swap(j, k - 1);
     }
 }
