@@ -1,1 +1,684 @@
-//! (to be written)
+//! The errata database, as data.
+//!
+//! Each [`Erratum`] names one [`Errata`] bit, its public id, what goes wrong, where the fact
+//! comes from, and the CPUs it affects:
+//!
+//! - **x86-64** ([`X86Match`]): vendor, a family range and a `(model, stepping)` range compared
+//!   as pairs (as Linux's `AMD_MODEL_RANGE`), plus CPUID facts ([`X86Facts`]) that must be present
+//!   (`requires`) or absent (`unless`).
+//! - **AArch64** ([`MidrMatch`]): MIDR implementer and part number, a `(variant, revision)` range
+//!   (as Linux's `MIDR_RANGE` / `ERRATA_MIDR_REV_RANGE`), and REVIDR exclusions: a part at a given
+//!   `rXpY` whose REVIDR has one of the listed bits set carries the fix (as Linux's `MIDR_FIXED`).
+//!
+//! [`errata_for`] evaluates the table for one CPU. Every entry is a documented erratum; the
+//! `source` field says where its affected range was checked.
+//!
+//! # Adding an erratum
+//!
+//! 1. Find the public id and the affected range in a primary source: the vendor's errata
+//!    notice or revision guide, or the Linux file that handles it (`arch/arm64/kernel/cpu_errata.c`,
+//!    `arch/x86/kernel/cpu/{amd,intel,hygon,common}.c`). Read for facts; do not copy code.
+//! 2. Add a bit to [`Errata`] and its `erratum_...` name to `ERRATUM_NAMES` in
+//!    [`crate::capability`] (never renumber existing bits: table entries store them).
+//! 3. Add an [`Erratum`] to [`ERRATA`] with its matches and `source`, and a test below with a
+//!    CPU just inside and just outside the range (and with the REVIDR fix bit, if any).
+//! 4. Add a row to `docs/capabilities.md`.
+
+use crate::capability::{Capability, Errata};
+use crate::cpu::CpuId;
+use crate::x86_64::cpuid::{Vendor, X86Cpu, X86Facts};
+
+/// One documented erratum.
+#[derive(Clone, Copy, Debug)]
+pub struct Erratum {
+    /// Its bit.
+    pub erratum: Errata,
+    /// Public id: `"ARM 843419"`, `"AMD DIV0 (CVE-2023-20588)"`...
+    pub id: &'static str,
+    /// What goes wrong, in a line.
+    pub description: &'static str,
+    /// Where the affected range comes from.
+    pub source: &'static str,
+    /// The CPUs affected.
+    pub matches: Matches,
+}
+
+/// The CPUs an erratum affects: a CPU is affected if any range matches.
+#[derive(Clone, Copy, Debug)]
+pub enum Matches {
+    /// x86-64 ranges.
+    X86(&'static [X86Match]),
+    /// AArch64 MIDR ranges.
+    Arm64(&'static [MidrMatch]),
+}
+
+/// An x86-64 range.
+#[derive(Clone, Copy, Debug)]
+pub struct X86Match {
+    /// The vendor.
+    pub vendor: Vendor,
+    /// First and last family, inclusive.
+    pub families: (u32, u32),
+    /// First `(model, stepping)`, inclusive.
+    pub first: (u32, u32),
+    /// Last `(model, stepping)`, inclusive.
+    pub last: (u32, u32),
+    /// Facts that must all be present.
+    pub requires: X86Facts,
+    /// Facts of which none may be present.
+    pub unless: X86Facts,
+}
+
+impl X86Match {
+    /// Whether `cpu` is in this range.
+    pub fn matches(&self, cpu: &X86Cpu) -> bool {
+        cpu.vendor == self.vendor
+            && (self.families.0..=self.families.1).contains(&cpu.family)
+            && (self.first..=self.last).contains(&(cpu.model, cpu.stepping))
+            && cpu.facts.contains(self.requires)
+            && !cpu.facts.intersects(self.unless)
+    }
+}
+
+/// A REVIDR fix: a part at `r{variant}p{revision}` whose REVIDR has any bit of `revidr_mask`
+/// set is not affected.
+#[derive(Clone, Copy, Debug)]
+pub struct RevidrFix {
+    /// Variant (`rX`).
+    pub variant: u8,
+    /// Revision (`pY`).
+    pub revision: u8,
+    /// REVIDR bits that mean "fixed".
+    pub revidr_mask: u32,
+}
+
+/// An AArch64 MIDR range.
+#[derive(Clone, Copy, Debug)]
+pub struct MidrMatch {
+    /// MIDR implementer (bits 31:24), `0x41` for Arm.
+    pub implementer: u8,
+    /// MIDR part number (bits 15:4).
+    pub part: u16,
+    /// First `(variant, revision)`, inclusive.
+    pub first: (u8, u8),
+    /// Last `(variant, revision)`, inclusive.
+    pub last: (u8, u8),
+    /// Revisions fixed by a REVIDR bit.
+    pub fixed: &'static [RevidrFix],
+}
+
+/// The fields of a MIDR_EL1 value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Midr {
+    /// Implementer, bits 31:24.
+    pub implementer: u8,
+    /// Variant (`rX`), bits 23:20.
+    pub variant: u8,
+    /// Architecture, bits 19:16.
+    pub architecture: u8,
+    /// Part number, bits 15:4.
+    pub part: u16,
+    /// Revision (`pY`), bits 3:0.
+    pub revision: u8,
+}
+
+impl Midr {
+    /// Splits a MIDR_EL1 value.
+    pub const fn decode(midr: u32) -> Self {
+        Self {
+            implementer: (midr >> 24) as u8,
+            variant: ((midr >> 20) & 0xf) as u8,
+            architecture: ((midr >> 16) & 0xf) as u8,
+            part: ((midr >> 4) & 0xfff) as u16,
+            revision: (midr & 0xf) as u8,
+        }
+    }
+
+    /// Builds a MIDR_EL1 value (architecture `0xf`, "see the ID registers", as every Armv8 part).
+    pub const fn encode(implementer: u8, part: u16, variant: u8, revision: u8) -> u32 {
+        ((implementer as u32) << 24)
+            | (((variant & 0xf) as u32) << 20)
+            | (0xf << 16)
+            | (((part & 0xfff) as u32) << 4)
+            | (revision & 0xf) as u32
+    }
+}
+
+impl MidrMatch {
+    /// Whether the CPU with these MIDR and REVIDR values is affected.
+    pub fn matches(&self, midr: u32, revidr: u32) -> bool {
+        let m = Midr::decode(midr);
+        if m.implementer != self.implementer || m.part != self.part {
+            return false;
+        }
+        let rv = (m.variant, m.revision);
+        if !(self.first..=self.last).contains(&rv) {
+            return false;
+        }
+        !self
+            .fixed
+            .iter()
+            .any(|f| (f.variant, f.revision) == rv && revidr & f.revidr_mask != 0)
+    }
+}
+
+/// Arm Ltd. implementer code.
+pub const ARM: u8 = 0x41;
+/// Cortex-A53 part number.
+pub const CORTEX_A53: u16 = 0xd03;
+/// Cortex-A57 part number.
+pub const CORTEX_A57: u16 = 0xd07;
+/// Cortex-A72 part number.
+pub const CORTEX_A72: u16 = 0xd08;
+/// Cortex-A76 part number.
+pub const CORTEX_A76: u16 = 0xd0b;
+/// Neoverse-N1 part number.
+pub const NEOVERSE_N1: u16 = 0xd0c;
+
+const ANY: (u32, u32) = (0, u32::MAX);
+const ALL_MODELS: ((u32, u32), (u32, u32)) = ((0, 0), (u32::MAX, u32::MAX));
+
+const fn x86(vendor: Vendor, family: u32, first: (u32, u32), last: (u32, u32)) -> X86Match {
+    X86Match {
+        vendor,
+        families: (family, family),
+        first,
+        last,
+        requires: X86Facts::empty(),
+        unless: X86Facts::empty(),
+    }
+}
+
+/// Family 0x17 models `lo..=hi`, every stepping.
+const fn fam17(lo: u32, hi: u32) -> X86Match {
+    x86(Vendor::Amd, 0x17, (lo, 0), (hi, 0xf))
+}
+
+/// Every model of a vendor, with fact conditions.
+const fn vendor_wide(vendor: Vendor, requires: X86Facts, unless: X86Facts) -> X86Match {
+    X86Match {
+        vendor,
+        families: ANY,
+        first: ALL_MODELS.0,
+        last: ALL_MODELS.1,
+        requires,
+        unless,
+    }
+}
+
+/// Intel family 6, one model, every stepping, with required facts.
+const fn intel6(model: u32, requires: X86Facts) -> X86Match {
+    X86Match {
+        vendor: Vendor::Intel,
+        families: (6, 6),
+        first: (model, 0),
+        last: (model, 0xf),
+        requires,
+        unless: X86Facts::empty(),
+    }
+}
+
+const fn arm(part: u16, first: (u8, u8), last: (u8, u8)) -> MidrMatch {
+    MidrMatch {
+        implementer: ARM,
+        part,
+        first,
+        last,
+        fixed: &[],
+    }
+}
+
+const ALL_REVS: ((u8, u8), (u8, u8)) = ((0, 0), (0xf, 0xf));
+
+/// The database. Order does not matter.
+pub const ERRATA: &[Erratum] = &[
+    // ---- x86-64 --------------------------------------------------------------------------
+    Erratum {
+        erratum: Errata::AMD_DIV0,
+        id: "AMD DIV0 (CVE-2023-20588)",
+        description: "a division by zero can leave stale quotient data that a later DIV returns speculatively",
+        source: "Linux arch/x86/kernel/cpu/amd.c: X86_BUG_DIV0, set for Zen1 (family 0x17 models 0x00-0x2f, 0x50-0x5f, bsp_init_amd)",
+        matches: Matches::X86(&[fam17(0x00, 0x2f), fam17(0x50, 0x5f)]),
+    },
+    Erratum {
+        erratum: Errata::ZENBLEED,
+        id: "AMD Zenbleed (CVE-2023-20593)",
+        description: "VZEROUPPER misprediction can leak the upper halves of YMM registers across contexts",
+        source: "Linux arch/x86/kernel/cpu/amd.c: amd_zenbleed[] / Zen2 ranges (family 0x17 models 0x30-0x4f, 0x60-0x7f, 0x90-0x91, 0xa0-0xaf), zen2_zenbleed_check",
+        matches: Matches::X86(&[
+            fam17(0x30, 0x4f),
+            fam17(0x60, 0x7f),
+            fam17(0x90, 0x91),
+            fam17(0xa0, 0xaf),
+        ]),
+    },
+    Erratum {
+        erratum: Errata::CLFLUSH_MONITOR,
+        id: "Intel AAI65",
+        description: "CLFLUSH is needed before MONITOR for the monitored line to wake MWAIT",
+        source: "Linux arch/x86/kernel/cpu/intel.c init_intel: X86_BUG_CLFLUSH_MONITOR for family 6 models 29, 46, 47 (Dunnington, Nehalem-EX, Westmere-EX) with CLFLUSH",
+        matches: Matches::X86(&[
+            intel6(29, X86Facts::CLFLUSH),
+            intel6(46, X86Facts::CLFLUSH),
+            intel6(47, X86Facts::CLFLUSH),
+        ]),
+    },
+    Erratum {
+        erratum: Errata::MONITOR,
+        id: "Intel X86_BUG_MONITOR",
+        description: "MONITOR/MWAIT may not wake on a store to the monitored line: an IPI is required",
+        source: "Linux arch/x86/kernel/cpu/intel.c init_intel: X86_BUG_MONITOR for INTEL_ATOM_GOLDMONT (family 6 model 0x5c, Apollo Lake) and INTEL_LUNARLAKE_M (model 0xbd) with MWAIT",
+        matches: Matches::X86(&[intel6(0x5c, X86Facts::MWAIT), intel6(0xbd, X86Facts::MWAIT)]),
+    },
+    Erratum {
+        erratum: Errata::SYSRET_SS_ATTRS,
+        id: "AMD X86_BUG_SYSRET_SS_ATTRS",
+        description: "SYSRET does not reset the hidden SS attributes",
+        source: "Linux arch/x86/kernel/cpu/amd.c init_amd and hygon.c init_hygon: every AMD and Hygon CPU (not set under Xen PV, which this probe cannot see)",
+        matches: Matches::X86(&[
+            vendor_wide(Vendor::Amd, X86Facts::empty(), X86Facts::empty()),
+            vendor_wide(Vendor::Hygon, X86Facts::empty(), X86Facts::empty()),
+        ]),
+    },
+    Erratum {
+        erratum: Errata::NULL_SEG,
+        id: "AMD X86_BUG_NULL_SEG",
+        description: "loading a null selector into FS/GS keeps the old segment base",
+        source: "Linux arch/x86/kernel/cpu/common.c check_null_seg_clears_base (from amd.c and hygon.c): AMD and Hygon unless CPUID 0x80000021 EAX bit 6 (NullSelectorClearsBase); Linux also tests the behaviour on bare-metal family 0x17/0x18, which this database cannot, so those count as affected",
+        matches: Matches::X86(&[
+            vendor_wide(Vendor::Amd, X86Facts::empty(), X86Facts::NULL_SEL_CLR_BASE),
+            vendor_wide(Vendor::Hygon, X86Facts::empty(), X86Facts::NULL_SEL_CLR_BASE),
+        ]),
+    },
+    Erratum {
+        erratum: Errata::AMD_E400,
+        id: "AMD erratum 400",
+        description: "APIC timer interrupts may be lost while in C1E: the idle loop must handle it",
+        source: "Linux arch/x86/kernel/cpu/amd.c init_amd_k8 (family 0xf from model 0x41 stepping 2) and init_amd_gh (family 0x10 from model 0x02 stepping 1)",
+        matches: Matches::X86(&[
+            x86(Vendor::Amd, 0xf, (0x41, 0x2), (u32::MAX, u32::MAX)),
+            x86(Vendor::Amd, 0x10, (0x02, 0x1), (u32::MAX, u32::MAX)),
+        ]),
+    },
+    Erratum {
+        erratum: Errata::AMD_TLB_MMATCH,
+        id: "AMD erratum 383",
+        description: "CPU may hang with a TLB multi-match machine check when using large pages",
+        source: "Linux arch/x86/kernel/cpu/amd.c init_amd_gh: X86_BUG_AMD_TLB_MMATCH for every family 0x10 CPU",
+        matches: Matches::X86(&[x86(Vendor::Amd, 0x10, ALL_MODELS.0, ALL_MODELS.1)]),
+    },
+    Erratum {
+        erratum: Errata::FXSAVE_LEAK,
+        id: "AMD X86_BUG_FXSAVE_LEAK",
+        description: "FXSAVE/XSAVE do not save FOP/FIP/FDP unless an x87 exception is pending, leaking them between contexts",
+        source: "Linux arch/x86/kernel/cpu/amd.c init_amd: family >= 6 without XSaveErPtr (CPUID 0x80000008 EBX bit 2)",
+        matches: Matches::X86(&[X86Match {
+            vendor: Vendor::Amd,
+            families: (6, u32::MAX),
+            first: ALL_MODELS.0,
+            last: ALL_MODELS.1,
+            requires: X86Facts::empty(),
+            unless: X86Facts::XSAVEERPTR,
+        }]),
+    },
+    // ---- AArch64 -------------------------------------------------------------------------
+    Erratum {
+        erratum: Errata::ARM64_835769,
+        id: "ARM 835769",
+        description: "Cortex-A53: an AArch64 multiply-accumulate instruction might produce an incorrect result",
+        source: "Linux arch/arm64/Kconfig ARM64_ERRATUM_835769 (build-time -mfix-cortex-a53-835769); Arm TF-A ERRATA_A53_835769: Cortex-A53 up to r0p4",
+        matches: Matches::Arm64(&[arm(CORTEX_A53, (0, 0), (0, 4))]),
+    },
+    Erratum {
+        erratum: Errata::ARM64_843419,
+        id: "ARM 843419",
+        description: "Cortex-A53: a load or store might access an incorrect address (ADRP at the end of a 4 KiB page)",
+        source: "Linux arch/arm64/kernel/cpu_errata.c erratum_843419_list, CONFIG_ARM64_ERRATUM_843419: Cortex-A53 r0p0-r0p4, r0p4 fixed when REVIDR bit 8 is set",
+        matches: Matches::Arm64(&[MidrMatch {
+            implementer: ARM,
+            part: CORTEX_A53,
+            first: (0, 0),
+            last: (0, 4),
+            fixed: &[RevidrFix {
+                variant: 0,
+                revision: 4,
+                revidr_mask: 1 << 8,
+            }],
+        }]),
+    },
+    Erratum {
+        erratum: Errata::ARM64_845719,
+        id: "ARM 845719",
+        description: "Cortex-A53: a load might read incorrect data (AArch32 EL0 after a CONTEXTIDR change)",
+        source: "Linux arch/arm64/kernel/cpu_errata.c erratum_845719_list, CONFIG_ARM64_ERRATUM_845719: Cortex-A53 r0p0-r0p4",
+        matches: Matches::Arm64(&[arm(CORTEX_A53, (0, 0), (0, 4))]),
+    },
+    Erratum {
+        erratum: Errata::ARM64_826319,
+        id: "ARM 826319",
+        description: "Cortex-A53: system might deadlock if a write cannot complete until read data is accepted (cache clean promoted to clean+invalidate)",
+        source: CPU_ERRATA_CLEAN_CACHE_012,
+        matches: Matches::Arm64(&[arm(CORTEX_A53, (0, 0), (0, 2))]),
+    },
+    Erratum {
+        erratum: Errata::ARM64_827319,
+        id: "ARM 827319",
+        description: "Cortex-A53: data cache clean instructions might cause overlapping transactions to the interconnect",
+        source: CPU_ERRATA_CLEAN_CACHE_012,
+        matches: Matches::Arm64(&[arm(CORTEX_A53, (0, 0), (0, 2))]),
+    },
+    Erratum {
+        erratum: Errata::ARM64_824069,
+        id: "ARM 824069",
+        description: "Cortex-A53: a cache line might not be marked as clean after a CleanShared snoop",
+        source: CPU_ERRATA_CLEAN_CACHE_012,
+        matches: Matches::Arm64(&[arm(CORTEX_A53, (0, 0), (0, 2))]),
+    },
+    Erratum {
+        erratum: Errata::ARM64_819472,
+        id: "ARM 819472",
+        description: "Cortex-A53: store-exclusive instructions might cause data corruption",
+        source: "Linux arch/arm64/kernel/cpu_errata.c workaround_clean_cache, CONFIG_ARM64_ERRATUM_819472: Cortex-A53 r0p0-r0p1",
+        matches: Matches::Arm64(&[arm(CORTEX_A53, (0, 0), (0, 1))]),
+    },
+    Erratum {
+        erratum: Errata::ARM64_832075,
+        id: "ARM 832075",
+        description: "Cortex-A57: possible deadlock mixing exclusive memory accesses with device load-acquires",
+        source: "Linux arch/arm64/kernel/cpu_errata.c, CONFIG_ARM64_ERRATUM_832075: Cortex-A57 r0p0-r1p2",
+        matches: Matches::Arm64(&[arm(CORTEX_A57, (0, 0), (1, 2))]),
+    },
+    Erratum {
+        erratum: Errata::ARM64_834220,
+        id: "ARM 834220",
+        description: "Cortex-A57: a stage 2 translation fault might be reported in the presence of a stage 1 fault",
+        source: "Linux arch/arm64/kernel/cpu_errata.c, CONFIG_ARM64_ERRATUM_834220: Cortex-A57 r0p0-r1p2",
+        matches: Matches::Arm64(&[arm(CORTEX_A57, (0, 0), (1, 2))]),
+    },
+    Erratum {
+        erratum: Errata::ARM64_1319367,
+        id: "ARM 1319537 (Cortex-A57) / 1319367 (Cortex-A72)",
+        description: "Cortex-A57/A72: a speculative AT instruction using an out-of-context translation regime could corrupt later translations",
+        source: "Linux arch/arm64/kernel/cpu_errata.c erratum_speculative_at_list, CONFIG_ARM64_ERRATUM_1319367: Cortex-A57 and Cortex-A72, all revisions",
+        matches: Matches::Arm64(&[
+            arm(CORTEX_A57, ALL_REVS.0, ALL_REVS.1),
+            arm(CORTEX_A72, ALL_REVS.0, ALL_REVS.1),
+        ]),
+    },
+    Erratum {
+        erratum: Errata::ARM64_1286807,
+        id: "ARM 1286807",
+        description: "Cortex-A76: modifying a translation table entry might lead to a read-after-read ordering violation (TLBI repeated)",
+        source: "Linux arch/arm64/kernel/cpu_errata.c arm64_repeat_tlbi_list, CONFIG_ARM64_ERRATUM_1286807: Cortex-A76 r0p0-r3p0",
+        matches: Matches::Arm64(&[arm(CORTEX_A76, (0, 0), (3, 0))]),
+    },
+    Erratum {
+        erratum: Errata::ARM64_1463225,
+        id: "ARM 1463225",
+        description: "Cortex-A76: software step might prevent interrupt recognition",
+        source: "Linux arch/arm64/kernel/cpu_errata.c erratum_1463225, CONFIG_ARM64_ERRATUM_1463225: Cortex-A76 r0p0-r3p1 (Linux applies it only when the kernel runs at EL2)",
+        matches: Matches::Arm64(&[arm(CORTEX_A76, (0, 0), (3, 1))]),
+    },
+    Erratum {
+        erratum: Errata::ARM64_1165522,
+        id: "ARM 1165522",
+        description: "Cortex-A76: a speculative AT instruction using an out-of-context translation regime could corrupt later translations",
+        source: "Linux arch/arm64/kernel/cpu_errata.c erratum_speculative_at_list, CONFIG_ARM64_ERRATUM_1165522: Cortex-A76 r0p0-r2p0",
+        matches: Matches::Arm64(&[arm(CORTEX_A76, (0, 0), (2, 0))]),
+    },
+    Erratum {
+        erratum: Errata::ARM64_1418040,
+        id: "ARM 1418040",
+        description: "Cortex-A76/Neoverse-N1: an AArch32 MRC read after an MRRC read of a generic timer register might be wrong",
+        source: "Linux arch/arm64/kernel/cpu_errata.c erratum_1418040_list, CONFIG_ARM64_ERRATUM_1418040: Cortex-A76 and Neoverse-N1 r0p0-r3p1",
+        matches: Matches::Arm64(&[
+            arm(CORTEX_A76, (0, 0), (3, 1)),
+            arm(NEOVERSE_N1, (0, 0), (3, 1)),
+        ]),
+    },
+];
+
+const CPU_ERRATA_CLEAN_CACHE_012: &str = "Linux arch/arm64/kernel/cpu_errata.c workaround_clean_cache (ARM64_WORKAROUND_CLEAN_CACHE), CONFIG_ARM64_ERRATUM_826319/827319/824069: Cortex-A53 r0p0-r0p2";
+
+impl Erratum {
+    /// Whether the CPU is affected.
+    pub fn affects(&self, id: &CpuId) -> bool {
+        match (self.matches, id) {
+            (Matches::X86(ranges), CpuId::X86(cpu)) => ranges.iter().any(|r| r.matches(cpu)),
+            (Matches::Arm64(ranges), CpuId::Arm64 { midr, revidr }) => {
+                ranges.iter().any(|r| r.matches(*midr, *revidr))
+            }
+            _ => false,
+        }
+    }
+
+    /// The erratum as a capability.
+    pub fn capability(&self) -> Option<Capability> {
+        Capability::erratum(self.erratum)
+    }
+}
+
+/// The errata that the CPU with this identity needs worked around.
+pub fn errata_for(id: &CpuId) -> Errata {
+    ERRATA
+        .iter()
+        .filter(|e| e.affects(id))
+        .fold(Errata::empty(), |acc, e| acc | e.erratum)
+}
+
+/// The database entry of an erratum bit, if it has one.
+pub fn lookup(erratum: Errata) -> Option<&'static Erratum> {
+    ERRATA.iter().find(|e| e.erratum == erratum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capability::Features;
+    use crate::x86_64::cpuid::CoreType;
+
+    fn a53(variant: u8, revision: u8, revidr: u32) -> CpuId {
+        CpuId::Arm64 {
+            midr: Midr::encode(ARM, CORTEX_A53, variant, revision),
+            revidr,
+        }
+    }
+
+    fn arm_cpu(part: u16, variant: u8, revision: u8) -> CpuId {
+        CpuId::Arm64 {
+            midr: Midr::encode(ARM, part, variant, revision),
+            revidr: 0,
+        }
+    }
+
+    fn x86_cpu(vendor: Vendor, family: u32, model: u32, stepping: u32, facts: X86Facts) -> CpuId {
+        let id = match vendor {
+            Vendor::Intel => *b"GenuineIntel",
+            Vendor::Amd => *b"AuthenticAMD",
+            Vendor::Hygon => *b"HygonGenuine",
+            Vendor::Other => *b"SomethingElz",
+        };
+        CpuId::X86(X86Cpu {
+            vendor,
+            vendor_id: id,
+            family,
+            model,
+            stepping,
+            core_type: CoreType::Unknown,
+            max_leaf: 0xd,
+            max_ext_leaf: 0x8000_0008,
+            features: Features::empty(),
+            facts,
+        })
+    }
+
+    #[test]
+    fn every_entry_is_unique_named_and_sourced() {
+        let mut seen = Errata::empty();
+        for e in ERRATA {
+            assert_eq!(e.erratum.bits().count_ones(), 1, "{}", e.id);
+            assert!(!seen.intersects(e.erratum), "{} listed twice", e.id);
+            seen |= e.erratum;
+            assert!(e
+                .capability()
+                .is_some_and(|c| c.name().starts_with("erratum_")));
+            assert!(!e.source.is_empty() && !e.description.is_empty());
+        }
+        assert_eq!(
+            seen,
+            Errata::all(),
+            "every erratum bit has a database entry"
+        );
+    }
+
+    #[test]
+    fn midr_round_trip() {
+        let m = Midr::encode(ARM, CORTEX_A72, 0, 2);
+        assert_eq!(m, 0x410f_d082);
+        let d = Midr::decode(0x410f_d034);
+        assert_eq!(
+            (d.implementer, d.part, d.variant, d.revision),
+            (0x41, 0xd03, 0, 4)
+        );
+    }
+
+    #[test]
+    fn cortex_a53_ranges_and_revidr_fix() {
+        let r0p4 = errata_for(&a53(0, 4, 0));
+        assert_eq!(
+            r0p4,
+            Errata::ARM64_835769 | Errata::ARM64_843419 | Errata::ARM64_845719
+        );
+        // r0p4 with REVIDR bit 8: 843419 fixed; other REVIDR bits change nothing.
+        assert!(!errata_for(&a53(0, 4, 1 << 8)).contains(Errata::ARM64_843419));
+        assert!(errata_for(&a53(0, 4, 1 << 7)).contains(Errata::ARM64_843419));
+        // The fix bit only applies at r0p4.
+        assert!(errata_for(&a53(0, 3, 1 << 8)).contains(Errata::ARM64_843419));
+        let clean = Errata::ARM64_826319 | Errata::ARM64_827319 | Errata::ARM64_824069;
+        assert!(errata_for(&a53(0, 2, 0)).contains(clean));
+        assert!(!errata_for(&a53(0, 2, 0)).contains(Errata::ARM64_819472));
+        assert!(errata_for(&a53(0, 1, 0)).contains(clean | Errata::ARM64_819472));
+        assert!(!errata_for(&a53(0, 3, 0)).intersects(clean));
+        // r1p0 is past every range.
+        assert_eq!(errata_for(&a53(1, 0, 0)), Errata::empty());
+    }
+
+    #[test]
+    fn big_cores() {
+        let a57 = Errata::ARM64_832075 | Errata::ARM64_834220 | Errata::ARM64_1319367;
+        assert_eq!(errata_for(&arm_cpu(CORTEX_A57, 1, 2)), a57);
+        assert_eq!(
+            errata_for(&arm_cpu(CORTEX_A57, 1, 3)),
+            Errata::ARM64_1319367
+        );
+        assert_eq!(
+            errata_for(&arm_cpu(CORTEX_A72, 0, 2)),
+            Errata::ARM64_1319367
+        );
+        let a76_r3p0 = errata_for(&arm_cpu(CORTEX_A76, 3, 0));
+        assert_eq!(
+            a76_r3p0,
+            Errata::ARM64_1286807 | Errata::ARM64_1463225 | Errata::ARM64_1418040
+        );
+        let a76_r2p0 = errata_for(&arm_cpu(CORTEX_A76, 2, 0));
+        assert!(a76_r2p0.contains(Errata::ARM64_1165522));
+        let a76_r3p1 = errata_for(&arm_cpu(CORTEX_A76, 3, 1));
+        assert_eq!(a76_r3p1, Errata::ARM64_1463225 | Errata::ARM64_1418040);
+        assert_eq!(errata_for(&arm_cpu(CORTEX_A76, 4, 0)), Errata::empty());
+        assert_eq!(
+            errata_for(&arm_cpu(NEOVERSE_N1, 3, 1)),
+            Errata::ARM64_1418040
+        );
+        // Another implementer with the same part number is not an Arm core.
+        let other = CpuId::Arm64 {
+            midr: Midr::encode(0x51, CORTEX_A53, 0, 0),
+            revidr: 0,
+        };
+        assert_eq!(errata_for(&other), Errata::empty());
+    }
+
+    #[test]
+    fn amd_ranges() {
+        let clean = X86Facts::XSAVEERPTR | X86Facts::NULL_SEL_CLR_BASE;
+        let base = Errata::SYSRET_SS_ATTRS;
+        // Zen1 (Naples, family 0x17 model 0x01) and Zen+ (0x08): DIV0.
+        assert_eq!(
+            errata_for(&x86_cpu(Vendor::Amd, 0x17, 0x01, 2, clean)),
+            base | Errata::AMD_DIV0
+        );
+        // Zen2 Rome (0x31) and Renoir (0x60): Zenbleed, no DIV0.
+        for model in [0x31, 0x47, 0x60, 0x71, 0x90, 0x91, 0xa0] {
+            assert_eq!(
+                errata_for(&x86_cpu(Vendor::Amd, 0x17, model, 0, clean)),
+                base | Errata::ZENBLEED,
+                "model {model:#x}"
+            );
+        }
+        assert_eq!(
+            errata_for(&x86_cpu(Vendor::Amd, 0x17, 0x92, 0, clean)),
+            base
+        );
+        // Zen4 Genoa (family 0x19 model 0x11) with NullSelectorClearsBase and XSaveErPtr.
+        assert_eq!(
+            errata_for(&x86_cpu(Vendor::Amd, 0x19, 0x11, 1, clean)),
+            base
+        );
+        // ... and without them (as a hypervisor may hide them).
+        assert_eq!(
+            errata_for(&x86_cpu(Vendor::Amd, 0x19, 0x11, 1, X86Facts::empty())),
+            base | Errata::NULL_SEG | Errata::FXSAVE_LEAK
+        );
+        // Erratum 400 boundaries.
+        let k8 = |m, s| errata_for(&x86_cpu(Vendor::Amd, 0xf, m, s, clean));
+        assert!(!k8(0x41, 1).contains(Errata::AMD_E400));
+        assert!(k8(0x41, 2).contains(Errata::AMD_E400));
+        assert!(k8(0x42, 0).contains(Errata::AMD_E400));
+        let gh = |m, s| errata_for(&x86_cpu(Vendor::Amd, 0x10, m, s, clean));
+        assert!(!gh(0x02, 0).contains(Errata::AMD_E400));
+        assert!(gh(0x02, 0).contains(Errata::AMD_TLB_MMATCH));
+        assert!(gh(0x02, 1).contains(Errata::AMD_E400 | Errata::AMD_TLB_MMATCH));
+        // Hygon: SYSRET and NULL_SEG but not the AMD-only ones.
+        assert_eq!(
+            errata_for(&x86_cpu(Vendor::Hygon, 0x18, 0x00, 0, X86Facts::empty())),
+            Errata::SYSRET_SS_ATTRS | Errata::NULL_SEG
+        );
+    }
+
+    #[test]
+    fn intel_ranges() {
+        let c = X86Facts::CLFLUSH | X86Facts::MWAIT;
+        for model in [29, 46, 47] {
+            assert_eq!(
+                errata_for(&x86_cpu(Vendor::Intel, 6, model, 0, c)),
+                Errata::CLFLUSH_MONITOR
+            );
+            // Without CLFLUSH the bug does not apply.
+            assert_eq!(
+                errata_for(&x86_cpu(Vendor::Intel, 6, model, 0, X86Facts::MWAIT)),
+                Errata::empty()
+            );
+        }
+        assert_eq!(
+            errata_for(&x86_cpu(Vendor::Intel, 6, 0x5c, 9, c)),
+            Errata::MONITOR
+        );
+        assert_eq!(
+            errata_for(&x86_cpu(Vendor::Intel, 6, 0x5c, 9, X86Facts::CLFLUSH)),
+            Errata::empty()
+        );
+        assert_eq!(
+            errata_for(&x86_cpu(Vendor::Intel, 6, 0x3c, 3, c)),
+            Errata::empty()
+        );
+        // The same model number in another family is another CPU.
+        assert_eq!(
+            errata_for(&x86_cpu(Vendor::Intel, 0xf, 29, 0, c)),
+            Errata::empty()
+        );
+        // An x86 CPU never matches an AArch64 entry and vice versa.
+        assert_eq!(
+            errata_for(&x86_cpu(Vendor::Other, 6, 29, 0, c)),
+            Errata::empty()
+        );
+    }
+}

@@ -59,7 +59,9 @@ static PATCHED: Mutex<Option<Patched>> = Mutex::new(None);
 
 /// The capabilities of this system: features every online CPU has, errata any has.
 pub fn system_capabilities() -> Result<CapabilitySet, ProcessError> {
-    crate::cpu::system_capabilities_hosted().map_err(ProcessError::Probe)
+    let cpus = crate::cpu::probe_online_cpus()
+        .map_err(|e| ProcessError::Probe(std::format!("{e}")))?;
+    Ok(crate::policy::SystemCaps::from_cpus(&cpus).capabilities())
 }
 
 /// The overrides from the environment ([`ENV_VAR`]).
