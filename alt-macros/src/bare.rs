@@ -29,8 +29,8 @@ impl Parse for BareInput {
             if input.is_empty() {
                 break;
             }
-            let is_key = input.peek(Token![!])
-                || (input.peek(syn::Ident) && input.peek2(Token![=>]));
+            let is_key =
+                input.peek(Token![!]) || (input.peek(syn::Ident) && input.peek2(Token![=>]));
             if is_key && operands.is_empty() && trailing.is_empty() {
                 let key: Key = input.parse()?;
                 input.parse::<Token![=>]>()?;

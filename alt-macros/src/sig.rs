@@ -27,60 +27,59 @@ impl ValueKind {
                          this type is not one of them",
                     );
                 };
-                let kind = match ident.to_string().as_str() {
-                    "u8" => ValueKind::Int {
-                        bits: 8,
-                        signed: false,
-                    },
-                    "i8" => ValueKind::Int {
-                        bits: 8,
-                        signed: true,
-                    },
-                    "u16" => ValueKind::Int {
-                        bits: 16,
-                        signed: false,
-                    },
-                    "i16" => ValueKind::Int {
-                        bits: 16,
-                        signed: true,
-                    },
-                    "u32" => ValueKind::Int {
-                        bits: 32,
-                        signed: false,
-                    },
-                    "i32" => ValueKind::Int {
-                        bits: 32,
-                        signed: true,
-                    },
-                    "u64" => ValueKind::Int {
-                        bits: 64,
-                        signed: false,
-                    },
-                    "i64" => ValueKind::Int {
-                        bits: 64,
-                        signed: true,
-                    },
-                    "usize" | "isize" => ValueKind::Word,
-                    "bool" => ValueKind::Bool,
-                    "f32" | "f64" => {
-                        return err(
-                            "floating-point values travel in vector registers; #[alternative] \
+                let kind =
+                    match ident.to_string().as_str() {
+                        "u8" => ValueKind::Int {
+                            bits: 8,
+                            signed: false,
+                        },
+                        "i8" => ValueKind::Int {
+                            bits: 8,
+                            signed: true,
+                        },
+                        "u16" => ValueKind::Int {
+                            bits: 16,
+                            signed: false,
+                        },
+                        "i16" => ValueKind::Int {
+                            bits: 16,
+                            signed: true,
+                        },
+                        "u32" => ValueKind::Int {
+                            bits: 32,
+                            signed: false,
+                        },
+                        "i32" => ValueKind::Int {
+                            bits: 32,
+                            signed: true,
+                        },
+                        "u64" => ValueKind::Int {
+                            bits: 64,
+                            signed: false,
+                        },
+                        "i64" => ValueKind::Int {
+                            bits: 64,
+                            signed: true,
+                        },
+                        "usize" | "isize" => ValueKind::Word,
+                        "bool" => ValueKind::Bool,
+                        "f32" | "f64" => {
+                            return err(
+                                "floating-point values travel in vector registers; #[alternative] \
                              functions take and return integers, `bool` or raw pointers",
-                        )
-                    }
-                    "u128" | "i128" => {
-                        return err(
+                            )
+                        }
+                        "u128" | "i128" => return err(
                             "128-bit integers take two registers; #[alternative] functions take \
                              and return integers of up to 64 bits, `bool` or raw pointers",
-                        )
-                    }
-                    _ => {
-                        return err(
-                            "#[alternative] functions take and return integers, `bool` or raw \
+                        ),
+                        _ => {
+                            return err(
+                                "#[alternative] functions take and return integers, `bool` or raw \
                              pointers; pass structs and other types by raw pointer",
-                        )
-                    }
-                };
+                            )
+                        }
+                    };
                 Ok(kind)
             }
             Type::Reference(_) => err(
@@ -231,9 +230,7 @@ pub const ARG_REGS: [[&str; 4]; MAX_ARGS] = [
 pub const RET_REGS: [&str; 4] = ["rax", "eax", "ax", "al"];
 
 /// Caller-saved general-purpose registers a site may declare clobbered.
-pub const CLOBBERABLE: [&str; 9] = [
-    "rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11",
-];
+pub const CLOBBERABLE: [&str; 9] = ["rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11"];
 
 /// Index into a register row for a width in bits.
 pub fn width_index(bits: u8) -> usize {

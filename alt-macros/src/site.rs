@@ -196,8 +196,11 @@ mod tests {
         });
         let text = t.join("\n");
         assert!(text.starts_with(ALT_REPLACEMENT_PUSHSECTION));
-        assert!(text.contains("2:\npopcnt rax, rdi\n3:\n.popsection\n4:\n.byte 0xe8\n.long {d} - . - 4\n"));
-        assert!(text.contains(".skip -(((3b - 2b) - (. - 4b)) > 0) * ((3b - 2b) - (. - 4b)), 0x90\n5:"));
+        assert!(text
+            .contains("2:\npopcnt rax, rdi\n3:\n.popsection\n4:\n.byte 0xe8\n.long {d} - . - 4\n"));
+        assert!(
+            text.contains(".skip -(((3b - 2b) - (. - 4b)) > 0) * ((3b - 2b) - (. - 4b)), 0x90\n5:")
+        );
         assert!(text.contains("6:\n.long 4b - .\n.long 2b - .\n.short 0x0004\n.byte 5b - 4b\n.byte 3b - 2b\n.popsection"));
     }
 }

@@ -206,16 +206,18 @@ const ERRATUM_NAMES: [(&str, Errata); 23] = [
 impl Capability {
     /// The capability with this raw id, if the id is in use.
     pub const fn from_id(id: u16) -> Option<Self> {
-        if id < ERRATUM_BASE {
-            if Features::all().bits() & (1u64 << id) != 0 {
-                return Some(Self(id));
-            }
+        let known = if id < ERRATUM_BASE {
+            Features::all().bits() & (1u64 << id) != 0
         } else if id < CAPABILITY_LIMIT {
-            if Errata::all().bits() & (1u64 << (id - ERRATUM_BASE)) != 0 {
-                return Some(Self(id));
-            }
+            Errata::all().bits() & (1u64 << (id - ERRATUM_BASE)) != 0
+        } else {
+            false
+        };
+        if known {
+            Some(Self(id))
+        } else {
+            None
         }
-        None
     }
 
     /// The capability of a single feature bit. `None` if `f` is empty or has several bits.

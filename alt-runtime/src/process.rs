@@ -59,8 +59,8 @@ static PATCHED: Mutex<Option<Patched>> = Mutex::new(None);
 
 /// The capabilities of this system: features every online CPU has, errata any has.
 pub fn system_capabilities() -> Result<CapabilitySet, ProcessError> {
-    let cpus = crate::cpu::probe_online_cpus()
-        .map_err(|e| ProcessError::Probe(std::format!("{e}")))?;
+    let cpus =
+        crate::cpu::probe_online_cpus().map_err(|e| ProcessError::Probe(std::format!("{e}")))?;
     Ok(crate::policy::SystemCaps::from_cpus(&cpus).capabilities())
 }
 
