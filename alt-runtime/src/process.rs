@@ -82,15 +82,52 @@ pub fn process_text() -> (Vec<Range<u64>>, Range<u64>) {
     (text, s.alt_replacement.0 as u64..s.alt_replacement.1 as u64)
 }
 
-/// Probes, applies the environment overrides, and patches every site of this program.
-pub fn patch_self() -> Result<Report, ProcessError> {
-    let mut caps = system_capabilities()?;
-    env_overrides()?.apply(&mut caps);
-    patch_self_with(&caps)
+/// How [`patch_self_with`] patches.
+#[derive(Clone, Debug, Default)]
+pub struct PatchOptions {
+    capabilities: Option<CapabilitySet>,
+    allow_other_threads: bool,
 }
 
-/// Patches every site of this program for the given capabilities (no probing, no overrides).
-pub fn patch_self_with(caps: &CapabilitySet) -> Result<Report, ProcessError> {
+impl PatchOptions {
+    /// Probe every CPU, apply the environment overrides, refuse if other threads exist.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Patch for these capabilities instead of probing (the environment overrides still apply).
+    pub fn capabilities(mut self, caps: CapabilitySet) -> Self {
+        self.capabilities = Some(caps);
+        self
+    }
+
+    /// Patch even though the process has other threads.
+    ///
+    /// # Safety
+    ///
+    /// No other thread may execute any site while patching runs, and each must serialise
+    /// before it next runs patched code (see [`MprotectWriter::allow_other_threads`]). Under
+    /// `qemu-user` the emulator's own helper thread shows as a thread of the process; it never
+    /// runs guest code, so a single-threaded guest program may take this responsibility.
+    pub unsafe fn allow_other_threads(mut self) -> Self {
+        self.allow_other_threads = true;
+        self
+    }
+}
+
+/// Probes, applies the environment overrides, and patches every site of this program.
+pub fn patch_self() -> Result<Report, ProcessError> {
+    patch_self_with(&PatchOptions::new())
+}
+
+/// Patches every site of this program as the options say.
+pub fn patch_self_with(options: &PatchOptions) -> Result<Report, ProcessError> {
+    let mut caps = match options.capabilities {
+        Some(c) => c,
+        None => system_capabilities()?,
+    };
+    env_overrides()?.apply(&mut caps);
+    let caps = &caps;
     let mut guard = PATCHED.lock().unwrap_or_else(|p| p.into_inner());
     if guard.is_some() {
         return Err(ProcessError::AlreadyPatched);
@@ -115,6 +152,10 @@ pub fn patch_self_with(caps: &CapabilitySet) -> Result<Report, ProcessError> {
     let mem = unsafe { LiveMemory::new() };
     let plan = plan_alternatives(&entries, &layout, caps, &mem).map_err(ProcessError::Table)?;
     let mut writer = MprotectWriter::new();
+    if options.allow_other_threads {
+        // SAFETY: the caller of PatchOptions::allow_other_threads took this responsibility.
+        writer = unsafe { writer.allow_other_threads() };
+    }
     let mut patched = apply(plan, &mut writer).map_err(ProcessError::Patch)?;
     let report = patched.report_mut();
     report.elapsed_ns = Some(started.elapsed().as_nanos() as u64);
@@ -134,9 +175,19 @@ pub fn patch_self_with(caps: &CapabilitySet) -> Result<Report, ProcessError> {
 
 /// Restores every site patched by [`patch_self`] to its original bytes.
 pub fn revert_self() -> Result<(), ProcessError> {
+    revert_self_with(&PatchOptions::new())
+}
+
+/// Restores every site patched by [`patch_self`] to its original bytes; of the options only
+/// [`PatchOptions::allow_other_threads`] matters.
+pub fn revert_self_with(options: &PatchOptions) -> Result<(), ProcessError> {
     let mut guard = PATCHED.lock().unwrap_or_else(|p| p.into_inner());
     let patched = guard.take().ok_or(ProcessError::NotPatched)?;
     let mut writer = MprotectWriter::new();
+    if options.allow_other_threads {
+        // SAFETY: the caller of PatchOptions::allow_other_threads took this responsibility.
+        writer = unsafe { writer.allow_other_threads() };
+    }
     match patched.revert(&mut writer) {
         Ok(_) => Ok(()),
         Err((patched, e)) => {

@@ -97,6 +97,20 @@ pub fn thread_count() -> Result<usize, WriteError> {
         })
 }
 
+/// Number of threads, allowing threads that were just joined a moment to leave
+/// `/proc/self/task` (a joined thread can still be listed while the kernel reaps it).
+fn settled_thread_count() -> Result<usize, WriteError> {
+    let mut n = thread_count()?;
+    for _ in 0..50 {
+        if n <= 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        n = thread_count()?;
+    }
+    Ok(n)
+}
+
 /// Writes the process's own text with `mprotect`.
 #[derive(Debug, Default)]
 pub struct MprotectWriter {
@@ -163,7 +177,7 @@ impl Writer for MprotectWriter {
             return Ok(WriteStats::default());
         }
         if !self.allow_threads {
-            let n = thread_count()?;
+            let n = settled_thread_count()?;
             if n > 1 {
                 return Err(WriteError {
                     addr: chunks[0].addr,

@@ -1,0 +1,259 @@
+//! The quickstart: a handful of hot functions whose call sites patch themselves at start-up.
+//!
+//! ```text
+//! cargo run --release --example quickstart            # report, results, checksum
+//! cargo run --release --example quickstart -- --json  # one JSON object
+//! cargo run --release --example quickstart -- --no-patch
+//! qemu-x86_64 -cpu Nehalem target/release/examples/quickstart --allow-threads
+//! ALT_CLEARCPUID=popcnt,avx2 cargo run --release --example quickstart
+//! ```
+//!
+//! Each function's body is its portable default. At start-up `alt::process::patch_self()`
+//! probes every CPU and rewrites each call site once: the POPCNT/LZCNT/TZCNT instruction inline,
+//! `rep movsb` inline where ERMS/FSRM say it is fast, a direct call to the AVX2 sum, an `lfence`
+//! only where it serialises dispatch. The results (and their checksum) are the same whatever was
+//! chosen; what changes is the code that computes them.
+
+use alt::alternative;
+
+/// Number of set bits.
+#[alternative(popcnt => inline("popcnt {ret}, {x}"))]
+pub fn popcount(x: u64) -> u64 {
+    // Portable: the classic SWAR count, no POPCNT instruction.
+    let x = x - ((x >> 1) & 0x5555_5555_5555_5555);
+    let x = (x & 0x3333_3333_3333_3333) + ((x >> 2) & 0x3333_3333_3333_3333);
+    let x = (x + (x >> 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    x.wrapping_mul(0x0101_0101_0101_0101) >> 56
+}
+
+/// Leading zero bits (64 for 0).
+#[alternative(lzcnt => inline("lzcnt {ret}, {x}"))]
+pub fn leading_zeros(x: u64) -> u64 {
+    if x == 0 {
+        return 64;
+    }
+    let mut n = 0;
+    let mut v = x;
+    while v & (1 << 63) == 0 {
+        v <<= 1;
+        n += 1;
+    }
+    n
+}
+
+/// Trailing zero bits (64 for 0).
+#[alternative(bmi1 => inline("tzcnt {ret}, {x}"))]
+pub fn trailing_zeros(x: u64) -> u64 {
+    if x == 0 {
+        return 64;
+    }
+    let mut n = 0;
+    let mut v = x;
+    while v & 1 == 0 {
+        v >>= 1;
+        n += 1;
+    }
+    n
+}
+
+/// Copies `len` bytes: `rep movsb` where the CPU says it is fast (FSRM for short copies, ERMS),
+/// a byte loop otherwise.
+///
+/// # Safety
+///
+/// `dst` and `src` must be valid for `len` bytes and must not overlap.
+#[alternative(
+    fsrm => inline("mov rcx, rdx", "rep movsb"),
+    erms => inline("mov rcx, rdx", "rep movsb"),
+    clobber(rcx, rdi, rsi)
+)]
+pub unsafe fn copy_bytes(dst: *mut u8, src: *const u8, len: usize) {
+    let mut i = 0;
+    while i < len {
+        // SAFETY: the caller's contract.
+        unsafe { core::ptr::write_volatile(dst.add(i), *src.add(i)) };
+        i += 1;
+    }
+}
+
+/// Sum of `len` bytes: an AVX2 implementation by direct call over the SSE2 default.
+///
+/// # Safety
+///
+/// `ptr` must be valid for `len` bytes.
+#[alternative(avx2 => sum_bytes_avx2)]
+pub unsafe fn sum_bytes(ptr: *const u8, len: usize) -> u64 {
+    use core::arch::x86_64::*;
+    let mut total = 0u64;
+    let mut i = 0;
+    // SAFETY: SSE2 is part of x86-64; loads stay inside the caller's buffer.
+    unsafe {
+        let zero = _mm_setzero_si128();
+        let mut acc = _mm_setzero_si128();
+        while i + 16 <= len {
+            let v = _mm_loadu_si128(ptr.add(i) as *const __m128i);
+            acc = _mm_add_epi64(acc, _mm_sad_epu8(v, zero));
+            i += 16;
+        }
+        let mut lanes = [0u64; 2];
+        _mm_storeu_si128(lanes.as_mut_ptr() as *mut __m128i, acc);
+        total += lanes[0] + lanes[1];
+        while i < len {
+            total += u64::from(*ptr.add(i));
+            i += 1;
+        }
+    }
+    total
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn sum_bytes_avx2(ptr: *const u8, len: usize) -> u64 {
+    use core::arch::x86_64::*;
+    let mut total = 0u64;
+    let mut i = 0;
+    // SAFETY: only called where AVX2 is present (the site's key); loads stay in bounds.
+    unsafe {
+        let zero = _mm256_setzero_si256();
+        let mut acc = _mm256_setzero_si256();
+        while i + 32 <= len {
+            let v = _mm256_loadu_si256(ptr.add(i) as *const __m256i);
+            acc = _mm256_add_epi64(acc, _mm256_sad_epu8(v, zero));
+            i += 32;
+        }
+        let mut lanes = [0u64; 4];
+        _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, acc);
+        total += lanes.iter().sum::<u64>();
+        while i < len {
+            total += u64::from(*ptr.add(i));
+            i += 1;
+        }
+    }
+    total
+}
+
+/// A speculation barrier only where `lfence` serialises dispatch (as Linux's `barrier_nospec`).
+#[inline(always)]
+pub fn speculation_barrier() {
+    // SAFETY: either nothing or an lfence; no operands.
+    unsafe { alt::asm::alternative!("", lfence_serializing => "lfence", options(nostack)) };
+}
+
+/// Flushes the cache line holding `p`: `clflushopt` where available, `clflush` otherwise.
+#[inline(always)]
+pub fn flush_line(p: *const u8) {
+    // SAFETY: flushing a line of memory the caller can read has no other effect.
+    unsafe {
+        alt::asm::alternative!(
+            "clflush byte ptr [{0}]",
+            clflushopt => "clflushopt byte ptr [{0}]",
+            in(reg) p,
+            options(nostack)
+        )
+    };
+}
+
+/// FNV-1a over 64-bit words.
+struct Checksum(u64);
+
+impl Checksum {
+    fn add(&mut self, v: u64) {
+        for b in v.to_le_bytes() {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+/// Runs every function on fixed inputs; returns the checksum of the results and a summary.
+fn run() -> (u64, Vec<(&'static str, u64)>) {
+    let mut sum = Checksum(0xcbf2_9ce4_8422_2325);
+    let values: [u64; 8] = [
+        0,
+        1,
+        0x8000_0000_0000_0000,
+        0xff00_ff00_ff00_ff00,
+        0x0123_4567_89ab_cdef,
+        u64::MAX,
+        0x10,
+        0xdead_beef,
+    ];
+    let mut bits = 0;
+    for &v in &values {
+        let v = std::hint::black_box(v);
+        let (p, l, t) = (popcount(v), leading_zeros(v), trailing_zeros(v));
+        sum.add(p);
+        sum.add(l);
+        sum.add(t);
+        bits += p;
+    }
+
+    let src: Vec<u8> = (0..4099u32)
+        .map(|i| (i.wrapping_mul(7) ^ (i >> 3)) as u8)
+        .collect();
+    let mut copied = 0;
+    for len in [0usize, 1, 7, 64, 255, 4099] {
+        let mut dst = vec![0u8; len];
+        // SAFETY: both buffers hold at least `len` bytes and do not overlap.
+        unsafe { copy_bytes(dst.as_mut_ptr(), src.as_ptr(), len) };
+        assert_eq!(dst[..], src[..len], "copy of {len} bytes");
+        copied += len as u64;
+        sum.add(dst.iter().map(|&b| u64::from(b)).sum());
+    }
+
+    let mut total = 0;
+    for len in [0usize, 15, 16, 33, 1000, 4099] {
+        speculation_barrier();
+        // SAFETY: `src` holds 4099 bytes.
+        let s = unsafe { sum_bytes(src.as_ptr(), len) };
+        sum.add(s);
+        total += s;
+    }
+    flush_line(src.as_ptr());
+    (
+        sum.0,
+        vec![
+            ("bits counted", bits),
+            ("bytes copied", copied),
+            ("byte sum", total),
+        ],
+    )
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let json = args.iter().any(|a| a == "--json");
+    let patch = !args.iter().any(|a| a == "--no-patch");
+
+    let mut options = alt::process::PatchOptions::new();
+    if args.iter().any(|a| a == "--allow-threads") {
+        // SAFETY: this program patches before it starts any thread; the flag is for qemu-user,
+        // whose own helper thread shows in /proc/self/task but never runs guest code.
+        options = unsafe { options.allow_other_threads() };
+    }
+    let report = if patch {
+        match alt::process::patch_self_with(&options) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("quickstart: {e}");
+                std::process::exit(1);
+            }
+        }
+    } else {
+        None
+    };
+    let (checksum, summary) = run();
+
+    if json {
+        let report = report.map_or(String::from("null"), |r| r.to_json());
+        println!("{{\"patched\":{patch},\"checksum\":{checksum},\"report\":{report}}}");
+    } else {
+        match &report {
+            Some(r) => println!("{r}\n"),
+            None => println!("(not patched: every site runs its default)\n"),
+        }
+        for (what, n) in summary {
+            println!("{what:>14}: {n}");
+        }
+        println!("{:>14}: {checksum:#018x}", "checksum");
+    }
+}
