@@ -1,0 +1,237 @@
+//! The quickstart demo judged by emulated CPU models (`qemu-x86_64 -cpu MODEL`) and an
+//! independent decoder (iced-x86).
+//!
+//! For each model: the program must not crash (a wrong choice is SIGILL), each site's decision
+//! must match what that model's CPUID offers (expectations from QEMU's model definitions, not
+//! from our probe), the result checksum must equal the unpatched run's, and every site must
+//! decode into whole instructions ending exactly at its end, before and after patching.
+
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+
+mod common;
+
+use common::{decode_whole, example, json, run_native, run_on_model, unhex};
+use serde_json::Value;
+
+/// What a model offers, for the quickstart's sites.
+struct Model {
+    name: &'static str,
+    popcnt: bool,
+    lzcnt: bool,
+    bmi1: bool,
+    /// Capability the copy site is expected to choose, if any.
+    copy: Option<&'static [&'static str]>,
+    avx2: bool,
+    clflushopt: bool,
+    /// `lfence` serialises dispatch (every Intel CPU); None: not asserted.
+    lfence: Option<bool>,
+}
+
+const MODELS: [Model; 4] = [
+    Model {
+        name: "qemu64",
+        popcnt: false,
+        lzcnt: false,
+        bmi1: false,
+        copy: None,
+        avx2: false,
+        clflushopt: false,
+        lfence: Some(false),
+    },
+    Model {
+        name: "Nehalem",
+        popcnt: true,
+        lzcnt: false,
+        bmi1: false,
+        copy: None,
+        avx2: false,
+        clflushopt: false,
+        lfence: Some(true),
+    },
+    Model {
+        name: "Haswell",
+        popcnt: true,
+        lzcnt: true,
+        bmi1: true,
+        copy: Some(&["erms"]),
+        avx2: true,
+        clflushopt: false,
+        lfence: Some(true),
+    },
+    Model {
+        name: "max",
+        popcnt: true,
+        lzcnt: true,
+        bmi1: true,
+        copy: Some(&["fsrm", "erms"]),
+        avx2: true,
+        clflushopt: true,
+        lfence: None,
+    },
+];
+
+fn sites(v: &Value) -> &Vec<Value> {
+    v["report"]["sites"].as_array().expect("report.sites")
+}
+
+fn checksum(v: &Value) -> u64 {
+    v["checksum"].as_u64().expect("checksum")
+}
+
+/// Checks every site's before and after bytes with iced-x86.
+fn check_decodes(v: &Value, what: &str) {
+    for s in sites(v) {
+        let addr = s["address"].as_u64().unwrap();
+        for state in ["before", "after"] {
+            let bytes = unhex(s[state].as_str().unwrap());
+            assert_eq!(bytes.len() as u64, s["length"].as_u64().unwrap());
+            if let Err(e) = decode_whole(&bytes, addr) {
+                panic!("{what}: site {addr:#x} ({}) {state}: {e}", s["function"]);
+            }
+        }
+    }
+}
+
+/// The decision expected for a site, from the site's function and the model.
+fn expected(function: &str, m: &Model) -> Option<(&'static str, Vec<&'static str>)> {
+    let on = |b: bool, d: &'static str, cap: &'static str| {
+        if b {
+            (d, vec![cap])
+        } else {
+            ("default", vec![])
+        }
+    };
+    Some(match function {
+        "quickstart::popcount" => on(m.popcnt, "inline", "popcnt"),
+        "quickstart::leading_zeros" => on(m.lzcnt, "inline", "lzcnt"),
+        "quickstart::trailing_zeros" => on(m.bmi1, "inline", "bmi1"),
+        "quickstart::sum_bytes" => on(m.avx2, "direct_call", "avx2"),
+        "quickstart::copy_bytes" => match m.copy {
+            Some(caps) => ("inline", caps.to_vec()),
+            None => ("default", vec![]),
+        },
+        f if f.starts_with("quickstart:1") && m.lfence.is_none() => return None,
+        f if f.starts_with("quickstart:") => {
+            // The two bare sites: the fence (lfence) and the flush (clflushopt).
+            return Some(("?", vec![]));
+        }
+        other => panic!("unexpected site function {other}"),
+    })
+}
+
+fn unpatched_checksum() -> u64 {
+    let bin = example("quickstart");
+    let v = json(
+        &run_native(&bin, &["--json", "--no-patch"], &[]),
+        "quickstart --no-patch",
+    );
+    assert_eq!(v["patched"], Value::Bool(false));
+    checksum(&v)
+}
+
+#[test]
+fn every_model_gets_the_code_its_cpuid_offers_and_the_same_results() {
+    let bin = example("quickstart");
+    let reference = unpatched_checksum();
+    for m in &MODELS {
+        let out = run_on_model(m.name, &bin, &["--json", "--allow-threads"], &[]);
+        let v = json(&out, &format!("quickstart on {}", m.name));
+        assert_eq!(checksum(&v), reference, "checksum on {}", m.name);
+        check_decodes(&v, m.name);
+        let mut seen_fence = false;
+        for s in sites(&v) {
+            let function = s["function"].as_str().unwrap();
+            let decision = s["decision"].as_str().unwrap();
+            let capability = s["capability"].as_str().unwrap_or("");
+            match expected(function, m) {
+                None => {}
+                Some(("?", _)) => match capability {
+                    "lfence_serializing" => {
+                        seen_fence = true;
+                        if let Some(l) = m.lfence {
+                            assert_eq!(decision == "inline", l, "fence on {}", m.name);
+                        }
+                    }
+                    "clflushopt" => {
+                        assert_eq!(decision == "inline", m.clflushopt, "flush on {}", m.name)
+                    }
+                    other => panic!("unexpected bare site capability {other}"),
+                },
+                Some((want, caps)) => {
+                    assert_eq!(decision, want, "{function} on {}", m.name);
+                    if want != "default" {
+                        assert!(
+                            caps.contains(&capability),
+                            "{function} on {} chose {capability}, expected one of {caps:?}",
+                            m.name
+                        );
+                    }
+                }
+            }
+        }
+        assert!(
+            seen_fence || m.lfence.is_none(),
+            "no fence site reported on {}",
+            m.name
+        );
+    }
+}
+
+#[test]
+fn a_masked_feature_is_never_used() {
+    let bin = example("quickstart");
+    let reference = unpatched_checksum();
+    let env = [("ALT_CLEARCPUID", "popcnt,avx2,erms")];
+    let v = json(
+        &run_on_model("Haswell", &bin, &["--json", "--allow-threads"], &env),
+        "quickstart on Haswell with ALT_CLEARCPUID",
+    );
+    assert_eq!(checksum(&v), reference);
+    check_decodes(&v, "Haswell masked");
+    let features = v["report"]["capabilities"]["features"].as_array().unwrap();
+    for masked in ["popcnt", "avx2", "erms"] {
+        assert!(!features.iter().any(|f| f == masked), "{masked} still listed");
+    }
+    for s in sites(&v) {
+        let function = s["function"].as_str().unwrap();
+        let after = unhex(s["after"].as_str().unwrap());
+        let text = decode_whole(&after, s["address"].as_u64().unwrap()).unwrap();
+        assert!(
+            !text.iter().any(|i| i.starts_with("popcnt") || i.starts_with("rep movsb")),
+            "{function} uses a masked feature: {text:?}"
+        );
+        match function {
+            "quickstart::popcount" | "quickstart::sum_bytes" | "quickstart::copy_bytes" => {
+                assert_eq!(s["decision"], "default", "{function}")
+            }
+            "quickstart::leading_zeros" => assert_eq!(s["decision"], "inline"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn an_unknown_mask_name_is_refused() {
+    let bin = example("quickstart");
+    let out = run_native(&bin, &["--json"], &[("ALT_CLEARCPUID", "popcnt,avx3")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown capability name `avx3`"), "{err}");
+}
+
+#[test]
+fn native_patching_keeps_results_and_whole_instructions() {
+    let bin = example("quickstart");
+    let reference = unpatched_checksum();
+    let v = json(&run_native(&bin, &["--json"], &[]), "quickstart natively");
+    assert_eq!(checksum(&v), reference);
+    check_decodes(&v, "native");
+    // The default sites start as a call; those that stay default keep it.
+    for s in sites(&v) {
+        let before = unhex(s["before"].as_str().unwrap());
+        let function = s["function"].as_str().unwrap();
+        if function.contains("::") {
+            assert_eq!(before[0], 0xe8, "{function} starts as call rel32");
+        }
+    }
+}
