@@ -186,7 +186,7 @@ pub struct Insn {
     /// The memory displacement, sign-extended (the raw stored value; 0 if there is none).
     pub disp: i64,
     /// Byte offset of the immediate bytes, if any (excluding branch displacements and the 3DNow!
-    /// opcode suffix).
+    /// opcode suffix; including an `is4` register byte).
     pub imm_offset: Option<u8>,
     /// Total size in bytes of the immediates (`enter` has 3: `iw` then `ib`).
     pub imm_size: u8,
@@ -276,9 +276,9 @@ fn primary_form(op: u8) -> Form {
         },
         0x40..=0x4f => Invalid, // REX, consumed as a prefix
         0x50..=0x5f => Bare,
-        0x60 | 0x61 | 0x62 => Invalid, // pusha, popa; 62 is EVEX
-        0x63 => ModRm,                 // movsxd
-        0x64..=0x67 => Invalid,        // prefixes
+        0x60..=0x62 => Invalid, // pusha, popa; 62 is EVEX
+        0x63 => ModRm,          // movsxd
+        0x64..=0x67 => Invalid, // prefixes
         0x68 => Iz,
         0x69 => ModRmIz,
         0x6a => Ib,
@@ -362,8 +362,7 @@ fn map0f_form(op: u8) -> Form {
         0xa0..=0xa2 => Bare,
         0xa3 => ModRm,
         0xa4 => ModRmIb,
-        0xa5 => ModRm,
-        0xa6 | 0xa7 => Invalid,
+        0xa5..=0xa7 => ModRm, // shld; VIA PadLock (xsha*, xstore, xcrypt*)
         0xa8..=0xaa => Bare,
         0xab => ModRm,
         0xac => ModRmIb,

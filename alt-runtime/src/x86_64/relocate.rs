@@ -300,4 +300,21 @@ mod tests {
         let e = moved(&[0x67, 0x8b, 0x05, 0x10, 0, 0, 0], 0, 0x100).unwrap_err();
         assert!(matches!(e.kind, RelocErrorKind::Unsupported(_)));
     }
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn errors_display() {
+        use std::string::ToString;
+        let e = moved(&[0x90, 0xe8, 0x10, 0, 0, 0], 0x1000, 0x9000_0000).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "instruction at offset 1 cannot reach its target 0x1016 from the new address"
+        );
+        let e = moved(&[0x90, 0x06], 0, 0).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot relocate code: cannot decode x86-64 instruction at offset 1: \
+             opcode invalid in 64-bit mode"
+        );
+    }
 }
