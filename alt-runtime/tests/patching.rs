@@ -231,6 +231,35 @@ fn direct_call_gets_a_hand_computed_call_rel32_and_fill() {
     assert_eq!(run(f.dsite, 0b111_0000), 3);
 }
 
+#[test]
+fn an_empty_replacement_nops_out_the_whole_site() {
+    let _g = lock();
+    let mut buf = Buf::new();
+    let site = buf.text(0x100);
+    // mov eax, 1; mov eax, 2; ret: patched, only `mov eax, 1` runs.
+    buf.put(site, &cat(&[&mov_eax(1), &mov_eax(2), &[0xc3]]));
+    buf.seal();
+    let table = buf.table(
+        0,
+        &[Spec::inline(
+            site + 5,
+            5,
+            buf.repl(0),
+            0,
+            feature(Features::FSRM),
+        )],
+    );
+    assert_eq!(run(site, 0), 2);
+    let p = patch(
+        buf.plan(&table, &caps(Features::FSRM, Errata::empty()))
+            .unwrap(),
+    );
+    assert_eq!(buf.read(site + 5, 5), LINUX_NOPS[5]);
+    assert_eq!(run(site, 0), 1);
+    revert(p);
+    assert_eq!(run(site, 0), 2);
+}
+
 /// Site `mov eax, 1; nop x3; ret` with entries A (avx2 -> `mov eax, 10`) and B (popcnt ->
 /// `mov eax, 11`).
 struct Multi {
@@ -567,7 +596,7 @@ fn rip_relative_displacement_that_no_longer_fits_is_an_error_not_a_wrap() {
     let site = buf.text(0x100);
     let repl = buf.repl(0x10);
     buf.put(site, &cat(&[&mov_eax(1), &[0x90, 0x90]]));
-    // mov rax, [rip + 0x7fff_fff0]: reachable from the replacement, 0x3f00 bytes too far from
+    // mov rax, [rip + 0x7fff_fff0]: reachable from the replacement, 0x3f10 bytes too far from
     // the site (the target need not be mapped: only the encoding is checked).
     let code = [0x48, 0x8b, 0x05, 0xf0, 0xff, 0xff, 0x7f];
     buf.put(repl, &code);
@@ -993,7 +1022,7 @@ fn revert_refuses_a_site_changed_after_patching_and_hands_the_record_back() {
     // The record handed back still reverts once the site holds what was written.
     b.buf.put(b.site, &written);
     revert(p);
-    // Table slot 0 is data, not text: compare all of it.
+    // The table was written to the data page after `pristine`: compare text and replacements.
     assert_eq!(
         b.buf.read(b.buf.base, DATA as usize),
         pristine[..DATA as usize]
