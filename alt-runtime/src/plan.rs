@@ -53,16 +53,15 @@ pub struct TableEntry {
 }
 
 impl TableEntry {
-    /// The entries of a table that lives in this address space, with their addresses. All-zero
-    /// placeholder entries (which keep an empty table's section in existence) are skipped.
+    /// The entries of a table that lives in this address space, with their addresses, in table
+    /// order. All-zero placeholder entries (which keep an empty table's section in existence)
+    /// are kept, so that an entry's position is its index in the table (the index a
+    /// [`TableError`] names); the planner skips them.
     pub fn in_memory(table: &[AltEntry]) -> impl Iterator<Item = TableEntry> + '_ {
-        table
-            .iter()
-            .map(|e| TableEntry {
-                addr: e as *const AltEntry as usize as u64,
-                entry: *e,
-            })
-            .filter(|t| !t.is_placeholder())
+        table.iter().map(|e| TableEntry {
+            addr: e as *const AltEntry as usize as u64,
+            entry: *e,
+        })
     }
 
     /// Whether this is a placeholder: every field zero.

@@ -1,0 +1,1292 @@
+//! The runtime end to end: synthetic tables and sites in a mapped buffer, planned, patched through
+//! the `mprotect` writer, checked byte by byte, decoded by an independent decoder (iced-x86),
+//! executed, and reverted.
+//!
+//! Every test that maps a buffer holds [`common::lock`] for its whole run (see there why).
+
+#![cfg(all(feature = "std", target_os = "linux", target_arch = "x86_64"))]
+
+mod common;
+
+use alt_runtime::os::linux::{read_maps, MprotectWriter};
+use alt_runtime::patch::{apply, PatchError, Patched};
+use alt_runtime::plan::{Candidate, Choice, Plan, TableEntry, TableError, TableErrorKind};
+use alt_runtime::table::{AltEntry, AltFlags};
+use alt_runtime::writer::{MemoryError, WriteError};
+use alt_runtime::x86_64::insn::DecodeError;
+use alt_runtime::x86_64::relocate::{RelocError, RelocErrorKind};
+use alt_runtime::{Capability, CapabilitySet, Errata, Features};
+use common::*;
+
+fn patch(plan: Plan) -> Patched {
+    apply(plan, &mut writer()).expect("apply")
+}
+
+fn revert(p: Patched) {
+    if let Err((_, e)) = p.revert(&mut writer()) {
+        panic!("revert: {e}");
+    }
+}
+
+/// Calls the function at `addr`.
+fn run(addr: u64, arg: u64) -> u64 {
+    // SAFETY: every address passed here is a function the test wrote into its sealed buffer:
+    // straight-line code (or jumps and calls to other such functions) ending in `ret`, which
+    // reads only `rdi` and memory of the buffer and returns in `rax`.
+    unsafe { call1(addr, arg) }
+}
+
+fn host_has_popcnt() -> bool {
+    std::arch::is_x86_feature_detected!("popcnt")
+}
+
+// --- Fixture: a popcnt site with a software fallback -------------------------------------------
+
+/// Software popcount of `rdi` into `rax`, hand-assembled:
+/// ```text
+///  0: 31 c0        xor eax, eax
+///  2: 48 85 ff     test rdi, rdi
+///  5: 74 0e        jz 21
+///  7: 48 89 f9     mov rcx, rdi
+/// 10: 83 e1 01     and ecx, 1
+/// 13: 48 01 c8     add rax, rcx
+/// 16: 48 d1 ef     shr rdi, 1
+/// 19: eb ed        jmp 2
+/// 21: c3           ret
+/// ```
+const SW_POPCNT: [u8; 22] = [
+    0x31, 0xc0, 0x48, 0x85, 0xff, 0x74, 0x0e, 0x48, 0x89, 0xf9, 0x83, 0xe1, 0x01, 0x48, 0x01, 0xc8,
+    0x48, 0xd1, 0xef, 0xeb, 0xed, 0xc3,
+];
+/// `popcnt rax, rdi`.
+const POPCNT_RAX_RDI: [u8; 5] = [0xf3, 0x48, 0x0f, 0xb8, 0xc7];
+/// `mov rax, rdi; ret`.
+const IDENTITY: [u8; 4] = [0x48, 0x89, 0xf8, 0xc3];
+
+struct Popcnt {
+    buf: Buf,
+    /// Site: `call sw_popcnt; nop; nop; nop` (8 bytes), then `ret`.
+    site: u64,
+    sw: u64,
+    repl: u64,
+    /// Direct-call site: `call sw_popcnt; xchg ax, ax` (7 bytes), then `ret`.
+    dsite: u64,
+    /// `mov rax, rdi; ret`.
+    identity: u64,
+}
+
+fn popcnt_fixture() -> Popcnt {
+    let mut buf = Buf::new();
+    let site = buf.text(0x200);
+    let sw = buf.text(0x2100);
+    let dsite = buf.text(0x300);
+    let identity = buf.text(0x2200);
+    let repl = buf.repl(0x100);
+    buf.put(sw, &SW_POPCNT);
+    buf.put(site, &cat(&[&call_to(site, sw), &[0x90, 0x90, 0x90, 0xc3]]));
+    buf.put(dsite, &cat(&[&call_to(dsite, sw), &[0x66, 0x90, 0xc3]]));
+    buf.put(identity, &IDENTITY);
+    buf.put(repl, &POPCNT_RAX_RDI);
+    buf.seal();
+    Popcnt {
+        buf,
+        site,
+        sw,
+        repl,
+        dsite,
+        identity,
+    }
+}
+
+// --- 1. Decisions ------------------------------------------------------------------------------
+
+#[test]
+fn present_feature_gets_the_inline_replacement_with_recommended_nops() {
+    let _g = lock();
+    let f = popcnt_fixture();
+    let popcnt = feature(Features::POPCNT);
+    let table = f
+        .buf
+        .table(0, &[Spec::inline(f.site, 8, f.repl, 5, popcnt)]);
+    assert_eq!(run(f.site, 0xff0f), 12, "software fallback before patching");
+
+    let plan = f
+        .buf
+        .plan(&table, &caps(Features::POPCNT, Errata::empty()))
+        .unwrap();
+    assert_eq!(plan.sites.len(), 1);
+    assert_eq!(plan.sites[0].choice, Choice::Inline { entry: 0 });
+    assert_eq!(
+        plan.sites[0].candidates,
+        [Candidate {
+            entry: 0,
+            capability: popcnt,
+            negated: false,
+            direct_call: false,
+            held: true,
+        }]
+    );
+    let p = patch(plan);
+    assert_eq!(
+        f.buf.read(f.site, 9),
+        [0xf3, 0x48, 0x0f, 0xb8, 0xc7, 0x0f, 0x1f, 0x00, 0xc3]
+    );
+    if host_has_popcnt() {
+        assert_eq!(run(f.site, 0xff0f), 12, "popcnt instruction after patching");
+    }
+    revert(p);
+    assert_eq!(run(f.site, 0xff0f), 12);
+}
+
+#[test]
+fn absent_feature_keeps_the_default_with_its_nop_run_optimised() {
+    let _g = lock();
+    let f = popcnt_fixture();
+    let table = f.buf.table(
+        0,
+        &[Spec::inline(
+            f.site,
+            8,
+            f.repl,
+            5,
+            feature(Features::POPCNT),
+        )],
+    );
+    let plan = f.buf.plan(&table, &CapabilitySet::default()).unwrap();
+    assert_eq!(plan.sites[0].choice, Choice::Default);
+    assert!(!plan.sites[0].candidates[0].held);
+    let p = patch(plan);
+    let call = call_to(f.site, f.sw);
+    assert_eq!(
+        f.buf.read(f.site, 9),
+        cat(&[&call, &[0x0f, 0x1f, 0x00, 0xc3]]),
+        "the three 0x90s become one 3-byte NOP, the call stays"
+    );
+    assert_eq!(run(f.site, 0b1011_0111), 6);
+    revert(p);
+}
+
+#[test]
+fn not_flag_patches_when_the_capability_is_absent() {
+    let _g = lock();
+    let mut buf = Buf::new();
+    let site = buf.text(0x100);
+    let repl = buf.repl(0);
+    // Default: three one-byte NOPs. Replacement: lfence.
+    buf.put(site, &[0x90, 0x90, 0x90]);
+    buf.put(repl, &[0x0f, 0xae, 0xe8]);
+    buf.seal();
+    let cap = feature(Features::LFENCE_SERIALIZING);
+    let table = buf.table(0, &[Spec::inline(site, 3, repl, 3, cap).not()]);
+
+    let plan = buf.plan(&table, &CapabilitySet::default()).unwrap();
+    assert_eq!(plan.sites[0].choice, Choice::Inline { entry: 0 });
+    assert!(plan.sites[0].candidates[0].negated && plan.sites[0].candidates[0].held);
+    let p = patch(plan);
+    assert_eq!(buf.read(site, 3), [0x0f, 0xae, 0xe8]);
+    revert(p);
+
+    let plan = buf
+        .plan(&table, &caps(Features::LFENCE_SERIALIZING, Errata::empty()))
+        .unwrap();
+    assert_eq!(plan.sites[0].choice, Choice::Default);
+    assert!(!plan.sites[0].candidates[0].held);
+    let p = patch(plan);
+    assert_eq!(buf.read(site, 3), [0x0f, 0x1f, 0x00]);
+    revert(p);
+    assert_eq!(buf.read(site, 3), [0x90, 0x90, 0x90]);
+}
+
+#[test]
+fn direct_call_gets_a_hand_computed_call_rel32_and_fill() {
+    let _g = lock();
+    let f = popcnt_fixture();
+    let table = f.buf.table(
+        0,
+        &[Spec::call(f.dsite, 7, f.identity, feature(Features::AVX2))],
+    );
+    assert_eq!(run(f.dsite, 0b111_0000), 3);
+    let plan = f
+        .buf
+        .plan(&table, &caps(Features::AVX2, Errata::empty()))
+        .unwrap();
+    assert_eq!(
+        plan.sites[0].choice,
+        Choice::DirectCall {
+            entry: 0,
+            target: f.identity
+        }
+    );
+    assert!(plan.sites[0].candidates[0].direct_call);
+    let p = patch(plan);
+    let rel = (f.identity as i64 - (f.dsite as i64 + 5)) as i32;
+    let mut want = vec![0xe8];
+    want.extend_from_slice(&rel.to_le_bytes());
+    want.extend_from_slice(&[0x66, 0x90, 0xc3]);
+    assert_eq!(f.buf.read(f.dsite, 8), want);
+    let insns = decode_whole(&f.buf.read(f.dsite, 7), f.dsite);
+    assert_eq!(insns[0].near_branch_target(), f.identity);
+    assert_eq!(run(f.dsite, 0b111_0000), 0b111_0000, "now calls identity");
+    revert(p);
+    assert_eq!(run(f.dsite, 0b111_0000), 3);
+}
+
+#[test]
+fn an_empty_replacement_nops_out_the_whole_site() {
+    let _g = lock();
+    let mut buf = Buf::new();
+    let site = buf.text(0x100);
+    // mov eax, 1; mov eax, 2; ret: patched, only `mov eax, 1` runs.
+    buf.put(site, &cat(&[&mov_eax(1), &mov_eax(2), &[0xc3]]));
+    buf.seal();
+    let table = buf.table(
+        0,
+        &[Spec::inline(
+            site + 5,
+            5,
+            buf.repl(0),
+            0,
+            feature(Features::FSRM),
+        )],
+    );
+    assert_eq!(run(site, 0), 2);
+    let p = patch(
+        buf.plan(&table, &caps(Features::FSRM, Errata::empty()))
+            .unwrap(),
+    );
+    assert_eq!(buf.read(site + 5, 5), LINUX_NOPS[5]);
+    assert_eq!(run(site, 0), 1);
+    revert(p);
+    assert_eq!(run(site, 0), 2);
+}
+
+/// Site `mov eax, 1; nop x3; ret` with entries A (avx2 -> `mov eax, 10`) and B (popcnt ->
+/// `mov eax, 11`).
+struct Multi {
+    buf: Buf,
+    site: u64,
+    a: Spec,
+    b: Spec,
+}
+
+fn multi_fixture() -> Multi {
+    let mut buf = Buf::new();
+    let site = buf.text(0x400);
+    buf.put(site, &cat(&[&mov_eax(1), &[0x90, 0x90, 0x90, 0xc3]]));
+    buf.put(buf.repl(0x200), &mov_eax(10));
+    buf.put(buf.repl(0x210), &mov_eax(11));
+    buf.seal();
+    let a = Spec::inline(site, 8, buf.repl(0x200), 5, feature(Features::AVX2));
+    let b = Spec::inline(site, 8, buf.repl(0x210), 5, feature(Features::POPCNT));
+    Multi { buf, site, a, b }
+}
+
+#[test]
+fn first_entry_in_table_order_that_holds_wins() {
+    let _g = lock();
+    let m = multi_fixture();
+    let both = caps(Features::AVX2 | Features::POPCNT, Errata::empty());
+    let only_popcnt = caps(Features::POPCNT, Errata::empty());
+    let cases: [(&[Spec], CapabilitySet, Choice, u64); 5] = [
+        (&[m.a, m.b], both, Choice::Inline { entry: 0 }, 10),
+        (&[m.b, m.a], both, Choice::Inline { entry: 0 }, 11),
+        (&[m.a, m.b], only_popcnt, Choice::Inline { entry: 1 }, 11),
+        (&[m.b, m.a], only_popcnt, Choice::Inline { entry: 0 }, 11),
+        (&[m.a, m.b], CapabilitySet::default(), Choice::Default, 1),
+    ];
+    for (slot, (specs, caps, choice, value)) in cases.iter().enumerate() {
+        let table = m.buf.table(slot as u64, specs);
+        let plan = m.buf.plan(&table, caps).unwrap();
+        assert_eq!(plan.sites.len(), 1, "one site, two candidates");
+        let site = &plan.sites[0];
+        assert_eq!(site.choice, *choice, "case {slot}");
+        let entries: Vec<usize> = site.candidates.iter().map(|c| c.entry).collect();
+        assert_eq!(entries, [0, 1], "candidates in table order");
+        let p = patch(plan);
+        let want = cat(&[&mov_eax(*value as u32), &[0x0f, 0x1f, 0x00]]);
+        assert_eq!(m.buf.read(m.site, 8), want, "case {slot}");
+        assert_eq!(run(m.site, 0), *value, "case {slot}");
+        revert(p);
+        assert_eq!(run(m.site, 0), 1);
+    }
+}
+
+#[test]
+fn erratum_keyed_entries_follow_the_errata_not_the_feature_with_the_same_bit() {
+    let _g = lock();
+    let mut buf = Buf::new();
+    let site = buf.text(0x100);
+    let repl = buf.repl(0);
+    buf.put(site, &[0x90; 5]);
+    buf.put(repl, &[0x0f, 0xae, 0xe8]); // lfence
+    buf.seal();
+    // Errata::AMD_DIV0 is bit 0 of the errata, as Features::SSE3 is bit 0 of the features.
+    let div0 = erratum(Errata::AMD_DIV0);
+    assert_eq!(div0.id(), 0x40);
+    let table = buf.table(0, &[Spec::inline(site, 5, repl, 3, div0)]);
+
+    let plan = buf
+        .plan(&table, &caps(Features::empty(), Errata::AMD_DIV0))
+        .unwrap();
+    assert_eq!(plan.sites[0].choice, Choice::Inline { entry: 0 });
+    assert_eq!(plan.sites[0].candidates[0].capability, div0);
+    let p = patch(plan);
+    assert_eq!(buf.read(site, 5), [0x0f, 0xae, 0xe8, 0x66, 0x90]);
+    revert(p);
+
+    let plan = buf
+        .plan(&table, &caps(Features::all(), Errata::empty()))
+        .unwrap();
+    assert_eq!(plan.sites[0].choice, Choice::Default);
+    let p = patch(plan);
+    assert_eq!(buf.read(site, 5), LINUX_NOPS[5]);
+    revert(p);
+    assert_eq!(buf.read(site, 5), [0x90; 5]);
+}
+
+// --- 2. NOP fill lengths -----------------------------------------------------------------------
+
+/// 64 sites `mov eax, 1` + `n` one-byte NOPs (`n` = 1..=64), each followed by `ret`, with a
+/// replacement `mov eax, 2` of the same 5 bytes: patched or not, the site's tail is a fill of
+/// exactly `n` bytes.
+fn fill_fixture() -> (Buf, Vec<TableEntry>, Vec<u64>) {
+    let mut buf = Buf::new();
+    let repl = buf.repl(0);
+    buf.put(repl, &mov_eax(2));
+    let mut specs = Vec::new();
+    let mut sites = Vec::new();
+    for n in 1..=64u64 {
+        let site = buf.text(n * 0x80);
+        let mut code = mov_eax(1).to_vec();
+        code.resize(5 + n as usize, 0x90);
+        code.push(0xc3);
+        buf.put(site, &code);
+        specs.push(Spec::inline(
+            site,
+            5 + n as u8,
+            repl,
+            5,
+            feature(Features::BMI2),
+        ));
+        sites.push(site);
+    }
+    buf.seal();
+    let table = buf.table(0, &specs);
+    (buf, table, sites)
+}
+
+#[test]
+fn every_fill_length_after_a_replacement_decodes_to_whole_instructions() {
+    let _g = lock();
+    let (buf, table, sites) = fill_fixture();
+    let plan = buf
+        .plan(&table, &caps(Features::BMI2, Errata::empty()))
+        .unwrap();
+    let p = patch(plan);
+    for (i, &site) in sites.iter().enumerate() {
+        let n = i + 1;
+        let bytes = buf.read(site, 5 + n);
+        assert_eq!(
+            bytes,
+            cat(&[&mov_eax(2), &expected_fill(n)]),
+            "fill of {n} bytes"
+        );
+        let insns = decode_whole(&bytes, site);
+        assert_eq!(insns[0].len(), 5);
+        assert_padding(&bytes[5..], site + 5);
+        assert_eq!(run(site, 0), 2, "fill of {n} bytes runs through");
+    }
+    revert(p);
+    for &site in &sites {
+        assert_eq!(run(site, 0), 1);
+    }
+}
+
+#[test]
+fn every_default_nop_run_length_is_optimised_to_whole_instructions() {
+    let _g = lock();
+    let (buf, table, sites) = fill_fixture();
+    let plan = buf.plan(&table, &CapabilitySet::default()).unwrap();
+    let p = patch(plan);
+    for (i, &site) in sites.iter().enumerate() {
+        let n = i + 1;
+        let bytes = buf.read(site, 5 + n);
+        assert_eq!(bytes, cat(&[&mov_eax(1), &expected_fill(n)]), "run of {n}");
+        decode_whole(&bytes, site);
+        assert_padding(&bytes[5..], site + 5);
+        assert_eq!(run(site, 0), 1, "run of {n} bytes runs through");
+    }
+    // A run of one byte is already optimal: that site is not written.
+    assert!(!p.report().sites[0].changed());
+    assert_eq!(p.report().sites_changed(), 63);
+    revert(p);
+}
+
+// --- 3. Relocation through the planner ---------------------------------------------------------
+
+/// Functions `mov eax, 1; nop...; ret` whose sites are replaced by code with PC-relative operands
+/// that leave the replacement block.
+struct Reloc {
+    buf: Buf,
+    sites: Vec<(u64, u8)>,
+    specs: Vec<Spec>,
+    /// What each function returns after patching.
+    values: Vec<u64>,
+    /// The absolute target each site's relocated operand must reach.
+    targets: Vec<u64>,
+    constant: u64,
+}
+
+const CONSTANT: u64 = 0x1122_3344_5566_7788;
+
+fn reloc_fixture() -> Reloc {
+    let mut buf = Buf::new();
+    let t42 = buf.text(0x2000);
+    let t7 = buf.text(0x2010);
+    let t9 = buf.text(0x2020);
+    let t5 = buf.text(0x3ff0);
+    let constant = buf.data(0x800);
+    buf.put(t42, &cat(&[&mov_eax(42), &[0xc3]]));
+    buf.put(t7, &cat(&[&mov_eax(7), &[0xc3]]));
+    buf.put(t9, &cat(&[&mov_eax(9), &[0xc3]]));
+    buf.put(t5, &cat(&[&mov_eax(5), &[0xc3]]));
+    buf.put(constant, &CONSTANT.to_le_bytes());
+
+    let cap = feature(Features::SSE4_2);
+    let mut sites = Vec::new();
+    let mut specs = Vec::new();
+    let mut values = Vec::new();
+    let mut targets = Vec::new();
+    let mut add =
+        |buf: &Buf, site: u64, site_len: u8, repl: u64, code: &[u8], value: u64, target: u64| {
+            let mut default = mov_eax(1).to_vec();
+            default.resize(usize::from(site_len), 0x90);
+            default.push(0xc3);
+            buf.put(site, &default);
+            buf.put(repl, code);
+            sites.push((site, site_len));
+            specs.push(Spec::inline(site, site_len, repl, code.len() as u8, cap));
+            values.push(value);
+            targets.push(target);
+        };
+    let rel32 = |at: u64, len: u64, target: u64| (target as i64 - (at + len) as i64) as i32;
+
+    // call rel32 to t42 (then return what it returned).
+    let r = buf.repl(0x100);
+    let code = call_to(r, t42);
+    add(&buf, buf.text(0x100), 8, r, &code, 42, t42);
+    // jmp rel32 to t7 (a tail call).
+    let r = buf.repl(0x120);
+    let mut code = vec![0xe9];
+    code.extend_from_slice(&rel32(r, 5, t7).to_le_bytes());
+    add(&buf, buf.text(0x140), 8, r, &code, 7, t7);
+    // xor eax, eax; je rel32 to t9 (taken: ZF is set).
+    let r = buf.repl(0x140);
+    let mut code = vec![0x31, 0xc0, 0x0f, 0x84];
+    code.extend_from_slice(&rel32(r + 2, 6, t9).to_le_bytes());
+    add(&buf, buf.text(0x180), 8, r, &code, 9, t9);
+    // mov rax, [rip + constant].
+    let r = buf.repl(0x160);
+    let mut code = vec![0x48, 0x8b, 0x05];
+    code.extend_from_slice(&rel32(r, 7, constant).to_le_bytes());
+    add(&buf, buf.text(0x1c0), 8, r, &code, CONSTANT, constant);
+    // lea rax, [rip + constant].
+    let r = buf.repl(0x180);
+    let mut code = vec![0x48, 0x8d, 0x05];
+    code.extend_from_slice(&rel32(r, 7, constant).to_le_bytes());
+    add(&buf, buf.text(0x200), 7, r, &code, constant, constant);
+    // jmp rel8 from the first bytes of the replacement section back to t5 at the end of the
+    // text, patched into a site just before t5: the rel8 still reaches.
+    let r = buf.repl(0);
+    let d = (t5 as i64 - (r as i64 + 2)) as i8;
+    assert_eq!(d, -0x12);
+    add(&buf, buf.text(0x3fc0), 8, r, &[0xeb, d as u8], 5, t5);
+
+    buf.seal();
+    Reloc {
+        buf,
+        sites,
+        specs,
+        values,
+        targets,
+        constant,
+    }
+}
+
+#[test]
+fn relocated_replacements_reach_their_original_targets_and_run() {
+    let _g = lock();
+    let r = reloc_fixture();
+    let table = r.buf.table(0, &r.specs);
+    let before = r.buf.snapshot();
+    for &(site, _) in &r.sites {
+        assert_eq!(run(site, 0), 1);
+    }
+    let plan = r
+        .buf
+        .plan(&table, &caps(Features::SSE4_2, Errata::empty()))
+        .unwrap();
+    let p = patch(plan);
+    for (i, &(site, len)) in r.sites.iter().enumerate() {
+        let bytes = r.buf.read(site, usize::from(len));
+        let insns = decode_whole(&bytes, site);
+        let reached: Vec<u64> = insns
+            .iter()
+            .filter_map(|x| {
+                if x.is_ip_rel_memory_operand() {
+                    Some(x.ip_rel_memory_address())
+                } else if x.near_branch_target() != 0 {
+                    Some(x.near_branch_target())
+                } else {
+                    None
+                }
+            })
+            .collect();
+        assert_eq!(reached, [r.targets[i]], "site {i}: {bytes:02x?}");
+        assert_eq!(run(site, 0), r.values[i], "site {i} executes");
+    }
+    assert_eq!(r.values[4], r.constant);
+    // The rel8 form, by hand: eb (t5 - (site + 2)) then a 6-byte NOP.
+    let (site, _) = r.sites[5];
+    assert_eq!(r.buf.read(site, 8), cat(&[&[0xeb, 0x2e], LINUX_NOPS[6]]));
+    revert(p);
+    for &(site, _) in &r.sites {
+        assert_eq!(run(site, 0), 1, "reverted");
+    }
+    assert_eq!(r.buf.snapshot(), before);
+}
+
+#[test]
+fn jmp_rel8_that_no_longer_reaches_is_a_relocation_error_naming_the_entry() {
+    let _g = lock();
+    let r = reloc_fixture();
+    // The rel8 replacement moved to a site far from its target (entry 1; entry 0 is fine).
+    let mut far = r.specs[5];
+    far.site = r.sites[0].0;
+    let table = r.buf.table(0, &[r.specs[1], far]);
+    let before = r.buf.snapshot();
+    let err = r
+        .buf
+        .plan(&table, &caps(Features::SSE4_2, Errata::empty()))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        TableError {
+            index: 1,
+            entry_addr: table[1].addr,
+            site: far.site,
+            kind: TableErrorKind::Relocation(RelocError {
+                offset: 0,
+                kind: RelocErrorKind::OutOfRange {
+                    target: r.targets[5]
+                },
+            }),
+        }
+    );
+    assert!(err
+        .to_string()
+        .starts_with(&format!("alternative entry 1 at {:#x}", table[1].addr)));
+    assert_eq!(r.buf.snapshot(), before);
+}
+
+#[test]
+fn rip_relative_displacement_that_no_longer_fits_is_an_error_not_a_wrap() {
+    let _g = lock();
+    let mut buf = Buf::new();
+    let site = buf.text(0x100);
+    let repl = buf.repl(0x10);
+    buf.put(site, &cat(&[&mov_eax(1), &[0x90, 0x90]]));
+    // mov rax, [rip + 0x7fff_fff0]: reachable from the replacement, 0x3f10 bytes too far from
+    // the site (the target need not be mapped: only the encoding is checked).
+    let code = [0x48, 0x8b, 0x05, 0xf0, 0xff, 0xff, 0x7f];
+    buf.put(repl, &code);
+    buf.seal();
+    let target = repl + 7 + 0x7fff_fff0;
+    let table = buf.table(
+        0,
+        &[Spec::inline(site, 7, repl, 7, feature(Features::SSE3))],
+    );
+    let err = buf
+        .plan(&table, &caps(Features::SSE3, Errata::empty()))
+        .unwrap_err();
+    assert_eq!(
+        err.kind,
+        TableErrorKind::Relocation(RelocError {
+            offset: 0,
+            kind: RelocErrorKind::OutOfRange { target },
+        })
+    );
+    assert_eq!(
+        (err.index, err.entry_addr, err.site),
+        (0, table[0].addr, site)
+    );
+}
+
+// --- 4. Validation: every rule, nothing written ------------------------------------------------
+
+/// A buffer with one good site (entry 0 of every table below) and material for bad ones.
+struct Bad {
+    buf: Buf,
+    good: Spec,
+    /// `mov eax, 1; nop x3` (8 bytes) at text 0x200, and its 5-byte replacement at repl 0x20.
+    site: u64,
+    repl: u64,
+}
+
+fn bad_fixture() -> Bad {
+    let mut buf = Buf::new();
+    let good_site = buf.text(0x100);
+    let site = buf.text(0x200);
+    let good_repl = buf.repl(0);
+    let repl = buf.repl(0x20);
+    for s in [good_site, site, buf.text(0x300)] {
+        buf.put(s, &cat(&[&mov_eax(1), &[0x90, 0x90, 0x90, 0xc3]]));
+    }
+    buf.put(good_repl, &mov_eax(2));
+    buf.put(repl, &mov_eax(3));
+    buf.put(buf.repl(0x40), &[0x90; 16]);
+    buf.seal();
+    Bad {
+        good: Spec::inline(good_site, 8, good_repl, 5, feature(Features::POPCNT)),
+        buf,
+        site,
+        repl,
+    }
+}
+
+/// Plans `[good, bad...]`, expects the error on entry `index` with `kind`, and checks that the
+/// buffer did not change and that the error's text names the entry.
+fn expect_refusal(b: &Bad, specs: &[Spec], index: usize, kind: TableErrorKind) -> TableError {
+    let mut all = vec![b.good];
+    all.extend_from_slice(specs);
+    let table = b.buf.table(1, &all);
+    let before = b.buf.snapshot();
+    let err = b
+        .buf
+        .plan(&table, &caps(Features::all(), Errata::all()))
+        .unwrap_err();
+    let bad = all[index];
+    assert_eq!(
+        err,
+        TableError {
+            index,
+            entry_addr: table[index].addr,
+            site: bad.site,
+            kind,
+        }
+    );
+    let text = err.to_string();
+    let head = format!(
+        "alternative entry {index} at {:#x} (site {:#x}): ",
+        table[index].addr, bad.site
+    );
+    assert!(text.starts_with(&head), "{text}");
+    assert_eq!(b.buf.snapshot(), before, "nothing written");
+    err
+}
+
+fn popcnt() -> Capability {
+    feature(Features::POPCNT)
+}
+
+#[test]
+fn reserved_flag_bits_are_refused() {
+    let _g = lock();
+    let b = bad_fixture();
+    let s = Spec::inline(b.site, 8, b.repl, 5, popcnt()).key(popcnt().id() | 0x1000);
+    let e = expect_refusal(&b, &[s], 1, TableErrorKind::ReservedFlags(0x1000));
+    assert!(e.to_string().ends_with("reserved flag bits 0x1000 are set"));
+    let s = s.key(popcnt().id() | 0x2000 | AltFlags::NOT.bits());
+    expect_refusal(&b, &[s], 1, TableErrorKind::ReservedFlags(0x2000));
+}
+
+#[test]
+fn unknown_capability_ids_are_refused() {
+    let _g = lock();
+    let b = bad_fixture();
+    let base = Spec::inline(b.site, 8, b.repl, 5, popcnt());
+    // An unused feature bit, an unused erratum bit, and the reserved range.
+    for id in [0x3f, 0x7f, 0x80, 0xfff] {
+        let e = expect_refusal(
+            &b,
+            &[base.key(id)],
+            1,
+            TableErrorKind::UnknownCapability(id),
+        );
+        assert!(e
+            .to_string()
+            .ends_with(&format!("unknown capability id {id:#05x}")));
+    }
+}
+
+#[test]
+fn empty_sites_are_refused() {
+    let _g = lock();
+    let b = bad_fixture();
+    let s = Spec::inline(b.site, 0, b.repl, 0, popcnt());
+    expect_refusal(&b, &[s], 1, TableErrorKind::EmptySite);
+}
+
+#[test]
+fn sites_outside_the_text_or_in_the_replacement_section_are_refused() {
+    let _g = lock();
+    let b = bad_fixture();
+    let k = TableErrorKind::SiteOutsideText;
+    // In the data page.
+    let s = Spec::inline(b.buf.data(0xf00), 8, b.repl, 5, popcnt());
+    expect_refusal(&b, &[s], 1, k.clone());
+    // Inside the text range, but in the replacement section.
+    let s = Spec::inline(b.buf.repl(0x40), 8, b.repl, 5, popcnt());
+    expect_refusal(&b, &[s], 1, k.clone());
+    // Straddling the end of the sites' text into the replacement section.
+    let s = Spec::inline(b.buf.text(TEXT_LEN - 4), 8, b.repl, 5, popcnt());
+    expect_refusal(&b, &[s], 1, k.clone());
+    // Straddling the end of the text range into the data page.
+    let s = Spec::inline(b.buf.repl(0xffc), 8, b.repl, 5, popcnt());
+    expect_refusal(&b, &[s], 1, k);
+}
+
+#[test]
+fn replacements_outside_their_section_are_refused() {
+    let _g = lock();
+    let b = bad_fixture();
+    // In the text, not in the replacement section.
+    let r = b.buf.text(0x300);
+    let s = Spec::inline(b.site, 8, r, 5, popcnt());
+    expect_refusal(
+        &b,
+        &[s],
+        1,
+        TableErrorKind::ReplacementOutsideSection { replacement: r },
+    );
+    // Running off the end of the section.
+    let r = b.buf.repl(PAGE - 3);
+    let s = Spec::inline(b.site, 8, r, 5, popcnt());
+    expect_refusal(
+        &b,
+        &[s],
+        1,
+        TableErrorKind::ReplacementOutsideSection { replacement: r },
+    );
+}
+
+#[test]
+fn replacements_longer_than_their_site_are_refused() {
+    let _g = lock();
+    let b = bad_fixture();
+    let s = Spec::inline(b.site, 8, b.buf.repl(0x40), 9, popcnt());
+    let e = expect_refusal(
+        &b,
+        &[s],
+        1,
+        TableErrorKind::ReplacementTooLong {
+            replacement_len: 9,
+            site_len: 8,
+        },
+    );
+    assert!(e
+        .to_string()
+        .ends_with("replacement of 9 bytes is longer than the site of 8 bytes"));
+}
+
+#[test]
+fn bad_direct_calls_are_refused() {
+    let _g = lock();
+    let b = bad_fixture();
+    let target = b.buf.text(0x300);
+    let mut s = Spec::call(b.site, 8, target, popcnt());
+    s.repl_len = 5;
+    expect_refusal(&b, &[s], 1, TableErrorKind::DirectCallWithReplacement);
+
+    // A site of 4 bytes (checked before any byte is read).
+    let s = Spec::call(b.site, 4, target, popcnt());
+    expect_refusal(&b, &[s], 1, TableErrorKind::DirectCallSiteTooShort);
+
+    for target in [b.buf.data(0), b.buf.repl(0x40), b.buf.none(0)] {
+        let s = Spec::call(b.site, 8, target, popcnt());
+        expect_refusal(
+            &b,
+            &[s],
+            1,
+            TableErrorKind::CallTargetOutsideText { target },
+        );
+    }
+}
+
+#[test]
+fn entries_for_one_site_must_agree_on_its_length() {
+    let _g = lock();
+    let b = bad_fixture();
+    let first = Spec::inline(b.site, 8, b.repl, 5, popcnt());
+    let second = Spec::inline(b.site, 5, b.repl, 5, feature(Features::AVX2));
+    let e = expect_refusal(
+        &b,
+        &[first, second],
+        2,
+        TableErrorKind::SiteLengthMismatch {
+            other: 1,
+            other_len: 8,
+        },
+    );
+    assert!(e
+        .to_string()
+        .ends_with("site length differs from entry 1 for the same site (8 bytes)"));
+}
+
+#[test]
+fn overlapping_sites_are_refused() {
+    let _g = lock();
+    let b = bad_fixture();
+    // Site at text 0x200 (8 bytes) and one starting at its sixth byte, listed first in the
+    // table: the error names the later site in address order, and the other entry.
+    let later = Spec::inline(b.site + 5, 3, b.buf.repl(0x40), 3, popcnt());
+    let earlier = Spec::inline(b.site, 8, b.repl, 5, popcnt());
+    expect_refusal(
+        &b,
+        &[later, earlier],
+        1,
+        TableErrorKind::Overlap {
+            other: 2,
+            other_site: b.site,
+        },
+    );
+}
+
+#[test]
+fn sites_that_are_not_whole_instructions_are_refused() {
+    let _g = lock();
+    let b = bad_fixture();
+    // 3 bytes of the 5-byte `mov eax, 1`.
+    let s = Spec::inline(b.site, 3, b.buf.repl(0x40), 3, popcnt());
+    let e = expect_refusal(&b, &[s], 1, kind_of_decode_error(&b, s));
+    match e.kind {
+        TableErrorKind::SiteNotWholeInstructions(d) => assert_eq!(d.offset, 0),
+        k => panic!("{k:?}"),
+    }
+    // A byte that does not decode: `06` (push es) is invalid in 64-bit mode.
+    let site = b.buf.text(0x300);
+    b.buf.put(site, &[0x06, 0x90, 0x90]);
+    let s = Spec::inline(site, 3, b.buf.repl(0x40), 3, popcnt());
+    let e = expect_refusal(&b, &[s], 1, kind_of_decode_error(&b, s));
+    match e.kind {
+        TableErrorKind::SiteNotWholeInstructions(d) => assert_eq!(d.offset, 0),
+        k => panic!("{k:?}"),
+    }
+}
+
+/// The decode error the runtime reports for a spec's site bytes (its reason text is the
+/// decoder's own; the tests check the offset).
+fn kind_of_decode_error(b: &Bad, s: Spec) -> TableErrorKind {
+    let bytes = b.buf.read(s.site, usize::from(s.site_len));
+    let e: DecodeError = alt_runtime::x86_64::insn::ends_exactly(&bytes).unwrap_err();
+    TableErrorKind::SiteNotWholeInstructions(e)
+}
+
+#[test]
+fn unreadable_sites_are_refused() {
+    let _g = lock();
+    let b = bad_fixture();
+    let site = b.buf.none(0x10);
+    let text = vec![
+        b.buf.text_ranges()[0].clone(),
+        b.buf.none(0)..b.buf.none(PAGE),
+    ];
+    let layout = alt_runtime::plan::Layout {
+        text: &text,
+        replacements: b.buf.repl_range(),
+    };
+    let table = b
+        .buf
+        .table(1, &[b.good, Spec::inline(site, 8, b.repl, 5, popcnt())]);
+    let err = alt_runtime::plan::plan_alternatives(
+        &table,
+        &layout,
+        &caps(Features::POPCNT, Errata::empty()),
+        &writer(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        TableError {
+            index: 1,
+            entry_addr: table[1].addr,
+            site,
+            kind: TableErrorKind::Unreadable(MemoryError { addr: site }),
+        }
+    );
+}
+
+#[test]
+fn placeholders_are_skipped_and_still_count_in_entry_indices() {
+    let _g = lock();
+    let b = bad_fixture();
+    let bad = Spec::inline(b.site, 8, b.repl, 5, popcnt()).key(0x80);
+    let table = b.buf.table(2, &[Spec::placeholder(), b.good, bad]);
+    // Read back through the in-memory view, as a hosted program reads its own section.
+    // SAFETY: the table was just written to the data page, 4-byte aligned, 3 entries long.
+    let slice: &[AltEntry] =
+        unsafe { std::slice::from_raw_parts(table[0].addr as *const AltEntry, 3) };
+    let entries: Vec<TableEntry> = TableEntry::in_memory(slice).collect();
+    let err = b
+        .buf
+        .plan(&entries, &caps(Features::POPCNT, Errata::empty()))
+        .unwrap_err();
+    assert_eq!(err.index, 2, "the index is the entry's place in the table");
+    assert_eq!(err.entry_addr, table[2].addr);
+
+    let table = b.buf.table(3, &[Spec::placeholder(), b.good]);
+    let plan = b
+        .buf
+        .plan(&table, &caps(Features::POPCNT, Errata::empty()))
+        .unwrap();
+    assert_eq!(plan.sites.len(), 1);
+    assert_eq!(plan.sites[0].choice, Choice::Inline { entry: 1 });
+}
+
+// --- 5. Expected bytes -------------------------------------------------------------------------
+
+#[test]
+fn a_site_changed_after_planning_is_refused_and_nothing_is_written() {
+    let _g = lock();
+    let b = bad_fixture();
+    let second = Spec::inline(b.site, 8, b.repl, 5, popcnt());
+    let table = b.buf.table(0, &[b.good, second]);
+    let plan = b
+        .buf
+        .plan(&table, &caps(Features::POPCNT, Errata::empty()))
+        .unwrap();
+    let original = b.buf.read(b.site, 8);
+    // Someone else rewrites the second site: mov eax, 1 -> mov eax, 0x41.
+    b.buf.put(b.site + 1, &[0x41]);
+    let found = b.buf.read(b.site, 8);
+    let before = b.buf.snapshot();
+    let err = apply(plan, &mut writer()).unwrap_err();
+    assert_eq!(
+        err,
+        PatchError::UnexpectedBytes {
+            addr: b.site,
+            expected: original,
+            found: found.clone(),
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "site at {:#x} holds unexpected bytes (expected b801000000909090, found \
+             b841000000909090); nothing written",
+            b.site
+        )
+    );
+    assert_eq!(b.buf.snapshot(), before, "the first site was not written");
+    assert_eq!(
+        b.buf.read(b.good.site, 8),
+        cat(&[&mov_eax(1), &[0x90, 0x90, 0x90]])
+    );
+}
+
+#[test]
+fn revert_refuses_a_site_changed_after_patching_and_hands_the_record_back() {
+    let _g = lock();
+    let b = bad_fixture();
+    let pristine = b.buf.snapshot();
+    let second = Spec::inline(b.site, 8, b.repl, 5, popcnt());
+    let table = b.buf.table(0, &[b.good, second]);
+    let plan = b
+        .buf
+        .plan(&table, &caps(Features::POPCNT, Errata::empty()))
+        .unwrap();
+    let p = patch(plan);
+    let written = b.buf.read(b.site, 8);
+    assert_eq!(written, cat(&[&mov_eax(3), &[0x0f, 0x1f, 0x00]]));
+    b.buf.put(b.site + 1, &[0x44]);
+    let changed = b.buf.read(b.site, 8);
+    let before = b.buf.snapshot();
+    let (p, err) = match p.revert(&mut writer()) {
+        Ok(_) => panic!("revert over changed bytes succeeded"),
+        Err(x) => x,
+    };
+    assert_eq!(
+        err,
+        PatchError::UnexpectedBytes {
+            addr: b.site,
+            expected: written.clone(),
+            found: changed,
+        }
+    );
+    assert_eq!(b.buf.snapshot(), before, "nothing reverted");
+    assert_eq!(
+        b.buf.read(b.good.site, 8),
+        cat(&[&mov_eax(2), &[0x0f, 0x1f, 0x00]]),
+        "the first site is still patched"
+    );
+    // The record handed back still reverts once the site holds what was written.
+    b.buf.put(b.site, &written);
+    revert(p);
+    // The table was written to the data page after `pristine`: compare text and replacements.
+    assert_eq!(
+        b.buf.read(b.buf.base, DATA as usize),
+        pristine[..DATA as usize]
+    );
+}
+
+// --- 6. Revert is byte-identical ---------------------------------------------------------------
+
+#[test]
+fn revert_restores_every_byte() {
+    let _g = lock();
+    let r = reloc_fixture();
+    let f = popcnt_fixture();
+    let (fb, ft, _) = fill_fixture();
+    for (buf, table, set) in [
+        (
+            &r.buf,
+            r.buf.table(0, &r.specs),
+            caps(Features::SSE4_2, Errata::empty()),
+        ),
+        (
+            &f.buf,
+            f.buf.table(
+                0,
+                &[
+                    Spec::inline(f.site, 8, f.repl, 5, popcnt()),
+                    Spec::call(f.dsite, 7, f.identity, popcnt()),
+                ],
+            ),
+            caps(Features::POPCNT, Errata::empty()),
+        ),
+        (&fb, ft, CapabilitySet::default()),
+    ] {
+        let before = buf.snapshot();
+        let p = patch(buf.plan(&table, &set).unwrap());
+        assert_ne!(buf.snapshot(), before);
+        let pages = p.report().pages;
+        let stats = p.revert(&mut writer()).map_err(|(_, e)| e).unwrap();
+        assert_eq!(stats.pages, pages);
+        assert_eq!(buf.snapshot(), before);
+    }
+}
+
+#[test]
+fn a_plan_that_changes_nothing_writes_nothing() {
+    let _g = lock();
+    let b = bad_fixture();
+    // Default `mov eax, 1` + 3-byte NOP: already optimal.
+    b.buf.put(b.site + 5, &[0x0f, 0x1f, 0x00]);
+    let table = b
+        .buf
+        .table(0, &[Spec::inline(b.site, 8, b.repl, 5, popcnt())]);
+    let p = patch(b.buf.plan(&table, &CapabilitySet::default()).unwrap());
+    assert_eq!(p.report().sites_changed(), 0);
+    assert_eq!(p.report().pages, 0);
+    revert(p);
+}
+
+// --- 7. W^X and protections --------------------------------------------------------------------
+
+fn page_perms(buf: &Buf) -> Vec<String> {
+    let maps = read_maps().unwrap();
+    (0..PAGES)
+        .map(|i| {
+            let a = buf.base + i * PAGE;
+            maps.iter()
+                .find(|m| m.range.contains(&a))
+                .map_or(String::from("unmapped"), |m| m.perms.clone())
+        })
+        .collect()
+}
+
+fn assert_no_writable_executable_mapping() {
+    let wx: Vec<_> = read_maps()
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.is_writable_and_executable())
+        .collect();
+    assert!(wx.is_empty(), "writable and executable: {wx:#x?}");
+}
+
+#[test]
+fn no_mapping_is_writable_and_executable_after_patching_and_protections_are_restored() {
+    let _g = lock();
+    let r = reloc_fixture();
+    let perms = page_perms(&r.buf);
+    assert_eq!(
+        perms,
+        ["r-xp", "r-xp", "r-xp", "r-xp", "r-xp", "rw-p", "---p"]
+    );
+    assert_no_writable_executable_mapping();
+    let table = r.buf.table(0, &r.specs);
+    let p = patch(
+        r.buf
+            .plan(&table, &caps(Features::SSE4_2, Errata::empty()))
+            .unwrap(),
+    );
+    // Sites on text pages 0 and 3.
+    assert_eq!(p.report().pages, 2);
+    assert_no_writable_executable_mapping();
+    assert_eq!(page_perms(&r.buf), perms);
+    revert(p);
+    assert_no_writable_executable_mapping();
+    assert_eq!(page_perms(&r.buf), perms);
+}
+
+#[test]
+fn the_writer_refuses_while_other_threads_exist() {
+    let _g = lock();
+    let b = bad_fixture();
+    let table = b.buf.table(0, &[b.good]);
+    let plan = b
+        .buf
+        .plan(&table, &caps(Features::POPCNT, Errata::empty()))
+        .unwrap();
+    let before = b.buf.snapshot();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let other = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                std::thread::park();
+            }
+        })
+    };
+    let err = apply(plan, &mut MprotectWriter::new()).unwrap_err();
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    other.thread().unpark();
+    other.join().unwrap();
+    assert_eq!(
+        err,
+        PatchError::Write(WriteError {
+            addr: b.good.site,
+            reason: "the process has other threads; patch before starting them, or take \
+                     responsibility with MprotectWriter::allow_other_threads",
+            os_error: None,
+        })
+    );
+    assert_eq!(b.buf.snapshot(), before, "nothing written");
+}
+
+// --- 8. Report ---------------------------------------------------------------------------------
+
+#[test]
+fn report_json_and_text_describe_every_site() {
+    let _g = lock();
+    let f = popcnt_fixture();
+    let buf = &f.buf;
+    let n_site = buf.text(0x500);
+    let n_repl = buf.repl(0x300);
+    let mut entries = Vec::new();
+    // 0: popcnt inline at site (holds).  1: avx2 direct call at dsite (does not hold).
+    // 2: popcnt direct call at dsite (holds, wins).  3: !lfence_serializing at n_site (does not
+    // hold: the feature is present).
+    entries.push(Spec::inline(f.site, 8, f.repl, 5, popcnt()));
+    entries.push(Spec::call(f.dsite, 7, f.identity, feature(Features::AVX2)));
+    entries.push(Spec::call(f.dsite, 7, f.identity, popcnt()));
+    buf.put(n_site, &[0x90, 0x90, 0x90]);
+    buf.put(n_repl, &[0x0f, 0xae, 0xe8]);
+    let lfs = feature(Features::LFENCE_SERIALIZING);
+    entries.push(Spec::inline(n_site, 3, n_repl, 3, lfs).not());
+    let table = buf.table(0, &entries);
+    let set = caps(
+        Features::POPCNT | Features::LFENCE_SERIALIZING,
+        Errata::AMD_DIV0,
+    );
+    let p = patch(buf.plan(&table, &set).unwrap());
+    let report = p.report();
+
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).expect("valid JSON");
+    assert_eq!(
+        json["capabilities"]["features"],
+        serde_json::json!(["popcnt", "lfence_serializing"])
+    );
+    assert_eq!(
+        json["capabilities"]["errata"],
+        serde_json::json!(["erratum_amd_div0"])
+    );
+    let sites = json["sites"].as_array().unwrap();
+    assert_eq!(sites.len(), 3);
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let dcall = call_to(f.dsite, f.identity);
+    let expect = [
+        (
+            f.site,
+            8,
+            "popcnt",
+            "entry 0",
+            "inline",
+            Some(0),
+            "popcnt (present) holds",
+            cat(&[&call_to(f.site, f.sw), &[0x90; 3]]),
+            cat(&[&POPCNT_RAX_RDI, &[0x0f, 0x1f, 0x00]]),
+        ),
+        (
+            f.dsite,
+            7,
+            "popcnt",
+            "entry 2",
+            "direct_call",
+            Some(2),
+            "popcnt (present) holds",
+            cat(&[&call_to(f.dsite, f.sw), &[0x66, 0x90]]),
+            cat(&[&dcall, &[0x66, 0x90]]),
+        ),
+        (
+            n_site,
+            3,
+            "lfence_serializing",
+            "default",
+            "default",
+            None,
+            "no entry holds: !lfence_serializing (present)",
+            vec![0x90; 3],
+            vec![0x0f, 0x1f, 0x00],
+        ),
+    ];
+    for (s, (addr, len, cap, variant, decision, entry, why, before, after)) in
+        sites.iter().zip(&expect)
+    {
+        assert_eq!(s["address"], *addr, "{s}");
+        assert_eq!(s["length"], *len);
+        assert_eq!(s["function"], serde_json::Value::Null);
+        assert_eq!(s["capability"], *cap);
+        assert_eq!(s["variant"], *variant);
+        assert_eq!(s["decision"], *decision);
+        assert_eq!(s["entry"], serde_json::json!(entry));
+        assert_eq!(s["why"], *why);
+        assert_eq!(s["before"], hex(before));
+        assert_eq!(s["after"], hex(after));
+    }
+    assert_eq!(
+        json["totals"],
+        serde_json::json!([
+            {"capability": "popcnt", "applied": 2, "not_applied": 0},
+            {"capability": "avx2", "applied": 0, "not_applied": 1},
+            {"capability": "lfence_serializing", "applied": 0, "not_applied": 1},
+        ])
+    );
+    assert_eq!(json["sites_changed"], 3);
+    let changed: usize = expect
+        .iter()
+        .map(|e| e.7.iter().zip(&e.8).filter(|(a, b)| a != b).count())
+        .sum();
+    assert_eq!(json["bytes_changed"], changed);
+    assert_eq!(json["pages"], 1);
+
+    let text = report.to_string();
+    for (addr, ..) in &expect {
+        assert!(text.contains(&format!("site {addr:#x} ")), "{text}");
+    }
+    assert!(text.contains("capability popcnt       applied at 2 site(s), not applied 0 time(s)"));
+    assert!(text.contains("capability avx2         applied at 0 site(s), not applied 1 time(s)"));
+    assert!(text.contains(&format!(
+        "3 site(s), 3 changed, {changed} byte(s) changed, 1 page(s) touched"
+    )));
+    assert!(
+        text.contains("    after:  f3 48 0f b8 c7 0f 1f 00"),
+        "{text}"
+    );
+    assert_eq!(
+        report.totals().iter().map(|t| t.applied).sum::<usize>(),
+        3 - 1,
+        "two sites applied an entry, one kept its default"
+    );
+    revert(p);
+}
