@@ -190,14 +190,19 @@ fn a_masked_feature_is_never_used() {
     check_decodes(&v, "Haswell masked");
     let features = v["report"]["capabilities"]["features"].as_array().unwrap();
     for masked in ["popcnt", "avx2", "erms"] {
-        assert!(!features.iter().any(|f| f == masked), "{masked} still listed");
+        assert!(
+            !features.iter().any(|f| f == masked),
+            "{masked} still listed"
+        );
     }
     for s in sites(&v) {
         let function = s["function"].as_str().unwrap();
         let after = unhex(s["after"].as_str().unwrap());
         let text = decode_whole(&after, s["address"].as_u64().unwrap()).unwrap();
         assert!(
-            !text.iter().any(|i| i.starts_with("popcnt") || i.starts_with("rep movsb")),
+            !text
+                .iter()
+                .any(|i| i.starts_with("popcnt") || i.starts_with("rep movsb")),
             "{function} uses a masked feature: {text:?}"
         );
         match function {

@@ -373,7 +373,7 @@ mod tests {
 
     #[test]
     fn this_test_binary_has_executable_segments() {
-        let here = this_test_binary_has_executable_segments as usize as u64;
+        let here = this_test_binary_has_executable_segments as *const () as usize as u64;
         let segs = executable_segments_containing(here);
         assert!(segs.iter().any(|r| r.contains(&here)), "{segs:x?}");
     }
