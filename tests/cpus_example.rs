@@ -3,6 +3,8 @@
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 
 use std::collections::BTreeMap;
+mod common;
+
 use std::process::Command;
 
 /// A parsed JSON value (just enough JSON for this test).
@@ -206,21 +208,10 @@ fn strings(v: &Json) -> Vec<String> {
 
 #[test]
 fn cpus_example_json_matches_this_machine() {
-    let out = Command::new(env!("CARGO"))
-        .args([
-            "run",
-            "--quiet",
-            "--release",
-            "--example",
-            "cpus",
-            "--",
-            "--json",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        // A target directory of its own: the outer `cargo test` may hold the default one.
-        .env("CARGO_TARGET_DIR", env!("CARGO_TARGET_TMPDIR"))
+    let out = Command::new(common::example("cpus"))
+        .arg("--json")
         .output()
-        .expect("run cargo");
+        .expect("run the cpus example");
     assert!(
         out.status.success(),
         "cpus --json failed: {}",
