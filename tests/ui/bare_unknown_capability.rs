@@ -1,0 +1,3 @@
+fn main() {
+    unsafe { alt::asm::alternative!("", lfence_serialising => "lfence") };
+}

@@ -1,0 +1,7 @@
+use alt::alternative;
+pub struct Pair { a: u64, b: u64 }
+#[alternative(popcnt => inline("popcnt {ret}, {p}"))]
+fn count(p: Pair) -> u64 {
+    p.a + p.b
+}
+fn main() {}
