@@ -1,1 +1,9 @@
 //! alt-tablegen: build-time table generator and inspector for alt.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod read;
+pub mod scan;
+
+pub use read::{Error, ErrorKind, Input, Location, Object, ObjectKind};

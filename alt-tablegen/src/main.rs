@@ -1,0 +1,71 @@
+//! `alt-tablegen`: find paravirt call sites from relocations, emit their table, and inspect,
+//! verify and plan the tables of a built binary. See the crate documentation for the commands
+//! and the JSON schemas.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "alt-tablegen",
+    version,
+    about = "Build-time table generator and inspector for alt"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every reference to the given symbols in executable sections.
+    Scan {
+        /// A symbol to look for (an operations table or a function); repeatable.
+        #[arg(long = "symbol", required = true)]
+        symbols: Vec<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Relocatable objects, archives, or final binaries linked with --emit-relocs.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("alt-tablegen: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes to stdout; a closed pipe (`| head`) ends the output quietly instead of panicking.
+fn out(s: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(s.as_bytes());
+}
+
+fn run(cli: Cli) -> Result<ExitCode, alt_tablegen::Error> {
+    match cli.command {
+        Command::Scan {
+            symbols,
+            json,
+            files,
+        } => {
+            let names: Vec<&str> = symbols.iter().map(String::as_str).collect();
+            let report = alt_tablegen::scan::scan_files(&files, &names)?;
+            if json {
+                out(&format!("{}\n", report.to_json()));
+            } else {
+                out(&alt_tablegen::scan::format_human(&report));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
