@@ -32,6 +32,25 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Write the paravirt table of the calls through TABLE-symbol as a relocatable object.
+    Emit {
+        /// The operations table symbol the sites call through (e.g. `pv_ops`).
+        #[arg(long)]
+        symbol: String,
+        /// The table's name: the section is `alt_pv_<NAME>`.
+        #[arg(long)]
+        table: String,
+        /// Clobber set of every entry: `c_abi` (the default), a `|`/`,`-separated list of
+        /// register names (`rax,rcx,...,vector`), or a number.
+        #[arg(long)]
+        clobbers: Option<String>,
+        /// The object to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Relocatable objects and archives (the ones linked with the table).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,6 +84,43 @@ fn run(cli: Cli) -> Result<ExitCode, alt_tablegen::Error> {
             } else {
                 out(&alt_tablegen::scan::format_human(&report));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Emit {
+            symbol,
+            table,
+            clobbers,
+            output,
+            files,
+        } => {
+            let clobbers = match clobbers {
+                None => None,
+                Some(s) => Some(alt_tablegen::emit::parse_clobbers(&s).map_err(|e| {
+                    alt_tablegen::Error::new(
+                        alt_tablegen::Location::default(),
+                        alt_tablegen::ErrorKind::Other(e),
+                    )
+                })?),
+            };
+            let opts = alt_tablegen::emit::EmitOptions { table, clobbers };
+            let emitted = alt_tablegen::emit::emit_files(&files, &symbol, &opts)?;
+            std::fs::write(&output, &emitted.object).map_err(|e| {
+                alt_tablegen::Error::new(
+                    alt_tablegen::Location::file(&output),
+                    alt_tablegen::ErrorKind::Io(e),
+                )
+            })?;
+            for s in &emitted.skipped {
+                eprintln!(
+                    "alt-tablegen: note: {} {}+{:#x}: {} reference to {}+{} is not a call through the table; no entry",
+                    s.file, s.section, s.offset, s.form.name(), s.symbol, s.addend
+                );
+            }
+            eprintln!(
+                "alt-tablegen: wrote {} entries to {}",
+                emitted.entries.len(),
+                output.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -632,7 +632,7 @@ fn scan_section(
         };
         let patchable = form.is_patchable();
         let op =
-            (form.is_table_call() && addend >= 0 && addend % 8 == 0).then(|| addend as u64 / 8);
+            (form.is_table_call() && addend >= 0 && addend % 8 == 0).then_some(addend as u64 / 8);
         let anchor = if is_final {
             Anchor::Unavailable("the site is in a final binary".into())
         } else if in_group {
