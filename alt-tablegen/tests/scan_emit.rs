@@ -47,8 +47,10 @@ other_data:
 "#;
 
 type Row = (u64, u32, &'static str, i64, Form, Option<u64>, &'static str);
+/// offset, length, symbol, addend, form, op, bytes.
+type OwnedRow = (u64, u32, String, i64, Form, Option<u64>, String);
 
-fn rows(sites: &[Site]) -> Vec<(u64, u32, String, i64, Form, Option<u64>, String)> {
+fn rows(sites: &[Site]) -> Vec<OwnedRow> {
     sites
         .iter()
         .map(|s| {
@@ -65,7 +67,7 @@ fn rows(sites: &[Site]) -> Vec<(u64, u32, String, i64, Form, Option<u64>, String
         .collect()
 }
 
-fn expect(rows: &[Row]) -> Vec<(u64, u32, String, i64, Form, Option<u64>, String)> {
+fn expect(rows: &[Row]) -> Vec<OwnedRow> {
     rows.iter()
         .map(|r| (r.0, r.1, r.2.to_string(), r.3, r.4, r.5, r.6.to_string()))
         .collect()
