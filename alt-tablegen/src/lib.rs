@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod emit;
+pub mod inspect;
 pub mod read;
 pub mod scan;
 

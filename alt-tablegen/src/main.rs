@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use alt_tablegen::inspect::{self, CpuSpec, Tables};
+use alt_tablegen::{Error, ErrorKind, Input, Location};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -50,6 +52,36 @@ enum Command {
         /// Relocatable objects and archives (the ones linked with the table).
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Print the alternative and paravirt tables of a linked binary.
+    Inspect {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// A linked executable, shared object or kernel image.
+        file: PathBuf,
+    },
+    /// Check every table entry of a linked binary; exit 1 if any is wrong.
+    Verify {
+        /// Print JSON (`{"problems":[...]}`).
+        #[arg(long)]
+        json: bool,
+        /// A linked executable, shared object or kernel image.
+        file: PathBuf,
+    },
+    /// Print which entry each alternative site would use on a CPU.
+    Plan {
+        /// Capabilities the CPU has, by name: `popcnt,avx2,erratum_amd_div0`.
+        #[arg(long, value_name = "LIST", required_unless_present = "cpu")]
+        cpu_features: Option<String>,
+        /// A CPU model by name (`Haswell`); not available until the CPU model tables land.
+        #[arg(long, value_name = "MODEL", conflicts_with = "cpu_features")]
+        cpu: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// A linked executable, shared object or kernel image.
+        file: PathBuf,
     },
 }
 
@@ -121,6 +153,88 @@ fn run(cli: Cli) -> Result<ExitCode, alt_tablegen::Error> {
                 emitted.entries.len(),
                 output.display()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect { json, file } => {
+            let input = Input::open(&file)?;
+            for obj in input.objects()? {
+                let tables = Tables::read(&obj)?;
+                if json {
+                    out(&format!("{}\n", tables.to_json()));
+                } else {
+                    out(&tables.format_human());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { json, file } => {
+            let input = Input::open(&file)?;
+            let mut failed = false;
+            for obj in input.objects()? {
+                let tables = Tables::read(&obj)?;
+                let problems = inspect::verify(&obj, &tables);
+                failed |= !problems.is_empty();
+                if json {
+                    let v = serde_json::json!({ "problems": problems });
+                    out(&format!("{v:#}\n"));
+                } else if problems.is_empty() {
+                    out(&format!(
+                        "{}: ok: {} alternative and {} paravirt entries verified\n",
+                        file.display(),
+                        tables.alt.len(),
+                        tables.pv.len()
+                    ));
+                } else {
+                    for p in &problems {
+                        eprintln!("alt-tablegen: {}: {p}", file.display());
+                    }
+                    eprintln!(
+                        "alt-tablegen: {}: {} problem(s) in the tables",
+                        file.display(),
+                        problems.len()
+                    );
+                }
+            }
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Plan {
+            cpu_features,
+            cpu,
+            json,
+            file,
+        } => {
+            let spec = match (cpu_features, cpu) {
+                (Some(list), _) => CpuSpec::from_names(&list),
+                (None, Some(model)) => CpuSpec::from_model(&model),
+                (None, None) => CpuSpec::from_names(""),
+            }
+            .map_err(|e| Error::new(Location::default(), ErrorKind::Other(e)))?;
+            let input = Input::open(&file)?;
+            for obj in input.objects()? {
+                let tables = Tables::read(&obj)?;
+                let decisions = inspect::plan(&tables, &spec);
+                if json {
+                    let v = serde_json::json!({ "sites": decisions });
+                    out(&format!("{v:#}\n"));
+                } else {
+                    for d in &decisions {
+                        out(&format!(
+                            "site {:#x} len {}: {}\n",
+                            d.site, d.site_len, d.outcome
+                        ));
+                    }
+                    let pv = tables.pv.len();
+                    if pv > 0 {
+                        out(&format!(
+                            "{pv} paravirt sites: patched by the backend chosen at start-up\n"
+                        ));
+                    }
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
