@@ -143,7 +143,7 @@ fn generate(path: &Path, text_bytes: u64, relocs: u64, pv_permille: u64, func: u
                     code.extend_from_slice(&[0xff, 0x15, 0, 0, 0, 0]);
                     relocations.push((at + 2, None, 8 * op - 4, elf::R_X86_64_PC32));
                     pv_sites += 1;
-                } else if kind % 2 == 0 {
+                } else if kind.is_multiple_of(2) {
                     code.extend_from_slice(&[0xe8, 0, 0, 0, 0]);
                     let callee = rng.below(funcs.len() as u64 + 1) as usize;
                     relocations.push((at + 1, Some(callee), -4, elf::R_X86_64_PLT32));
@@ -204,6 +204,8 @@ fn generate(path: &Path, text_bytes: u64, relocs: u64, pv_permille: u64, func: u
 }
 
 /// Runs a command with stdout to /dev/null; returns (seconds, peak RSS in KiB, success).
+// The child is reaped by wait4, which std does not know about.
+#[allow(clippy::zombie_processes)]
 fn run_child(cmd: &mut Command) -> (f64, i64, bool) {
     let t = Instant::now();
     let child = cmd
