@@ -3,6 +3,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod build;
 pub mod emit;
 pub mod inspect;
 pub mod read;
