@@ -2,13 +2,11 @@
 //! an operations table, emit the table object into `OUT_DIR`, and tell cargo how to link both.
 //!
 //! ```no_run
-//! // build.rs
-//! fn main() {
-//!     alt_tablegen::build::Build::new("pv_ops", "pv")
-//!         .file("src/ops.c")
-//!         .compile("pvops")
-//!         .unwrap();
-//! }
+//! // In build.rs's main():
+//! alt_tablegen::build::Build::new("pv_ops", "pv")
+//!     .file("src/ops.c")
+//!     .compile("pvops")
+//!     .unwrap();
 //! ```
 //!
 //! What is linked, by [`LinkMode`]:
