@@ -266,6 +266,10 @@ fn main() {
     let me = std::env::current_exe().expect("current exe");
     let out = Command::new(me)
         .env("ALT_BENCH_GENERATE_TO", &path)
+        .env("ALT_BENCH_MB", mb.to_string())
+        .env("ALT_BENCH_RELOCS", relocs.to_string())
+        .env("ALT_BENCH_PV_PERMILLE", pv_permille.to_string())
+        .env("ALT_BENCH_FUNC", func.to_string())
         .output()
         .expect("run the generator");
     assert!(out.status.success(), "generator failed");
