@@ -148,6 +148,10 @@ impl Tables {
                     let Ok(b) = <&[u8; ALT_ENTRY_SIZE]>::try_from(chunk) else {
                         continue;
                     };
+                    if b.iter().all(|&x| x == 0) {
+                        // A placeholder that keeps an empty table's section defined.
+                        continue;
+                    }
                     let entry = AltEntry::from_bytes(b);
                     let entry_addr = base.wrapping_add((index * ALT_ENTRY_SIZE) as u64);
                     let site = entry.site_addr(entry_addr);
@@ -199,6 +203,10 @@ impl Tables {
                     let Ok(b) = <&[u8; PV_ENTRY_SIZE]>::try_from(chunk) else {
                         continue;
                     };
+                    if b.iter().all(|&x| x == 0) {
+                        // A placeholder that keeps an empty table's section defined.
+                        continue;
+                    }
                     let entry = PvEntry::from_bytes(b);
                     let entry_addr = base.wrapping_add((index * PV_ENTRY_SIZE) as u64);
                     let site = entry.site_addr(entry_addr);
@@ -546,11 +554,31 @@ impl CpuSpec {
         Ok(Self::Capabilities(set))
     }
 
-    /// A CPU model by name. Not available yet: see the type's documentation.
+    /// A CPU by QEMU model name (`qemu64`, `Nehalem`, `Haswell`, `max`, ... as recorded in
+    /// [`alt_runtime::x86_64::cpuid::CPU_MODELS`]), or the path of a CPUID dump in the text
+    /// format of [`alt_runtime::x86_64::cpuid::CpuidDump::from_text`] (what
+    /// `cargo run --example cpus -- --cpuid` prints). Features and errata come from the same probe
+    /// and errata database the runtime uses.
     pub fn from_model(model: &str) -> Result<Self, String> {
-        Err(format!(
-            "--cpu {model}: CPU models are not available yet (they come with the \
-             alt_runtime::x86_64::cpuid model tables); use --cpu-features with capability names"
+        use alt_runtime::cpu::CpuDescriptor;
+        use alt_runtime::x86_64::cpuid::{cpu_model_dump, CpuidDump, CPU_MODELS};
+        let dump = match cpu_model_dump(model) {
+            Some(d) => d,
+            None if std::path::Path::new(model).is_file() => {
+                let text = std::fs::read_to_string(model)
+                    .map_err(|e| format!("--cpu {model}: cannot read the CPUID dump: {e}"))?;
+                CpuidDump::from_text(&text)
+                    .map_err(|e| format!("--cpu {model}: not a CPUID dump: {e}"))?
+            }
+            None => {
+                return Err(format!(
+                    "--cpu {model}: unknown CPU model and no such CPUID dump file; models: {}",
+                    CPU_MODELS.join(", ")
+                ))
+            }
+        };
+        Ok(Self::Capabilities(
+            CpuDescriptor::from_source(0, &dump).capabilities(),
         ))
     }
 

@@ -244,9 +244,32 @@ fn plan_applies_the_first_entry_that_holds() {
         vec![(site_fn, Some(0)), (site_fn + 5, Some(2))]
     );
     assert!(CpuSpec::from_names("popcount").is_err());
-    assert!(CpuSpec::from_model("Haswell")
+    let model = |name: &str| {
+        let caps = CpuSpec::from_model(name).unwrap();
+        plan(&t, &caps)
+            .iter()
+            .map(|d| (d.site, d.chosen))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        model("Haswell"),
+        vec![(site_fn, Some(0)), (site_fn + 5, Some(2))]
+    );
+    assert_eq!(
+        model("qemu64"),
+        vec![(site_fn, Some(1)), (site_fn + 5, None)]
+    );
+    assert_eq!(
+        model("Nehalem"),
+        vec![(site_fn, Some(0)), (site_fn + 5, None)]
+    );
+    assert!(CpuSpec::from_model("Pentium5")
         .unwrap_err()
-        .contains("--cpu-features"));
+        .contains("unknown CPU model"));
+    let out = run(Command::new(env!("CARGO_BIN_EXE_alt-tablegen"))
+        .args(["plan", "--cpu", "Haswell"])
+        .arg(&exe));
+    assert!(out.contains("(alt_instr[2], avx2)"), "{out}");
 
     let out = run(Command::new(env!("CARGO_BIN_EXE_alt-tablegen"))
         .args(["plan", "--cpu-features", "avx2"])
