@@ -126,24 +126,8 @@ fn json(cpus: &[alt::cpu::CpuDescriptor], sys: alt::CapabilitySet) -> String {
     out
 }
 
-/// A JSON string literal, with the escapes RFC 8259 requires.
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
+/// A JSON string literal (the runtime's report uses the same escaping).
+use alt::report::json_str;
 
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
 fn main() {
