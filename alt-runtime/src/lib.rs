@@ -40,6 +40,8 @@ pub mod linker;
 pub mod os;
 pub mod overrides;
 #[cfg(feature = "alloc")]
+pub mod paravirt;
+#[cfg(feature = "alloc")]
 pub mod patch;
 #[cfg(feature = "alloc")]
 pub mod plan;

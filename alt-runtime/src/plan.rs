@@ -211,6 +211,48 @@ pub enum Choice {
         /// The call target.
         target: u64,
     },
+    /// Paravirt site: the operation's native inline sequence, relocated and NOP-filled.
+    PvInline {
+        /// Operation index.
+        op: u8,
+    },
+    /// Paravirt site: a `call rel32`, NOP-filled.
+    PvCall {
+        /// Operation index.
+        op: u8,
+        /// The call target (the backend's function, or a register-saving thunk).
+        target: u64,
+        /// Whether the target is a register-saving thunk around the backend's function.
+        through_thunk: bool,
+    },
+    /// Paravirt site: the operation does nothing (`xor eax, eax` if it returns a value), NOPs.
+    PvNop {
+        /// Operation index.
+        op: u8,
+    },
+    /// Paravirt site: the operation is unset in the backend; the site traps (`ud2`, NOPs).
+    PvTrap {
+        /// Operation index.
+        op: u8,
+    },
+}
+
+/// What a paravirt site is, for reports: its table, operation and backend, and why it got the
+/// bytes it got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PvSiteInfo {
+    /// Name of the operations table.
+    pub table: &'static str,
+    /// Operation index.
+    pub op: u8,
+    /// Operation name.
+    pub op_name: &'static str,
+    /// Name of the backend.
+    pub backend: &'static str,
+    /// Index of the entry in the table's entry section (placeholders count).
+    pub entry: usize,
+    /// Why, for people.
+    pub why: alloc::string::String,
 }
 
 /// One entry considered for a site, and whether it held.
@@ -241,14 +283,16 @@ pub struct SitePlan {
     pub choice: Choice,
     /// Every entry of the site, in priority (table) order.
     pub candidates: Vec<Candidate>,
+    /// For a paravirt site, its table, operation and backend; `None` for alternatives.
+    pub paravirt: Option<PvSiteInfo>,
 }
 
 impl SitePlan {
     /// The entry chosen, if any.
     pub fn chosen(&self) -> Option<&Candidate> {
         let entry = match self.choice {
-            Choice::Default => return None,
             Choice::Inline { entry } | Choice::DirectCall { entry, .. } => entry,
+            _ => return None,
         };
         self.candidates.iter().find(|c| c.entry == entry)
     }
@@ -335,6 +379,7 @@ pub fn plan_alternatives<M: Memory>(
             original,
             choice: Choice::Default,
             candidates: vec![parsed[i].candidate(i, caps)],
+            paravirt: None,
         });
     }
 
@@ -402,15 +447,15 @@ fn error(index: usize, t: &TableEntry, kind: TableErrorKind) -> TableError {
     }
 }
 
-fn inside(r: &Range<u64>, inner: &Range<u64>) -> bool {
+pub(crate) fn inside(r: &Range<u64>, inner: &Range<u64>) -> bool {
     inner.start >= r.start && inner.end <= r.end && inner.start <= inner.end
 }
 
-fn overlaps(a: &Range<u64>, b: &Range<u64>) -> bool {
+pub(crate) fn overlaps(a: &Range<u64>, b: &Range<u64>) -> bool {
     a.start < b.end && b.start < a.end
 }
 
-fn in_text(layout: &Layout<'_>, r: &Range<u64>) -> bool {
+pub(crate) fn in_text(layout: &Layout<'_>, r: &Range<u64>) -> bool {
     layout.text.iter().any(|t| inside(t, r)) && !overlaps(&layout.replacements, r)
 }
 

@@ -6,12 +6,17 @@
 //!
 //! ```text
 //! {"capabilities":{"features":[..],"errata":[..]},
-//!  "sites":[{"address":N,"length":N,"function":S|null,"capability":S|null,
-//!            "variant":S,"decision":"default"|"inline"|"direct_call",
+//!  "sites":[{"address":N,"length":N,"function":S|null,"table":S|null,"op":S|null,
+//!            "capability":S|null,"variant":S,
+//!            "decision":"default"|"inline"|"direct_call"|"nop"|"trap",
 //!            "entry":N|null,"why":S,"before":"hex","after":"hex"}],
 //!  "totals":[{"capability":S,"applied":N,"not_applied":N}],
 //!  "sites_changed":N,"bytes_changed":N,"pages":N,"elapsed_ns":N|null}
 //! ```
+//!
+//! `table` and `op` name a paravirt site's operations table and operation (`null` for
+//! alternatives); for a paravirt site `variant` is the backend's name and `entry` the index of
+//! its entry in the table's entry section. `nop` and `trap` are paravirt decisions only.
 
 use alloc::format;
 use alloc::string::String;
@@ -19,7 +24,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::capability::{Capability, CapabilitySet};
-use crate::plan::{Candidate, Choice, Plan};
+use crate::plan::{Candidate, Choice, Plan, PvSiteInfo};
 use crate::writer::WriteStats;
 
 /// What was done at one site.
@@ -39,9 +44,22 @@ pub struct SiteReport {
     pub before: Vec<u8>,
     /// The bytes after.
     pub after: Vec<u8>,
+    /// For a paravirt site, its table, operation, backend and the reason; `None` for
+    /// alternatives.
+    pub paravirt: Option<PvSiteInfo>,
 }
 
 impl SiteReport {
+    /// What the site is, for people: `TABLE.op` for a paravirt site, else the function name
+    /// (`?` where unknown).
+    pub fn label(&self) -> String {
+        match (&self.paravirt, self.function) {
+            (Some(pv), _) => format!("{}.{}", pv.table, pv.op_name),
+            (None, Some(f)) => String::from(f),
+            (None, None) => String::from("?"),
+        }
+    }
+
     /// Whether the site's bytes changed.
     pub fn changed(&self) -> bool {
         self.before != self.after
@@ -59,14 +77,17 @@ impl SiteReport {
     /// The chosen candidate, if any.
     pub fn chosen(&self) -> Option<&Candidate> {
         let entry = match self.choice {
-            Choice::Default => return None,
             Choice::Inline { entry } | Choice::DirectCall { entry, .. } => entry,
+            _ => return None,
         };
         self.candidates.iter().find(|c| c.entry == entry)
     }
 
     /// Name of the chosen variant: the entry's name where known, `"default"` for the default.
     pub fn variant(&self) -> String {
+        if let Some(pv) = &self.paravirt {
+            return String::from(pv.backend);
+        }
         match self.chosen() {
             None => String::from("default"),
             Some(c) => {
@@ -83,13 +104,18 @@ impl SiteReport {
     pub fn decision(&self) -> &'static str {
         match self.choice {
             Choice::Default => "default",
-            Choice::Inline { .. } => "inline",
-            Choice::DirectCall { .. } => "direct_call",
+            Choice::Inline { .. } | Choice::PvInline { .. } => "inline",
+            Choice::DirectCall { .. } | Choice::PvCall { .. } => "direct_call",
+            Choice::PvNop { .. } => "nop",
+            Choice::PvTrap { .. } => "trap",
         }
     }
 
     /// Why: the chosen entry's condition, or why every entry failed.
     pub fn why(&self) -> String {
+        if let Some(pv) = &self.paravirt {
+            return pv.why.clone();
+        }
         let cond = |c: &Candidate| {
             let state = if c.capability_present() {
                 "present"
@@ -157,6 +183,7 @@ impl Report {
                 candidates: s.candidates,
                 before: s.original,
                 after: s.new,
+                paravirt: s.paravirt,
             })
             .collect();
         Report {
@@ -246,14 +273,19 @@ impl Report {
             .iter()
             .map(|s| {
                 format!(
-                    "{{\"address\":{},\"length\":{},\"function\":{},\"capability\":{},\"variant\":{},\"decision\":\"{}\",\"entry\":{},\"why\":{},\"before\":\"{}\",\"after\":\"{}\"}}",
+                    "{{\"address\":{},\"length\":{},\"function\":{},\"table\":{},\"op\":{},\"capability\":{},\"variant\":{},\"decision\":\"{}\",\"entry\":{},\"why\":{},\"before\":\"{}\",\"after\":\"{}\"}}",
                     s.addr,
                     s.before.len(),
                     s.function.map_or(String::from("null"), json_str),
+                    s.paravirt.as_ref().map_or(String::from("null"), |p| json_str(p.table)),
+                    s.paravirt.as_ref().map_or(String::from("null"), |p| json_str(p.op_name)),
                     s.capability().map_or(String::from("null"), |c| json_str(c.name())),
                     json_str(&s.variant()),
                     s.decision(),
-                    s.chosen().map_or(String::from("null"), |c| format!("{}", c.entry)),
+                    s.chosen()
+                        .map(|c| c.entry)
+                        .or(s.paravirt.as_ref().map(|p| p.entry))
+                        .map_or(String::from("null"), |e| format!("{e}")),
                     json_str(&s.why()),
                     Hex(&s.before),
                     Hex(&s.after),
@@ -343,7 +375,7 @@ impl fmt::Display for Report {
                 "site {:#x} {:>2}B {:<24} {:<11} {:<14} {}",
                 s.addr,
                 s.before.len(),
-                s.function.unwrap_or("?"),
+                s.label(),
                 s.decision(),
                 s.variant(),
                 s.why()

@@ -4,6 +4,7 @@
 //! use it on any machine.
 
 pub mod cpuid;
+pub mod hypervisor;
 pub mod insn;
 pub mod nops;
 pub mod relocate;
