@@ -1,16 +1,79 @@
 //! # alt
 //!
 //! Boot-time alternatives and paravirt patching for Rust. This facade re-exports the runtime
-//! ([`alt_runtime`]) and the macros (`alt-macros`): [`alternative`] (attribute) and
-//! [`asm::alternative!`](crate::asm::alternative).
+//! ([`alt_runtime`]) and the macros (`alt-macros`): [`alternative`] (attribute),
+//! [`asm::alternative!`](crate::asm::alternative) and [`paravirt_ops!`].
+//!
+//! # Paravirt operations
+//!
+//! [`paravirt_ops!`] declares an operations table: a `#[no_mangle]` static array of `extern "C"`
+//! function pointers (C calls it as `call *TABLE+8*op(%rip)`), one method per operation whose
+//! every call is a patchable site, and a backend type. At start-up a backend is installed: each
+//! site becomes the native inline sequence, a direct call, NOPs or a trap (see
+//! [`paravirt`](alt_runtime::paravirt) and `docs/paravirt.md`).
+//!
+//! ```no_run
+//! extern "C" fn native_cycles() -> u64 {
+//!     // SAFETY: rdtsc is available on every x86-64 CPU.
+//!     unsafe { core::arch::x86_64::_rdtsc() }
+//! }
+//! extern "C" fn native_hypercall(nr: u64, arg: u64) -> u64 {
+//!     nr ^ arg
+//! }
+//! unsafe extern "C" fn counted_hypercall(nr: u64, arg: u64) -> u64 {
+//!     nr ^ arg
+//! }
+//!
+//! alt::paravirt_ops! {
+//!     /// Example operations.
+//!     pub table DOC_OPS {
+//!         /// Time-stamp counter.
+//!         fn cycles() -> u64 {
+//!             native: native_cycles,
+//!             inline: ["rdtsc", "shl rdx, 32", "or rax, rdx"],
+//!             clobbers: [rax, rdx],
+//!         }
+//!         /// A "hypercall".
+//!         fn hypercall(nr: u64, arg: u64) -> u64 { native: native_hypercall, clobbers: C }
+//!     }
+//! }
+//!
+//! let backend = DocOpsBackend {
+//!     hypercall: alt::paravirt::OpImpl::Function(counted_hypercall),
+//!     ..DocOpsBackend::NATIVE
+//! };
+//! // SAFETY: single-threaded start-up; counted_hypercall is sound to call with any arguments.
+//! let patched = unsafe { DOC_OPS.install(&backend) }.expect("patching");
+//! println!("{}", patched.report());
+//! let t = DOC_OPS.cycles(); // rdtsc inline
+//! let h = DOC_OPS.hypercall(1, 2); // call counted_hypercall
+//! # let _ = (t, h);
+//! ```
 
 #![no_std]
 
-pub use alt_macros::alternative;
+pub use alt_macros::{alternative, paravirt_ops};
 pub use alt_runtime::*;
 
 /// Bare instruction swaps: `alt::asm::alternative!`. (Rust has one namespace for attribute and
 /// function-like macros, so this cannot live beside the `#[alternative]` attribute.)
 pub mod asm {
     pub use alt_macros::alternative_asm as alternative;
+}
+
+/// Expands its input only when `alt` is built for a hosted Linux x86-64 process (the `std`
+/// feature), so macro-generated hosted conveniences vanish in `no_std` builds.
+#[doc(hidden)]
+#[cfg(all(feature = "std", target_os = "linux", target_arch = "x86_64"))]
+#[macro_export]
+macro_rules! __if_hosted {
+    ($($t:tt)*) => { $($t)* };
+}
+
+/// Expands its input only when `alt` is built for a hosted Linux x86-64 process.
+#[doc(hidden)]
+#[cfg(not(all(feature = "std", target_os = "linux", target_arch = "x86_64")))]
+#[macro_export]
+macro_rules! __if_hosted {
+    ($($t:tt)*) => {};
 }

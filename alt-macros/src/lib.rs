@@ -74,6 +74,7 @@
 
 mod args;
 mod bare;
+mod paravirt;
 mod sig;
 mod site;
 mod template;
@@ -105,6 +106,15 @@ pub fn alternative(attr: TokenStream, item: TokenStream) -> TokenStream {
 pub fn alternative_asm(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as bare::BareInput);
     bare::expand(input)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Declares a paravirt operations table. See `docs/paravirt.md` and the `alt` crate.
+#[proc_macro]
+pub fn paravirt_ops(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as paravirt::TableInput);
+    paravirt::expand(input)
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
 }
@@ -243,53 +253,12 @@ fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
 
     // Register operands.
     let clobbered: Vec<String> = args.clobbers.iter().map(|c| c.to_string()).collect();
-    let mut regs = Vec::new();
-    for (i, a) in checked.args.iter().enumerate() {
-        let reg = ARG_REGS[i][0];
-        let n = &a.name;
-        let value = match a.kind {
-            ValueKind::Int { bits, signed } if bits < 32 => {
-                if signed {
-                    quote!(#n as i32)
-                } else {
-                    quote!(#n as u32)
-                }
-            }
-            ValueKind::Bool => quote!(#n as u32),
-            _ => quote!(#n),
-        };
-        if clobbered.iter().any(|c| c == reg) {
-            regs.push(quote!(inout(#reg) #value => _));
-        } else {
-            regs.push(quote!(in(#reg) #value));
-        }
-    }
-    for c in &clobbered {
-        let is_input = ARG_REGS[..checked.args.len()].iter().any(|r| r[0] == c);
-        if !is_input && c != "rax" {
-            regs.push(quote!(out(#c) _));
-        }
-    }
-    let (ret_decl, ret_out, ret_value) = match &checked.ret {
-        None => (quote!(), quote!(lateout("rax") _), quote!()),
-        Some((ty, kind)) => match kind {
-            ValueKind::Int { bits, .. } if *bits < 32 => (
-                quote!(let __alt_ret: u32;),
-                quote!(lateout("rax") __alt_ret),
-                quote!(__alt_ret as #ty),
-            ),
-            ValueKind::Bool => (
-                quote!(let __alt_ret: u32;),
-                quote!(lateout("rax") __alt_ret),
-                quote!((__alt_ret as u8) != 0),
-            ),
-            _ => (
-                quote!(let __alt_ret: #ty;),
-                quote!(lateout("rax") __alt_ret),
-                quote!(__alt_ret),
-            ),
-        },
-    };
+    let RegisterOperands {
+        regs,
+        ret_decl,
+        ret_out,
+        ret_value,
+    } = register_operands(&checked, &clobbered);
     let abi = if thunks {
         quote!()
     } else {
@@ -320,14 +289,103 @@ fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
     })
 }
 
+
+/// The `asm!` operands that carry a site's arguments (System V registers) and result (`rax`).
+pub(crate) struct RegisterOperands {
+    pub regs: Vec<TokenStream2>,
+    pub ret_decl: TokenStream2,
+    pub ret_out: TokenStream2,
+    pub ret_value: TokenStream2,
+}
+
+/// Operands for a checked signature; `clobbered` registers are declared changed (arguments in
+/// them become `inout(..) => _`).
+pub(crate) fn register_operands(checked: &sig::Checked, clobbered: &[String]) -> RegisterOperands {
+    let mut regs = Vec::new();
+    for (i, a) in checked.args.iter().enumerate() {
+        let reg = ARG_REGS[i][0];
+        let n = &a.name;
+        let value = match a.kind {
+            ValueKind::Int { bits, signed } if bits < 32 => {
+                if signed {
+                    quote!(#n as i32)
+                } else {
+                    quote!(#n as u32)
+                }
+            }
+            ValueKind::Bool => quote!(#n as u32),
+            _ => quote!(#n),
+        };
+        if clobbered.iter().any(|c| c == reg) {
+            regs.push(quote!(inout(#reg) #value => _));
+        } else {
+            regs.push(quote!(in(#reg) #value));
+        }
+    }
+    for c in clobbered {
+        let is_input = ARG_REGS[..checked.args.len()].iter().any(|r| r[0] == c);
+        if !is_input && c != "rax" {
+            regs.push(quote!(out(#c) _));
+        }
+    }
+    let (ret_decl, ret_out, ret_value) = match &checked.ret {
+        None => (quote!(), quote!(lateout("rax") _), quote!()),
+        Some((ty, kind)) => match kind {
+            ValueKind::Int { bits, .. } if *bits < 32 => (
+                quote!(let __alt_ret: u32;),
+                quote!(lateout("rax") __alt_ret),
+                quote!(__alt_ret as #ty),
+            ),
+            ValueKind::Bool => (
+                quote!(let __alt_ret: u32;),
+                quote!(lateout("rax") __alt_ret),
+                quote!((__alt_ret as u8) != 0),
+            ),
+            _ => (
+                quote!(let __alt_ret: #ty;),
+                quote!(lateout("rax") __alt_ret),
+                quote!(__alt_ret),
+            ),
+        },
+    };
+    RegisterOperands {
+        regs,
+        ret_decl,
+        ret_out,
+        ret_value,
+    }
+}
+
 /// A naked thunk saving the caller-saved registers around a call of `target`, in one variant
 /// per vector-state configuration.
 fn thunk_items(name: &syn::Ident, target: &syn::Ident) -> TokenStream2 {
+    let target: syn::Path = target.clone().into();
+    thunk_items_with(name, &target, false, quote!(), quote!(), quote!())
+}
+
+/// A naked thunk as [`thunk_items`]; with `indirect`, `target` is a static holding the function
+/// pointer to call (`call qword ptr [rip + target]`). `params` and `output` give the thunk the
+/// signature of the function it stands for (it ignores them: the registers pass through).
+pub(crate) fn thunk_items_with(
+    name: &syn::Ident,
+    target: &syn::Path,
+    indirect: bool,
+    params: TokenStream2,
+    output: TokenStream2,
+    vis: TokenStream2,
+) -> TokenStream2 {
     let variant = |v: VectorState| {
-        let lines = thunk_lines(v);
+        let mut lines = thunk_lines(v);
+        if indirect {
+            for l in &mut lines {
+                if l == "call {target}" {
+                    *l = "call qword ptr [rip + {target}]".to_string();
+                }
+            }
+        }
         quote! {
             #[unsafe(naked)]
-            unsafe extern "C" fn #name() {
+            #vis unsafe extern "C" fn #name(#params) #output {
                 ::core::arch::naked_asm!(#(#lines,)* target = sym #target)
             }
         }

@@ -10,6 +10,7 @@
 //! | `alt_replacement`  | `__start_alt_replacement`, `__stop_alt_replacement` | code |
 //! | `alt_site_names`   | `__start_alt_site_names`, `__stop_alt_site_names`   | [`NameEntry`], 8 bytes |
 //! | `alt_entry_names`  | `__start_alt_entry_names`, `__stop_alt_entry_names` | [`NameEntry`], 8 bytes |
+//! | `alt_pv_<TABLE>`   | `__start_alt_pv_<TABLE>`, `__stop_alt_pv_<TABLE>`   | [`crate::PvEntry`], 8 bytes, one section per operations table |
 //!
 //! An empty table must still exist or its bounds symbols are undefined, so this module emits a
 //! placeholder into each section: an all-zero [`AltEntry`] (skipped by the planner), an `int3`
@@ -37,6 +38,12 @@ pub const ALT_REPLACEMENT_PUSHSECTION: &str = ".pushsection alt_replacement,\"ax
 pub const SITE_NAMES_PUSHSECTION: &str = ".pushsection alt_site_names,\"aR\",@progbits";
 /// The directive that opens the `alt_entry_names` section.
 pub const ENTRY_NAMES_PUSHSECTION: &str = ".pushsection alt_entry_names,\"aR\",@progbits";
+
+/// Flags and type of every paravirt entry section `alt_pv_<TABLE>`: every emitter opens it as
+/// `.pushsection alt_pv_<TABLE>,` followed by this (the flags must agree). Its bounds are
+/// `__start_alt_pv_<TABLE>` and `__stop_alt_pv_<TABLE>`, read by code the `paravirt_ops!` macro
+/// generates with the same `.hidden` + `lea` pattern as [`sections`].
+pub const PV_SECTION_FLAGS: &str = "\"aR\",@progbits";
 
 /// A name for a site or an entry: two self-relative offsets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
