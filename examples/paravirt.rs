@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example paravirt [-- --backend native|counting|auto] [--json]
+//! qemu-x86_64 -cpu Haswell target/release/examples/paravirt --backend counting --allow-threads
 //! ```
 //!
 //! The table holds interrupt-flag style operations emulated in user space (the "IF" bit lives
@@ -168,13 +169,20 @@ fn maybe_halt(really: bool) {
 fn main() {
     let mut backend_arg = String::from("auto");
     let mut json = false;
+    let mut options = alt::process::PatchOptions::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--json" => json = true,
+            "--allow-threads" => {
+                // SAFETY: this program patches before it starts any thread; the flag is for
+                // qemu-user, whose own helper thread shows in /proc/self/task but never runs
+                // guest code.
+                options = unsafe { options.allow_other_threads() };
+            }
             "--backend" => backend_arg = args.next().unwrap_or_default(),
             other => {
-                eprintln!("usage: paravirt [--backend native|counting|auto] [--json] (got {other:?})");
+                eprintln!("usage: paravirt [--backend native|counting|auto] [--json] [--allow-threads] (got {other:?})");
                 std::process::exit(2);
             }
         }
@@ -194,7 +202,7 @@ fn main() {
 
     let unpatched = workload(black_box(ROUNDS));
     // SAFETY: single-threaded; the counting functions are sound for any arguments.
-    let patched = match unsafe { PV_OPS.install(&backend) } {
+    let patched = match unsafe { PV_OPS.install_with(&backend, &options) } {
         Ok(p) => p,
         Err(e) => {
             eprintln!("paravirt: {e}");
@@ -212,7 +220,7 @@ fn main() {
     );
     let report = patched.report().clone();
     // SAFETY: as for install.
-    if let Err((_, e)) = unsafe { alt::paravirt::revert_self(patched) } {
+    if let Err((_, e)) = unsafe { alt::paravirt::revert_self(patched, &options) } {
         eprintln!("paravirt: revert: {e}");
         std::process::exit(1);
     }

@@ -4,83 +4,44 @@
 //! end exactly at the site's end, before and after patching.
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 
-#[path = "support/json.rs"]
-mod json;
+mod common;
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 
+use common::{example, json, run_native, run_on_model};
 use iced_x86::{Code, Decoder, DecoderOptions, Mnemonic};
-use json::{parse, Json};
-
-/// Builds the example once, in a target directory of its own (the outer `cargo test` may hold
-/// the default one).
-fn example() -> &'static PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let out = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--release", "--example", "paravirt"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("CARGO_TARGET_DIR", env!("CARGO_TARGET_TMPDIR"))
-            .output()
-            .expect("run cargo");
-        assert!(
-            out.status.success(),
-            "building the paravirt example failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("release/examples/paravirt")
-    })
-}
+use serde_json::Value;
 
 /// Runs the example (under `qemu-x86_64 -cpu MODEL` when given) and parses its JSON.
-fn run(backend: &str, qemu_cpu: Option<&str>) -> BTreeMap<String, Json> {
-    let bin = example();
-    let mut cmd = match qemu_cpu {
-        None => Command::new(bin),
-        Some(cpu) => {
-            let mut c = Command::new("qemu-x86_64");
-            c.args(["-cpu", cpu]).arg(bin);
-            c
-        }
+fn run(backend: &str, qemu_cpu: Option<&str>) -> Value {
+    let bin = example("paravirt");
+    let out = match qemu_cpu {
+        None => run_native(&bin, &["--backend", backend, "--json"], &[]),
+        Some(cpu) => run_on_model(
+            cpu,
+            &bin,
+            &["--backend", backend, "--json", "--allow-threads"],
+            &[],
+        ),
     };
-    let out = cmd
-        .args(["--backend", backend, "--json"])
-        .output()
-        .expect("run the example");
-    assert!(
-        out.status.success(),
-        "paravirt --backend {backend} (qemu cpu {qemu_cpu:?}) failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    match parse(text.trim_end()) {
-        Json::Obj(m) => m,
-        other => panic!("not an object: {other:?}"),
-    }
+    json(
+        &out,
+        &format!("paravirt --backend {backend} on {qemu_cpu:?}"),
+    )
 }
 
-fn str_of<'a>(m: &'a BTreeMap<String, Json>, k: &str) -> &'a str {
-    match &m[k] {
-        Json::Str(s) => s,
-        other => panic!("{k} is not a string: {other:?}"),
-    }
+fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {
+    v[k].as_str()
+        .unwrap_or_else(|| panic!("{k} is not a string: {v}"))
 }
 
-fn num_of(m: &BTreeMap<String, Json>, k: &str) -> u64 {
-    match &m[k] {
-        Json::Num(n) => *n as u64,
-        other => panic!("{k} is not a number: {other:?}"),
-    }
+fn num_of(v: &Value, k: &str) -> u64 {
+    v[k].as_u64()
+        .unwrap_or_else(|| panic!("{k} is not a number: {v}"))
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    common::unhex(s)
 }
 
 struct Site {
@@ -92,13 +53,10 @@ struct Site {
     after: Vec<u8>,
 }
 
-fn sites(top: &BTreeMap<String, Json>) -> Vec<Site> {
-    let Json::Arr(a) = &top["sites"] else {
-        panic!("sites is not an array")
-    };
+fn sites(top: &Value) -> Vec<Site> {
+    let a = top["sites"].as_array().expect("sites is an array");
     a.iter()
         .map(|s| {
-            let Json::Obj(s) = s else { panic!("site") };
             assert_eq!(str_of(s, "table"), "PV_OPS");
             Site {
                 addr: num_of(s, "address"),
@@ -150,7 +108,7 @@ fn expected(backend: &str, op: &str) -> (&'static str, bool) {
     }
 }
 
-fn check_sites(backend: &str, top: &BTreeMap<String, Json>) {
+fn check_sites(backend: &str, top: &Value) {
     let sites = sites(top);
     let mut seen: Vec<&str> = sites.iter().map(|s| s.op.as_str()).collect();
     seen.sort();
@@ -237,17 +195,18 @@ fn check_sites(backend: &str, top: &BTreeMap<String, Json>) {
         .map(|s| decode_whole(&s.after, s.addr)[0].memory_displacement64())
         .collect();
     assert!(!flag_words.is_empty());
-    assert!(flag_words.windows(2).all(|w| w[0] == w[1]), "{flag_words:x?}");
+    assert!(
+        flag_words.windows(2).all(|w| w[0] == w[1]),
+        "{flag_words:x?}"
+    );
 }
 
-fn check_run(backend: &str, top: &BTreeMap<String, Json>) -> String {
+fn check_run(backend: &str, top: &Value) -> String {
     assert_eq!(str_of(top, "backend"), backend);
     let checksum = str_of(top, "checksum").to_string();
     assert_eq!(str_of(top, "checksum_unpatched"), checksum, "{backend}");
     assert_eq!(str_of(top, "checksum_reverted"), checksum, "{backend}");
-    let Json::Obj(counts) = &top["counts"] else {
-        panic!("counts")
-    };
+    let counts = &top["counts"];
     let counts = (
         num_of(counts, "flags"),
         num_of(counts, "cycles"),
@@ -270,7 +229,12 @@ fn both_backends_give_the_same_results_and_exact_sites() {
 
 #[test]
 fn qemu_cpu_models() {
-    if Command::new("qemu-x86_64").arg("--version").output().is_err() {
+    if Command::new("qemu-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        // scripts/test.sh installs qemu-user; without it these runs cannot happen here.
         println!("SKIPPED: qemu-x86_64 is not installed (Debian: apt-get install qemu-user)");
         return;
     }

@@ -289,7 +289,6 @@ fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
     })
 }
 
-
 /// The `asm!` operands that carry a site's arguments (System V registers) and result (`rax`).
 pub(crate) struct RegisterOperands {
     pub regs: Vec<TokenStream2>,

@@ -39,7 +39,7 @@ use crate::sig::{self, CLOBBERABLE};
 use crate::{register_operands, template, thunk_items_with, RegisterOperands};
 
 /// Names the macro generates on the table type; operations may not use them.
-const RESERVED: [&str; 4] = ["op_descs", "descriptor", "install", "entries"];
+const RESERVED: [&str; 4] = ["op_descs", "descriptor", "install", "install_with"];
 
 /// The whole input.
 pub struct TableInput {
@@ -518,7 +518,8 @@ pub fn expand(input: TableInput) -> syn::Result<TokenStream2> {
         });
 
         let const_name = format_ident!("OP_{}", op_str.to_uppercase());
-        let doc = format!("Index of `{op_str}` in the table (its slot is at byte offset 8 × index).");
+        let doc =
+            format!("Index of `{op_str}` in the table (its slot is at byte offset 8 × index).");
         consts.push(quote! {
             #[doc = #doc]
             pub const #const_name: u8 = #op_u8;
@@ -639,15 +640,33 @@ pub fn expand(input: TableInput) -> syn::Result<TokenStream2> {
 
             ::alt::__if_hosted! {
                 /// Patches every call site of this table in this process for `backend` and
-                /// stores the backend's functions in the table (hosted Linux).
+                /// stores the backend's functions in the table (hosted Linux). Refuses while
+                /// the process has other threads; see `install_with`.
                 ///
                 /// # Safety
                 ///
                 /// Every function in `backend` must be sound to call wherever its operation
-                /// is called; no other thread may be running.
+                /// is called.
                 pub unsafe fn install(
                     &'static self,
                     backend: &#backend_ty,
+                ) -> ::core::result::Result<
+                    ::alt::paravirt::PvPatched,
+                    ::alt::paravirt::PvPatchError,
+                > {
+                    // SAFETY: the caller's contract.
+                    unsafe { self.install_with(backend, &::alt::process::PatchOptions::new()) }
+                }
+
+                /// [`Self::install`] with options (`allow_other_threads` for qemu-user).
+                ///
+                /// # Safety
+                ///
+                /// As for [`Self::install`], and the options' own contract.
+                pub unsafe fn install_with(
+                    &'static self,
+                    backend: &#backend_ty,
+                    options: &::alt::process::PatchOptions,
                 ) -> ::core::result::Result<
                     ::alt::paravirt::PvPatched,
                     ::alt::paravirt::PvPatchError,
@@ -661,7 +680,7 @@ pub fn expand(input: TableInput) -> syn::Result<TokenStream2> {
                     };
                     // SAFETY: the descriptor is generated for this live table; the caller
                     // vouches for the backend's functions.
-                    unsafe { ::alt::paravirt::patch_self(&desc, &backend) }
+                    unsafe { ::alt::paravirt::patch_self_with(&desc, &backend, options) }
                 }
             }
 

@@ -50,7 +50,9 @@ use core::ops::Range;
 
 use crate::capability::CapabilitySet;
 use crate::patch::{PatchError, Patched};
-use crate::plan::{in_text, inside, Choice, Layout, Memory, MemoryError, Plan, PvSiteInfo, SitePlan};
+use crate::plan::{
+    in_text, inside, Choice, Layout, Memory, MemoryError, Plan, PvSiteInfo, SitePlan,
+};
 use crate::report::Report;
 use crate::table::{Clobbers, PvEntry, PV_ENTRY_SIZE};
 use crate::writer::{WriteStats, Writer};
@@ -289,10 +291,9 @@ impl fmt::Display for PvError {
         }
         f.write_str(": ")?;
         match &self.kind {
-            PvErrorKind::BackendOpCount { table, backend } => write!(
-                f,
-                "the backend has {backend} operations, the table {table}"
-            ),
+            PvErrorKind::BackendOpCount { table, backend } => {
+                write!(f, "the backend has {backend} operations, the table {table}")
+            }
             PvErrorKind::MissingThunk { op } => write!(
                 f,
                 "operation {op} clobbers less than the C ABI but has no register-saving thunk"
@@ -433,7 +434,10 @@ pub fn plan_paravirt<M: Memory>(
             return Err(table_err(PvErrorKind::MissingThunk { op: i }));
         }
         if let Some((addr, len)) = op.inline {
-            if !inside(&layout.replacements, &(addr..addr.saturating_add(u64::from(len)))) {
+            if !inside(
+                &layout.replacements,
+                &(addr..addr.saturating_add(u64::from(len))),
+            ) {
                 return Err(table_err(PvErrorKind::InlineOutsideSection { op: i }));
             }
         }
@@ -582,7 +586,10 @@ fn plan_site<M: Memory>(
     let len = original.len();
     let mut new = vec![0; len];
     let (decision, why): (Choice, String);
-    let call = |target: u64, thunk: Option<u64>, what: &str| -> Result<(Choice, Vec<u8>, String), PvError> {
+    let call = |target: u64,
+                thunk: Option<u64>,
+                what: &str|
+     -> Result<(Choice, Vec<u8>, String), PvError> {
         let (target, through_thunk) = if allows.contains(Clobbers::C_ABI) {
             (target, false)
         } else if let Some(th) = thunk.filter(|_| allows.contains(Clobbers::RAX)) {
@@ -752,7 +759,10 @@ impl PvPatched {
     /// # Safety
     ///
     /// As for [`apply`]: the slot addresses are still this table's live slots.
-    pub unsafe fn revert<W: Writer>(self, writer: &mut W) -> Result<WriteStats, (Self, PvPatchError)> {
+    pub unsafe fn revert<W: Writer>(
+        self,
+        writer: &mut W,
+    ) -> Result<WriteStats, (Self, PvPatchError)> {
         for s in &self.slots {
             // SAFETY: the caller's contract.
             let found = unsafe { load_slot(s.addr) };
@@ -837,7 +847,8 @@ pub unsafe fn apply<W: Writer>(plan: PvPlan, writer: &mut W) -> Result<PvPatched
 }
 
 /// Patches every site of one table of this process for `backend` (hosted Linux): the text
-/// layout from the loader, the mprotect writer, a timed report.
+/// layout from the loader, the mprotect writer, a timed report. Refuses while the process has
+/// other threads; see [`patch_self_with`].
 ///
 /// # Safety
 ///
@@ -848,6 +859,22 @@ pub unsafe fn apply<W: Writer>(plan: PvPlan, writer: &mut W) -> Result<PvPatched
 pub unsafe fn patch_self(
     table: &TableDesc<'_>,
     backend: &Backend<'_>,
+) -> Result<PvPatched, PvPatchError> {
+    // SAFETY: the caller's contract.
+    unsafe { patch_self_with(table, backend, &crate::process::PatchOptions::new()) }
+}
+
+/// [`patch_self`] with options; only [`crate::process::PatchOptions::allow_other_threads`]
+/// matters here (for qemu-user, whose helper thread shows as a thread of the process).
+///
+/// # Safety
+///
+/// As for [`patch_self`].
+#[cfg(all(feature = "std", target_os = "linux", target_arch = "x86_64"))]
+pub unsafe fn patch_self_with(
+    table: &TableDesc<'_>,
+    backend: &Backend<'_>,
+    options: &crate::process::PatchOptions,
 ) -> Result<PvPatched, PvPatchError> {
     let started = std::time::Instant::now();
     let text = crate::os::linux::executable_segments_containing(table.table);
@@ -877,21 +904,24 @@ pub unsafe fn patch_self(
         unset_function(),
     )
     .map_err(PvPatchError::Table)?;
-    let mut writer = crate::os::linux::MprotectWriter::new();
+    let mut writer = options.writer();
     // SAFETY: the caller's contract: the plan's slots are the table's live slots.
     let mut patched = unsafe { apply(plan, &mut writer) }?;
     patched.report_mut().elapsed_ns = Some(started.elapsed().as_nanos() as u64);
     Ok(patched)
 }
 
-/// Restores a table patched by [`patch_self`].
+/// Restores a table patched by [`patch_self`] or [`patch_self_with`] (with the same options).
 ///
 /// # Safety
 ///
 /// As for [`patch_self`].
 #[cfg(all(feature = "std", target_os = "linux", target_arch = "x86_64"))]
-pub unsafe fn revert_self(patched: PvPatched) -> Result<(), (PvPatched, PvPatchError)> {
-    let mut writer = crate::os::linux::MprotectWriter::new();
+pub unsafe fn revert_self(
+    patched: PvPatched,
+    options: &crate::process::PatchOptions,
+) -> Result<(), (PvPatched, PvPatchError)> {
+    let mut writer = options.writer();
     // SAFETY: the caller's contract.
     unsafe { patched.revert(&mut writer) }.map(|_| ())
 }

@@ -113,6 +113,22 @@ impl PatchOptions {
         self.allow_other_threads = true;
         self
     }
+
+    /// Whether [`PatchOptions::allow_other_threads`] was given.
+    pub fn allows_other_threads(&self) -> bool {
+        self.allow_other_threads
+    }
+
+    /// A writer for this process's text that honours these options.
+    pub fn writer(&self) -> MprotectWriter {
+        let writer = MprotectWriter::new();
+        if self.allow_other_threads {
+            // SAFETY: the caller of PatchOptions::allow_other_threads took this responsibility.
+            unsafe { writer.allow_other_threads() }
+        } else {
+            writer
+        }
+    }
 }
 
 /// Probes, applies the environment overrides, and patches every site of this program.
