@@ -925,3 +925,343 @@ pub unsafe fn revert_self(
     // SAFETY: the caller's contract.
     unsafe { patched.revert(&mut writer) }.map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: Range<u64> = 0x1000..0x2000;
+    const REPL: Range<u64> = 0x3000..0x3100;
+    const TABLE: u64 = 0x4000;
+    const ENTRIES: u64 = 0x5000;
+    const NATIVE: u64 = 0x1800;
+    const NATIVE_THUNK: u64 = 0x1900;
+    const DISPATCH_THUNK: u64 = 0x1a00;
+    const DISPATCH_SLOT: u64 = 0x4100;
+    const NOP_FN: u64 = 0x1f00;
+    const TRAP_FN: u64 = 0x1f10;
+
+    struct Fake {
+        bytes: Vec<u8>,
+    }
+
+    impl Fake {
+        fn new() -> Self {
+            Fake {
+                bytes: vec![0xcc; 0x5000],
+            }
+        }
+        fn put(&mut self, addr: u64, b: &[u8]) {
+            let at = (addr - 0x1000) as usize;
+            self.bytes[at..at + b.len()].copy_from_slice(b);
+        }
+        /// `call [rip + TABLE + 8*op]` at `site`, padded with 0x90 to `len`.
+        fn site(&mut self, site: u64, op: u8, len: usize) {
+            let disp = (TABLE + 8 * u64::from(op)) as i64 - (site as i64 + 6);
+            let mut b = vec![0xff, 0x15];
+            b.extend_from_slice(&(disp as i32).to_le_bytes());
+            b.resize(len, 0x90);
+            self.put(site, &b);
+        }
+    }
+
+    impl Memory for Fake {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+            let at = addr.checked_sub(0x1000).ok_or(MemoryError { addr })? as usize;
+            let src = self
+                .bytes
+                .get(at..at + buf.len())
+                .ok_or(MemoryError { addr })?;
+            buf.copy_from_slice(src);
+            Ok(())
+        }
+    }
+
+    fn op(name: &'static str, clobbers: Clobbers, inline: Option<(u64, u8)>) -> OpDesc {
+        let c = clobbers.contains(Clobbers::C_ABI);
+        OpDesc {
+            name,
+            native: NATIVE,
+            native_thunk: (!c).then_some(NATIVE_THUNK),
+            dispatch_thunk: (!c).then_some(DISPATCH_THUNK),
+            dispatch_slot: if c { 0 } else { DISPATCH_SLOT },
+            inline,
+            clobbers,
+            returns: true,
+        }
+    }
+
+    fn entry(i: u64, site: u64, op: u8, len: u8, clobbers: Clobbers) -> PvTableEntry {
+        let addr = ENTRIES + 8 * i;
+        PvTableEntry {
+            addr,
+            entry: PvEntry {
+                site: relative(addr, site),
+                op,
+                site_len: len,
+                clobbers: clobbers.bits(),
+            },
+        }
+    }
+
+    fn relative(field: u64, target: u64) -> i32 {
+        crate::table::relative(field, target).unwrap()
+    }
+
+    fn plan(
+        ops: &[OpDesc],
+        choices: &[OpChoice],
+        entries: &[PvTableEntry],
+        mem: &Fake,
+    ) -> Result<PvPlan, PvError> {
+        let table = TableDesc {
+            name: "T",
+            table: TABLE,
+            ops,
+            entries: 0..0,
+        };
+        let backend = Backend {
+            name: "b",
+            ops: choices,
+        };
+        let text = [TEXT];
+        let layout = Layout {
+            text: &text,
+            replacements: REPL,
+        };
+        plan_paravirt(&table, &backend, entries, &layout, mem, NOP_FN, TRAP_FN)
+    }
+
+    /// An inline sequence `mov rax, [rip + 0x4800]` placed at REPL.start (7 bytes).
+    fn inline_mov(mem: &mut Fake) -> (u64, u8) {
+        let at = REPL.start;
+        let disp = 0x4800i64 - (at as i64 + 7);
+        let mut b = vec![0x48, 0x8b, 0x05];
+        b.extend_from_slice(&(disp as i32).to_le_bytes());
+        mem.put(at, &b);
+        (at, 7)
+    }
+
+    #[test]
+    fn native_inline_is_relocated_and_padded() {
+        let mut mem = Fake::new();
+        let seq = inline_mov(&mut mem);
+        mem.site(0x1100, 0, 9);
+        let ops = [op("load", Clobbers::RAX, Some(seq))];
+        let p = plan(
+            &ops,
+            &[OpChoice::Native],
+            &[entry(0, 0x1100, 0, 9, Clobbers::RAX)],
+            &mem,
+        )
+        .unwrap();
+        let s = &p.plan.sites[0];
+        assert_eq!(s.choice, Choice::PvInline { op: 0 });
+        // disp = 0x4800 - (0x1100 + 7) = 0x36f9; then a 2-byte NOP.
+        assert_eq!(s.new, [0x48, 0x8b, 0x05, 0xf9, 0x36, 0, 0, 0x66, 0x90]);
+        assert_eq!(s.original[..2], [0xff, 0x15]);
+        let pv = s.paravirt.as_ref().unwrap();
+        assert_eq!(
+            (pv.table, pv.op_name, pv.backend, pv.entry),
+            ("T", "load", "b", 0)
+        );
+        // Slots: the dispatch slot gets the native function, the table slot the native thunk.
+        assert_eq!(p.slots.len(), 2);
+        assert_eq!((p.slots[0].addr, p.slots[0].new), (DISPATCH_SLOT, NATIVE));
+        assert_eq!((p.slots[1].addr, p.slots[1].new), (TABLE, NATIVE_THUNK));
+    }
+
+    #[test]
+    fn calls_go_through_thunks_unless_the_site_allows_the_c_abi() {
+        let mut mem = Fake::new();
+        mem.site(0x1100, 0, 6);
+        mem.site(0x1200, 0, 6);
+        let ops = [op("f", Clobbers::RAX, None)];
+        let entries = [
+            entry(0, 0x1100, 0, 6, Clobbers::RAX),
+            // A site that allows the C ABI (as a C call site found by alt-tablegen would).
+            entry(1, 0x1200, 0, 6, Clobbers::C_ABI),
+        ];
+        // Native without inline: the native thunk, or the native function itself.
+        let p = plan(&ops, &[OpChoice::Native], &entries, &mem).unwrap();
+        let thunk = relocate::call_rel32(0x1100, NATIVE_THUNK).unwrap();
+        assert_eq!(p.plan.sites[0].new, [&thunk[..], &[0x90]].concat());
+        assert_eq!(
+            p.plan.sites[0].choice,
+            Choice::PvCall {
+                op: 0,
+                target: NATIVE_THUNK,
+                through_thunk: true
+            }
+        );
+        let direct = relocate::call_rel32(0x1200, NATIVE).unwrap();
+        assert_eq!(p.plan.sites[1].new, [&direct[..], &[0x90]].concat());
+        // A backend function: the dispatch thunk (which calls through the dispatch slot).
+        let p = plan(&ops, &[OpChoice::Function(0x1c00)], &entries, &mem).unwrap();
+        assert_eq!(
+            p.plan.sites[0].choice,
+            Choice::PvCall {
+                op: 0,
+                target: DISPATCH_THUNK,
+                through_thunk: true
+            }
+        );
+        assert_eq!(
+            p.plan.sites[1].choice,
+            Choice::PvCall {
+                op: 0,
+                target: 0x1c00,
+                through_thunk: false
+            }
+        );
+        assert_eq!(p.slots[0].new, 0x1c00);
+        assert_eq!(p.slots[1].new, DISPATCH_THUNK);
+    }
+
+    #[test]
+    fn nop_and_unset() {
+        let mut mem = Fake::new();
+        mem.site(0x1100, 0, 6);
+        mem.site(0x1200, 1, 6);
+        mem.site(0x1300, 2, 7);
+        let mut void = op("v", Clobbers::C_ABI, None);
+        void.returns = false;
+        let ops = [
+            op("r", Clobbers::C_ABI, None),
+            void,
+            op("u", Clobbers::RAX, None),
+        ];
+        let entries = [
+            entry(0, 0x1100, 0, 6, Clobbers::C_ABI),
+            entry(1, 0x1200, 1, 6, Clobbers::C_ABI),
+            entry(2, 0x1300, 2, 7, Clobbers::RAX),
+        ];
+        let p = plan(
+            &ops,
+            &[OpChoice::Nop, OpChoice::Nop, OpChoice::Unset],
+            &entries,
+            &mem,
+        )
+        .unwrap();
+        let new: Vec<&[u8]> = p.plan.sites.iter().map(|s| &s.new[..]).collect();
+        assert_eq!(new[0], [0x31, 0xc0, 0x0f, 0x1f, 0x40, 0x00]);
+        assert_eq!(new[1], [0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00]);
+        assert_eq!(new[2], [0x0f, 0x0b, 0x0f, 0x1f, 0x44, 0x00, 0x00]);
+        assert_eq!(p.plan.sites[2].choice, Choice::PvTrap { op: 2 });
+        let slots: Vec<u64> = p.slots.iter().map(|s| s.new).collect();
+        // Dispatch slot of op 2, then the three table slots.
+        assert_eq!(slots, [TRAP_FN, NOP_FN, NOP_FN, TRAP_FN]);
+    }
+
+    #[test]
+    fn every_bad_entry_is_named() {
+        let mut mem = Fake::new();
+        mem.site(0x1100, 0, 6);
+        mem.site(0x1200, 1, 6);
+        let ops = [op("a", Clobbers::RAX, None), op("b", Clobbers::C_ABI, None)];
+        let both = [OpChoice::Native, OpChoice::Native];
+        let kind = |entries: &[PvTableEntry], choices: &[OpChoice]| {
+            plan(&ops, choices, entries, &mem).unwrap_err().kind
+        };
+        let placeholder = PvTableEntry {
+            addr: ENTRIES,
+            entry: PvEntry::from_bytes(&[0; 8]),
+        };
+        assert_eq!(
+            kind(&[placeholder, entry(1, 0x1100, 2, 6, Clobbers::RAX)], &both),
+            PvErrorKind::UnknownOp { op: 2, ops: 2 }
+        );
+        assert_eq!(
+            kind(&[entry(0, 0x1100, 0, 5, Clobbers::RAX)], &both),
+            PvErrorKind::SiteTooShort { site_len: 5 }
+        );
+        assert_eq!(
+            kind(&[entry(0, 0x2ffa, 0, 6, Clobbers::RAX)], &both),
+            PvErrorKind::SiteOutsideText
+        );
+        assert_eq!(
+            kind(
+                &[entry(0, 0x1100, 0, 6, Clobbers::from_bits_retain(0x8001))],
+                &both
+            ),
+            PvErrorKind::UnknownClobbers(0x8000)
+        );
+        // The site at 0x1200 calls slot 1, not slot 0.
+        assert_eq!(
+            kind(&[entry(0, 0x1200, 0, 6, Clobbers::RAX)], &both),
+            PvErrorKind::NotTableCall {
+                expected: TABLE,
+                found: Some(TABLE + 8),
+                bytes: vec![0xff, 0x15, 0x02, 0x2e, 0x00, 0x00],
+            }
+        );
+        // Not an indirect call at all.
+        assert!(matches!(
+            kind(&[entry(0, 0x1300, 0, 6, Clobbers::RAX)], &both),
+            PvErrorKind::NotTableCall { found: None, .. }
+        ));
+        assert_eq!(
+            kind(
+                &[
+                    entry(0, 0x1100, 0, 6, Clobbers::RAX),
+                    entry(1, 0x1100, 0, 6, Clobbers::RAX)
+                ],
+                &both
+            ),
+            PvErrorKind::Overlap {
+                other: 0,
+                other_site: 0x1100
+            }
+        );
+        // Op b clobbers the C ABI and has no thunk; a site allowing only rax cannot call it.
+        assert_eq!(
+            kind(&[entry(0, 0x1200, 1, 6, Clobbers::RAX)], &both),
+            PvErrorKind::ClobberMismatch {
+                needs: Clobbers::C_ABI,
+                allows: Clobbers::RAX
+            }
+        );
+        assert_eq!(
+            kind(&[], &[OpChoice::Native]),
+            PvErrorKind::BackendOpCount {
+                table: 2,
+                backend: 1
+            }
+        );
+        let e = plan(&ops, &both, &[entry(3, 0x1100, 9, 6, Clobbers::RAX)], &mem).unwrap_err();
+        assert_eq!(
+            alloc::format!("{e}"),
+            "paravirt table T entry 0 at 0x5018 (site 0x1100): operation index 9 is out of \
+             range (the table has 2 operations)"
+        );
+    }
+
+    #[test]
+    fn inline_that_does_not_fit_becomes_a_call() {
+        let mut mem = Fake::new();
+        let seq = inline_mov(&mut mem);
+        mem.site(0x1100, 0, 6);
+        let ops = [op("load", Clobbers::RAX, Some(seq))];
+        let p = plan(
+            &ops,
+            &[OpChoice::Native],
+            &[entry(0, 0x1100, 0, 6, Clobbers::RAX)],
+            &mem,
+        )
+        .unwrap();
+        let s = &p.plan.sites[0];
+        assert!(matches!(
+            s.choice,
+            Choice::PvCall {
+                through_thunk: true,
+                ..
+            }
+        ));
+        assert!(s
+            .paravirt
+            .as_ref()
+            .unwrap()
+            .why
+            .starts_with("native, the inline sequence does not fit"));
+    }
+}
