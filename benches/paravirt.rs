@@ -98,7 +98,12 @@ fn main() {
         [r1, r2, r3, r4].iter().all(|&r| r == r0),
         "results differ: {r0} {r1} {r2} {r3} {r4}"
     );
-    let decisions: Vec<&str> = patched.report().sites.iter().map(|s| s.decision()).collect();
+    let decisions: Vec<&str> = patched
+        .report()
+        .sites
+        .iter()
+        .map(|s| s.decision())
+        .collect();
     println!("paravirt sites after patching: {decisions:?}");
     println!("{CALLS} dependent calls, median of {RUNS} runs");
     println!("  direct call of the native function      {direct_ns:7.3} ns/call");

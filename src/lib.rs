@@ -10,7 +10,7 @@
 //! function pointers (C calls it as `call *TABLE+8*op(%rip)`), one method per operation whose
 //! every call is a patchable site, and a backend type. At start-up a backend is installed: each
 //! site becomes the native inline sequence, a direct call, NOPs or a trap (see
-//! [`paravirt`](alt_runtime::paravirt) and `docs/paravirt.md`).
+//! [`paravirt`] and `docs/paravirt.md`).
 //!
 //! ```no_run
 //! extern "C" fn native_cycles() -> u64 {
@@ -38,17 +38,22 @@
 //!     }
 //! }
 //!
-//! let backend = DocOpsBackend {
-//!     hypercall: alt::paravirt::OpImpl::Function(counted_hypercall),
-//!     ..DocOpsBackend::NATIVE
-//! };
-//! // SAFETY: single-threaded start-up; counted_hypercall is sound to call with any arguments.
-//! let patched = unsafe { DOC_OPS.install(&backend) }.expect("patching");
-//! println!("{}", patched.report());
-//! let t = DOC_OPS.cycles(); // rdtsc inline
-//! let h = DOC_OPS.hypercall(1, 2); // call counted_hypercall
-//! # let _ = (t, h);
+//! fn main() {
+//!     let backend = DocOpsBackend {
+//!         hypercall: alt::paravirt::OpImpl::Function(counted_hypercall),
+//!         ..DocOpsBackend::NATIVE
+//!     };
+//!     // SAFETY: single-threaded start-up; counted_hypercall is sound for any arguments.
+//!     let patched = unsafe { DOC_OPS.install(&backend) }.expect("patching");
+//!     println!("{}", patched.report());
+//!     let t = DOC_OPS.cycles(); // rdtsc inline
+//!     let h = DOC_OPS.hypercall(1, 2); // call counted_hypercall
+//!     # let _ = (t, h);
+//! }
 //! ```
+//!
+//! Declare tables at module level (not inside a function body): the generated helper module
+//! reaches the native functions through `use super::*`.
 
 #![no_std]
 

@@ -759,6 +759,8 @@ impl PvPatched {
     /// # Safety
     ///
     /// As for [`apply`]: the slot addresses are still this table's live slots.
+    // The error hands the record back so the caller keeps the originals; it is the cold path.
+    #[allow(clippy::result_large_err)]
     pub unsafe fn revert<W: Writer>(
         self,
         writer: &mut W,
@@ -917,6 +919,7 @@ pub unsafe fn patch_self_with(
 ///
 /// As for [`patch_self`].
 #[cfg(all(feature = "std", target_os = "linux", target_arch = "x86_64"))]
+#[allow(clippy::result_large_err)]
 pub unsafe fn revert_self(
     patched: PvPatched,
     options: &crate::process::PatchOptions,
