@@ -290,11 +290,23 @@ pub struct SitePlan {
 impl SitePlan {
     /// The entry chosen, if any.
     pub fn chosen(&self) -> Option<&Candidate> {
-        let entry = match self.choice {
-            Choice::Inline { entry } | Choice::DirectCall { entry, .. } => entry,
-            _ => return None,
-        };
-        self.candidates.iter().find(|c| c.entry == entry)
+        self.choice.chosen_in(&self.candidates)
+    }
+}
+
+impl Choice {
+    /// The index of the alternative entry this choice applies, if it applies one.
+    pub fn entry(&self) -> Option<usize> {
+        match *self {
+            Choice::Inline { entry } | Choice::DirectCall { entry, .. } => Some(entry),
+            _ => None,
+        }
+    }
+
+    /// The candidate this choice applies, among a site's candidates.
+    pub fn chosen_in<'a>(&self, candidates: &'a [Candidate]) -> Option<&'a Candidate> {
+        let entry = self.entry()?;
+        candidates.iter().find(|c| c.entry == entry)
     }
 }
 

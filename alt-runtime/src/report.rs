@@ -76,11 +76,7 @@ impl SiteReport {
 
     /// The chosen candidate, if any.
     pub fn chosen(&self) -> Option<&Candidate> {
-        let entry = match self.choice {
-            Choice::Inline { entry } | Choice::DirectCall { entry, .. } => entry,
-            _ => return None,
-        };
-        self.candidates.iter().find(|c| c.entry == entry)
+        self.choice.chosen_in(&self.candidates)
     }
 
     /// Name of the chosen variant: the entry's name where known, `"default"` for the default.
