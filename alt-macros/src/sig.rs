@@ -23,7 +23,7 @@ impl ValueKind {
             Type::Path(p) if p.qself.is_none() => {
                 let Some(ident) = p.path.get_ident() else {
                     return err(
-                        "#[alternative] functions take and return integers, `bool` or raw pointers; \
+                        "patchable functions (#[alternative], paravirt operations) take and return integers, `bool` or raw pointers; \
                          this type is not one of them",
                     );
                 };
@@ -75,7 +75,7 @@ impl ValueKind {
                         ),
                         _ => {
                             return err(
-                                "#[alternative] functions take and return integers, `bool` or raw \
+                                "patchable functions (#[alternative], paravirt operations) take and return integers, `bool` or raw \
                              pointers; pass structs and other types by raw pointer",
                             )
                         }
@@ -83,11 +83,11 @@ impl ValueKind {
                 Ok(kind)
             }
             Type::Reference(_) => err(
-                "#[alternative] functions take raw pointers, not references: \
+                "patchable functions (#[alternative], paravirt operations) take raw pointers, not references: \
                  use `*const T` / `*mut T` and wrap the function in a safe one",
             ),
             _ => err(
-                "#[alternative] functions take and return integers, `bool` or raw pointers; \
+                "patchable functions (#[alternative], paravirt operations) take and return integers, `bool` or raw pointers; \
                  this type is not one of them",
             ),
         }
