@@ -4,6 +4,42 @@
 //! ([`alt_runtime`]) and the macros (`alt-macros`): [`alternative`] (attribute),
 //! [`asm::alternative!`](crate::asm::alternative) and [`paravirt_ops!`].
 //!
+//! # Alternatives
+//!
+//! ```
+//! use alt::alternative;
+//!
+//! /// POPCNT inline where every CPU has it; the portable body elsewhere.
+//! #[alternative(popcnt => inline("popcnt {ret}, {x}"))]
+//! pub fn popcount(x: u64) -> u64 {
+//!     x.count_ones() as u64
+//! }
+//!
+//! /// A direct call to the AVX2 version where every CPU has AVX2.
+//! #[alternative(avx2 => double_avx2)]
+//! pub fn double(x: u32) -> u32 {
+//!     x * 2
+//! }
+//!
+//! #[target_feature(enable = "avx2")]
+//! fn double_avx2(x: u32) -> u32 {
+//!     x << 1
+//! }
+//!
+//! fn main() {
+//!     assert_eq!(popcount(0xff), 8); // before patching: the default, through a thunk
+//!     let report = alt::process::patch_self().expect("patching");
+//!     assert_eq!(popcount(0xff), 8); // now whatever this CPU runs best
+//!     assert_eq!(double(21), 42);
+//!     // A bare instruction swap: nothing, or an lfence where it serialises dispatch.
+//!     // SAFETY: no operands; either sequence is harmless.
+//!     unsafe { alt::asm::alternative!("", lfence_serializing => "lfence") };
+//!     for site in &report.sites {
+//!         println!("{:?} {} {}", site.function, site.decision(), site.why());
+//!     }
+//! }
+//! ```
+//!
 //! # Paravirt operations
 //!
 //! [`paravirt_ops!`] declares an operations table: a `#[no_mangle]` static array of `extern "C"`
