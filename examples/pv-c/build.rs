@@ -30,8 +30,8 @@ fn main() {
     for s in out.emitted.entries.iter().chain(&out.emitted.skipped) {
         assert!(
             s.form == Form::CallRip,
-            "{}: {}+{:#x}: a {} reference to PV_OPS ({}): the runtime patches only \
-             `call *PV_OPS+8*op(%rip)`; see the compiler flags above",
+            "{}: {}+{:#x}: PV_OPS is referenced by a `{}` instruction ({}); the runtime \
+             patches only `call *PV_OPS+8*op(%rip)`: see the compiler flags above",
             s.file,
             s.section,
             s.offset,
