@@ -15,6 +15,9 @@
 //!   to the linker as `cargo:rustc-link-arg=<object>`. Objects on the command line are always
 //!   linked, so nothing can drop the table. Cargo applies link arguments to the package's own
 //!   binaries, tests, examples and benchmarks only, which is what a program needs.
+//! - [`LinkMode::BinObjects`]: the same with `cargo:rustc-link-arg-bins=`, so only the package's
+//!   binaries (and their unit tests) link them. For a program whose `main.rs` defines the table:
+//!   its integration tests, which do not, would otherwise fail to link (undefined table symbol).
 //! - [`LinkMode::WholeArchive`]: the objects and the table go into `lib<name>.a`, linked with
 //!   `cargo:rustc-link-lib=static:+whole-archive=<name>`. This reaches crates that depend on a
 //!   library package, and `+whole-archive` keeps the table member although nothing refers to it.
@@ -38,6 +41,8 @@ pub enum LinkMode {
     /// `cargo:rustc-link-arg=` for every object and the table.
     #[default]
     Objects,
+    /// `cargo:rustc-link-arg-bins=` for every object and the table: binaries only.
+    BinObjects,
     /// One archive holding the objects and the table, linked with `+whole-archive`.
     WholeArchive,
 }
@@ -164,9 +169,13 @@ impl Build {
             .collect();
         let mut archive = None;
         match self.link_mode {
-            LinkMode::Objects => {
+            LinkMode::Objects | LinkMode::BinObjects => {
+                let key = match self.link_mode {
+                    LinkMode::BinObjects => "rustc-link-arg-bins",
+                    _ => "rustc-link-arg",
+                };
                 for o in objects.iter().chain(Some(&table_object)) {
-                    lines.push(format!("cargo:rustc-link-arg={}", o.display()));
+                    lines.push(format!("cargo:{key}={}", o.display()));
                 }
             }
             LinkMode::WholeArchive => {

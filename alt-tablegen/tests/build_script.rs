@@ -95,3 +95,24 @@ fn whole_archive_mode_puts_the_table_in_the_archive() {
         .arg(&exe));
     check_run(&exe);
 }
+
+#[test]
+fn bin_objects_mode_links_only_the_binaries() {
+    let dir = scratch("build-bin-objects");
+    let out = build(&dir, LinkMode::BinObjects);
+    let link: Vec<&String> = out
+        .cargo_lines
+        .iter()
+        .filter(|l| !l.starts_with("cargo:rerun-if-changed="))
+        .collect();
+    assert_eq!(
+        link,
+        [
+            &format!("cargo:rustc-link-arg-bins={}", out.objects[0].display()),
+            &format!("cargo:rustc-link-arg-bins={}", out.table_object.display()),
+        ],
+        "{:?}",
+        out.cargo_lines
+    );
+    assert!(out.archive.is_none());
+}

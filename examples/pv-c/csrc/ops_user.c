@@ -1,0 +1,48 @@
+/*
+ * C code that calls paravirt operations through the Rust table PV_OPS. Nothing here is
+ * annotated: every `PV_OPS.op(...)` is a plain indirect call, `call *PV_OPS+8*op(%rip)`, and
+ * alt-tablegen finds each one from its relocation against PV_OPS when build.rs runs. At
+ * start-up the runtime rewrites these 6-byte sites like the Rust ones: the native inline
+ * sequence when it fits in 6 bytes (mix, cpu_relax), otherwise a direct call.
+ *
+ * Every function is global: a table entry reaches its site through a global symbol of the
+ * site's section (see alt-tablegen's README).
+ */
+#include "pv_ops.h"
+
+/* The same computation as rust_workload in src/main.rs: the two checksums must agree. */
+uint64_t c_workload(uint64_t rounds)
+{
+    uint64_t acc = 0xcbf29ce484222325ull;
+    for (uint64_t i = 0; i < rounds; i++) {
+        uint64_t saved = PV_OPS.save_flags();
+        PV_OPS.irq_disable();
+        uint64_t inside = PV_OPS.save_flags();
+        uint64_t h = PV_OPS.hypercall(i, acc);
+        uint64_t m = PV_OPS.mix(h, i);
+        PV_OPS.cpu_relax();
+        PV_OPS.restore_flags(saved);
+        PV_OPS.irq_enable();
+        uint64_t after = PV_OPS.save_flags();
+        acc = (acc ^ m ^ saved ^ (inside << 1) ^ (after << 2)) * 0x100000001b3ull;
+    }
+    return acc;
+}
+
+/* The emulated flags word before, inside and after a disable/enable pair. */
+uint64_t c_flags_probe(void)
+{
+    uint64_t before = PV_OPS.save_flags();
+    PV_OPS.irq_disable();
+    uint64_t inside = PV_OPS.save_flags();
+    PV_OPS.irq_enable();
+    return before | (inside << 16) | (PV_OPS.save_flags() << 32);
+}
+
+/* A call in tail position. An optimising compiler turns it into `jmp *PV_OPS(%rip)`, which the
+ * runtime does not patch (it patches `call` sites only); build.rs compiles with
+ * -fno-optimize-sibling-calls so it stays a call followed by `ret`. */
+uint64_t c_save_flags(void)
+{
+    return PV_OPS.save_flags();
+}
