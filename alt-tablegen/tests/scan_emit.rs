@@ -314,7 +314,11 @@ fn emitted_table_links_beside_the_code_and_resolves_to_the_sites() {
         String::from_utf8_lossy(&out.stderr)
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("wrote 3 entries"), "{stderr}");
+    assert!(stderr.contains("wrote 2 entries"), "{stderr}");
+    assert!(
+        stderr.contains("jmp_rip reference to pv_ops+16"),
+        "{stderr}"
+    );
     assert!(stderr.contains("address reference to pv_ops+0"), "{stderr}");
 
     // The table object: one section, three 8-byte entries, each site a PC32 relocation.
@@ -339,9 +343,11 @@ fn emitted_table_links_beside_the_code_and_resolves_to_the_sites() {
     );
     let out = run(&mut Command::new(&prog));
     let entries = parse_entries(&out);
-    assert_eq!(entries.len(), 3, "{out}");
+    // The tail call (`jmp *pv_ops+16(%rip)`, op 2) is scanned as patchable but gets no entry:
+    // the runtime rewrites `call *TABLE+8*op(%rip)` sites only.
+    assert_eq!(entries.len(), 2, "{out}");
     let ops_seen: Vec<u32> = entries.iter().map(|e| e.op).collect();
-    assert_eq!(ops_seen, vec![1, 0, 2]);
+    assert_eq!(ops_seen, vec![1, 0]);
     for e in &entries {
         assert_eq!(e.len, 6);
         assert_eq!(e.clobbers, 0x3ff);
@@ -349,7 +355,6 @@ fn emitted_table_links_beside_the_code_and_resolves_to_the_sites() {
     }
     assert!(entries[0].bytes.starts_with("ff15"));
     assert!(entries[1].bytes.starts_with("ff15"));
-    assert!(entries[2].bytes.starts_with("ff25"));
     assert!(out.contains("results 202 303 301"), "{out}");
 
     // Scanning the final binary finds the same sites at the addresses the table resolved to.
