@@ -98,9 +98,9 @@ const NAMES: [&str; 32] = [
 /// Installs the exception handlers. Call on each CPU (the IDT is shared).
 pub fn install() {
     let idt = IDT.0.get();
-    for v in 0..32 {
-        // SAFETY: EXCEPTION_STUBS is a 32-entry table of code addresses defined above.
-        let handler = unsafe { EXCEPTION_STUBS[v] };
+    // SAFETY: EXCEPTION_STUBS is a 32-entry table of code addresses defined above.
+    let stubs = unsafe { &EXCEPTION_STUBS };
+    for (v, &handler) in stubs.iter().enumerate() {
         // 64-bit interrupt gate: selector 0x08, present, DPL 0, type 0xE.
         let low = (handler & 0xffff)
             | (0x08 << 16)

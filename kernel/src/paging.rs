@@ -229,7 +229,7 @@ impl Writer for AliasWriter {
         }
         // Map: slot i aliases page pages[i] (identity: its physical address is its address).
         for (slot, &page) in pages.iter().enumerate() {
-            ALIAS_PT.set(slot, page * PAGE | PRESENT | WRITABLE | nx_bit());
+            ALIAS_PT.set(slot, (page * PAGE) | PRESENT | WRITABLE | nx_bit());
             invlpg(ALIAS_BASE + slot as u64 * PAGE);
             self.mappings += 1;
         }
