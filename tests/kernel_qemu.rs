@@ -105,11 +105,17 @@ impl Boot {
     }
 }
 
-/// Boots the kernel on `model` with a command line; kills qemu after [`BOOT_TIMEOUT`].
+/// Boots the kernel on one CPU of `model` with a command line.
 fn boot(model: &str, append: &str) -> Boot {
-    let what = format!("-cpu {model} -append {append:?}");
+    boot_smp(model, 1, append)
+}
+
+/// Boots the kernel on `cpus` CPUs of `model`; kills qemu after [`BOOT_TIMEOUT`].
+fn boot_smp(model: &str, cpus: u32, append: &str) -> Boot {
+    let what = format!("-cpu {model} -smp {cpus} -append {append:?}");
     let mut child = Command::new(qemu_system())
-        .args(["-machine", "pc", "-cpu", model, "-m", "64M", "-smp", "1"])
+        .args(["-machine", "pc", "-cpu", model, "-m", "64M", "-smp"])
+        .arg(cpus.to_string())
         .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
         .args([
             "-no-reboot",
@@ -216,49 +222,54 @@ fn expected(function: &str, m: &Model) -> (&'static str, &'static str) {
     }
 }
 
+/// Checks a successful boot's decisions against the model; returns its checksum.
+fn check_model(b: &Boot, m: &Model) -> u64 {
+    b.assert_exit(EXIT_SUCCESS);
+    assert!(b.serial.contains("alt test kernel: ok"), "{}", b.serial);
+    assert!(
+        b.serial
+            .contains("w^x: text stayed read-only, alias window empty"),
+        "{}: {}",
+        b.what,
+        b.serial
+    );
+    let sites = b.sites();
+    for f in [
+        "::popcount",
+        "::leading_zeros",
+        "::trailing_zeros",
+        "::copy_bytes",
+        "::sum_bytes",
+    ] {
+        assert!(
+            sites.iter().any(|(name, ..)| name.ends_with(f)),
+            "{}: no site of {f}",
+            b.what
+        );
+    }
+    assert!(
+        sites.iter().any(|(_, _, c)| c == "lfence_serializing") || !m.lfence,
+        "{}: no fence site patched",
+        b.what
+    );
+    for (function, decision, cap) in &sites {
+        assert_eq!(
+            (decision.as_str(), cap.as_str()),
+            expected(function, m),
+            "{function} on {}\n{}",
+            m.name,
+            b.serial
+        );
+    }
+    b.checksum()
+}
+
 #[test]
 fn every_model_patches_what_its_cpuid_offers_with_the_same_results() {
     let mut checksums = Vec::new();
     for m in &MODELS {
         let b = boot(m.name, "");
-        b.assert_exit(EXIT_SUCCESS);
-        assert!(b.serial.contains("alt test kernel: ok"), "{}", b.serial);
-        assert!(
-            b.serial
-                .contains("w^x: text stayed read-only, alias window empty"),
-            "{}: {}",
-            b.what,
-            b.serial
-        );
-        let sites = b.sites();
-        for f in [
-            "::popcount",
-            "::leading_zeros",
-            "::trailing_zeros",
-            "::copy_bytes",
-            "::sum_bytes",
-        ] {
-            assert!(
-                sites.iter().any(|(name, ..)| name.ends_with(f)),
-                "{}: no site of {f}",
-                b.what
-            );
-        }
-        assert!(
-            sites.iter().any(|(_, _, c)| c == "lfence_serializing") || !m.lfence,
-            "{}: no fence site patched",
-            b.what
-        );
-        for (function, decision, cap) in &sites {
-            assert_eq!(
-                (decision.as_str(), cap.as_str()),
-                expected(function, m),
-                "{function} on {}\n{}",
-                m.name,
-                b.serial
-            );
-        }
-        checksums.push((m.name, b.checksum()));
+        checksums.push((m.name, check_model(&b, m)));
     }
     let first = checksums[0].1;
     assert!(
@@ -323,5 +334,35 @@ fn a_direct_write_to_the_text_faults() {
     assert!(
         line.ends_with(&format!("cr2 {target}")),
         "fault at another address: {line} (expected cr2 {target})"
+    );
+}
+
+#[test]
+fn two_cpus_report_then_one_writes_while_the_other_waits_and_serialises() {
+    let haswell = &MODELS[2];
+    let b = boot_smp(haswell.name, 2, "");
+    let checksum = check_model(&b, haswell);
+    assert!(b.serial.contains("cpus: 2 "), "{}", b.serial);
+    for cpu in ["cpu0: GenuineIntel", "cpu1: GenuineIntel"] {
+        assert!(
+            b.serial.lines().any(|l| l.starts_with(cpu)),
+            "no descriptor {cpu}\n{}",
+            b.serial
+        );
+    }
+    assert!(
+        b.serial.contains(
+            "rendezvous: 1 other CPU(s) waited while the text was written, then serialised"
+        ),
+        "{}",
+        b.serial
+    );
+    let sum = format!("{checksum:#018x}");
+    assert!(
+        b.serial.contains(&format!(
+            "cpu1: checksum {sum} before patching, {sum} after"
+        )),
+        "the second CPU's results differ\n{}",
+        b.serial
     );
 }

@@ -69,8 +69,60 @@ unsafe impl Sync for Stack {}
 #[no_mangle]
 pub static BOOT_STACK: Stack = Stack(UnsafeCell::new([0; STACK_SIZE]));
 
+/// Stack size of each application processor.
+pub const AP_STACK_SIZE: usize = 64 * 1024;
+/// Application processors this kernel can start.
+pub const MAX_APS: usize = 7;
+/// Where the real-mode trampoline is copied (page-aligned, below 1 MiB: the SIPI vector is its
+/// page number).
+pub const AP_TRAMPOLINE_ADDR: usize = 0x8000;
+
+/// The application processors' stacks, one after the other.
+#[no_mangle]
+pub static AP_STACKS: ApStacks = ApStacks(UnsafeCell::new([0; AP_STACK_SIZE * MAX_APS]));
+
+#[repr(C, align(16))]
+pub struct ApStacks(pub UnsafeCell<[u8; AP_STACK_SIZE * MAX_APS]>);
+// SAFETY: each AP takes its own stack by index (AP_STARTED, counted atomically).
+unsafe impl Sync for ApStacks {}
+
+/// Number of application processors that reached 64-bit code (each takes its index from it).
+#[no_mangle]
+pub static AP_STARTED: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+/// Extra EFER bits the APs set (NXE when the page tables use NX).
+#[no_mangle]
+pub static AP_EFER_EXTRA: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
 core::arch::global_asm!(
     r#"
+    .macro ENABLE_SIMD
+    /* SSE: CR0.EM = 0, CR0.MP = 1; CR4.OSFXSR | CR4.OSXMMEXCPT. */
+    mov %cr0, %rax
+    and $~(1 << 2), %rax
+    or $(1 << 1), %rax
+    mov %rax, %cr0
+    mov %cr4, %rax
+    or $((1 << 9) | (1 << 10)), %rax
+    mov %rax, %cr4
+
+    /* XSAVE and AVX state where CPUID offers them (cpuid clobbers eax, ebx, ecx, edx). */
+    mov $1, %eax
+    cpuid
+    bt $26, %ecx                         /* XSAVE */
+    jnc 8f
+    mov %cr4, %rax
+    or $(1 << 18), %rax                  /* OSXSAVE */
+    mov %rax, %cr4
+    mov $0xD, %eax
+    xor %ecx, %ecx
+    cpuid                                /* eax: XCR0 bits the CPU supports */
+    and $7, %eax                         /* x87 | SSE | AVX, as far as supported */
+    xor %edx, %edx
+    xor %ecx, %ecx
+    xsetbv
+8:
+    .endm
+
     .set MB_MAGIC, 0x1BADB002
     .set MB_FLAGS, 0x00010000            /* bit 16: the address fields below are valid */
 
@@ -142,31 +194,7 @@ long_mode:
     mov %eax, %fs
     mov %eax, %gs
 
-    /* SSE: CR0.EM = 0, CR0.MP = 1; CR4.OSFXSR | CR4.OSXMMEXCPT. */
-    mov %cr0, %rax
-    and $~(1 << 2), %rax
-    or $(1 << 1), %rax
-    mov %rax, %cr0
-    mov %cr4, %rax
-    or $((1 << 9) | (1 << 10)), %rax
-    mov %rax, %cr4
-
-    /* XSAVE and AVX state where CPUID offers them (cpuid clobbers eax, ebx, ecx, edx). */
-    mov $1, %eax
-    cpuid
-    bt $26, %ecx                         /* XSAVE */
-    jnc .Lno_xsave
-    mov %cr4, %rax
-    or $(1 << 18), %rax                  /* OSXSAVE */
-    mov %rax, %cr4
-    mov $0xD, %eax
-    xor %ecx, %ecx
-    cpuid                                /* eax: XCR0 bits the CPU supports */
-    and $7, %eax                         /* x87 | SSE | AVX, as far as supported */
-    xor %edx, %edx
-    xor %ecx, %ecx
-    xsetbv
-.Lno_xsave:
+    ENABLE_SIMD
     and $-16, %rsp
     call kmain
 .Lhalt:
@@ -174,12 +202,82 @@ long_mode:
     hlt
     jmp .Lhalt
 
+    /* Application processors: the trampoline (crate::smp copies it to AP_TRAMPOLINE_ADDR, below
+     * 1 MiB) switches to 32-bit protected mode without paging and jumps here, to code in the
+     * boot page, which is mapped executable. */
+    .code32
+ap_start32:
+    mov $0x10, %eax
+    mov %eax, %ds
+    mov %eax, %es
+    mov %eax, %ss
+    mov $BOOT_PML4, %eax                 /* the boot CPU's tables, already refined */
+    mov %eax, %cr3
+    mov %cr4, %eax
+    or $(1 << 5), %eax                   /* PAE */
+    mov %eax, %cr4
+    mov $0xC0000080, %ecx                /* EFER */
+    rdmsr
+    or $(1 << 8), %eax                   /* LME */
+    or AP_EFER_EXTRA, %eax               /* NXE if the boot CPU uses NX pages */
+    wrmsr
+    mov %cr0, %eax
+    or $((1 << 31) | (1 << 16) | 1), %eax  /* PG, WP, PE */
+    mov %eax, %cr0
+    ljmp $0x08, $ap_long_mode
+
+    .code64
+ap_long_mode:
+    mov $0x10, %eax
+    mov %eax, %ds
+    mov %eax, %es
+    mov %eax, %ss
+    xor %eax, %eax
+    mov %eax, %fs
+    mov %eax, %gs
+    mov $1, %eax
+    lock xadd %eax, AP_STARTED           /* eax: how many APs started before this one */
+    inc %eax                             /* this CPU's index: 1, 2, ... */
+    mov %eax, %r12d
+    mov %eax, %ecx
+    imul ${ap_stack_size}, %rcx
+    lea AP_STACKS(%rip), %rsp
+    add %rcx, %rsp                       /* top of stack number (index - 1) */
+    ENABLE_SIMD
+    mov %r12d, %edi
+    and $-16, %rsp
+    call ap_main
+    jmp .Lhalt
+
+    /* The real-mode trampoline, assembled here and copied below 1 MiB: it runs at
+     * AP_TRAMPOLINE_ADDR with CS = AP_TRAMPOLINE_ADDR >> 4, IP = 0. */
+    .section .rodata
+    .code16
+    .globl AP_TRAMPOLINE, AP_TRAMPOLINE_END
+AP_TRAMPOLINE:
+    cli
+    cld
+    xor %ax, %ax
+    mov %ax, %ds
+    lgdtl {tramp} + (ap_gdt_pointer - AP_TRAMPOLINE)
+    mov %cr0, %eax
+    or $1, %eax                          /* PE */
+    mov %eax, %cr0
+    ljmpl $0x18, $ap_start32
+    .balign 8
+ap_gdt_pointer:
+    .word gdt_end - gdt - 1
+    .long gdt
+AP_TRAMPOLINE_END:
+    .code64
+
     .section .rodata
     .balign 16
 gdt:
     .quad 0
     .quad 0x00AF9B000000FFFF             /* 0x08: 64-bit code (accessed: the GDT page becomes read-only) */
     .quad 0x00CF93000000FFFF             /* 0x10: data (accessed) */
+    .quad 0x00CF9B000000FFFF             /* 0x18: 32-bit code, for the AP trampoline (accessed) */
 gdt_end:
 gdt_pointer:
     .word gdt_end - gdt - 1
@@ -187,5 +285,7 @@ gdt_pointer:
     .text
 "#,
     stack_size = const STACK_SIZE,
+    ap_stack_size = const AP_STACK_SIZE,
+    tramp = const AP_TRAMPOLINE_ADDR,
     options(att_syntax)
 );

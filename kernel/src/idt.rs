@@ -95,7 +95,7 @@ const NAMES: [&str; 32] = [
     "reserved",
 ];
 
-/// Installs the exception handlers. Call on each CPU (the IDT is shared).
+/// Fills the IDT and loads it on this CPU. Other CPUs call [`load`].
 pub fn install() {
     let idt = IDT.0.get();
     // SAFETY: EXCEPTION_STUBS is a 32-entry table of code addresses defined above.
@@ -114,6 +114,12 @@ pub fn install() {
             (*idt)[2 * v + 1] = high;
         }
     }
+    load();
+}
+
+/// Loads the IDT on this CPU (after [`install`] filled it).
+pub fn load() {
+    let idt = IDT.0.get();
     #[repr(C, packed)]
     struct Pointer {
         limit: u16,

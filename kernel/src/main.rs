@@ -22,6 +22,7 @@ mod idt;
 mod io;
 mod mem;
 mod paging;
+mod smp;
 mod work;
 
 use alloc::string::String;
@@ -32,7 +33,6 @@ use alt::linker::{lookup_name, sections};
 use alt::overrides::Overrides;
 use alt::patch::apply;
 use alt::plan::{plan_alternatives, Layout, TableEntry};
-use alt::policy::{CpuRegistry, LateCpuPolicy};
 use alt::CapabilitySet;
 
 use io::{exit, ExitCode};
@@ -109,14 +109,26 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
         fail(format_args!("the direct write to the text did not fault"));
     }
 
-    // Capabilities: this CPU reports to the registry, the registry decides.
-    let mut registry = CpuRegistry::<8>::new(LateCpuPolicy::MustMatch);
-    let boot_cpu = CpuDescriptor::probe_native(0);
-    println!("{boot_cpu}");
-    if let Err(e) = registry.report(boot_cpu) {
+    // Capabilities: every CPU reports to the registry, the registry decides.
+    let cpus = smp::qemu_cpu_count();
+    println!("cpus: {cpus} (from qemu's fw_cfg)");
+    if let Err(e) = smp::REGISTRY.with(|r| r.report(CpuDescriptor::probe_native(0))) {
         fail(format_args!("{e}"));
     }
-    let mut caps = registry.finalize();
+    let aps = match smp::start_aps(cpus) {
+        Ok(n) if n == cpus - 1 => n,
+        Ok(n) => fail(format_args!(
+            "only {n} of {} other CPU(s) came up",
+            cpus - 1
+        )),
+        Err(e) => fail(format_args!("starting the other CPUs: {e}")),
+    };
+    let mut caps = smp::REGISTRY.with(|r| {
+        for d in r.cpus() {
+            println!("{d}");
+        }
+        r.finalize()
+    });
     match Overrides::from_cmdline(&cmdline) {
         Ok(o) => o.apply(&mut caps),
         Err(e) => fail(format_args!("{e}")),
@@ -150,13 +162,17 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
     for c in plan.sites.iter().flat_map(|s| &s.candidates) {
         used.set(c.capability);
     }
+    // One CPU writes while the others wait at the rendezvous, then each serialises.
+    smp::enter_rendezvous(aps);
     let started = rdtsc();
-    let mut patched = match apply(plan, &mut writer) {
+    let patched = apply(plan, &mut writer);
+    let cycles = rdtsc() - started;
+    let ap_results = smp::leave_rendezvous(aps);
+    let mut patched = match patched {
         Ok(p) => p,
         Err(e) => fail(format_args!("patching failed: {e}")),
     };
-    let cycles = rdtsc() - started;
-    registry.set_used(used);
+    smp::REGISTRY.with(|r| r.set_used(used));
 
     let report = patched.report_mut();
     report.name_sites(
@@ -185,6 +201,18 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
         fail(format_args!("an alias mapping was left behind"));
     }
     println!("w^x: text stayed read-only, alias window empty");
+
+    for (cpu, before, after) in ap_results {
+        println!("cpu{cpu}: checksum {before:#018x} before patching, {after:#018x} after");
+        if before != unpatched || after != unpatched {
+            fail(format_args!("cpu{cpu} computed other results"));
+        }
+    }
+    if aps > 0 {
+        println!(
+            "rendezvous: {aps} other CPU(s) waited while the text was written, then serialised"
+        );
+    }
 
     let result = work::run();
     if result != unpatched {

@@ -145,6 +145,26 @@ pub fn protect_kernel() -> Protection {
     }
 }
 
+/// Base of the local APIC's registers (xAPIC mode).
+pub const LOCAL_APIC: u64 = 0xFEE0_0000;
+static APIC_PD: Table = Table::new();
+
+/// Maps the local APIC's registers (one 2 MiB uncached page, identity, non-executable).
+pub fn map_local_apic() {
+    const PAGE_SIZE_2M: u64 = 1 << 7;
+    const CACHE_DISABLE: u64 = (1 << 4) | (1 << 3); // PCD | PWT
+    let base = LOCAL_APIC & !((1 << 21) - 1);
+    APIC_PD.set(
+        ((base >> 21) & 511) as usize,
+        base | PRESENT | WRITABLE | PAGE_SIZE_2M | CACHE_DISABLE | nx_bit(),
+    );
+    BOOT_PDPT.set(
+        (LOCAL_APIC >> 30) as usize,
+        APIC_PD.addr() | PRESENT | WRITABLE,
+    );
+    reload_cr3();
+}
+
 /// The leaf entry that maps `addr` in the fine-grained range, if any.
 pub fn leaf_entry(addr: u64) -> Option<u64> {
     let t = usize::try_from(addr >> 21).ok()?;
@@ -255,7 +275,8 @@ impl Writer for AliasWriter {
     }
 }
 
-fn nx_bit() -> u64 {
+/// NX in page-table entries where EFER.NXE is set, else 0.
+pub fn nx_bit() -> u64 {
     const EFER: u32 = 0xC000_0080;
     if rdmsr(EFER) & (1 << 11) != 0 {
         NO_EXECUTE
