@@ -1,0 +1,248 @@
+//! The alt test kernel: boots under `qemu-system-x86_64` (multiboot), maps its text read-only,
+//! probes the CPU, patches its own alternatives through a W^X alias mapping, checks that the
+//! results did not change, reports over the serial port and exits through `isa-debug-exit`.
+//!
+//! Output lines the tests read:
+//!
+//! - `alt-site <function> <decision> <capability>` per site (`-` when the default stays);
+//! - `checksum: 0x...`, equal before and after patching (the kernel checks) and on every model;
+//! - `alt test kernel: ok` before exiting with [`ExitCode::Success`] (qemu exit status 33).
+//!
+//! Command-line options (qemu `-append`): `alt.clearcpuid=LIST` as the runtime defines it, and
+//! `alt.test=write-text`, which writes to the text directly and must die of a page fault.
+
+#![no_std]
+#![no_main]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+extern crate alloc;
+
+mod boot;
+mod idt;
+mod io;
+mod mem;
+mod paging;
+mod smp;
+mod work;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use alt::cpu::{CapabilityList, CpuDescriptor};
+use alt::linker::{lookup_name, sections};
+use alt::overrides::Overrides;
+use alt::patch::apply;
+use alt::plan::{plan_alternatives, Layout, TableEntry};
+use alt::CapabilitySet;
+
+use io::{exit, ExitCode};
+
+#[global_allocator]
+static ALLOCATOR: mem::Bump = mem::Bump::new();
+
+/// What a multiboot loader leaves in `eax`.
+const MULTIBOOT_LOADER_MAGIC: u32 = 0x2BAD_B002;
+
+/// The kernel command line from the multiboot information (flags bit 2: `cmdline` valid).
+fn multiboot_cmdline(magic: u32, info: u32) -> String {
+    if magic != MULTIBOOT_LOADER_MAGIC || info == 0 {
+        return String::new();
+    }
+    let info = info as usize as *const u32;
+    // SAFETY: the loader passed the address of its multiboot information structure, which lies
+    // in identity-mapped low memory and begins with `flags`, with `cmdline` at offset 16.
+    let (flags, cmdline) = unsafe { (info.read_volatile(), info.add(4).read_volatile()) };
+    if flags & (1 << 2) == 0 || cmdline == 0 {
+        return String::new();
+    }
+    let mut out = String::new();
+    let p = cmdline as usize as *const u8;
+    for i in 0..4096 {
+        // SAFETY: `cmdline` is the address of a NUL-terminated string the loader placed in
+        // identity-mapped memory; reading stops at the NUL (or after 4 KiB).
+        let b = unsafe { p.add(i).read_volatile() };
+        if b == 0 {
+            break;
+        }
+        out.push(char::from(b));
+    }
+    out
+}
+
+fn rdtsc() -> u64 {
+    // SAFETY: rdtsc is available on every x86-64 CPU and has no side effects.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+fn fail(what: core::fmt::Arguments<'_>) -> ! {
+    println!("error: {what}");
+    exit(ExitCode::Failure)
+}
+
+#[no_mangle]
+extern "C" fn kmain(magic: u32, info: u32) -> ! {
+    io::serial_init();
+    println!("alt test kernel: booted (multiboot magic {magic:#x})");
+    let cmdline = multiboot_cmdline(magic, info);
+    println!("cmdline: {cmdline}");
+    idt::install();
+
+    let prot = paging::protect_kernel();
+    println!(
+        "paging: text {:#x}..{:#x} read-only+executable, rodata {:#x}..{:#x} read-only, nx {}",
+        prot.text.start, prot.text.end, prot.rodata.start, prot.rodata.end, prot.nx
+    );
+    if paging::text_writable() {
+        fail(format_args!("a text page is mapped writable"));
+    }
+
+    if cmdline
+        .split_ascii_whitespace()
+        .any(|w| w == "alt.test=write-text")
+    {
+        let target = prot.text.start;
+        println!("writing to the text at {target:#x} directly: a page fault must follow");
+        // SAFETY: a deliberate test that the text is read-only: the write faults and the
+        // exception handler ends the run. Were it to succeed, the kernel exits at once without
+        // running the damaged code.
+        unsafe { core::ptr::write_volatile(target as *mut u8, 0xcc) };
+        fail(format_args!("the direct write to the text did not fault"));
+    }
+
+    // Capabilities: every CPU reports to the registry, the registry decides.
+    let cpus = smp::qemu_cpu_count();
+    println!("cpus: {cpus} (from qemu's fw_cfg)");
+    if let Err(e) = smp::REGISTRY.with(|r| r.report(CpuDescriptor::probe_native(0))) {
+        fail(format_args!("{e}"));
+    }
+    let aps = match smp::start_aps(cpus) {
+        Ok(n) if n == cpus - 1 => n,
+        Ok(n) => fail(format_args!(
+            "only {n} of {} other CPU(s) came up",
+            cpus - 1
+        )),
+        Err(e) => fail(format_args!("starting the other CPUs: {e}")),
+    };
+    let mut caps = smp::REGISTRY.with(|r| {
+        for d in r.cpus() {
+            println!("{d}");
+        }
+        r.finalize()
+    });
+    match Overrides::from_cmdline(&cmdline) {
+        Ok(o) => o.apply(&mut caps),
+        Err(e) => fail(format_args!("{e}")),
+    }
+    println!("capabilities: {}", CapabilityList(caps));
+
+    let unpatched = work::run();
+    println!("checksum before patching: {unpatched:#018x}");
+
+    // Plan from the kernel's own text and tables; write through the alias writer.
+    let s = sections();
+    let text = [paging::text()];
+    let layout = Layout {
+        text: &text,
+        replacements: s.alt_replacement.0 as u64..s.alt_replacement.1 as u64,
+    };
+    let entries: Vec<TableEntry> = TableEntry::in_memory(s.alt_entries()).collect();
+    println!(
+        "tables: {} alternative entries, replacements {:#x}..{:#x}",
+        entries.iter().filter(|e| !e.is_placeholder()).count(),
+        layout.replacements.start,
+        layout.replacements.end
+    );
+    // SAFETY: one CPU runs; the text is identity-mapped and readable.
+    let mut writer = unsafe { paging::AliasWriter::new(text[0].clone()) };
+    let plan = match plan_alternatives(&entries, &layout, &caps, &writer) {
+        Ok(p) => p,
+        Err(e) => fail(format_args!("invalid alternatives table: {e}")),
+    };
+    let mut used = CapabilitySet::default();
+    for c in plan.sites.iter().flat_map(|s| &s.candidates) {
+        used.set(c.capability);
+    }
+    // One CPU writes while the others wait at the rendezvous, then each serialises.
+    smp::enter_rendezvous(aps);
+    let started = rdtsc();
+    let patched = apply(plan, &mut writer);
+    let cycles = rdtsc() - started;
+    let ap_results = smp::leave_rendezvous(aps);
+    let mut patched = match patched {
+        Ok(p) => p,
+        Err(e) => fail(format_args!("patching failed: {e}")),
+    };
+    smp::REGISTRY.with(|r| r.set_used(used));
+
+    let report = patched.report_mut();
+    report.name_sites(
+        // SAFETY: name entries are emitted by the macros and point at `&'static str` statics.
+        |addr| unsafe { lookup_name(s.site_names(), addr) },
+        |index| {
+            let addr = entries.get(index)?.addr;
+            // SAFETY: as above.
+            unsafe { lookup_name(s.entry_names(), addr) }
+        },
+    );
+    println!("{report}");
+    println!(
+        "patched in {cycles} TSC cycles through {} alias mapping(s)",
+        writer.mappings
+    );
+    for site in &report.sites {
+        let cap = site.chosen().map_or("-", |c| c.capability.name());
+        println!("alt-site {} {} {}", site.label(), site.decision(), cap);
+    }
+
+    if paging::text_writable() {
+        fail(format_args!("a text page is writable after patching"));
+    }
+    if paging::alias_slots_mapped() != 0 {
+        fail(format_args!("an alias mapping was left behind"));
+    }
+    println!("w^x: text stayed read-only, alias window empty");
+
+    for (cpu, before, after) in ap_results {
+        println!("cpu{cpu}: checksum {before:#018x} before patching, {after:#018x} after");
+        if before != unpatched || after != unpatched {
+            fail(format_args!("cpu{cpu} computed other results"));
+        }
+    }
+    if aps > 0 {
+        println!(
+            "rendezvous: {aps} other CPU(s) waited while the text was written, then serialised"
+        );
+    }
+
+    let result = work::run();
+    if result != unpatched {
+        fail(format_args!(
+            "checksum changed by patching: {unpatched:#018x} -> {result:#018x}"
+        ));
+    }
+    println!("checksum: {result:#018x}");
+    println!("heap used: {} bytes", ALLOCATOR.used());
+    println!("alt test kernel: ok");
+    exit(ExitCode::Success)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    println!("panic: {info}");
+    exit(ExitCode::Failure)
+}
+
+// The precompiled `alloc` was built with unwinding, so its landing pads name the unwinder's
+// entry points; with `panic = "abort"` no unwinding ever starts, so these are never called.
+
+/// Never called: nothing unwinds in this kernel.
+#[no_mangle]
+extern "C" fn _Unwind_Resume() -> ! {
+    fail(format_args!("_Unwind_Resume called"))
+}
+
+/// Never called: nothing unwinds in this kernel.
+#[no_mangle]
+extern "C" fn rust_eh_personality() -> ! {
+    fail(format_args!("rust_eh_personality called"))
+}

@@ -1,0 +1,368 @@
+//! The test kernel (`kernel/`) booted under `qemu-system-x86_64 -cpu MODEL`: boot-time patching
+//! of real kernel text, through a W^X alias mapping, judged per CPU model.
+//!
+//! The kernel is built once (release, into `target/tmp/kernel`), then booted on several models.
+//! Each boot must exit through `isa-debug-exit` with the success status, each site's decision
+//! must match what the model's CPUID offers (expectations from QEMU's model definitions, not
+//! from our probe), and the result checksum must be the same on every model (the kernel also
+//! checks that patching did not change it). `alt.clearcpuid=` on the kernel command line must
+//! keep the cleared feature's sites at their default, and a direct write to the text must fault.
+//!
+//! `qemu-system-x86_64` comes from Debian's `qemu-system-x86`; `scripts/test.sh` installs it.
+
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// qemu exits with `(v << 1) | 1` for a value `v` written to isa-debug-exit.
+const EXIT_SUCCESS: i32 = (0x10 << 1) | 1;
+const EXIT_EXCEPTION: i32 = (0x12 << 1) | 1;
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn qemu_system() -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join("qemu-system-x86_64");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!(
+        "qemu-system-x86_64 not found: install Debian's qemu-system-x86 (scripts/test.sh does) \
+         to boot the test kernel"
+    );
+}
+
+/// Builds the kernel once per test process and returns its path.
+fn kernel() -> &'static Path {
+    static KERNEL: OnceLock<PathBuf> = OnceLock::new();
+    KERNEL.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernel");
+        let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel");
+        // Run inside kernel/ so that kernel/.cargo/config.toml (host target, static relocation
+        // model) applies; flags from the outer build must not leak in.
+        let out = Command::new(env!("CARGO"))
+            .current_dir(&dir)
+            .args(["build", "--release", "--locked", "--target-dir"])
+            .arg(&target_dir)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_TARGET")
+            .env_remove("CARGO_TARGET_DIR")
+            .output()
+            .expect("run cargo build for kernel/");
+        assert!(
+            out.status.success(),
+            "building kernel/ failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        target_dir.join("x86_64-unknown-linux-gnu/release/alt-test-kernel")
+    })
+}
+
+struct Boot {
+    status: Option<i32>,
+    serial: String,
+    what: String,
+}
+
+impl Boot {
+    fn assert_exit(&self, code: i32) {
+        assert_eq!(
+            self.status,
+            Some(code),
+            "{}: unexpected exit status (33: ok, 35: a check failed, 37: CPU exception, \
+             None: killed after {BOOT_TIMEOUT:?})\nserial output:\n{}",
+            self.what,
+            self.serial
+        );
+    }
+
+    /// `(function, decision, capability)` of every `alt-site` line.
+    fn sites(&self) -> Vec<(String, String, String)> {
+        self.serial
+            .lines()
+            .filter_map(|l| l.strip_prefix("alt-site "))
+            .map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                assert_eq!(w.len(), 3, "{}: bad site line {l:?}", self.what);
+                (w[0].to_string(), w[1].to_string(), w[2].to_string())
+            })
+            .collect()
+    }
+
+    fn checksum(&self) -> u64 {
+        let line = self
+            .serial
+            .lines()
+            .find_map(|l| l.strip_prefix("checksum: 0x"))
+            .unwrap_or_else(|| panic!("{}: no checksum line\n{}", self.what, self.serial));
+        u64::from_str_radix(line.trim(), 16).expect("hex checksum")
+    }
+}
+
+/// Boots the kernel on one CPU of `model` with a command line.
+fn boot(model: &str, append: &str) -> Boot {
+    boot_smp(model, 1, append)
+}
+
+/// Boots the kernel on `cpus` CPUs of `model`; kills qemu after [`BOOT_TIMEOUT`].
+fn boot_smp(model: &str, cpus: u32, append: &str) -> Boot {
+    let what = format!("-cpu {model} -smp {cpus} -append {append:?}");
+    let mut child = Command::new(qemu_system())
+        .args(["-machine", "pc", "-cpu", model, "-m", "64M", "-smp"])
+        .arg(cpus.to_string())
+        .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
+        .args([
+            "-no-reboot",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        ])
+        .arg("-kernel")
+        .arg(kernel())
+        .args(["-append", append])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start qemu-system-x86_64");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait for qemu") {
+            break st.code();
+        }
+        if started.elapsed() > BOOT_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let serial = reader.join().expect("serial reader").replace('\r', "");
+    Boot {
+        status,
+        serial,
+        what,
+    }
+}
+
+/// What a model offers, for the kernel's sites.
+struct Model {
+    name: &'static str,
+    popcnt: bool,
+    lzcnt: bool,
+    bmi1: bool,
+    erms: bool,
+    avx2: bool,
+    /// `lfence` serialises dispatch (Intel models; qemu64 reports an AMD vendor).
+    lfence: bool,
+}
+
+const MODELS: [Model; 3] = [
+    Model {
+        name: "qemu64",
+        popcnt: false,
+        lzcnt: false,
+        bmi1: false,
+        erms: false,
+        avx2: false,
+        lfence: false,
+    },
+    Model {
+        name: "Nehalem",
+        popcnt: true,
+        lzcnt: false,
+        bmi1: false,
+        erms: false,
+        avx2: false,
+        lfence: true,
+    },
+    Model {
+        name: "Haswell",
+        popcnt: true,
+        lzcnt: true,
+        bmi1: true,
+        erms: true,
+        avx2: true,
+        lfence: true,
+    },
+];
+
+/// The `(decision, capability)` expected for a site of `function` on `m`.
+fn expected(function: &str, m: &Model) -> (&'static str, &'static str) {
+    let on = |b: bool, decision: &'static str, cap: &'static str| {
+        if b {
+            (decision, cap)
+        } else {
+            ("default", "-")
+        }
+    };
+    let name = function
+        .strip_prefix("alt_test_kernel::work")
+        .unwrap_or_else(|| panic!("unexpected site function {function}"));
+    match name {
+        "::popcount" => on(m.popcnt, "inline", "popcnt"),
+        "::leading_zeros" => on(m.lzcnt, "inline", "lzcnt"),
+        "::trailing_zeros" => on(m.bmi1, "inline", "bmi1"),
+        "::copy_bytes" => on(m.erms, "inline", "erms"),
+        "::sum_bytes" => on(m.avx2, "direct_call", "avx2"),
+        // The bare `alt::asm::alternative!` fence, named by its line.
+        f if f.starts_with(':') => on(m.lfence, "inline", "lfence_serializing"),
+        other => panic!("unexpected site function {other}"),
+    }
+}
+
+/// Checks a successful boot's decisions against the model; returns its checksum.
+fn check_model(b: &Boot, m: &Model) -> u64 {
+    b.assert_exit(EXIT_SUCCESS);
+    assert!(b.serial.contains("alt test kernel: ok"), "{}", b.serial);
+    assert!(
+        b.serial
+            .contains("w^x: text stayed read-only, alias window empty"),
+        "{}: {}",
+        b.what,
+        b.serial
+    );
+    let sites = b.sites();
+    for f in [
+        "::popcount",
+        "::leading_zeros",
+        "::trailing_zeros",
+        "::copy_bytes",
+        "::sum_bytes",
+    ] {
+        assert!(
+            sites.iter().any(|(name, ..)| name.ends_with(f)),
+            "{}: no site of {f}",
+            b.what
+        );
+    }
+    assert!(
+        sites.iter().any(|(_, _, c)| c == "lfence_serializing") || !m.lfence,
+        "{}: no fence site patched",
+        b.what
+    );
+    for (function, decision, cap) in &sites {
+        assert_eq!(
+            (decision.as_str(), cap.as_str()),
+            expected(function, m),
+            "{function} on {}\n{}",
+            m.name,
+            b.serial
+        );
+    }
+    b.checksum()
+}
+
+#[test]
+fn every_model_patches_what_its_cpuid_offers_with_the_same_results() {
+    let mut checksums = Vec::new();
+    for m in &MODELS {
+        let b = boot(m.name, "");
+        checksums.push((m.name, check_model(&b, m)));
+    }
+    let first = checksums[0].1;
+    assert!(
+        checksums.iter().all(|&(_, c)| c == first),
+        "checksums differ between models: {checksums:x?}"
+    );
+}
+
+#[test]
+fn clearcpuid_on_the_command_line_keeps_the_default() {
+    let b = boot("Haswell", "alt.clearcpuid=popcnt");
+    b.assert_exit(EXIT_SUCCESS);
+    let sites = b.sites();
+    let of = |suffix: &str| -> Vec<(String, String)> {
+        sites
+            .iter()
+            .filter(|(f, ..)| f.ends_with(suffix))
+            .map(|(_, d, c)| (d.clone(), c.clone()))
+            .collect()
+    };
+    let popcount = of("::popcount");
+    assert!(!popcount.is_empty(), "no popcount site\n{}", b.serial);
+    for s in &popcount {
+        assert_eq!(s, &("default".into(), "-".into()), "{}", b.serial);
+    }
+    // Only the cleared feature is affected.
+    for s in of("::leading_zeros") {
+        assert_eq!(s, ("inline".into(), "lzcnt".into()), "{}", b.serial);
+    }
+    let caps = b
+        .serial
+        .lines()
+        .find_map(|l| l.strip_prefix("capabilities: "))
+        .expect("capabilities line");
+    assert!(
+        !caps.split_whitespace().any(|c| c == "popcnt"),
+        "popcnt still listed: {caps}"
+    );
+    let reference = boot("qemu64", "");
+    reference.assert_exit(EXIT_SUCCESS);
+    assert_eq!(b.checksum(), reference.checksum());
+}
+
+#[test]
+fn a_direct_write_to_the_text_faults() {
+    let b = boot("Haswell", "alt.test=write-text");
+    b.assert_exit(EXIT_EXCEPTION);
+    let target = b
+        .serial
+        .lines()
+        .find_map(|l| l.strip_prefix("writing to the text at "))
+        .and_then(|l| l.split_whitespace().next())
+        .map(|a| a.trim_end_matches(':').to_string())
+        .unwrap_or_else(|| panic!("no write announced\n{}", b.serial));
+    // Error code 0x3: the page was present and the access a write (a protection violation).
+    let fault = "exception 14 (page fault) error 0x3 ";
+    let line = b
+        .serial
+        .lines()
+        .find(|l| l.starts_with(fault))
+        .unwrap_or_else(|| panic!("no write-protection page fault\n{}", b.serial));
+    assert!(
+        line.ends_with(&format!("cr2 {target}")),
+        "fault at another address: {line} (expected cr2 {target})"
+    );
+}
+
+#[test]
+fn two_cpus_report_then_one_writes_while_the_other_waits_and_serialises() {
+    let haswell = &MODELS[2];
+    let b = boot_smp(haswell.name, 2, "");
+    let checksum = check_model(&b, haswell);
+    assert!(b.serial.contains("cpus: 2 "), "{}", b.serial);
+    for cpu in ["cpu0: GenuineIntel", "cpu1: GenuineIntel"] {
+        assert!(
+            b.serial.lines().any(|l| l.starts_with(cpu)),
+            "no descriptor {cpu}\n{}",
+            b.serial
+        );
+    }
+    assert!(
+        b.serial.contains(
+            "rendezvous: 1 other CPU(s) waited while the text was written, then serialised"
+        ),
+        "{}",
+        b.serial
+    );
+    let sum = format!("{checksum:#018x}");
+    assert!(
+        b.serial.contains(&format!(
+            "cpu1: checksum {sum} before patching, {sum} after"
+        )),
+        "the second CPU's results differ\n{}",
+        b.serial
+    );
+}
