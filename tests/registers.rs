@@ -58,6 +58,14 @@ fn popcount(x: u64) -> u64 {
     soft_popcount(x)
 }
 
+/// The same site with `preserve_vectors`: its thunks save the vector registers instead of the
+/// site declaring them clobbered.
+#[alternative(popcnt => inline("popcnt {ret}, {x}"), avx2 => popcount_trashing, preserve_vectors)]
+fn popcount_preserving(x: u64) -> u64 {
+    trash_caller_saved();
+    soft_popcount(x)
+}
+
 fn popcount_trashing(x: u64) -> u64 {
     trash_caller_saved();
     soft_popcount(x)
@@ -78,14 +86,36 @@ fn torture(seed: u64) -> (u64, [u64; 12], [f64; 10]) {
     (r1 + r2, c, h)
 }
 
-/// Keeps floating-point scalars live in XMM registers across a site.
-#[inline(never)]
-fn torture_xmm(x: f64, y: f64) -> f64 {
+/// Keeps floating-point values live across a site: they are materialised in XMM registers
+/// before it (an empty `asm!` takes them as `xmm_reg` inputs) and used after it. Where the
+/// site preserves vector registers the compiler leaves them there; where it declares them
+/// clobbered the compiler spills them.
+#[inline(always)]
+fn torture_xmm_with(x: f64, y: f64, site: impl Fn(u64) -> u64) -> f64 {
     let (x, y) = (black_box(x), black_box(y));
     let (a, b, c, d) = (x * 1.25, y * 3.5, x / y, x + y);
     let (e, f, g, h) = (a * b, c - d, a + c, b - d);
-    let r = popcount(black_box(0xf0f0)) as f64;
+    // SAFETY: an empty template; it only pins the values into registers.
+    unsafe {
+        core::arch::asm!(
+            "/* {0} {1} {2} {3} {4} {5} {6} {7} */",
+            in(xmm_reg) a, in(xmm_reg) b, in(xmm_reg) c, in(xmm_reg) d,
+            in(xmm_reg) e, in(xmm_reg) f, in(xmm_reg) g, in(xmm_reg) h,
+            options(nomem, nostack, preserves_flags)
+        )
+    };
+    let r = site(black_box(0xf0f0)) as f64;
     ((a + b * r) * (c - d) + e * f - g * h) / (r + 0.5)
+}
+
+#[inline(never)]
+fn torture_xmm(x: f64, y: f64) -> f64 {
+    torture_xmm_with(x, y, popcount)
+}
+
+#[inline(never)]
+fn torture_xmm_preserved(x: f64, y: f64) -> f64 {
+    torture_xmm_with(x, y, popcount_preserving)
 }
 
 fn reference_xmm(x: f64, y: f64) -> f64 {
@@ -123,6 +153,11 @@ fn check(state: &str) {
             reference_xmm(x, y),
             "state {state}, xmm values"
         );
+        assert_eq!(
+            torture_xmm_preserved(x, y),
+            reference_xmm(x, y),
+            "state {state}, xmm values across a preserve_vectors site"
+        );
     }
 }
 
@@ -140,7 +175,10 @@ fn decision_of_popcount_sites(report: &alt::report::Report) -> Vec<&'static str>
     report
         .sites
         .iter()
-        .filter(|s| s.function.is_some_and(|f| f.ends_with("::popcount")))
+        .filter(|s| {
+            s.function
+                .is_some_and(|f| f.ends_with("::popcount") || f.ends_with("::popcount_preserving"))
+        })
         .map(|s| s.decision())
         .collect()
 }

@@ -80,6 +80,9 @@ pub enum AttrArg {
     Clobber(Vec<Ident>),
     /// `clobber_abi`: the site declares every register a C call may change, no thunk.
     ClobberAbi(Span),
+    /// `preserve_vectors`: thunks save the vector registers instead of the site declaring them
+    /// clobbered.
+    PreserveVectors(Span),
 }
 
 impl Parse for AttrArg {
@@ -97,6 +100,10 @@ impl Parse for AttrArg {
             if word == "clobber_abi" && (fork.is_empty() || fork.peek(Token![,])) {
                 let w: Ident = input.parse()?;
                 return Ok(AttrArg::ClobberAbi(w.span()));
+            }
+            if word == "preserve_vectors" && (fork.is_empty() || fork.peek(Token![,])) {
+                let w: Ident = input.parse()?;
+                return Ok(AttrArg::PreserveVectors(w.span()));
             }
         }
         let key: Key = input.parse()?;
@@ -131,6 +138,7 @@ pub struct AttrArgs {
     pub replacements: Vec<Replacement>,
     pub clobbers: Vec<Ident>,
     pub clobber_abi: Option<Span>,
+    pub preserve_vectors: Option<Span>,
 }
 
 impl Parse for AttrArgs {
@@ -140,12 +148,14 @@ impl Parse for AttrArgs {
             replacements: Vec::new(),
             clobbers: Vec::new(),
             clobber_abi: None,
+            preserve_vectors: None,
         };
         for arg in list {
             match arg {
                 AttrArg::Replacement(r) => out.replacements.push(r),
                 AttrArg::Clobber(c) => out.clobbers.extend(c),
                 AttrArg::ClobberAbi(s) => out.clobber_abi = Some(s),
+                AttrArg::PreserveVectors(s) => out.preserve_vectors = Some(s),
             }
         }
         Ok(out)

@@ -49,11 +49,13 @@
 //! ```
 //!
 //! **Register discipline.** With inline replacements, the site promises the compiler that only
-//! `rax`, the flags and the listed clobbers change, so the native instruction costs nothing
-//! around it; calls (the default and function replacements) then go through generated thunks that
-//! save every other caller-saved register, vector registers included. Without inline
-//! replacements, or with the `clobber_abi` option, the site instead declares everything a C call
-//! clobbers and calls the implementation directly.
+//! `rax`, the flags, the listed clobbers and the vector registers change, so the native
+//! instruction costs nothing around it in integer code; calls (the default and function
+//! replacements) then go through generated thunks that save every other caller-saved
+//! general-purpose register. With `preserve_vectors` the site promises the vector registers too
+//! and the thunks save them (for sites in vector-heavy code). Without inline replacements, or
+//! with the `clobber_abi` option, the site instead declares everything a C call clobbers and
+//! calls the implementation directly.
 //!
 //! **Signatures**: up to six arguments and a result, each an integer of up to 64 bits, `bool`,
 //! `usize`/`isize` or a raw pointer. Generics, `self`, `async`, `const`, floats, references and
@@ -144,6 +146,14 @@ fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
         .iter()
         .any(|r| matches!(r.body, Body::Inline(_)));
     let thunks = has_inline && args.clobber_abi.is_none();
+    if let (Some(span), Some(_)) = (args.preserve_vectors, args.clobber_abi) {
+        return Err(syn::Error::new(
+            span,
+            "`preserve_vectors` and `clobber_abi` contradict each other: clobber_abi declares \
+             every vector register clobbered",
+        ));
+    }
+    let save_vectors = args.preserve_vectors.is_some();
 
     let ItemFn {
         attrs,
@@ -242,7 +252,11 @@ fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
     operands.push(quote!(alt_fname = sym __ALT_FN_NAME));
 
     for (thunk_name, target) in &call_targets {
-        items.push(thunk_items(thunk_name, target));
+        items.push(if save_vectors {
+            thunk_items(thunk_name, target)
+        } else {
+            gpr_thunk_item(thunk_name, target)
+        });
     }
 
     let lines = site::template(&SiteSpec {
@@ -259,18 +273,8 @@ fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
         ret_out,
         ret_value,
     } = register_operands(&checked, &clobbered);
-    let abi = if thunks {
-        quote!()
-    } else {
-        quote!(clobber_abi("C"),)
-    };
-
-    Ok(quote! {
-        #(#attrs)*
-        #[inline(always)]
-        #vis #unsafety fn #name(#inputs) #output {
-            #(#items)*
-            #ret_decl
+    let site = |extra: TokenStream2| {
+        quote! {
             #[allow(unused_unsafe)]
             // SAFETY: the site calls the default through a register-preserving thunk (or
             // declares the C ABI's clobbers); the runtime only rewrites it with replacements
@@ -281,12 +285,54 @@ fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
                     #(#operands,)*
                     #(#regs,)*
                     #ret_out,
-                    #abi
+                    #extra
                 );
             }
+        }
+    };
+    let asm = if !thunks {
+        site(quote!(clobber_abi("C"),))
+    } else if save_vectors {
+        site(quote!())
+    } else {
+        // The vector registers are declared clobbered; asm! operands cannot carry `cfg`, so
+        // the AVX-512 variant (which adds zmm16-31 and the opmask registers) is a second copy.
+        let xmm: Vec<String> = (0..16).map(|i| format!("xmm{i}")).collect();
+        let base = quote!(#(out(#xmm) _,)*);
+        let zmm: Vec<String> = (16..32).map(|i| format!("zmm{i}")).collect();
+        let k: Vec<String> = (1..8).map(|i| format!("k{i}")).collect();
+        let plain = site(base.clone());
+        let avx512 = site(quote!(#base #(out(#zmm) _,)* #(out(#k) _,)*));
+        quote! {
+            #[cfg(not(target_feature = "avx512f"))]
+            #plain
+            #[cfg(target_feature = "avx512f")]
+            #avx512
+        }
+    };
+
+    Ok(quote! {
+        #(#attrs)*
+        #[inline(always)]
+        #vis #unsafety fn #name(#inputs) #output {
+            #(#items)*
+            #ret_decl
+            #asm
             #ret_value
         }
     })
+}
+
+/// A naked thunk saving the caller-saved general-purpose registers (but `rax`) around a call of
+/// `target`; the site declares the vector registers clobbered.
+fn gpr_thunk_item(name: &syn::Ident, target: &syn::Ident) -> TokenStream2 {
+    let lines = thunk_lines(VectorState::None);
+    quote! {
+        #[unsafe(naked)]
+        unsafe extern "C" fn #name() {
+            ::core::arch::naked_asm!(#(#lines,)* target = sym #target)
+        }
+    }
 }
 
 /// The `asm!` operands that carry a site's arguments (System V registers) and result (`rax`).

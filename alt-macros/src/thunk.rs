@@ -1,15 +1,17 @@
 //! Register-saving thunks.
 //!
 //! A site whose replacements are inline instructions promises the compiler that only the
-//! result register (`rax`), the flags and any registers named in `clobber(...)` change, so that
-//! the native instruction costs nothing around it. When the site instead calls a function (the
-//! default, or a function replacement), it calls a thunk that saves every other caller-saved
-//! register, vector registers included, calls the `extern "C"` implementation, and restores
-//! them.
+//! result register (`rax`), the flags, any registers named in `clobber(...)` and (unless the
+//! site says `preserve_vectors`) the vector registers change, so that the native instruction
+//! costs nothing around it in integer code. When the site instead calls a function (the default,
+//! or a function replacement), it calls a thunk that saves every other caller-saved register,
+//! calls the `extern "C"` implementation, and restores them.
 //!
-//! Which vector state is saved follows the target features the crate is compiled with: the
-//! 128-bit `xmm0`-`xmm15` by default, the 256-bit `ymm0`-`ymm15` with AVX, and `zmm0`-`zmm31`
-//! plus the opmask registers with AVX-512F (the generated code carries all three under `cfg`).
+//! [`VectorState::None`] thunks save only general-purpose registers (the site declares the
+//! vector registers clobbered). The saving variants follow the target features the crate is
+//! compiled with: the 128-bit `xmm0`-`xmm15` by default, the 256-bit `ymm0`-`ymm15` with AVX,
+//! and `zmm0`-`zmm31` plus the opmask registers with AVX-512F (the generated code carries all
+//! three under `cfg`).
 //!
 //! Stack: the caller's `asm!` block has a 16-byte-aligned stack pointer before its `call`
 //! (guaranteed for blocks without `nostack`), so the thunk is entered at 8 mod 16; eight pushes
@@ -21,6 +23,8 @@ const SAVED_GPRS: [&str; 8] = ["rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r
 /// Vector state a thunk variant saves.
 #[derive(Clone, Copy)]
 pub enum VectorState {
+    /// No vector state: the site declares the vector registers clobbered.
+    None,
     Sse,
     Avx,
     Avx512 { bw: bool },
@@ -33,6 +37,7 @@ pub fn thunk_lines(v: VectorState) -> Vec<String> {
         out.push(format!("push {r}"));
     }
     let (save, restore, area): (Vec<String>, Vec<String>, usize) = match v {
+        VectorState::None => (Vec::new(), Vec::new(), 0),
         VectorState::Sse => {
             let s = (0..16)
                 .map(|i| format!("movdqu xmmword ptr [rsp + {}], xmm{i}", i * 16))
@@ -88,6 +93,7 @@ mod tests {
     #[test]
     fn frames_keep_the_inner_call_aligned() {
         for v in [
+            VectorState::None,
             VectorState::Sse,
             VectorState::Avx,
             VectorState::Avx512 { bw: true },
