@@ -27,7 +27,9 @@ pub enum VectorState {
     None,
     Sse,
     Avx,
-    Avx512 { bw: bool },
+    Avx512 {
+        bw: bool,
+    },
 }
 
 /// The thunk's instruction lines; `{target}` is the `sym` operand of the implementation.
