@@ -320,11 +320,11 @@ impl fmt::Display for PvError {
             } => {
                 write!(
                     f,
-                    "site does not begin with call qword ptr [rip + {expected:#x}] (found {}",
+                    "site does not begin with a call or tail jump through the slot at {expected:#x} (found {}",
                     crate::report::Hex(bytes)
                 )?;
                 if let Some(t) = found {
-                    write!(f, ", a call through {t:#x}")?;
+                    write!(f, ", through {t:#x}")?;
                 }
                 f.write_str(")")
             }
@@ -401,6 +401,47 @@ pub const XOR_EAX: [u8; 2] = [0x31, 0xc0];
 pub const UD2: [u8; 2] = [0x0f, 0x0b];
 /// Length of `call qword ptr [rip + disp32]`.
 pub const INDIRECT_CALL_LEN: u8 = 6;
+/// `ret`: ends a tail-call site's inline sequence.
+const RET: u8 = 0xc3;
+
+/// The instruction a paravirt site starts with: how it reaches the operation's table slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SiteForm {
+    /// `call qword ptr [rip + TABLE + 8*op]` (`ff 15 disp32`), what the macros emit and what C
+    /// compilers emit for a call through a global table without `-fPIC`.
+    CallRip,
+    /// `call qword ptr [TABLE + 8*op]` with an absolute 32-bit address (`ff 14 25 disp32`), from
+    /// code linked below 2 GiB (`-mcmodel=kernel` and similar).
+    CallAbs32,
+    /// `jmp qword ptr [rip + TABLE + 8*op]` (`ff 25 disp32`): a call in tail position. It becomes
+    /// `jmp rel32` to the implementation, or the inline sequence followed by `ret`.
+    JmpRip,
+}
+
+impl SiteForm {
+    /// Recognises the form of `site` (its bytes at `addr`) and the slot address it reads.
+    fn of(site: &[u8], addr: u64) -> Option<(SiteForm, u8, u64)> {
+        match site {
+            [0xff, 0x14, 0x25, d0, d1, d2, d3, ..] => {
+                let slot = i32::from_le_bytes([*d0, *d1, *d2, *d3]) as i64 as u64;
+                Some((SiteForm::CallAbs32, 7, slot))
+            }
+            [0xff, m @ (0x15 | 0x25), ..] => {
+                let i = insn::decode(site).ok()?;
+                let (form, kind) = if *m == 0x15 {
+                    (SiteForm::CallRip, insn::InsnKind::CallIndirect)
+                } else {
+                    (SiteForm::JmpRip, insn::InsnKind::JmpIndirect)
+                };
+                if i.len != INDIRECT_CALL_LEN || i.kind != kind {
+                    return None;
+                }
+                Some((form, INDIRECT_CALL_LEN, i.rip_target(addr)?))
+            }
+            _ => None,
+        }
+    }
+}
 
 /// Plans every site of one table for one backend. `nop_fn` and `trap_fn` are the slot values
 /// for nop and unset operations (use [`nop_function`] and [`unset_function`]).
@@ -560,26 +601,22 @@ fn plan_site<M: Memory>(
     mem.read(site.start, &mut original)
         .map_err(|e| err(PvErrorKind::Unreadable(e)))?;
     let expected = table.table + 8 * op_index as u64;
-    let first = insn::decode(&original).ok();
-    let is_rip_call = |i: &insn::Insn| {
-        i.len == INDIRECT_CALL_LEN
-            && i.kind == insn::InsnKind::CallIndirect
-            && original[..2] == [0xff, 0x15]
+    let recognised = SiteForm::of(&original, site.start);
+    let (form, insn_len) = match recognised {
+        Some((form, n, slot)) if slot == expected => (form, usize::from(n)),
+        other => {
+            return Err(err(PvErrorKind::NotTableCall {
+                expected,
+                found: other.map(|(_, _, slot)| slot),
+                bytes: original[..original.len().min(7)].to_vec(),
+            }))
+        }
     };
-    let found = first
-        .filter(is_rip_call)
-        .and_then(|i| i.rip_target(site.start));
-    if found != Some(expected) {
-        return Err(err(PvErrorKind::NotTableCall {
-            expected,
-            found,
-            bytes: original[..6].to_vec(),
-        }));
-    }
-    insn::ends_exactly(&original[6..]).map_err(|mut d| {
-        d.offset += 6;
+    insn::ends_exactly(&original[insn_len..]).map_err(|mut d| {
+        d.offset += insn_len;
         err(PvErrorKind::SiteNotWholeInstructions(d))
     })?;
+    let tail = form == SiteForm::JmpRip;
 
     let allows = e.clobber_set();
     let choice = backend.ops[op_index];
@@ -600,8 +637,17 @@ fn plan_site<M: Memory>(
                 allows,
             }));
         };
-        let bytes = relocate::call_rel32(site.start, target)
-            .map_err(|e| err(PvErrorKind::Relocation(e)))?;
+        let bytes = if tail {
+            relocate::jmp_rel32(site.start, target)
+        } else {
+            relocate::call_rel32(site.start, target)
+        }
+        .map_err(|e| err(PvErrorKind::Relocation(e)))?;
+        let what = if tail {
+            format!("{what}; a tail call, so a jmp")
+        } else {
+            String::from(what)
+        };
         let why = if through_thunk {
             format!("{what}; called through a register-saving thunk (the site allows {allows:?})")
         } else {
@@ -620,9 +666,11 @@ fn plan_site<M: Memory>(
     let placed: Vec<u8>;
     match choice {
         OpChoice::Native => {
+            // A tail-call site needs a `ret` after the sequence.
+            let room = if tail { len - 1 } else { len };
             let inline = match op.inline {
                 None => Err("native, no inline sequence"),
-                Some((_, n)) if usize::from(n) > len => {
+                Some((_, n)) if usize::from(n) > room => {
                     Err("native, the inline sequence does not fit the site")
                 }
                 Some(_) if !allows.contains(op.clobbers) => {
@@ -638,6 +686,9 @@ fn plan_site<M: Memory>(
                     let mut out = vec![0; src.len()];
                     relocate::relocate(&src, addr, site.start, &mut out)
                         .map_err(|e| err(PvErrorKind::Relocation(e)))?;
+                    if tail {
+                        out.push(RET);
+                    }
                     placed = out;
                     decision = Choice::PvInline { op: e.op };
                     why = format!("native, inline sequence of {n} bytes fits the {len}-byte site");
@@ -659,14 +710,22 @@ fn plan_site<M: Memory>(
                     allows,
                 }));
             }
-            placed = XOR_EAX.to_vec();
+            placed = if tail {
+                [&XOR_EAX[..], &[RET]].concat()
+            } else {
+                XOR_EAX.to_vec()
+            };
             decision = Choice::PvNop { op: e.op };
             why = String::from("nop: returns 0 (xor eax, eax)");
         }
         OpChoice::Nop => {
-            placed = Vec::new();
+            placed = if tail { vec![RET] } else { Vec::new() };
             decision = Choice::PvNop { op: e.op };
-            why = String::from("nop");
+            why = String::from(if tail {
+                "nop (a tail call: ret)"
+            } else {
+                "nop"
+            });
         }
         OpChoice::Unset => {
             placed = UD2.to_vec();
@@ -958,6 +1017,23 @@ mod tests {
             let at = (addr - 0x1000) as usize;
             self.bytes[at..at + b.len()].copy_from_slice(b);
         }
+        /// `jmp [rip + TABLE + 8*op]` (a tail call) at `site`, padded with 0x90 to `len`.
+        fn tail_site(&mut self, site: u64, op: u8, len: usize) {
+            let disp = (TABLE + 8 * u64::from(op)) as i64 - (site as i64 + 6);
+            let mut b = vec![0xff, 0x25];
+            b.extend_from_slice(&(disp as i32).to_le_bytes());
+            b.resize(len, 0x90);
+            self.put(site, &b);
+        }
+
+        /// `call [TABLE + 8*op]` with an absolute address at `site`, padded to `len`.
+        fn abs_site(&mut self, site: u64, op: u8, len: usize) {
+            let mut b = vec![0xff, 0x14, 0x25];
+            b.extend_from_slice(&((TABLE + 8 * u64::from(op)) as i32).to_le_bytes());
+            b.resize(len, 0x90);
+            self.put(site, &b);
+        }
+
         /// `call [rip + TABLE + 8*op]` at `site`, padded with 0x90 to `len`.
         fn site(&mut self, site: u64, op: u8, len: usize) {
             let disp = (TABLE + 8 * u64::from(op)) as i64 - (site as i64 + 6);
@@ -1119,6 +1195,62 @@ mod tests {
         );
         assert_eq!(p.slots[0].new, 0x1c00);
         assert_eq!(p.slots[1].new, DISPATCH_THUNK);
+    }
+
+    #[test]
+    fn tail_calls_become_jumps_and_absolute_calls_are_recognised() {
+        let mut mem = Fake::new();
+        let seq = inline_mov(&mut mem);
+        // Tail calls through op 0 (inline fits with its ret in 8 bytes, not in 6) and op 1.
+        mem.tail_site(0x1100, 0, 8);
+        mem.tail_site(0x1200, 0, 6);
+        mem.tail_site(0x1300, 1, 6);
+        mem.abs_site(0x1400, 1, 7);
+        let mut void = op("v", Clobbers::C_ABI, None);
+        void.returns = false;
+        let ops = [op("load", Clobbers::C_ABI, Some(seq)), void];
+        let entries = [
+            entry(0, 0x1100, 0, 8, Clobbers::C_ABI),
+            entry(1, 0x1200, 0, 6, Clobbers::C_ABI),
+            entry(2, 0x1300, 1, 6, Clobbers::C_ABI),
+            entry(3, 0x1400, 1, 7, Clobbers::C_ABI),
+        ];
+        let p = plan(&ops, &[OpChoice::Native, OpChoice::Nop], &entries, &mem).unwrap();
+        let new: Vec<&[u8]> = p.plan.sites.iter().map(|s| &s.new[..]).collect();
+        // mov rax, [rip + 0x4800 - (0x1100 + 7)] ; ret
+        assert_eq!(new[0], [0x48, 0x8b, 0x05, 0xf9, 0x36, 0, 0, 0xc3]);
+        assert_eq!(p.plan.sites[0].choice, Choice::PvInline { op: 0 });
+        // Too short for the sequence and its ret: jmp rel32 to the native function.
+        let jmp = relocate::jmp_rel32(0x1200, NATIVE).unwrap();
+        assert_eq!(new[1], [&jmp[..], &[0x90]].concat());
+        assert!(p.plan.sites[1]
+            .paravirt
+            .as_ref()
+            .unwrap()
+            .why
+            .contains("tail call"));
+        // A nop tail call returns at once; a nop absolute call is NOPs.
+        assert_eq!(new[2], [0xc3, 0x0f, 0x1f, 0x44, 0x00, 0x00]);
+        assert_eq!(new[3], [0x0f, 0x1f, 0x80, 0, 0, 0, 0]);
+
+        // The absolute form must name the right slot.
+        let mut wrong = Fake::new();
+        wrong.abs_site(0x1400, 0, 7);
+        let e = plan(
+            &ops,
+            &[OpChoice::Native, OpChoice::Nop],
+            &[entry(0, 0x1400, 1, 7, Clobbers::C_ABI)],
+            &wrong,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.kind,
+            PvErrorKind::NotTableCall {
+                expected: TABLE + 8,
+                found: Some(TABLE),
+                bytes: vec![0xff, 0x14, 0x25, 0, 0x40, 0, 0],
+            }
+        );
     }
 
     #[test]

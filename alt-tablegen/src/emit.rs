@@ -78,13 +78,9 @@ fn site_location(site: &Site) -> Location {
 
 /// Builds the table object for `sites` (from [`crate::scan`] over relocatable objects).
 ///
-/// Indirect calls through the table (`call_rip`, `call *TABLE+8*op(%rip)`, with an addend
-/// that is a multiple of 8) become entries with `op = addend / 8`: that is the form the runtime
-/// rewrites. Every other reference is returned in [`Emitted::skipped`], including the other
-/// table-call forms `scan` classifies as patchable (`jmp_rip` tail calls, `call_abs32`): they
-/// keep working unpatched, through the table slots the runtime fills with the chosen backend,
-/// but an entry for them would make the runtime refuse the whole table. Compile C with
-/// `-fno-optimize-sibling-calls` to turn tail calls into patchable calls.
+/// Patchable indirect calls and jumps through the table (`call_rip`, `call_abs32`, `jmp_rip`
+/// with an addend that is a multiple of 8) become entries with `op = addend / 8`; every other
+/// reference is returned in [`Emitted::skipped`].
 pub fn emit_table(sites: &[Site], opts: &EmitOptions) -> Result<Emitted, Error> {
     let here = Location::default();
     if !is_c_identifier(&opts.table) {
@@ -125,7 +121,7 @@ pub fn emit_table(sites: &[Site], opts: &EmitOptions) -> Result<Emitted, Error> 
     let mut relocs = Vec::new();
     for site in sites {
         let op = match site.op {
-            Some(op) if site.patchable && site.form == crate::scan::Form::CallRip => op,
+            Some(op) if site.patchable && site.form.is_table_call() => op,
             _ => {
                 skipped.push(site.clone());
                 continue;

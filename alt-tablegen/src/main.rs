@@ -144,7 +144,7 @@ fn run(cli: Cli) -> Result<ExitCode, alt_tablegen::Error> {
             })?;
             for s in &emitted.skipped {
                 eprintln!(
-                    "alt-tablegen: note: {} {}+{:#x}: {} reference to {}+{} is not a `call *TABLE+8*op(%rip)`; no entry (it keeps working through the table slots)",
+                    "alt-tablegen: note: {} {}+{:#x}: {} reference to {}+{} is not a call through the table; no entry",
                     s.file, s.section, s.offset, s.form.name(), s.symbol, s.addend
                 );
             }

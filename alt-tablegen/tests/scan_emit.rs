@@ -314,25 +314,21 @@ fn emitted_table_links_beside_the_code_and_resolves_to_the_sites() {
         String::from_utf8_lossy(&out.stderr)
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("wrote 2 entries"), "{stderr}");
-    assert!(
-        stderr.contains("jmp_rip reference to pv_ops+16"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("wrote 3 entries"), "{stderr}");
     assert!(stderr.contains("address reference to pv_ops+0"), "{stderr}");
 
-    // The table object: one section, two 8-byte entries, each site a PC32 relocation.
+    // The table object: one section, three 8-byte entries, each site a PC32 relocation.
     let data = std::fs::read(&table).unwrap();
     let relocs = run(Command::new("readelf").args(["-rSW"]).arg(&table));
     assert!(
         relocs.contains(
-            "alt_pv_pv         PROGBITS        0000000000000000 000040 000010 00  AR  0   0  4"
+            "alt_pv_pv         PROGBITS        0000000000000000 000040 000018 00  AR  0   0  4"
         ),
         "{relocs}"
     );
-    assert_eq!(relocs.matches("R_X86_64_PC32").count(), 2, "{relocs}");
+    assert_eq!(relocs.matches("R_X86_64_PC32").count(), 3, "{relocs}");
     assert!(relocs.contains("call_b + 4"), "{relocs}");
-    assert!(!relocs.contains("tail_c"), "{relocs}");
+    assert!(relocs.contains("tail_c + 0"), "{relocs}");
     assert!(data.len() < 2048);
 
     let prog = dir.join("prog");
@@ -343,11 +339,9 @@ fn emitted_table_links_beside_the_code_and_resolves_to_the_sites() {
     );
     let out = run(&mut Command::new(&prog));
     let entries = parse_entries(&out);
-    // The tail call (`jmp *pv_ops+16(%rip)`, op 2) is scanned as patchable but gets no entry:
-    // the runtime rewrites `call *TABLE+8*op(%rip)` sites only.
-    assert_eq!(entries.len(), 2, "{out}");
+    assert_eq!(entries.len(), 3, "{out}");
     let ops_seen: Vec<u32> = entries.iter().map(|e| e.op).collect();
-    assert_eq!(ops_seen, vec![1, 0]);
+    assert_eq!(ops_seen, vec![1, 0, 2]);
     for e in &entries {
         assert_eq!(e.len, 6);
         assert_eq!(e.clobbers, 0x3ff);
@@ -355,6 +349,7 @@ fn emitted_table_links_beside_the_code_and_resolves_to_the_sites() {
     }
     assert!(entries[0].bytes.starts_with("ff15"));
     assert!(entries[1].bytes.starts_with("ff15"));
+    assert!(entries[2].bytes.starts_with("ff25"));
     assert!(out.contains("results 202 303 301"), "{out}");
 
     // Scanning the final binary finds the same sites at the addresses the table resolved to.
