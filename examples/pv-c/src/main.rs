@@ -114,6 +114,20 @@ extern "C" {
     fn c_flags_probe() -> u64;
     /// `csrc/ops_user.c`: `return PV_OPS.save_flags();`.
     fn c_save_flags() -> u64;
+    /// `csrc/ops_user.c`: tail calls (`jmp *PV_OPS+8*op(%rip)`) of mix, hypercall, cpu_relax.
+    fn c_tail_mix(a: u64, b: u64) -> u64;
+    fn c_tail_hypercall(nr: u64, arg: u64) -> u64;
+    fn c_tail_relax();
+}
+
+/// The tail-calling C functions' results, folded.
+fn run_tail_calls() -> u64 {
+    // SAFETY: the C functions only call through PV_OPS, whose slots always hold valid
+    // implementations.
+    unsafe {
+        c_tail_relax();
+        c_tail_mix(black_box(3), black_box(4)) ^ c_tail_hypercall(black_box(5), 6).rotate_left(1)
+    }
 }
 
 // `C_SITES`: (function, offset in it, op) of every C site, as build.rs found them.
@@ -125,12 +139,22 @@ fn c_function(name: &str) -> u64 {
         "c_workload" => c_workload as *const () as usize,
         "c_flags_probe" => c_flags_probe as *const () as usize,
         "c_save_flags" => c_save_flags as *const () as usize,
+        "c_tail_mix" => c_tail_mix as *const () as usize,
+        "c_tail_hypercall" => c_tail_hypercall as *const () as usize,
+        "c_tail_relax" => c_tail_relax as *const () as usize,
         other => panic!("C function {other} holds paravirt sites: declare it in main.rs"),
     };
     f as u64
 }
 
-const C_FUNCTIONS: [&str; 3] = ["c_workload", "c_flags_probe", "c_save_flags"];
+const C_FUNCTIONS: [&str; 6] = [
+    "c_workload",
+    "c_flags_probe",
+    "c_save_flags",
+    "c_tail_mix",
+    "c_tail_hypercall",
+    "c_tail_relax",
+];
 
 static COUNT_FLAGS: AtomicU64 = AtomicU64::new(0);
 static COUNT_MIX: AtomicU64 = AtomicU64::new(0);
@@ -246,6 +270,7 @@ fn main() {
 
     let unpatched = run_c(black_box(rounds));
     let rust_unpatched = rust_workload(black_box(rounds));
+    let tail_unpatched = run_tail_calls();
 
     // SAFETY: single-threaded; the counting functions are sound for any arguments.
     let patched = match unsafe { PV_OPS.install_with(&backend, &options) } {
@@ -263,6 +288,8 @@ fn main() {
     // SAFETY: as for c_workload.
     let (probe, saved) = unsafe { (c_flags_probe(), c_save_flags()) };
     let counts_probe = take_counts();
+    let tail = run_tail_calls();
+    take_counts();
     let report = patched.report().clone();
 
     // SAFETY: as for install.
@@ -271,6 +298,7 @@ fn main() {
         std::process::exit(1);
     }
     let reverted = run_c(black_box(rounds));
+    let tail_reverted = run_tail_calls();
 
     // Where each C site is, and what a direct call from it reaches for this backend.
     let c_sites: Vec<(&str, u64, u64, u8)> = C_SITES
@@ -291,7 +319,7 @@ fn main() {
 
     if json {
         let mut out = format!(
-            "{{\"backend\":{},\"rounds\":{rounds},\"checksum\":\"{checksum:#018x}\",\"checksum_unpatched\":\"{unpatched:#018x}\",\"checksum_rust\":\"{rust:#018x}\",\"checksum_rust_unpatched\":\"{rust_unpatched:#018x}\",\"checksum_reverted\":\"{reverted:#018x}\",\"flags_probe\":\"{probe:#018x}\",\"save_flags\":\"{saved:#x}\",\"counts\":{{\"c\":{},\"rust\":{},\"probe\":{}}},\"table\":{}",
+            "{{\"backend\":{},\"rounds\":{rounds},\"checksum\":\"{checksum:#018x}\",\"checksum_unpatched\":\"{unpatched:#018x}\",\"checksum_rust\":\"{rust:#018x}\",\"checksum_rust_unpatched\":\"{rust_unpatched:#018x}\",\"checksum_reverted\":\"{reverted:#018x}\",\"flags_probe\":\"{probe:#018x}\",\"save_flags\":\"{saved:#x}\",\"tail\":\"{tail:#x}\",\"tail_unpatched\":\"{tail_unpatched:#x}\",\"tail_reverted\":\"{tail_reverted:#x}\",\"counts\":{{\"c\":{},\"rust\":{},\"probe\":{}}},\"table\":{}",
             json_str(backend.name),
             counts_json(counts_c),
             counts_json(counts_rust),

@@ -55,23 +55,34 @@ fn scanned_c_sites() -> Vec<CSite> {
     let objects: Vec<PathBuf> = std::env::split_paths(env!("PV_C_OBJECTS")).collect();
     assert_eq!(objects.len(), 1, "{objects:?}");
     let report = scan_files(&objects, &["PV_OPS"]).expect("scan the C objects");
-    assert_eq!(report.summary.sites, 15, "{}", report.to_json());
+    // 15 calls, and 3 tail calls in the c_tail_* functions.
+    assert_eq!(report.summary.sites, 18, "{}", report.to_json());
     assert_eq!(report.summary.patchable, report.summary.sites);
     let mut sites: Vec<CSite> = report
         .sites
         .iter()
         .map(|s| {
-            assert_eq!(s.form, Form::CallRip, "{s:?}");
-            assert_eq!(s.length, 6);
-            assert_eq!(&s.bytes[..2], &[0xff, 0x15]);
             let Anchor::Symbol { name, delta } = &s.anchor else {
                 panic!("no anchor: {s:?}")
             };
+            if is_tail(name) {
+                assert_eq!(s.form, Form::JmpRip, "{s:?}");
+                assert_eq!(&s.bytes[..2], &[0xff, 0x25]);
+            } else {
+                assert_eq!(s.form, Form::CallRip, "{s:?}");
+                assert_eq!(&s.bytes[..2], &[0xff, 0x15]);
+            }
+            assert_eq!(s.length, 6);
             (name.clone(), *delta as u64, s.op.expect("op"))
         })
         .collect();
     sites.sort();
     sites
+}
+
+/// The C functions whose sites are tail calls (`jmp *PV_OPS+8*op(%rip)`).
+fn is_tail(function: &str) -> bool {
+    function.starts_with("c_tail_")
 }
 
 fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {
@@ -130,6 +141,17 @@ fn check_run(backend: &str, top: &Value, scanned: &[CSite]) -> String {
     }
     assert_eq!(str_of(top, "flags_probe"), "0x0000020000000200");
     assert_eq!(str_of(top, "save_flags"), "0x200");
+    let tail = str_of(top, "tail");
+    assert_eq!(
+        str_of(top, "tail_unpatched"),
+        tail,
+        "{backend}: tail calls unpatched"
+    );
+    assert_eq!(
+        str_of(top, "tail_reverted"),
+        tail,
+        "{backend}: tail calls reverted"
+    );
     let c = &top["counts"];
     match backend {
         "native" => {
@@ -168,16 +190,20 @@ fn check_run(backend: &str, top: &Value, scanned: &[CSite]) -> String {
     for s in sites {
         assert_eq!(str_of(s, "table"), "PV_OPS");
         assert!(by_addr.insert(num_of(s, "address"), s).is_none(), "{s}");
-        // Every site, Rust or C: before is `call [rip + PV_OPS + 8*op]` then NOPs, and both
-        // before and after decode into whole instructions ending at the site's end.
+        // Every site, Rust or C: before is `call [rip + PV_OPS + 8*op]` (or, for a C tail
+        // call, `jmp [rip + ...]`) then NOPs, and both before and after decode into whole
+        // instructions ending at the site's end.
         let addr = num_of(s, "address");
         let before = common::unhex(str_of(s, "before"));
         let after = common::unhex(str_of(s, "after"));
         assert_eq!(before.len(), after.len());
         let op = OPS.iter().position(|o| *o == str_of(s, "op")).unwrap() as u64;
         let b = decode(&before, addr);
-        assert_eq!(b[0].code(), Code::Call_rm64, "{s}");
-        assert_eq!(&before[..2], &[0xff, 0x15]);
+        match before[..2] {
+            [0xff, 0x15] => assert_eq!(b[0].code(), Code::Call_rm64, "{s}"),
+            [0xff, 0x25] => assert_eq!(b[0].code(), Code::Jmp_rm64, "{s}"),
+            _ => panic!("not a call or jump through the table: {s}"),
+        }
         assert_eq!(b[0].memory_displacement64(), table + 8 * op, "{s}");
         decode(&after, addr);
     }
@@ -203,21 +229,42 @@ fn check_run(backend: &str, top: &Value, scanned: &[CSite]) -> String {
             "{backend}: {f}+{off:#x} {op_name}"
         );
         let after = common::unhex(str_of(s, "after"));
-        match decision {
-            "inline" if op_name == "mix" => {
+        let tail = is_tail(f);
+        assert_eq!(
+            common::unhex(str_of(s, "before"))[1],
+            if tail { 0x25 } else { 0x15 }
+        );
+        match (decision, tail) {
+            ("inline", false) if op_name == "mix" => {
                 // lea rax, [rsi + rdi*2]; 2-byte NOP
                 assert_eq!(after, [0x48, 0x8d, 0x04, 0x7e, 0x66, 0x90]);
             }
-            "inline" => {
+            ("inline", true) if op_name == "mix" => {
+                // lea rax, [rsi + rdi*2]; ret; NOP
+                assert_eq!(after, [0x48, 0x8d, 0x04, 0x7e, 0xc3, 0x90]);
+            }
+            ("inline", false) => {
                 // pause; 4-byte NOP
                 assert_eq!(op_name, "cpu_relax");
                 assert_eq!(after, [0xf3, 0x90, 0x0f, 0x1f, 0x40, 0x00]);
             }
-            "nop" => assert_eq!(after, [0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00]),
-            "direct_call" => {
+            ("inline", true) => {
+                // pause; ret; 3-byte NOP
+                assert_eq!(op_name, "cpu_relax");
+                assert_eq!(after, [0xf3, 0x90, 0xc3, 0x0f, 0x1f, 0x00]);
+            }
+            ("nop", false) => assert_eq!(after, [0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00]),
+            // A nop in tail position returns at once.
+            ("nop", true) => assert_eq!(after, [0xc3, 0x0f, 0x1f, 0x44, 0x00, 0x00]),
+            ("direct_call", _) => {
                 let i = decode(&after, addr);
                 assert_eq!(i.len(), 2, "{after:02x?}");
-                assert_eq!(i[0].code(), Code::Call_rel32_64);
+                let want = if tail {
+                    Code::Jmp_rel32_64
+                } else {
+                    Code::Call_rel32_64
+                };
+                assert_eq!(i[0].code(), want, "{f}+{off:#x}");
                 assert_eq!(after[5], 0x90);
                 // The backend's function itself: C sites allow the C ABI's clobbers, so no
                 // register-saving thunk.
@@ -228,10 +275,10 @@ fn check_run(backend: &str, top: &Value, scanned: &[CSite]) -> String {
                 );
                 assert!(str_of(s, "why").contains("called directly"), "{s}");
             }
-            other => panic!("unexpected decision {other}"),
+            other => panic!("unexpected decision {other:?}"),
         }
     }
-    checksum
+    format!("{checksum} {tail}")
 }
 
 #[test]
