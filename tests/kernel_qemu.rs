@@ -366,3 +366,102 @@ fn two_cpus_report_then_one_writes_while_the_other_waits_and_serialises() {
         b.serial
     );
 }
+
+/// The serial lines that start with `prefix`.
+fn lines_with<'a>(b: &'a Boot, prefix: &str) -> Vec<&'a str> {
+    b.serial.lines().filter(|l| l.starts_with(prefix)).collect()
+}
+
+#[test]
+fn a_cpu_started_after_patching_is_checked_then_runs_the_patched_text() {
+    let haswell = &MODELS[2];
+    let b = boot_smp(haswell.name, 3, "");
+    let checksum = check_model(&b, haswell);
+    assert!(
+        b.serial
+            .contains("cpus: 3 (from qemu's fw_cfg), 2 before patching, 1 after"),
+        "{}",
+        b.serial
+    );
+    // Only CPU 1 waited at the rendezvous: CPU 2 was not started yet.
+    assert!(
+        b.serial.contains(
+            "rendezvous: 1 other CPU(s) waited while the text was written, then serialised"
+        ),
+        "{}",
+        b.serial
+    );
+    assert_eq!(
+        lines_with(&b, "late cpu2: ")[1..],
+        [
+            "late cpu2: accepted (must-match policy)",
+            &*format!(
+                "late cpu2: checksum {checksum:#018x} on the patched text (workload runs: 1)"
+            ),
+        ],
+        "{}",
+        b.serial
+    );
+    assert_eq!(lines_with(&b, "registry: "), ["registry: cpus 0 1 2"]);
+}
+
+#[test]
+fn a_late_cpu_lacking_a_patched_in_feature_is_refused_and_parked() {
+    let haswell = &MODELS[2];
+    let b = boot_smp(haswell.name, 3, "alt.test=late-cpu-lacks=popcnt");
+    // The boot goes on without the refused CPU: every other check still holds.
+    let checksum = check_model(&b, haswell);
+    let late = lines_with(&b, "late cpu2: ");
+    assert!(
+        late[0].starts_with("late cpu2: GenuineIntel") && !late[0].contains(" popcnt "),
+        "the late CPU's descriptor should lack popcnt: {}",
+        late[0]
+    );
+    assert_eq!(
+        late[1..],
+        [
+            "late cpu2: refused: CPU 2 refused: it lacks feature popcnt, which the system uses",
+            "late cpu2: parked, ran no patched code (workload runs: 0)",
+        ],
+        "{}",
+        b.serial
+    );
+    assert_eq!(lines_with(&b, "registry: "), ["registry: cpus 0 1"]);
+    assert!(b.serial.contains(&format!("checksum: {checksum:#018x}")));
+}
+
+#[test]
+fn a_late_cpu_needing_an_unapplied_erratum_workaround_is_refused_unless_optional() {
+    let haswell = &MODELS[2];
+    let knob = "alt.test=late-cpu-needs=erratum_amd_div0";
+    let b = boot_smp(haswell.name, 3, knob);
+    b.assert_exit(EXIT_SUCCESS);
+    assert_eq!(
+        lines_with(&b, "late cpu2: ")[1..],
+        [
+            "late cpu2: refused: CPU 2 refused: it needs the workaround for erratum_amd_div0, \
+             which was not applied",
+            "late cpu2: parked, ran no patched code (workload runs: 0)",
+        ],
+        "{}",
+        b.serial
+    );
+    // No site is keyed by that erratum: under the optional policy it does not matter.
+    let b = boot_smp(
+        haswell.name,
+        3,
+        &format!("{knob} alt.late-cpu-policy=optional"),
+    );
+    let checksum = check_model(&b, haswell);
+    assert_eq!(
+        lines_with(&b, "late cpu2: ")[1..],
+        [
+            "late cpu2: accepted (optional policy)",
+            &*format!(
+                "late cpu2: checksum {checksum:#018x} on the patched text (workload runs: 1)"
+            ),
+        ],
+        "{}",
+        b.serial
+    );
+}

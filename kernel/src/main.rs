@@ -27,13 +27,15 @@ mod work;
 
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
 
 use alt::cpu::{CapabilityList, CpuDescriptor};
 use alt::linker::{lookup_name, sections};
 use alt::overrides::Overrides;
 use alt::patch::apply;
 use alt::plan::{plan_alternatives, Layout, TableEntry};
-use alt::CapabilitySet;
+use alt::policy::{CpuRegistry, LateCpuPolicy};
+use alt::{Capability, CapabilitySet};
 
 use io::{exit, ExitCode};
 
@@ -109,17 +111,30 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
         fail(format_args!("the direct write to the text did not fault"));
     }
 
+    let late = match LateOptions::from_cmdline(&cmdline) {
+        Ok(o) => o,
+        Err(e) => fail(format_args!("{e}")),
+    };
+
     // Capabilities: every CPU reports to the registry, the registry decides.
     let cpus = smp::qemu_cpu_count();
-    println!("cpus: {cpus} (from qemu's fw_cfg)");
+    // By default the last CPU of three or more starts late (after patching).
+    let late_cpus = late
+        .cpus
+        .unwrap_or(if cpus >= 3 { 1 } else { 0 })
+        .min(cpus - 1);
+    let early = cpus - late_cpus;
+    println!("cpus: {cpus} (from qemu's fw_cfg), {early} before patching, {late_cpus} after");
+    smp::REGISTRY.with(|r| *r = CpuRegistry::new(late.policy));
+    smp::LATE_TEST.with(|t| *t = late.test);
     if let Err(e) = smp::REGISTRY.with(|r| r.report(CpuDescriptor::probe_native(0))) {
         fail(format_args!("{e}"));
     }
-    let aps = match smp::start_aps(cpus) {
-        Ok(n) if n == cpus - 1 => n,
+    let aps = match smp::start_aps(early - 1) {
+        Ok(n) if n == early - 1 => n,
         Ok(n) => fail(format_args!(
             "only {n} of {} other CPU(s) came up",
-            cpus - 1
+            early - 1
         )),
         Err(e) => fail(format_args!("starting the other CPUs: {e}")),
     };
@@ -214,6 +229,49 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
         );
     }
 
+    // CPUs that come up now are checked against what was patched.
+    let policy = match late.policy {
+        LateCpuPolicy::MustMatch => "must-match",
+        LateCpuPolicy::Optional => "optional",
+    };
+    for apic_id in early..cpus {
+        let runs = work::RUNS.load(Ordering::Acquire);
+        let outcome = smp::start_late_cpu(apic_id);
+        let late_runs = work::RUNS.load(Ordering::Acquire) - runs;
+        match outcome {
+            Ok(smp::LateOutcome::Accepted { desc, checksum }) => {
+                println!("late {desc}");
+                println!("late cpu{}: accepted ({policy} policy)", desc.index);
+                println!(
+                    "late cpu{}: checksum {checksum:#018x} on the patched text (workload runs: {late_runs})",
+                    desc.index
+                );
+                if checksum != unpatched || late_runs != 1 {
+                    fail(format_args!(
+                        "late cpu{} computed other results",
+                        desc.index
+                    ));
+                }
+            }
+            Ok(smp::LateOutcome::Refused { desc, error }) => {
+                println!("late {desc}");
+                println!("late cpu{}: refused: {error}", desc.index);
+                println!(
+                    "late cpu{}: parked, ran no patched code (workload runs: {late_runs})",
+                    desc.index
+                );
+                if late_runs != 0 {
+                    fail(format_args!("the refused CPU ran the workload"));
+                }
+            }
+            Err(e) => fail(format_args!("starting CPU {apic_id} after patching: {e}")),
+        }
+    }
+    smp::REGISTRY.with(|r| {
+        let ids: Vec<String> = r.cpus().map(|d| alloc::format!("{}", d.index)).collect();
+        println!("registry: cpus {}", ids.join(" "));
+    });
+
     let result = work::run();
     if result != unpatched {
         fail(format_args!(
@@ -224,6 +282,50 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
     println!("heap used: {} bytes", ALLOCATOR.used());
     println!("alt test kernel: ok");
     exit(ExitCode::Success)
+}
+
+/// Command-line options about CPUs that come up after patching.
+struct LateOptions {
+    /// `alt.late-cpus=N`: how many of the CPUs start after patching (default: 1 of 3 or more).
+    cpus: Option<u32>,
+    /// `alt.late-cpu-policy=must-match|optional` (default must-match).
+    policy: LateCpuPolicy,
+    /// `alt.test=late-cpu-lacks=CAP[,CAP]` and `alt.test=late-cpu-needs=CAP[,CAP]`.
+    test: smp::LateCpuTest,
+}
+
+impl LateOptions {
+    fn from_cmdline(cmdline: &str) -> Result<Self, String> {
+        let mut o = LateOptions {
+            cpus: None,
+            policy: LateCpuPolicy::MustMatch,
+            test: smp::LateCpuTest::default(),
+        };
+        let caps = |list: &str, into: &mut CapabilitySet| -> Result<(), String> {
+            for name in list.split(',') {
+                let cap = Capability::from_name(name)
+                    .ok_or_else(|| alloc::format!("unknown capability {name:?} in {list:?}"))?;
+                into.set(cap);
+            }
+            Ok(())
+        };
+        for w in cmdline.split_ascii_whitespace() {
+            if let Some(n) = w.strip_prefix("alt.late-cpus=") {
+                o.cpus = Some(n.parse().map_err(|_| alloc::format!("bad {w:?}"))?);
+            } else if let Some(p) = w.strip_prefix("alt.late-cpu-policy=") {
+                o.policy = match p {
+                    "must-match" => LateCpuPolicy::MustMatch,
+                    "optional" => LateCpuPolicy::Optional,
+                    _ => return Err(alloc::format!("bad {w:?}: must-match or optional")),
+                };
+            } else if let Some(l) = w.strip_prefix("alt.test=late-cpu-lacks=") {
+                caps(l, &mut o.test.lacks)?;
+            } else if let Some(l) = w.strip_prefix("alt.test=late-cpu-needs=") {
+                caps(l, &mut o.test.needs)?;
+            }
+        }
+        Ok(o)
+    }
 }
 
 #[panic_handler]
