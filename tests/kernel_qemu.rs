@@ -465,3 +465,138 @@ fn a_late_cpu_needing_an_unapplied_erratum_workaround_is_refused_unless_optional
         b.serial
     );
 }
+
+/// `(op, decision)` of every `pv-site PV_OPS <op> <decision>` line, in site order.
+fn pv_sites(b: &Boot) -> Vec<(String, String)> {
+    b.serial
+        .lines()
+        .filter_map(|l| l.strip_prefix("pv-site "))
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(w.len(), 3, "{}: bad pv-site line {l:?}", b.what);
+            assert_eq!(w[0], "PV_OPS", "{}: {l:?}", b.what);
+            (w[1].to_string(), w[2].to_string())
+        })
+        .collect()
+}
+
+/// The `after:` bytes the report prints for every site of `PV_OPS.<op>`.
+fn pv_after(b: &Boot, op: &str) -> Vec<String> {
+    let label = format!(" PV_OPS.{op} ");
+    let lines: Vec<&str> = b.serial.lines().collect();
+    let found: Vec<String> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("site 0x") && l.contains(&label))
+        .map(|(i, _)| {
+            lines[i + 2]
+                .trim()
+                .strip_prefix("after:")
+                .unwrap_or_else(|| panic!("no after: line for {op}\n{}", b.serial))
+                .trim()
+                .to_string()
+        })
+        .collect();
+    assert!(!found.is_empty(), "no report line for {op}\n{}", b.serial);
+    found
+}
+
+#[test]
+fn paravirt_sites_are_patched_at_boot_for_the_backend_on_the_command_line() {
+    let haswell = &MODELS[2];
+    let native = boot_smp(haswell.name, 3, "alt.pv=native");
+    let alt = boot_smp(haswell.name, 3, "alt.pv=alt");
+    let alt_qemu64 = boot("qemu64", "alt.pv=alt");
+    let sum = check_model(&native, haswell);
+    assert_eq!(
+        check_model(&alt, haswell),
+        sum,
+        "checksum differs by backend"
+    );
+    assert_eq!(check_model(&alt_qemu64, &MODELS[0]), sum);
+    for b in [&native, &alt] {
+        // Unpatched, patched, on the other CPU and on the late CPU: the same results.
+        assert!(
+            b.serial
+                .contains(&format!("checksum before patching: {sum:#018x}")),
+            "{}",
+            b.serial
+        );
+        assert!(
+            b.serial.contains(&format!(
+                "late cpu2: checksum {sum:#018x} on the patched text"
+            )),
+            "{}",
+            b.serial
+        );
+    }
+
+    let expect = |decisions: [&str; 5]| -> Vec<(String, String)> {
+        // Site order: the workload's calls, by address.
+        let ops = [
+            "irq_save",
+            "cycles",
+            "io_delay",
+            "cycles",
+            "irq_restore",
+            "irq_save",
+            "halt",
+        ];
+        let index = |op: &str| match op {
+            "irq_save" => 0,
+            "irq_restore" => 1,
+            "cycles" => 2,
+            "io_delay" => 3,
+            _ => 4,
+        };
+        ops.iter()
+            .map(|op| (op.to_string(), decisions[index(op)].to_string()))
+            .collect()
+    };
+    // irq_save, irq_restore, cycles, io_delay, halt
+    assert_eq!(
+        pv_sites(&native),
+        expect(["inline", "inline", "inline", "inline", "direct_call"]),
+        "{}",
+        native.serial
+    );
+    let alt_decisions = expect(["direct_call", "direct_call", "direct_call", "nop", "trap"]);
+    assert_eq!(pv_sites(&alt), alt_decisions, "{}", alt.serial);
+    assert_eq!(
+        pv_sites(&alt_qemu64),
+        alt_decisions,
+        "{}",
+        alt_qemu64.serial
+    );
+
+    // What the sites hold: pushfq; pop rax / push rdi; popfq / rdtsc... inline natively; a nop
+    // and a trap for the alt backend's io_delay and halt.
+    assert_eq!(pv_after(&native, "irq_save"), ["9c 58 0f 1f 40 00"; 2]);
+    assert_eq!(pv_after(&native, "irq_restore"), ["57 9d 0f 1f 40 00"]);
+    assert_eq!(
+        pv_after(&native, "cycles"),
+        ["0f 31 48 c1 e2 20 48 09 d0"; 2]
+    );
+    assert_eq!(pv_after(&native, "io_delay"), ["e6 80 0f 1f 40 00"]);
+    assert_eq!(pv_after(&alt, "io_delay"), ["66 0f 1f 44 00 00"]);
+    assert_eq!(pv_after(&alt, "halt"), ["0f 0b 0f 1f 40 00"]);
+    for s in pv_after(&alt, "irq_save") {
+        assert!(s.starts_with("e8 ") && s.ends_with(" 90"), "{s}");
+    }
+
+    // The alt backend's functions ran after patching, on three CPUs, 16 rounds each: 3 flag
+    // operations and 2 cycle reads per round. The native backend never calls them.
+    assert!(
+        native
+            .serial
+            .contains("pv counts: 0 flag operations, 0 cycle reads through the alt backend"),
+        "{}",
+        native.serial
+    );
+    assert!(
+        alt.serial
+            .contains("pv counts: 144 flag operations, 96 cycle reads through the alt backend"),
+        "{}",
+        alt.serial
+    );
+}

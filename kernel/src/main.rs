@@ -22,6 +22,7 @@ mod idt;
 mod io;
 mod mem;
 mod paging;
+mod pv;
 mod smp;
 mod work;
 
@@ -32,6 +33,7 @@ use core::sync::atomic::Ordering;
 use alt::cpu::{CapabilityList, CpuDescriptor};
 use alt::linker::{lookup_name, sections};
 use alt::overrides::Overrides;
+use alt::paravirt::{self, PvTableEntry};
 use alt::patch::apply;
 use alt::plan::{plan_alternatives, Layout, TableEntry};
 use alt::policy::{CpuRegistry, LateCpuPolicy};
@@ -173,6 +175,44 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
         Ok(p) => p,
         Err(e) => fail(format_args!("invalid alternatives table: {e}")),
     };
+    // The paravirt table's sites, for the backend the command line names.
+    let pv_backend = match pv::backend_from_cmdline(&cmdline) {
+        Ok(b) => b,
+        Err(w) => fail(format_args!(
+            "bad {w:?}: the paravirt backends are native and alt"
+        )),
+    };
+    let pv_ops = pv::PV_OPS.op_descs();
+    let pv_table = pv::PV_OPS.descriptor(&pv_ops);
+    let pv_choices = pv_backend.choices();
+    let backend = paravirt::Backend {
+        name: pv_backend.name,
+        ops: &pv_choices,
+    };
+    // SAFETY: the bounds are the generated descriptor's: the table's entry section (placed by
+    // kernel.ld), mapped read-only for the kernel's lifetime.
+    let pv_raw = unsafe { paravirt::entries_between(pv_table.entries.clone()) };
+    let pv_entries: Vec<PvTableEntry> = PvTableEntry::in_memory(pv_raw).collect();
+    println!(
+        "paravirt: table {} with {} operations, {} sites, backend {}",
+        pv_table.name,
+        pv_ops.len(),
+        pv_entries.iter().filter(|e| !e.is_placeholder()).count(),
+        backend.name
+    );
+    let pv_plan = match paravirt::plan_paravirt(
+        &pv_table,
+        &backend,
+        &pv_entries,
+        &layout,
+        &writer,
+        paravirt::nop_function(),
+        paravirt::unset_function(),
+    ) {
+        Ok(p) => p,
+        Err(e) => fail(format_args!("{e}")),
+    };
+
     let mut used = CapabilitySet::default();
     for c in plan.sites.iter().flat_map(|s| &s.candidates) {
         used.set(c.capability);
@@ -181,6 +221,10 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
     smp::enter_rendezvous(aps);
     let started = rdtsc();
     let patched = apply(plan, &mut writer);
+    // SAFETY: the plan was made from the generated descriptor of the live table PV_OPS, so its
+    // slots are that table's (and its dispatch slots), in writable data; the backend's functions
+    // have the operations' signatures and are sound wherever the operations are called.
+    let pv_patched = unsafe { paravirt::apply(pv_plan, &mut writer) };
     let cycles = rdtsc() - started;
     let ap_results = smp::leave_rendezvous(aps);
     let mut patched = match patched {
@@ -207,6 +251,17 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
     for site in &report.sites {
         let cap = site.chosen().map_or("-", |c| c.capability.name());
         println!("alt-site {} {} {}", site.label(), site.decision(), cap);
+    }
+
+    let pv_patched = match pv_patched {
+        Ok(p) => p,
+        Err(e) => fail(format_args!("paravirt patching failed: {e}")),
+    };
+    println!("{}", pv_patched.report());
+    for site in &pv_patched.report().sites {
+        if let Some(pv) = &site.paravirt {
+            println!("pv-site {} {} {}", pv.table, pv.op_name, site.decision());
+        }
     }
 
     if paging::text_writable() {
@@ -279,6 +334,11 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
         ));
     }
     println!("checksum: {result:#018x}");
+    println!(
+        "pv counts: {} flag operations, {} cycle reads through the alt backend",
+        pv::ALT_FLAG_OPS.load(Ordering::Relaxed),
+        pv::ALT_CYCLE_READS.load(Ordering::Relaxed)
+    );
     println!("heap used: {} bytes", ALLOCATOR.used());
     println!("alt test kernel: ok");
     exit(ExitCode::Success)

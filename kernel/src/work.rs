@@ -172,5 +172,9 @@ pub fn run() -> u64 {
         // SAFETY: `src` holds SRC_LEN >= len bytes.
         sum.add(unsafe { sum_bytes(src.as_ptr(), len) });
     }
+
+    for v in crate::pv::run(16) {
+        sum.add(v);
+    }
     sum.0
 }
