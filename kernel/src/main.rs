@@ -1,15 +1,24 @@
 //! The alt test kernel: boots under `qemu-system-x86_64` (multiboot), maps its text read-only,
-//! probes the CPU, patches its own alternatives through a W^X alias mapping, checks that the
-//! results did not change, reports over the serial port and exits through `isa-debug-exit`.
+//! probes the CPU, patches its own alternatives and paravirt call sites through a W^X alias
+//! mapping, checks that the results did not change, starts a late CPU and has the registry check
+//! it, reports over the serial port and exits through `isa-debug-exit`.
 //!
 //! Output lines the tests read:
 //!
 //! - `alt-site <function> <decision> <capability>` per site (`-` when the default stays);
-//! - `checksum: 0x...`, equal before and after patching (the kernel checks) and on every model;
+//! - `pv-site <table> <op> <decision>` per paravirt site;
+//! - `late cpuN: accepted (...)` and `late cpuN: checksum ...`, or `late cpuN: refused: <error>`
+//!   and `late cpuN: parked, ...`, per CPU started after patching; `registry: cpus ...`;
+//! - `checksum: 0x...`, equal before and after patching (the kernel checks), on every model, on
+//!   every CPU and under either paravirt backend;
 //! - `alt test kernel: ok` before exiting with [`ExitCode::Success`] (qemu exit status 33).
 //!
-//! Command-line options (qemu `-append`): `alt.clearcpuid=LIST` as the runtime defines it, and
-//! `alt.test=write-text`, which writes to the text directly and must die of a page fault.
+//! Command-line options (qemu `-append`): `alt.clearcpuid=LIST` as the runtime defines it;
+//! `alt.pv=native|alt` (the paravirt backend); `alt.late-cpus=N` (CPUs started after patching;
+//! default 1 when there are 3 or more); `alt.late-cpu-policy=must-match|optional`; test knobs
+//! `alt.test=late-cpu-lacks=CAP[,CAP]` and `alt.test=late-cpu-needs=CAP[,CAP]` (change the late
+//! CPU's descriptor before it reports), and `alt.test=write-text`, which writes to the text
+//! directly and must die of a page fault.
 
 #![no_std]
 #![no_main]
