@@ -7,6 +7,10 @@
 //! from our probe), and the result checksum must be the same on every model (the kernel also
 //! checks that patching did not change it). `alt.clearcpuid=` on the kernel command line must
 //! keep the cleared feature's sites at their default, and a direct write to the text must fault.
+//! With `-smp 3` a third CPU starts after patching and the registry accepts it (it then computes
+//! the same checksum) or, with a test knob that removes a patched-in feature from its descriptor,
+//! refuses it with the exact `LateCpuError` text and parks it. The paravirt table's sites must
+//! take the exact decisions of the backend named by `alt.pv=`, with equal checksums.
 //!
 //! `qemu-system-x86_64` comes from Debian's `qemu-system-x86`; `scripts/test.sh` installs it.
 
