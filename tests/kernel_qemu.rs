@@ -7,6 +7,10 @@
 //! from our probe), and the result checksum must be the same on every model (the kernel also
 //! checks that patching did not change it). `alt.clearcpuid=` on the kernel command line must
 //! keep the cleared feature's sites at their default, and a direct write to the text must fault.
+//! With `-smp 3` a third CPU starts after patching and the registry accepts it (it then computes
+//! the same checksum) or, with a test knob that removes a patched-in feature from its descriptor,
+//! refuses it with the exact `LateCpuError` text and parks it. The paravirt table's sites must
+//! take the exact decisions of the backend named by `alt.pv=`, with equal checksums.
 //!
 //! `qemu-system-x86_64` comes from Debian's `qemu-system-x86`; `scripts/test.sh` installs it.
 
@@ -364,5 +368,239 @@ fn two_cpus_report_then_one_writes_while_the_other_waits_and_serialises() {
         )),
         "the second CPU's results differ\n{}",
         b.serial
+    );
+}
+
+/// The serial lines that start with `prefix`.
+fn lines_with<'a>(b: &'a Boot, prefix: &str) -> Vec<&'a str> {
+    b.serial.lines().filter(|l| l.starts_with(prefix)).collect()
+}
+
+#[test]
+fn a_cpu_started_after_patching_is_checked_then_runs_the_patched_text() {
+    let haswell = &MODELS[2];
+    let b = boot_smp(haswell.name, 3, "");
+    let checksum = check_model(&b, haswell);
+    assert!(
+        b.serial
+            .contains("cpus: 3 (from qemu's fw_cfg), 2 before patching, 1 after"),
+        "{}",
+        b.serial
+    );
+    // Only CPU 1 waited at the rendezvous: CPU 2 was not started yet.
+    assert!(
+        b.serial.contains(
+            "rendezvous: 1 other CPU(s) waited while the text was written, then serialised"
+        ),
+        "{}",
+        b.serial
+    );
+    assert_eq!(
+        lines_with(&b, "late cpu2: ")[1..],
+        [
+            "late cpu2: accepted (must-match policy)",
+            &*format!(
+                "late cpu2: checksum {checksum:#018x} on the patched text (workload runs: 1)"
+            ),
+        ],
+        "{}",
+        b.serial
+    );
+    assert_eq!(lines_with(&b, "registry: "), ["registry: cpus 0 1 2"]);
+}
+
+#[test]
+fn a_late_cpu_lacking_a_patched_in_feature_is_refused_and_parked() {
+    let haswell = &MODELS[2];
+    let b = boot_smp(haswell.name, 3, "alt.test=late-cpu-lacks=popcnt");
+    // The boot goes on without the refused CPU: every other check still holds.
+    let checksum = check_model(&b, haswell);
+    let late = lines_with(&b, "late cpu2: ");
+    assert!(
+        late[0].starts_with("late cpu2: GenuineIntel") && !late[0].contains(" popcnt "),
+        "the late CPU's descriptor should lack popcnt: {}",
+        late[0]
+    );
+    assert_eq!(
+        late[1..],
+        [
+            "late cpu2: refused: CPU 2 refused: it lacks feature popcnt, which the system uses",
+            "late cpu2: parked, ran no patched code (workload runs: 0)",
+        ],
+        "{}",
+        b.serial
+    );
+    assert_eq!(lines_with(&b, "registry: "), ["registry: cpus 0 1"]);
+    assert!(b.serial.contains(&format!("checksum: {checksum:#018x}")));
+}
+
+#[test]
+fn a_late_cpu_needing_an_unapplied_erratum_workaround_is_refused_unless_optional() {
+    let haswell = &MODELS[2];
+    let knob = "alt.test=late-cpu-needs=erratum_amd_div0";
+    let b = boot_smp(haswell.name, 3, knob);
+    b.assert_exit(EXIT_SUCCESS);
+    assert_eq!(
+        lines_with(&b, "late cpu2: ")[1..],
+        [
+            "late cpu2: refused: CPU 2 refused: it needs the workaround for erratum_amd_div0, \
+             which was not applied",
+            "late cpu2: parked, ran no patched code (workload runs: 0)",
+        ],
+        "{}",
+        b.serial
+    );
+    // No site is keyed by that erratum: under the optional policy it does not matter.
+    let b = boot_smp(
+        haswell.name,
+        3,
+        &format!("{knob} alt.late-cpu-policy=optional"),
+    );
+    let checksum = check_model(&b, haswell);
+    assert_eq!(
+        lines_with(&b, "late cpu2: ")[1..],
+        [
+            "late cpu2: accepted (optional policy)",
+            &*format!(
+                "late cpu2: checksum {checksum:#018x} on the patched text (workload runs: 1)"
+            ),
+        ],
+        "{}",
+        b.serial
+    );
+}
+
+/// `(op, decision)` of every `pv-site PV_OPS <op> <decision>` line, in site order.
+fn pv_sites(b: &Boot) -> Vec<(String, String)> {
+    b.serial
+        .lines()
+        .filter_map(|l| l.strip_prefix("pv-site "))
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(w.len(), 3, "{}: bad pv-site line {l:?}", b.what);
+            assert_eq!(w[0], "PV_OPS", "{}: {l:?}", b.what);
+            (w[1].to_string(), w[2].to_string())
+        })
+        .collect()
+}
+
+/// The `after:` bytes the report prints for every site of `PV_OPS.<op>`.
+fn pv_after(b: &Boot, op: &str) -> Vec<String> {
+    let label = format!(" PV_OPS.{op} ");
+    let lines: Vec<&str> = b.serial.lines().collect();
+    let found: Vec<String> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("site 0x") && l.contains(&label))
+        .map(|(i, _)| {
+            lines[i + 2]
+                .trim()
+                .strip_prefix("after:")
+                .unwrap_or_else(|| panic!("no after: line for {op}\n{}", b.serial))
+                .trim()
+                .to_string()
+        })
+        .collect();
+    assert!(!found.is_empty(), "no report line for {op}\n{}", b.serial);
+    found
+}
+
+#[test]
+fn paravirt_sites_are_patched_at_boot_for_the_backend_on_the_command_line() {
+    let haswell = &MODELS[2];
+    let native = boot_smp(haswell.name, 3, "alt.pv=native");
+    let alt = boot_smp(haswell.name, 3, "alt.pv=alt");
+    let alt_qemu64 = boot("qemu64", "alt.pv=alt");
+    let sum = check_model(&native, haswell);
+    assert_eq!(
+        check_model(&alt, haswell),
+        sum,
+        "checksum differs by backend"
+    );
+    assert_eq!(check_model(&alt_qemu64, &MODELS[0]), sum);
+    for b in [&native, &alt] {
+        // Unpatched, patched, on the other CPU and on the late CPU: the same results.
+        assert!(
+            b.serial
+                .contains(&format!("checksum before patching: {sum:#018x}")),
+            "{}",
+            b.serial
+        );
+        assert!(
+            b.serial.contains(&format!(
+                "late cpu2: checksum {sum:#018x} on the patched text"
+            )),
+            "{}",
+            b.serial
+        );
+    }
+
+    let expect = |decisions: [&str; 5]| -> Vec<(String, String)> {
+        // Site order: the workload's calls, by address.
+        let ops = [
+            "irq_save",
+            "cycles",
+            "io_delay",
+            "cycles",
+            "irq_restore",
+            "irq_save",
+            "halt",
+        ];
+        let index = |op: &str| match op {
+            "irq_save" => 0,
+            "irq_restore" => 1,
+            "cycles" => 2,
+            "io_delay" => 3,
+            _ => 4,
+        };
+        ops.iter()
+            .map(|op| (op.to_string(), decisions[index(op)].to_string()))
+            .collect()
+    };
+    // irq_save, irq_restore, cycles, io_delay, halt
+    assert_eq!(
+        pv_sites(&native),
+        expect(["inline", "inline", "inline", "inline", "direct_call"]),
+        "{}",
+        native.serial
+    );
+    let alt_decisions = expect(["direct_call", "direct_call", "direct_call", "nop", "trap"]);
+    assert_eq!(pv_sites(&alt), alt_decisions, "{}", alt.serial);
+    assert_eq!(
+        pv_sites(&alt_qemu64),
+        alt_decisions,
+        "{}",
+        alt_qemu64.serial
+    );
+
+    // What the sites hold: pushfq; pop rax / push rdi; popfq / rdtsc... inline natively; a nop
+    // and a trap for the alt backend's io_delay and halt.
+    assert_eq!(pv_after(&native, "irq_save"), ["9c 58 0f 1f 40 00"; 2]);
+    assert_eq!(pv_after(&native, "irq_restore"), ["57 9d 0f 1f 40 00"]);
+    assert_eq!(
+        pv_after(&native, "cycles"),
+        ["0f 31 48 c1 e2 20 48 09 d0"; 2]
+    );
+    assert_eq!(pv_after(&native, "io_delay"), ["e6 80 0f 1f 40 00"]);
+    assert_eq!(pv_after(&alt, "io_delay"), ["66 0f 1f 44 00 00"]);
+    assert_eq!(pv_after(&alt, "halt"), ["0f 0b 0f 1f 40 00"]);
+    for s in pv_after(&alt, "irq_save") {
+        assert!(s.starts_with("e8 ") && s.ends_with(" 90"), "{s}");
+    }
+
+    // The alt backend's functions ran after patching, on three CPUs, 16 rounds each: 3 flag
+    // operations and 2 cycle reads per round. The native backend never calls them.
+    assert!(
+        native
+            .serial
+            .contains("pv counts: 0 flag operations, 0 cycle reads through the alt backend"),
+        "{}",
+        native.serial
+    );
+    assert!(
+        alt.serial
+            .contains("pv counts: 144 flag operations, 96 cycle reads through the alt backend"),
+        "{}",
+        alt.serial
     );
 }

@@ -1,15 +1,24 @@
 //! The alt test kernel: boots under `qemu-system-x86_64` (multiboot), maps its text read-only,
-//! probes the CPU, patches its own alternatives through a W^X alias mapping, checks that the
-//! results did not change, reports over the serial port and exits through `isa-debug-exit`.
+//! probes the CPU, patches its own alternatives and paravirt call sites through a W^X alias
+//! mapping, checks that the results did not change, starts a late CPU and has the registry check
+//! it, reports over the serial port and exits through `isa-debug-exit`.
 //!
 //! Output lines the tests read:
 //!
 //! - `alt-site <function> <decision> <capability>` per site (`-` when the default stays);
-//! - `checksum: 0x...`, equal before and after patching (the kernel checks) and on every model;
+//! - `pv-site <table> <op> <decision>` per paravirt site;
+//! - `late cpuN: accepted (...)` and `late cpuN: checksum ...`, or `late cpuN: refused: <error>`
+//!   and `late cpuN: parked, ...`, per CPU started after patching; `registry: cpus ...`;
+//! - `checksum: 0x...`, equal before and after patching (the kernel checks), on every model, on
+//!   every CPU and under either paravirt backend;
 //! - `alt test kernel: ok` before exiting with [`ExitCode::Success`] (qemu exit status 33).
 //!
-//! Command-line options (qemu `-append`): `alt.clearcpuid=LIST` as the runtime defines it, and
-//! `alt.test=write-text`, which writes to the text directly and must die of a page fault.
+//! Command-line options (qemu `-append`): `alt.clearcpuid=LIST` as the runtime defines it;
+//! `alt.pv=native|alt` (the paravirt backend); `alt.late-cpus=N` (CPUs started after patching;
+//! default 1 when there are 3 or more); `alt.late-cpu-policy=must-match|optional`; test knobs
+//! `alt.test=late-cpu-lacks=CAP[,CAP]` and `alt.test=late-cpu-needs=CAP[,CAP]` (change the late
+//! CPU's descriptor before it reports), and `alt.test=write-text`, which writes to the text
+//! directly and must die of a page fault.
 
 #![no_std]
 #![no_main]
@@ -22,18 +31,22 @@ mod idt;
 mod io;
 mod mem;
 mod paging;
+mod pv;
 mod smp;
 mod work;
 
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
 
 use alt::cpu::{CapabilityList, CpuDescriptor};
 use alt::linker::{lookup_name, sections};
 use alt::overrides::Overrides;
+use alt::paravirt::{self, PvTableEntry};
 use alt::patch::apply;
 use alt::plan::{plan_alternatives, Layout, TableEntry};
-use alt::CapabilitySet;
+use alt::policy::{CpuRegistry, LateCpuPolicy};
+use alt::{Capability, CapabilitySet};
 
 use io::{exit, ExitCode};
 
@@ -109,17 +122,30 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
         fail(format_args!("the direct write to the text did not fault"));
     }
 
+    let late = match LateOptions::from_cmdline(&cmdline) {
+        Ok(o) => o,
+        Err(e) => fail(format_args!("{e}")),
+    };
+
     // Capabilities: every CPU reports to the registry, the registry decides.
     let cpus = smp::qemu_cpu_count();
-    println!("cpus: {cpus} (from qemu's fw_cfg)");
+    // By default the last CPU of three or more starts late (after patching).
+    let late_cpus = late
+        .cpus
+        .unwrap_or(if cpus >= 3 { 1 } else { 0 })
+        .min(cpus - 1);
+    let early = cpus - late_cpus;
+    println!("cpus: {cpus} (from qemu's fw_cfg), {early} before patching, {late_cpus} after");
+    smp::REGISTRY.with(|r| *r = CpuRegistry::new(late.policy));
+    smp::LATE_TEST.with(|t| *t = late.test);
     if let Err(e) = smp::REGISTRY.with(|r| r.report(CpuDescriptor::probe_native(0))) {
         fail(format_args!("{e}"));
     }
-    let aps = match smp::start_aps(cpus) {
-        Ok(n) if n == cpus - 1 => n,
+    let aps = match smp::start_aps(early - 1) {
+        Ok(n) if n == early - 1 => n,
         Ok(n) => fail(format_args!(
             "only {n} of {} other CPU(s) came up",
-            cpus - 1
+            early - 1
         )),
         Err(e) => fail(format_args!("starting the other CPUs: {e}")),
     };
@@ -158,6 +184,44 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
         Ok(p) => p,
         Err(e) => fail(format_args!("invalid alternatives table: {e}")),
     };
+    // The paravirt table's sites, for the backend the command line names.
+    let pv_backend = match pv::backend_from_cmdline(&cmdline) {
+        Ok(b) => b,
+        Err(w) => fail(format_args!(
+            "bad {w:?}: the paravirt backends are native and alt"
+        )),
+    };
+    let pv_ops = pv::PV_OPS.op_descs();
+    let pv_table = pv::PV_OPS.descriptor(&pv_ops);
+    let pv_choices = pv_backend.choices();
+    let backend = paravirt::Backend {
+        name: pv_backend.name,
+        ops: &pv_choices,
+    };
+    // SAFETY: the bounds are the generated descriptor's: the table's entry section (placed by
+    // kernel.ld), mapped read-only for the kernel's lifetime.
+    let pv_raw = unsafe { paravirt::entries_between(pv_table.entries.clone()) };
+    let pv_entries: Vec<PvTableEntry> = PvTableEntry::in_memory(pv_raw).collect();
+    println!(
+        "paravirt: table {} with {} operations, {} sites, backend {}",
+        pv_table.name,
+        pv_ops.len(),
+        pv_entries.iter().filter(|e| !e.is_placeholder()).count(),
+        backend.name
+    );
+    let pv_plan = match paravirt::plan_paravirt(
+        &pv_table,
+        &backend,
+        &pv_entries,
+        &layout,
+        &writer,
+        paravirt::nop_function(),
+        paravirt::unset_function(),
+    ) {
+        Ok(p) => p,
+        Err(e) => fail(format_args!("{e}")),
+    };
+
     let mut used = CapabilitySet::default();
     for c in plan.sites.iter().flat_map(|s| &s.candidates) {
         used.set(c.capability);
@@ -166,6 +230,10 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
     smp::enter_rendezvous(aps);
     let started = rdtsc();
     let patched = apply(plan, &mut writer);
+    // SAFETY: the plan was made from the generated descriptor of the live table PV_OPS, so its
+    // slots are that table's (and its dispatch slots), in writable data; the backend's functions
+    // have the operations' signatures and are sound wherever the operations are called.
+    let pv_patched = unsafe { paravirt::apply(pv_plan, &mut writer) };
     let cycles = rdtsc() - started;
     let ap_results = smp::leave_rendezvous(aps);
     let mut patched = match patched {
@@ -194,6 +262,17 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
         println!("alt-site {} {} {}", site.label(), site.decision(), cap);
     }
 
+    let pv_patched = match pv_patched {
+        Ok(p) => p,
+        Err(e) => fail(format_args!("paravirt patching failed: {e}")),
+    };
+    println!("{}", pv_patched.report());
+    for site in &pv_patched.report().sites {
+        if let Some(pv) = &site.paravirt {
+            println!("pv-site {} {} {}", pv.table, pv.op_name, site.decision());
+        }
+    }
+
     if paging::text_writable() {
         fail(format_args!("a text page is writable after patching"));
     }
@@ -214,6 +293,49 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
         );
     }
 
+    // CPUs that come up now are checked against what was patched.
+    let policy = match late.policy {
+        LateCpuPolicy::MustMatch => "must-match",
+        LateCpuPolicy::Optional => "optional",
+    };
+    for apic_id in early..cpus {
+        let runs = work::RUNS.load(Ordering::Acquire);
+        let outcome = smp::start_late_cpu(apic_id);
+        let late_runs = work::RUNS.load(Ordering::Acquire) - runs;
+        match outcome {
+            Ok(smp::LateOutcome::Accepted { desc, checksum }) => {
+                println!("late {desc}");
+                println!("late cpu{}: accepted ({policy} policy)", desc.index);
+                println!(
+                    "late cpu{}: checksum {checksum:#018x} on the patched text (workload runs: {late_runs})",
+                    desc.index
+                );
+                if checksum != unpatched || late_runs != 1 {
+                    fail(format_args!(
+                        "late cpu{} computed other results",
+                        desc.index
+                    ));
+                }
+            }
+            Ok(smp::LateOutcome::Refused { desc, error }) => {
+                println!("late {desc}");
+                println!("late cpu{}: refused: {error}", desc.index);
+                println!(
+                    "late cpu{}: parked, ran no patched code (workload runs: {late_runs})",
+                    desc.index
+                );
+                if late_runs != 0 {
+                    fail(format_args!("the refused CPU ran the workload"));
+                }
+            }
+            Err(e) => fail(format_args!("starting CPU {apic_id} after patching: {e}")),
+        }
+    }
+    smp::REGISTRY.with(|r| {
+        let ids: Vec<String> = r.cpus().map(|d| alloc::format!("{}", d.index)).collect();
+        println!("registry: cpus {}", ids.join(" "));
+    });
+
     let result = work::run();
     if result != unpatched {
         fail(format_args!(
@@ -221,9 +343,58 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
         ));
     }
     println!("checksum: {result:#018x}");
+    println!(
+        "pv counts: {} flag operations, {} cycle reads through the alt backend",
+        pv::ALT_FLAG_OPS.load(Ordering::Relaxed),
+        pv::ALT_CYCLE_READS.load(Ordering::Relaxed)
+    );
     println!("heap used: {} bytes", ALLOCATOR.used());
     println!("alt test kernel: ok");
     exit(ExitCode::Success)
+}
+
+/// Command-line options about CPUs that come up after patching.
+struct LateOptions {
+    /// `alt.late-cpus=N`: how many of the CPUs start after patching (default: 1 of 3 or more).
+    cpus: Option<u32>,
+    /// `alt.late-cpu-policy=must-match|optional` (default must-match).
+    policy: LateCpuPolicy,
+    /// `alt.test=late-cpu-lacks=CAP[,CAP]` and `alt.test=late-cpu-needs=CAP[,CAP]`.
+    test: smp::LateCpuTest,
+}
+
+impl LateOptions {
+    fn from_cmdline(cmdline: &str) -> Result<Self, String> {
+        let mut o = LateOptions {
+            cpus: None,
+            policy: LateCpuPolicy::MustMatch,
+            test: smp::LateCpuTest::default(),
+        };
+        let caps = |list: &str, into: &mut CapabilitySet| -> Result<(), String> {
+            for name in list.split(',') {
+                let cap = Capability::from_name(name)
+                    .ok_or_else(|| alloc::format!("unknown capability {name:?} in {list:?}"))?;
+                into.set(cap);
+            }
+            Ok(())
+        };
+        for w in cmdline.split_ascii_whitespace() {
+            if let Some(n) = w.strip_prefix("alt.late-cpus=") {
+                o.cpus = Some(n.parse().map_err(|_| alloc::format!("bad {w:?}"))?);
+            } else if let Some(p) = w.strip_prefix("alt.late-cpu-policy=") {
+                o.policy = match p {
+                    "must-match" => LateCpuPolicy::MustMatch,
+                    "optional" => LateCpuPolicy::Optional,
+                    _ => return Err(alloc::format!("bad {w:?}: must-match or optional")),
+                };
+            } else if let Some(l) = w.strip_prefix("alt.test=late-cpu-lacks=") {
+                caps(l, &mut o.test.lacks)?;
+            } else if let Some(l) = w.strip_prefix("alt.test=late-cpu-needs=") {
+                caps(l, &mut o.test.needs)?;
+            }
+        }
+        Ok(o)
+    }
 }
 
 #[panic_handler]

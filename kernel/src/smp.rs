@@ -13,6 +13,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use alt::cpu::CpuDescriptor;
 use alt::policy::{CpuRegistry, LateCpuPolicy, RegistryError};
+use alt::CapabilitySet;
 
 use crate::boot::{AP_EFER_EXTRA, AP_STARTED, AP_TRAMPOLINE_ADDR, MAX_APS};
 use crate::paging::{self, LOCAL_APIC};
@@ -124,11 +125,10 @@ const APIC_SVR: u64 = 0xF0;
 const APIC_ICR_LOW: u64 = 0x300;
 const APIC_ICR_HIGH: u64 = 0x310;
 
-/// Sends an IPI to every CPU but this one and waits until it is delivered.
-fn ipi_all_but_self(low: u32) {
-    const ALL_EXCLUDING_SELF: u32 = 0b11 << 18;
-    apic_write(APIC_ICR_HIGH, 0);
-    apic_write(APIC_ICR_LOW, ALL_EXCLUDING_SELF | low);
+/// Sends an IPI to the CPU whose local APIC id is `apic_id` and waits until it is delivered.
+fn ipi(apic_id: u32, low: u32) {
+    apic_write(APIC_ICR_HIGH, apic_id << 24);
+    apic_write(APIC_ICR_LOW, low);
     while apic_read(APIC_ICR_LOW) & (1 << 12) != 0 {
         core::hint::spin_loop();
     }
@@ -145,16 +145,9 @@ extern "C" {
     static AP_TRAMPOLINE_END: u8;
 }
 
-/// Starts every other CPU (`cpus - 1` of them) and waits until each has reported its
-/// descriptor. Returns how many reported.
-pub fn start_aps(cpus: u32) -> Result<u32, &'static str> {
-    let aps = cpus - 1;
-    if aps == 0 {
-        return Ok(0);
-    }
-    if aps as usize > MAX_APS {
-        return Err("more CPUs than this kernel has AP stacks for");
-    }
+/// Maps the local APIC and copies the trampoline below 1 MiB: once, before the first CPU is
+/// started.
+fn prepare_startup() {
     paging::map_local_apic();
     apic_write(APIC_SVR, apic_read(APIC_SVR) | 0x100 | 0xFF); // software-enable, spurious 0xff
     if paging::nx_bit() != 0 {
@@ -168,15 +161,48 @@ pub fn start_aps(cpus: u32) -> Result<u32, &'static str> {
         assert!(len <= 4096);
         core::ptr::copy_nonoverlapping(start, AP_TRAMPOLINE_ADDR as *mut u8, len);
     }
+}
+
+/// INIT-SIPI-SIPI to one CPU; waits until it reaches 64-bit code (it then takes index
+/// `AP_STARTED + 1`). Returns whether it did.
+fn start_cpu(apic_id: u32) -> bool {
     const INIT: u32 = (0b101 << 8) | (1 << 14);
     const STARTUP: u32 = (0b110 << 8) | (1 << 14);
     let vector = (AP_TRAMPOLINE_ADDR >> 12) as u32;
-    ipi_all_but_self(INIT);
+    let before = AP_STARTED.load(Ordering::Acquire);
+    ipi(apic_id, INIT);
     spin(100_000);
-    ipi_all_but_self(STARTUP | vector);
+    ipi(apic_id, STARTUP | vector);
     spin(10_000);
-    if AP_STARTED.load(Ordering::Acquire) < aps {
-        ipi_all_but_self(STARTUP | vector);
+    if AP_STARTED.load(Ordering::Acquire) == before {
+        ipi(apic_id, STARTUP | vector);
+    }
+    for _ in 0..200_000_000u64 {
+        if AP_STARTED.load(Ordering::Acquire) > before {
+            return true;
+        }
+        core::hint::spin_loop();
+    }
+    false
+}
+
+/// Starts the CPUs with local APIC ids `1..=aps` (qemu numbers them 0, 1, ... in `-smp`
+/// order), one after the other so that each one's index is its APIC id, and waits until each
+/// has reported its descriptor. CPUs above `aps` stay in wait-for-SIPI. Returns how many
+/// reported.
+pub fn start_aps(aps: u32) -> Result<u32, &'static str> {
+    if aps == 0 {
+        return Ok(0);
+    }
+    if aps as usize > MAX_APS {
+        return Err("more CPUs than this kernel has AP stacks for");
+    }
+    prepare_startup();
+    EARLY_APS.store(aps, Ordering::Release);
+    for id in 1..=aps {
+        if !start_cpu(id) {
+            return Err("an application processor did not start");
+        }
     }
     for _ in 0..200_000_000u64 {
         if REPORTED.load(Ordering::Acquire) >= aps {
@@ -191,10 +217,109 @@ pub fn start_aps(cpus: u32) -> Result<u32, &'static str> {
     Ok(reported)
 }
 
+/// What a CPU started after patching came to.
+#[derive(Clone, Copy)]
+pub enum LateOutcome {
+    /// The registry accepted it; it serialised and ran the workload on the patched text.
+    Accepted {
+        /// Its descriptor, as reported (test knobs applied).
+        desc: CpuDescriptor,
+        /// The workload's checksum on this CPU.
+        checksum: u64,
+    },
+    /// The registry refused it; it is parked (`cli; hlt`) and ran no patched code.
+    Refused {
+        /// Its descriptor, as reported (test knobs applied).
+        desc: CpuDescriptor,
+        /// Why.
+        error: RegistryError,
+    },
+}
+
+/// Test knobs for late CPUs (`alt.test=late-cpu-lacks=CAP`, `alt.test=late-cpu-needs=CAP`):
+/// capabilities removed from, and added to, a late CPU's descriptor before it reports,
+/// simulating a CPU unlike the others (qemu gives every CPU the same model).
+#[derive(Clone, Copy, Default)]
+pub struct LateCpuTest {
+    /// Removed from the descriptor.
+    pub lacks: CapabilitySet,
+    /// Added to the descriptor.
+    pub needs: CapabilitySet,
+}
+
+/// The knobs the boot CPU set for late CPUs.
+pub static LATE_TEST: SpinLock<LateCpuTest> = SpinLock::new(LateCpuTest {
+    lacks: CapabilitySet::new(alt::Features::empty(), alt::Errata::empty()),
+    needs: CapabilitySet::new(alt::Features::empty(), alt::Errata::empty()),
+});
+
+/// Number of CPUs started before patching (besides the boot CPU); later indices are late.
+static EARLY_APS: AtomicU32 = AtomicU32::new(0);
+/// The outcome of the late CPU being started.
+static LATE_OUTCOME: SpinLock<Option<LateOutcome>> = SpinLock::new(None);
+
+/// Starts the CPU with local APIC id `apic_id` after patching and waits until the registry has
+/// accepted it (and it ran the workload) or refused it (and it parked).
+pub fn start_late_cpu(apic_id: u32) -> Result<LateOutcome, &'static str> {
+    if apic_id as usize > MAX_APS {
+        return Err("more CPUs than this kernel has AP stacks for");
+    }
+    if EARLY_APS.load(Ordering::Acquire) == 0 {
+        prepare_startup();
+    }
+    LATE_OUTCOME.with(|o| *o = None);
+    if !start_cpu(apic_id) {
+        return Err("the late CPU did not start");
+    }
+    for _ in 0..200_000_000u64 {
+        if let Some(o) = LATE_OUTCOME.with(|o| *o) {
+            return Ok(o);
+        }
+        core::hint::spin_loop();
+    }
+    Err("the late CPU did not report")
+}
+
+/// A CPU started after patching: it reports to the finalized registry, which checks it under
+/// its [`LateCpuPolicy`]. Refused, it parks without touching a site; accepted, it serialises and
+/// runs the workload on the patched text.
+fn late_cpu(index: u32) -> ! {
+    let mut desc = CpuDescriptor::probe_native(index);
+    let test = LATE_TEST.with(|t| *t);
+    desc.features &= !test.lacks.features;
+    desc.errata &= !test.lacks.errata;
+    desc.features |= test.needs.features;
+    desc.errata |= test.needs.errata;
+    match REGISTRY.with(|r| r.report(desc)) {
+        Err(error) => {
+            LATE_OUTCOME.with(|o| *o = Some(LateOutcome::Refused { desc, error }));
+            park()
+        }
+        Ok(()) => {
+            // This CPU never ran the text before, but serialise as every CPU does before it
+            // runs code another CPU wrote.
+            alt::writer::serialize();
+            let checksum = crate::work::run();
+            LATE_OUTCOME.with(|o| *o = Some(LateOutcome::Accepted { desc, checksum }));
+            park()
+        }
+    }
+}
+
+fn park() -> ! {
+    loop {
+        // SAFETY: interrupts are off; this CPU has nothing left to do.
+        unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) };
+    }
+}
+
 /// Entry of every application processor, from boot.rs, with its index (1, 2, ...).
 #[no_mangle]
 extern "C" fn ap_main(index: u32) -> ! {
     crate::idt::load();
+    if index > EARLY_APS.load(Ordering::Acquire) {
+        late_cpu(index)
+    }
     let desc = CpuDescriptor::probe_native(index);
     let ok: Result<(), RegistryError> = REGISTRY.with(|r| r.report(desc));
     if ok.is_err() {
@@ -216,10 +341,7 @@ extern "C" fn ap_main(index: u32) -> ! {
     alt::writer::serialize();
     AFTER[slot].store(crate::work::run(), Ordering::Relaxed);
     FINISHED.fetch_add(1, Ordering::Release);
-    loop {
-        // SAFETY: interrupts are off; this CPU has nothing left to do.
-        unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) };
-    }
+    park()
 }
 
 /// Brings every AP to the rendezvous; returns when all `aps` spin there.
