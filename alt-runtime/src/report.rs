@@ -363,8 +363,14 @@ impl fmt::Display for SpacedHex<'_> {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let feats: Vec<&str> = self.capabilities.iter().map(|c| c.name()).collect();
-        writeln!(f, "capabilities: {}", feats.join(" "))?;
+        // Paravirt decisions do not depend on capabilities: a report of paravirt sites alone
+        // has no capabilities line.
+        let only_paravirt =
+            !self.sites.is_empty() && self.sites.iter().all(|s| s.paravirt.is_some());
+        if !only_paravirt {
+            let feats: Vec<&str> = self.capabilities.iter().map(|c| c.name()).collect();
+            writeln!(f, "capabilities: {}", feats.join(" "))?;
+        }
         for s in &self.sites {
             writeln!(
                 f,
