@@ -1,12 +1,10 @@
 //! End-to-end: builds `examples/paravirt`, runs it under both backends (natively and under
-//! `qemu-x86_64 -cpu qemu64` and `-cpu Haswell`), and checks the checksums, the decision and
+//! `qemu-x86_64 -cpu qemu64`, `Nehalem`, `Haswell` and `max`), and checks the checksums, the decision and
 //! bytes of every site, and that every site decodes with iced-x86 into whole instructions that
 //! end exactly at the site's end, before and after patching.
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 
 mod common;
-
-use std::process::Command;
 
 use common::{example, json, run_native, run_on_model};
 use iced_x86::{Code, Decoder, DecoderOptions, Mnemonic};
@@ -229,17 +227,10 @@ fn both_backends_give_the_same_results_and_exact_sites() {
 
 #[test]
 fn qemu_cpu_models() {
-    if Command::new("qemu-x86_64")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        // scripts/test.sh installs qemu-user; without it these runs cannot happen here.
-        println!("SKIPPED: qemu-x86_64 is not installed (Debian: apt-get install qemu-user)");
-        return;
-    }
+    // Fails with advice when qemu-user is missing (scripts/test.sh installs it).
+    common::qemu();
     let reference = check_run("native", &run("native", None));
-    for cpu in ["qemu64", "Haswell"] {
+    for cpu in ["qemu64", "Nehalem", "Haswell", "max"] {
         for backend in ["native", "counting"] {
             let top = run(backend, Some(cpu));
             assert_eq!(check_run(backend, &top), reference, "{backend} on {cpu}");

@@ -10,7 +10,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
 
 use alt_tablegen::scan::{scan_files, Anchor, Form};
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction};
@@ -291,18 +290,11 @@ fn c_sites_are_found_and_patched_under_both_backends() {
 
 #[test]
 fn qemu_cpu_models() {
-    if Command::new("qemu-x86_64")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        // scripts/test.sh installs qemu-user; without it these runs cannot happen here.
-        println!("SKIPPED: qemu-x86_64 is not installed (Debian: apt-get install qemu-user)");
-        return;
-    }
+    // Fails with advice when qemu-user is missing (scripts/test.sh installs it).
+    common::qemu();
     let scanned = scanned_c_sites();
     let reference = check_run("native", &run("native", None), &scanned);
-    for cpu in ["qemu64", "Haswell"] {
+    for cpu in ["qemu64", "Nehalem", "Haswell", "max"] {
         for backend in ["native", "counting"] {
             let top = run(backend, Some(cpu));
             assert_eq!(
