@@ -115,6 +115,9 @@ fn settled_thread_count() -> Result<usize, WriteError> {
 #[derive(Debug, Default)]
 pub struct MprotectWriter {
     allow_threads: bool,
+    /// `/proc/self/maps` as last read: reads of many sites parse it once. A read that the cache
+    /// does not cover reads it again; `write` always reads it fresh and drops the cache.
+    maps: core::cell::RefCell<Option<Vec<Mapping>>>,
 }
 
 impl MprotectWriter {
@@ -138,11 +141,19 @@ impl MprotectWriter {
 
 impl Memory for MprotectWriter {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        let maps = read_maps().map_err(|_| MemoryError { addr })?;
         let end = addr
             .checked_add(buf.len() as u64)
             .ok_or(MemoryError { addr })?;
-        check_covered(&maps, addr..end, libc::PROT_READ).map_err(|a| MemoryError { addr: a })?;
+        let mut cache = self.maps.borrow_mut();
+        let covered = cache
+            .as_ref()
+            .is_some_and(|m| check_covered(m, addr..end, libc::PROT_READ).is_ok());
+        if !covered {
+            let maps = read_maps().map_err(|_| MemoryError { addr })?;
+            check_covered(&maps, addr..end, libc::PROT_READ)
+                .map_err(|a| MemoryError { addr: a })?;
+            *cache = Some(maps);
+        }
         // SAFETY: /proc/self/maps says every byte of the range is mapped readable.
         unsafe {
             core::ptr::copy_nonoverlapping(addr as usize as *const u8, buf.as_mut_ptr(), buf.len())
@@ -189,6 +200,7 @@ impl Writer for MprotectWriter {
         }
 
         // Contiguous page runs, split where the original protection changes.
+        self.maps.get_mut().take();
         let maps = read_maps()?;
         let mut pages: Vec<u64> = Vec::new();
         for c in chunks {
