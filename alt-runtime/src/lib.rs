@@ -35,6 +35,8 @@ pub mod aarch64;
 pub mod capability;
 pub mod cpu;
 pub mod errata;
+#[cfg(feature = "alloc")]
+pub mod isa;
 pub mod linker;
 #[cfg(feature = "std")]
 pub mod os;

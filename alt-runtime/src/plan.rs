@@ -15,7 +15,7 @@
 //! - an inline replacement lies inside the replacement section and is no longer than the site;
 //!   its instructions decode and can be relocated to the site (a displacement that no longer
 //!   fits is an error);
-//! - a direct call has no replacement bytes, a site of at least 5 bytes, a target inside the
+//! - a direct call has no replacement bytes, a site with room for the call, a target inside the
 //!   text and outside the replacement section, and a `call rel32` that reaches it.
 //!
 //! Across entries: entries for one site agree on its length; distinct sites do not overlap; each
@@ -29,6 +29,7 @@ use core::fmt;
 use core::ops::Range;
 
 use crate::capability::{Capability, CapabilitySet};
+use crate::isa::{Isa, X86_64};
 use crate::table::{AltEntry, AltFlags, KEY_RESERVED_MASK};
 use crate::x86_64::{insn, nops, relocate};
 
@@ -111,7 +112,7 @@ pub enum TableErrorKind {
         /// Site length.
         site_len: u8,
     },
-    /// A direct call needs at least the 5 bytes of `call rel32`.
+    /// A direct call needs room for the call (x86-64: the 5 bytes of `call rel32`; AArch64: 4).
     DirectCallSiteTooShort,
     /// A direct-call entry has replacement bytes.
     DirectCallWithReplacement,
@@ -140,6 +141,14 @@ pub enum TableErrorKind {
     Unreadable(MemoryError),
     /// The site's current bytes are not whole instructions ending at the site's end.
     SiteNotWholeInstructions(insn::DecodeError),
+    /// AArch64: an A64 instruction of the replacement (or the call) cannot be moved to the site.
+    A64Relocation(crate::aarch64::reloc::RelocError),
+    /// AArch64: a site, replacement or call target is not 4-byte aligned or not a whole number
+    /// of 4-byte instructions.
+    A64Misaligned {
+        /// The misaligned address (or the start of the code whose length is not a multiple of 4).
+        addr: u64,
+    },
 }
 
 impl fmt::Display for TableError {
@@ -166,7 +175,7 @@ impl fmt::Display for TableError {
                 "replacement of {replacement_len} bytes is longer than the site of {site_len} bytes"
             ),
             TableErrorKind::DirectCallSiteTooShort => {
-                f.write_str("direct-call site is shorter than the 5 bytes of call rel32")
+                f.write_str("direct-call site is shorter than the call it must hold")
             }
             TableErrorKind::DirectCallWithReplacement => {
                 f.write_str("direct-call entry has replacement bytes")
@@ -187,6 +196,11 @@ impl fmt::Display for TableError {
             TableErrorKind::SiteNotWholeInstructions(e) => {
                 write!(f, "site bytes are not whole instructions: {e}")
             }
+            TableErrorKind::A64Relocation(e) => write!(f, "cannot move the replacement: {e}"),
+            TableErrorKind::A64Misaligned { addr } => write!(
+                f,
+                "{addr:#x} is not 4-byte aligned, or its code is not whole 4-byte instructions"
+            ),
         }
     }
 }
@@ -330,10 +344,22 @@ pub fn plan_alternatives<M: Memory>(
     caps: &CapabilitySet,
     mem: &M,
 ) -> Result<Plan, TableError> {
+    plan_alternatives_for::<X86_64, M>(entries, layout, caps, mem)
+}
+
+/// [`plan_alternatives`] for the instruction set `I` ([`crate::isa::X86_64`] or
+/// [`crate::isa::Aarch64`]): the same checks and priority rule, with `I`'s rules for checking,
+/// moving, padding and calling code.
+pub fn plan_alternatives_for<I: Isa, M: Memory>(
+    entries: &[TableEntry],
+    layout: &Layout<'_>,
+    caps: &CapabilitySet,
+    mem: &M,
+) -> Result<Plan, TableError> {
     // Per-entry checks, in table order. Bounds come before any read.
     let mut parsed = Vec::with_capacity(entries.len());
     for (index, t) in entries.iter().enumerate() {
-        parsed.push(check_entry(index, t, layout, mem)?);
+        parsed.push(check_entry::<I, M>(index, t, layout, mem)?);
     }
 
     // Group by site: sort by address, keeping table order among entries of one site.
@@ -383,8 +409,7 @@ pub fn plan_alternatives<M: Memory>(
         let mut original = vec![0; site.end.saturating_sub(site.start) as usize];
         mem.read(site.start, &mut original)
             .map_err(|e| error(i, t, TableErrorKind::Unreadable(e)))?;
-        insn::ends_exactly(&original)
-            .map_err(|e| error(i, t, TableErrorKind::SiteNotWholeInstructions(e)))?;
+        I::check_whole(site.start, &original).map_err(|kind| error(i, t, kind))?;
         sites.push(SitePlan {
             addr: site.start,
             new: Vec::new(),
@@ -399,13 +424,13 @@ pub fn plan_alternatives<M: Memory>(
     for site in &mut sites {
         let winner = site.candidates.iter().find(|c| c.held).map(|c| c.entry);
         let (choice, new) = match winner {
-            None => (Choice::Default, optimize_nops(&site.original)),
+            None => (Choice::Default, I::keep_default(&site.original)),
             Some(entry) => {
                 let p = &parsed[entry];
                 let mut new = vec![0; site.original.len()];
                 let used = p.bytes.len();
                 new[..used].copy_from_slice(&p.bytes);
-                nops::fill(&mut new[used..]);
+                I::fill(&mut new[used..]);
                 let choice = match p.target {
                     Target::Call(target) => Choice::DirectCall { entry, target },
                     Target::Inline => Choice::Inline { entry },
@@ -471,7 +496,7 @@ pub(crate) fn in_text(layout: &Layout<'_>, r: &Range<u64>) -> bool {
     layout.text.iter().any(|t| inside(t, r)) && !overlaps(&layout.replacements, r)
 }
 
-fn check_entry<M: Memory>(
+fn check_entry<I: Isa, M: Memory>(
     index: usize,
     t: &TableEntry,
     layout: &Layout<'_>,
@@ -512,20 +537,19 @@ fn check_entry<M: Memory>(
         if e.replacement_len != 0 {
             return Err(err(TableErrorKind::DirectCallWithReplacement));
         }
-        if e.site_len < 5 {
+        if e.site_len < I::CALL_LEN {
             return Err(err(TableErrorKind::DirectCallSiteTooShort));
         }
         let target = target_addr;
         if !in_text(layout, &(target..target.saturating_add(1))) {
             return Err(err(TableErrorKind::CallTargetOutsideText { target }));
         }
-        let call = relocate::call_rel32(site.start, target)
-            .map_err(|e| err(TableErrorKind::Relocation(e)))?;
+        let call = I::call(site.start, target).map_err(err)?;
         return Ok(Parsed {
             capability: Some(capability),
             negated,
             target: Target::Call(target),
-            bytes: call.to_vec(),
+            bytes: call,
         });
     }
 
@@ -545,8 +569,7 @@ fn check_entry<M: Memory>(
     mem.read(repl.start, &mut src)
         .map_err(|e| err(TableErrorKind::Unreadable(e)))?;
     let mut bytes = vec![0; src.len()];
-    relocate::relocate(&src, repl.start, site.start, &mut bytes)
-        .map_err(|e| err(TableErrorKind::Relocation(e)))?;
+    I::relocate(&src, repl.start, site.start, &mut bytes).map_err(err)?;
     Ok(Parsed {
         capability: Some(capability),
         negated,
