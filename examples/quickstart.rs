@@ -4,6 +4,7 @@
 //! cargo run --release --example quickstart            # report, results, checksum
 //! cargo run --release --example quickstart -- --json  # one JSON object
 //! cargo run --release --example quickstart -- --no-patch
+//! cargo run --release --example quickstart -- --strict-wx   # no page ever writable
 //! qemu-x86_64 -cpu Nehalem target/release/examples/quickstart --allow-threads
 //! ALT_CLEARCPUID=popcnt,avx2 cargo run --release --example quickstart
 //! ```
@@ -225,6 +226,10 @@ fn main() {
     let patch = !args.iter().any(|a| a == "--no-patch");
 
     let mut options = alt::process::PatchOptions::new();
+    if args.iter().any(|a| a == "--strict-wx") {
+        // Never make a page writable: write through /proc/self/mem.
+        options = options.strict_wx();
+    }
     if args.iter().any(|a| a == "--allow-threads") {
         // SAFETY: this program patches before it starts any thread; the flag is for qemu-user,
         // whose own helper thread shows in /proc/self/task but never runs guest code.

@@ -240,3 +240,37 @@ fn native_patching_keeps_results_and_whole_instructions() {
         }
     }
 }
+
+#[test]
+fn strict_wx_patches_the_same_sites_without_making_text_writable() {
+    let bin = example("quickstart");
+    let reference = unpatched_checksum();
+    let normal = json(&run_native(&bin, &["--json"], &[]), "quickstart");
+    let strict = json(
+        &run_native(&bin, &["--json", "--strict-wx"], &[]),
+        "quickstart --strict-wx",
+    );
+    assert_eq!(checksum(&strict), reference);
+    check_decodes(&strict, "strict W^X");
+    let key = |v: &Value| -> Vec<(u64, String)> {
+        sites(v)
+            .iter()
+            .map(|s| {
+                (
+                    s["address"].as_u64().unwrap(),
+                    s["after"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    // Same binary, same CPU: the same bytes at the same (PIE-relative) places.
+    let base = |v: &Value| sites(v)[0]["address"].as_u64().unwrap();
+    let rel = |v: &Value| -> Vec<(u64, String)> {
+        key(v).into_iter().map(|(a, b)| (a - base(v), b)).collect()
+    };
+    assert_eq!(rel(&strict), rel(&normal));
+    assert!(
+        sites(&strict).iter().any(|s| s["before"] != s["after"]),
+        "something was patched"
+    );
+}

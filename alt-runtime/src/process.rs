@@ -87,6 +87,7 @@ pub fn process_text() -> (Vec<Range<u64>>, Range<u64>) {
 pub struct PatchOptions {
     capabilities: Option<CapabilitySet>,
     allow_other_threads: bool,
+    strict_wx: bool,
 }
 
 impl PatchOptions {
@@ -119,9 +120,19 @@ impl PatchOptions {
         self.allow_other_threads
     }
 
+    /// Never make a page writable, not even for the moment of the copy: write through
+    /// `/proc/self/mem` (see [`MprotectWriter::through_proc_self_mem`]).
+    pub fn strict_wx(mut self) -> Self {
+        self.strict_wx = true;
+        self
+    }
+
     /// A writer for this process's text that honours these options.
     pub fn writer(&self) -> MprotectWriter {
-        let writer = MprotectWriter::new();
+        let mut writer = MprotectWriter::new();
+        if self.strict_wx {
+            writer = writer.through_proc_self_mem();
+        }
         if self.allow_other_threads {
             // SAFETY: the caller of PatchOptions::allow_other_threads took this responsibility.
             unsafe { writer.allow_other_threads() }
@@ -167,11 +178,7 @@ pub fn patch_self_with(options: &PatchOptions) -> Result<Report, ProcessError> {
     // section, mapped readable for the program's lifetime.
     let mem = unsafe { LiveMemory::new() };
     let plan = plan_alternatives(&entries, &layout, caps, &mem).map_err(ProcessError::Table)?;
-    let mut writer = MprotectWriter::new();
-    if options.allow_other_threads {
-        // SAFETY: the caller of PatchOptions::allow_other_threads took this responsibility.
-        writer = unsafe { writer.allow_other_threads() };
-    }
+    let mut writer = options.writer();
     let mut patched = apply(plan, &mut writer).map_err(ProcessError::Patch)?;
     let report = patched.report_mut();
     report.elapsed_ns = Some(started.elapsed().as_nanos() as u64);
@@ -195,15 +202,11 @@ pub fn revert_self() -> Result<(), ProcessError> {
 }
 
 /// Restores every site patched by [`patch_self`] to its original bytes; of the options only
-/// [`PatchOptions::allow_other_threads`] matters.
+/// [`PatchOptions::allow_other_threads`] and [`PatchOptions::strict_wx`] matter.
 pub fn revert_self_with(options: &PatchOptions) -> Result<(), ProcessError> {
     let mut guard = PATCHED.lock().unwrap_or_else(|p| p.into_inner());
     let patched = guard.take().ok_or(ProcessError::NotPatched)?;
-    let mut writer = MprotectWriter::new();
-    if options.allow_other_threads {
-        // SAFETY: the caller of PatchOptions::allow_other_threads took this responsibility.
-        writer = unsafe { writer.allow_other_threads() };
-    }
+    let mut writer = options.writer();
     match patched.revert(&mut writer) {
         Ok(_) => Ok(()),
         Err((patched, e)) => {

@@ -9,6 +9,12 @@
 //! Rewriting code that another thread may be executing is not safe without a rendezvous, so the
 //! writer refuses when the process has more than one thread, unless the caller takes that
 //! responsibility with [`MprotectWriter::allow_other_threads`].
+//!
+//! Strict W^X: with [`MprotectWriter::through_proc_self_mem`] no page is ever made writable; the
+//! bytes are written through `/proc/self/mem`, which the kernel lets a process use on its own
+//! read-only mappings (as debuggers poke text). The writer also falls back to that path by itself
+//! when the kernel refuses to make text writable (SELinux `execmod`, PaX `MPROTECT`) before
+//! anything was written.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -115,6 +121,7 @@ fn settled_thread_count() -> Result<usize, WriteError> {
 #[derive(Debug, Default)]
 pub struct MprotectWriter {
     allow_threads: bool,
+    proc_mem: bool,
     /// `/proc/self/maps` as last read: reads of many sites parse it once. A read that the cache
     /// does not cover reads it again; `write` always reads it fresh and drops the cache.
     maps: core::cell::RefCell<Option<Vec<Mapping>>>,
@@ -137,6 +144,35 @@ impl MprotectWriter {
         self.allow_threads = true;
         self
     }
+
+    /// Writes through `/proc/self/mem` instead of changing protections: no page of the process
+    /// is ever writable and executable, not even for the moment of the copy.
+    pub fn through_proc_self_mem(mut self) -> Self {
+        self.proc_mem = true;
+        self
+    }
+}
+
+/// Writes every chunk through `/proc/self/mem`; the pages keep their protections.
+fn write_proc_self_mem(chunks: &[Chunk<'_>]) -> Result<(), WriteError> {
+    use std::os::unix::fs::FileExt;
+    let mem = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/proc/self/mem")
+        .map_err(|e| WriteError {
+            addr: chunks.first().map_or(0, |c| c.addr),
+            reason: "cannot open /proc/self/mem for writing",
+            os_error: e.raw_os_error(),
+        })?;
+    for c in chunks {
+        mem.write_all_at(c.bytes, c.addr).map_err(|e| WriteError {
+            addr: c.addr,
+            reason: "writing through /proc/self/mem failed",
+            os_error: e.raw_os_error(),
+        })?;
+    }
+    Ok(())
 }
 
 impl Memory for MprotectWriter {
@@ -238,14 +274,35 @@ impl Writer for MprotectWriter {
             }
         }
 
+        if self.proc_mem {
+            write_proc_self_mem(chunks)?;
+            serialize();
+            return Ok(WriteStats {
+                pages: pages_touched(chunks),
+                protection_changes: 0,
+            });
+        }
+
         let mut protection_changes = 0;
-        for piece in &pieces {
+        for (i, piece) in pieces.iter().enumerate() {
             let len = (piece.range.end - piece.range.start) as usize;
             let ptr = piece.range.start as usize as *mut libc::c_void;
             // SAFETY: the range is page-aligned and mapped (checked against /proc/self/maps);
             // adding PROT_WRITE to a private mapping does not affect other mappings.
             let rc = unsafe { libc::mprotect(ptr, len, piece.prot | libc::PROT_WRITE) };
             if rc != 0 {
+                let err = std::io::Error::last_os_error().raw_os_error();
+                let refused = matches!(err, Some(libc::EACCES) | Some(libc::EPERM));
+                if i == 0 && refused {
+                    // The kernel will not make this text writable (and nothing is written
+                    // yet): write through /proc/self/mem instead.
+                    write_proc_self_mem(chunks)?;
+                    serialize();
+                    return Ok(WriteStats {
+                        pages: pages_touched(chunks),
+                        protection_changes: 0,
+                    });
+                }
                 return Err(WriteError {
                     addr: piece.range.start,
                     reason: "mprotect to writable failed",
