@@ -283,39 +283,13 @@ mod tests {
         let d = CpuDescriptor::arm64(2, Midr::encode(ARM, CORTEX_A53, 0, 4), 0);
         assert!(d.errata.contains(Errata::ARM64_843419));
         assert_eq!(d.features, Features::empty());
-        let mut s = Buf::default();
+        let mut s = crate::test_util::FmtBuf::default();
         fmt::write(&mut s, format_args!("{d}")).unwrap();
         assert_eq!(
             s.as_str(),
             "cpu2: MIDR 0x410fd034 (implementer 0x41 part 0xd03 r0p4) REVIDR 0x0; features: -; \
              errata: erratum_arm64_835769 erratum_arm64_843419 erratum_arm64_845719"
         );
-    }
-
-    struct Buf {
-        b: [u8; 512],
-        n: usize,
-    }
-    impl Default for Buf {
-        fn default() -> Self {
-            Self { b: [0; 512], n: 0 }
-        }
-    }
-    impl Buf {
-        fn as_str(&self) -> &str {
-            core::str::from_utf8(&self.b[..self.n]).unwrap()
-        }
-    }
-    impl fmt::Write for Buf {
-        fn write_str(&mut self, s: &str) -> fmt::Result {
-            let end = self.n + s.len();
-            self.b
-                .get_mut(self.n..end)
-                .ok_or(fmt::Error)?
-                .copy_from_slice(s.as_bytes());
-            self.n = end;
-            Ok(())
-        }
     }
 
     #[cfg(all(feature = "std", target_os = "linux", target_arch = "x86_64"))]

@@ -58,3 +58,39 @@ pub mod x86_64;
 
 pub use capability::{Capability, CapabilityKind, CapabilitySet, Errata, Features};
 pub use table::{AltEntry, AltFlags, Clobbers, PvEntry};
+
+/// Helpers for the unit tests.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use core::fmt;
+
+    /// A fixed buffer that `core::fmt` writes into, so `Display` can be tested without `alloc`.
+    pub(crate) struct FmtBuf {
+        b: [u8; 512],
+        n: usize,
+    }
+
+    impl Default for FmtBuf {
+        fn default() -> Self {
+            Self { b: [0; 512], n: 0 }
+        }
+    }
+
+    impl FmtBuf {
+        pub(crate) fn as_str(&self) -> &str {
+            core::str::from_utf8(&self.b[..self.n]).unwrap()
+        }
+    }
+
+    impl fmt::Write for FmtBuf {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            let end = self.n + s.len();
+            self.b
+                .get_mut(self.n..end)
+                .ok_or(fmt::Error)?
+                .copy_from_slice(s.as_bytes());
+            self.n = end;
+            Ok(())
+        }
+    }
+}

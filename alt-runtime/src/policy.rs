@@ -470,37 +470,11 @@ mod tests {
             .check_late_cpu(&a53(2), LateCpuPolicy::Optional)
             .unwrap_err();
         assert_eq!(e.capability().name(), "erratum_arm64_843419");
-        let mut s = FmtBuf::default();
+        let mut s = crate::test_util::FmtBuf::default();
         fmt::write(&mut s, format_args!("{e}")).unwrap();
         assert_eq!(
             s.as_str(),
             "CPU 2 refused: it needs the workaround for erratum_arm64_843419, which was not applied"
         );
-    }
-
-    struct FmtBuf {
-        b: [u8; 256],
-        n: usize,
-    }
-    impl Default for FmtBuf {
-        fn default() -> Self {
-            Self { b: [0; 256], n: 0 }
-        }
-    }
-    impl FmtBuf {
-        fn as_str(&self) -> &str {
-            core::str::from_utf8(&self.b[..self.n]).unwrap()
-        }
-    }
-    impl fmt::Write for FmtBuf {
-        fn write_str(&mut self, s: &str) -> fmt::Result {
-            let end = self.n + s.len();
-            self.b
-                .get_mut(self.n..end)
-                .ok_or(fmt::Error)?
-                .copy_from_slice(s.as_bytes());
-            self.n = end;
-            Ok(())
-        }
     }
 }
