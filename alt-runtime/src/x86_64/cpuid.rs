@@ -191,7 +191,8 @@ pub struct X86Cpu {
     pub vendor_id: [u8; 12],
     /// Family, with the extended family added when the base family is `0xF`.
     pub family: u32,
-    /// Model, with the extended model prepended when the base family is 6 or `0xF`.
+    /// Model, with the extended model prepended when the family is 6 or above (every vendor, as
+    /// Linux's `x86_model()`).
     pub model: u32,
     /// Stepping.
     pub stepping: u32,
@@ -280,7 +281,9 @@ pub fn probe<S: CpuidSource>(src: &S) -> X86Cpu {
     } else {
         base_family
     };
-    let model = if base_family == 6 || base_family == 0xf {
+    // As Linux's x86_model(): the extended model counts from family 6 up, whatever the vendor
+    // (Zhaoxin family 7 model 0x3b, not 0xb).
+    let model = if family >= 6 {
         (((sig >> 16) & 0xf) << 4) | base_model
     } else {
         base_model
@@ -927,10 +930,30 @@ mod tests {
         assert_eq!(cpu.vendor, Vendor::Amd);
         assert_eq!((cpu.family, cpu.model, cpu.stepping), (0x17, 0x31, 0));
         assert!(!cpu.features.contains(Features::LFENCE_SERIALIZING));
-        // Family 5 (not 6 or 0xf): the extended model is not used.
+        // Family 5: the extended model is not used.
         d.set(1, 0, [0x0001_0543, 0, 0, 0]).unwrap();
         let cpu = probe(&d);
         assert_eq!((cpu.family, cpu.model, cpu.stepping), (5, 4, 3));
+    }
+
+    #[test]
+    fn extended_model_counts_for_every_vendor_from_family_6() {
+        // A Zhaoxin KaiXian KX-6000 ("CentaurHauls", family 7 model 0x3b: signature
+        // 0x000307b0): Linux's x86_model() adds the extended model for family >= 6 on every
+        // vendor.
+        let mut d = CpuidDump::new();
+        d.set(0, 0, [0xd, 0x746e_6543, 0x736c_7561, 0x4872_7561])
+            .unwrap();
+        d.set(1, 0, [0x0003_07b0, 0, 0, 0]).unwrap();
+        let cpu = probe(&d);
+        assert_eq!(cpu.vendor_str(), "CentaurHauls");
+        assert_eq!((cpu.family, cpu.model, cpu.stepping), (7, 0x3b, 0));
+        // Centaur family 6 with extended model 0 (VIA Nano 0x000006f2): model 0xf.
+        d.set(1, 0, [0x0000_06f2, 0, 0, 0]).unwrap();
+        assert_eq!(probe(&d).model, 0xf);
+        // Family 6 with an extended model on a non-Intel vendor: 0x000306c0 -> model 0x3c.
+        d.set(1, 0, [0x0003_06c0, 0, 0, 0]).unwrap();
+        assert_eq!((probe(&d).family, probe(&d).model), (6, 0x3c));
     }
 
     #[test]
