@@ -4,7 +4,7 @@
 use alt_runtime::cpu::CpuDescriptor;
 use alt_runtime::errata::{Midr, ARM, CORTEX_A53, CORTEX_A72};
 use alt_runtime::policy::{CpuRegistry, LateCpuError, LateCpuPolicy, RegistryError, SystemCaps};
-use alt_runtime::x86_64::cpuid::{probe, CoreType, CpuidDump};
+use alt_runtime::x86_64::cpuid::{probe, CoreType, CpuidDump, OsEnabled};
 use alt_runtime::{Capability, CapabilitySet, Errata, Features};
 
 /// Cortex-A53 r0p4 (MIDR 0x410fd034, TRM) little cores 0-3, Cortex-A72 r0p2 (0x410fd082) big
@@ -48,6 +48,7 @@ fn hybrid_dump(p_core: bool) -> CpuidDump {
     d.set(0x8000_0000, 0, [0x8000_0008, 0, 0, 0]);
     d.set(0x8000_0001, 0, [0, 0, 0x121, 0x2c10_0800]);
     d.set_xcr0(0xe7);
+    d.set_os_enabled(OsEnabled::FSGSBASE);
     d
 }
 

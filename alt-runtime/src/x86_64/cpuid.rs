@@ -13,6 +13,11 @@
 //! - AVX, AVX2, FMA and F16C are reported only when the OS enabled the SSE and AVX register
 //!   state (XCR0 bits 1 and 2); the AVX-512 bits also need the opmask, ZMM_Hi256 and Hi16_ZMM
 //!   state (XCR0 bits 5, 6 and 7). XCR0 is read only when CPUID says OSXSAVE.
+//! - XSAVE is reported only with OSXSAVE (XSAVE raises #UD unless the OS set CR4.OSXSAVE).
+//! - FSGSBASE is reported only when the OS enabled the instructions (CR4.FSGSBASE), as the
+//!   source says through [`CpuidSource::os_enabled`]: on hosted Linux `AT_HWCAP2` bit 1
+//!   (`HWCAP2_FSGSBASE`, Linux 5.9 and later unless booted with `nofsgsbase`); on bare metal
+//!   CR4 itself. Without that step `rdgsbase` raises #UD.
 //! - LZCNT is CPUID `0x8000_0001` ECX bit 5 (ABM/LZCNT).
 //! - [`Features::LFENCE_SERIALIZING`]: always on Intel; on AMD and Hygon when CPUID
 //!   `0x8000_0021` EAX bit 2 says so (as Linux's `X86_FEATURE_LFENCE_RDTSC` from that leaf).
@@ -52,12 +57,61 @@ pub trait CpuidSource {
     /// XGETBV of extended control register `xcr` (0 is XCR0). The probe calls this only when
     /// CPUID reports OSXSAVE.
     fn xgetbv(&self, xcr: u32) -> u64;
+    /// What the operating system enabled beyond XCR0. The default, nothing, is the safe answer
+    /// for a source that cannot tell: such features are then never reported.
+    fn os_enabled(&self) -> OsEnabled {
+        OsEnabled::empty()
+    }
+}
+
+bitflags::bitflags! {
+    /// Features that need an operating-system step beyond XCR0 before code may use them, as
+    /// the OS reports that step.
+    ///
+    /// The review of every feature with such a step (see `docs/capabilities.md`): the
+    /// AVX/AVX-512 state is XCR0 (read with XGETBV); XSAVE needs CR4.OSXSAVE (CPUID says it);
+    /// FSGSBASE needs CR4.FSGSBASE, which only the OS knows: this set. AMX needs XCR0 bits 17
+    /// and 18 *and*, on Linux, a per-process permission (`arch_prctl(ARCH_REQ_XCOMP_PERM)`)
+    /// that a program asks for itself, after the load-time patching; the runtime therefore has
+    /// no AMX capability (sites patched at load could only keep their defaults).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct OsEnabled: u32 {
+        /// CR4.FSGSBASE: RDFSBASE, RDGSBASE, WRFSBASE and WRGSBASE may run.
+        const FSGSBASE = 1 << 0;
+    }
+}
+
+/// Linux's `HWCAP2_FSGSBASE`: `AT_HWCAP2` bit 1 (`arch/x86/include/uapi/asm/hwcap2.h`).
+pub const HWCAP2_FSGSBASE: u64 = 1 << 1;
+
+impl OsEnabled {
+    /// What Linux's `AT_HWCAP2` auxiliary vector entry says (x86-64).
+    pub const fn from_linux_hwcap2(hwcap2: u64) -> Self {
+        if hwcap2 & HWCAP2_FSGSBASE != 0 {
+            OsEnabled::FSGSBASE
+        } else {
+            OsEnabled::empty()
+        }
+    }
+
+    /// What CR4 says (bit 16 is FSGSBASE), for a kernel that reads its own control register.
+    pub const fn from_cr4(cr4: u64) -> Self {
+        if cr4 & (1 << 16) != 0 {
+            OsEnabled::FSGSBASE
+        } else {
+            OsEnabled::empty()
+        }
+    }
 }
 
 /// The CPU this code runs on, through the `cpuid` and `xgetbv` instructions.
 ///
 /// On a multi-CPU system the answer is that of whichever CPU the thread runs on at the time;
-/// [`crate::cpu`] pins a thread to each CPU to probe them all.
+/// [`crate::cpu`] says how every online CPU is covered.
+///
+/// [`os_enabled`](CpuidSource::os_enabled): hosted Linux (`std`) asks `getauxval(AT_HWCAP2)`;
+/// anything else reads CR4 when it runs at CPL 0 (a kernel; set CR4.FSGSBASE before probing)
+/// and reports nothing at any other privilege level.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NativeCpuid;
@@ -88,6 +142,38 @@ impl CpuidSource for NativeCpuid {
         // that `xcr` names a register this CPU has, so XGETBV cannot fault.
         unsafe { read_xcr(xcr) }
     }
+
+    fn os_enabled(&self) -> OsEnabled {
+        native_os_enabled()
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", feature = "std", target_os = "linux"))]
+fn native_os_enabled() -> OsEnabled {
+    // SAFETY: getauxval has no preconditions; it reads the auxiliary vector the kernel gave
+    // this process, and answers 0 for a type it does not have.
+    let hwcap2 = unsafe { libc::getauxval(libc::AT_HWCAP2) };
+    OsEnabled::from_linux_hwcap2(u64::from(hwcap2))
+}
+
+#[cfg(all(target_arch = "x86_64", not(all(feature = "std", target_os = "linux"))))]
+fn native_os_enabled() -> OsEnabled {
+    let cs: u16;
+    // SAFETY: reading CS has no side effects and is allowed at every privilege level.
+    unsafe {
+        core::arch::asm!("mov {0:x}, cs", out(reg) cs, options(nomem, nostack, preserves_flags))
+    };
+    if cs & 3 != 0 {
+        // Not the kernel: CR4 cannot be read here, and without an OS interface to ask, the
+        // safe answer is that nothing was enabled.
+        return OsEnabled::empty();
+    }
+    let cr4: u64;
+    // SAFETY: at CPL 0 reading CR4 is allowed and has no side effects.
+    unsafe {
+        core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack, preserves_flags))
+    };
+    OsEnabled::from_cr4(cr4)
 }
 
 /// # Safety
@@ -302,6 +388,7 @@ pub fn probe<S: CpuidSource>(src: &S) -> X86Cpu {
 
     let osxsave = bit(ecx1, 27);
     let xcr0 = if osxsave { src.xgetbv(0) } else { 0 };
+    let os = src.os_enabled();
     let avx_state = xcr0 & XCR0_AVX_STATE == XCR0_AVX_STATE;
     let avx512_state = xcr0 & XCR0_AVX512_STATE == XCR0_AVX512_STATE;
 
@@ -318,7 +405,7 @@ pub fn probe<S: CpuidSource>(src: &S) -> X86Cpu {
     set(Features::MOVBE, bit(ecx1, 22));
     set(Features::POPCNT, bit(ecx1, 23));
     set(Features::AES, bit(ecx1, 25));
-    set(Features::XSAVE, bit(ecx1, 26));
+    set(Features::XSAVE, bit(ecx1, 26) && osxsave);
     set(Features::OSXSAVE, osxsave);
     set(Features::AVX, bit(ecx1, 28) && avx_state);
     set(Features::F16C, bit(ecx1, 29) && avx_state);
@@ -327,7 +414,10 @@ pub fn probe<S: CpuidSource>(src: &S) -> X86Cpu {
     // Leaf 1 EDX.
     set(Features::CLFLUSH, bit(edx1, 19));
     // Leaf 7 subleaf 0.
-    set(Features::FSGSBASE, bit(ebx7, 0));
+    set(
+        Features::FSGSBASE,
+        bit(ebx7, 0) && os.contains(OsEnabled::FSGSBASE),
+    );
     set(Features::BMI1, bit(ebx7, 3));
     set(Features::AVX2, bit(ebx7, 5) && avx_state);
     set(Features::BMI2, bit(ebx7, 8));
@@ -393,6 +483,7 @@ mod tests {
         d.set(0x8000_0000, 0, [0x8000_0008, 0, 0, 0]);
         d.set(0x8000_0001, 0, [0, 0, 0x21, 0x2c10_0800]);
         d.set_xcr0(xcr0);
+        d.set_os_enabled(OsEnabled::FSGSBASE);
         d
     }
 
@@ -443,7 +534,43 @@ mod tests {
         d.set(1, 0, l1);
         let cpu = probe(&d);
         assert!(!cpu.features.intersects(avx_family | Features::OSXSAVE));
-        assert!(cpu.features.contains(Features::XSAVE));
+        // XSAVE raises #UD without CR4.OSXSAVE: not usable either.
+        assert!(!cpu.features.contains(Features::XSAVE));
+        assert!(cpu.features.contains(Features::POPCNT));
+    }
+
+    #[test]
+    fn fsgsbase_needs_the_os() {
+        // CPUID leaf 7 EBX bit 0 says FSGSBASE; without the OS step the instructions fault.
+        let mut d = haswell(0x7);
+        assert!(probe(&d).features.contains(Features::FSGSBASE));
+        d.set_os_enabled(OsEnabled::empty());
+        let cpu = probe(&d);
+        assert!(!cpu.features.contains(Features::FSGSBASE));
+        assert!(cpu.features.contains(Features::AVX2 | Features::BMI2));
+        // ... and the OS step alone gives nothing on a CPU without it.
+        let mut l7 = d.get(7, 0).unwrap();
+        l7[1] &= !1;
+        d.set(7, 0, l7);
+        d.set_os_enabled(OsEnabled::FSGSBASE);
+        assert!(!probe(&d).features.contains(Features::FSGSBASE));
+        assert_eq!(OsEnabled::from_linux_hwcap2(2), OsEnabled::FSGSBASE);
+        assert_eq!(OsEnabled::from_linux_hwcap2(1), OsEnabled::empty());
+        assert_eq!(OsEnabled::from_cr4(1 << 16), OsEnabled::FSGSBASE);
+        assert_eq!(OsEnabled::from_cr4(!(1 << 16)), OsEnabled::empty());
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    #[test]
+    fn native_fsgsbase_follows_at_hwcap2() {
+        // SAFETY: getauxval has no preconditions.
+        let hwcap2 = unsafe { libc::getauxval(libc::AT_HWCAP2) };
+        let cpuid_says = NativeCpuid.cpuid(7, 0)[1] & 1 != 0 && NativeCpuid.cpuid(0, 0)[0] >= 7;
+        assert_eq!(
+            probe(&NativeCpuid).features.contains(Features::FSGSBASE),
+            cpuid_says && hwcap2 & 2 != 0,
+            "AT_HWCAP2 {hwcap2:#x}"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use super::cpuid::{probe, CpuidSource};
+use super::cpuid::{probe, CpuidSource, OsEnabled};
 use crate::capability::Features;
 
 /// One recorded CPUID answer.
@@ -31,7 +31,8 @@ pub struct CpuidEntry {
     pub regs: [u32; 4],
 }
 
-/// A CPUID dump as data: `(leaf, subleaf) -> registers` answers and the value of XCR0.
+/// A CPUID dump as data: `(leaf, subleaf) -> registers` answers, the value of XCR0 and what
+/// else the OS enabled ([`OsEnabled`]).
 ///
 /// Leaves that are not recorded answer zeros. The probe never asks for a leaf above the
 /// recorded maximum, so a dump needs only the leaves the probe reads (see [`CpuidDump::capture`]).
@@ -46,13 +47,19 @@ pub struct CpuidEntry {
 /// 0 0 0000000d 756e6547 6c65746e 49656e69
 /// 1 0 000306c3 00000800 fedaf223 078bfbff
 /// xcr0 7
+/// os fsgsbase
 /// ```
+///
+/// `xcr0` is XGETBV(0) (0 when absent). `os` lists what the OS enabled beyond XCR0 (today only
+/// `fsgsbase`: CR4.FSGSBASE); absent, nothing was. A dump says what one CPU answered under one
+/// OS, so these two lines are the OS half of it.
 ///
 /// [`Display`](fmt::Display) writes this format, and [`CpuidDump::from_text`] reads it.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct CpuidDump {
     entries: Vec<CpuidEntry>,
     xcr0: u64,
+    os: OsEnabled,
 }
 
 /// Why a CPUID dump could not be read.
@@ -87,6 +94,7 @@ impl CpuidDump {
         Self {
             entries: Vec::new(),
             xcr0: 0,
+            os: OsEnabled::empty(),
         }
     }
 
@@ -122,6 +130,11 @@ impl CpuidDump {
         self.xcr0
     }
 
+    /// Sets what the OS enabled beyond XCR0.
+    pub fn set_os_enabled(&mut self, os: OsEnabled) {
+        self.os = os;
+    }
+
     /// The recorded answer for `(leaf, subleaf)`, if any.
     pub fn get(&self, leaf: u32, subleaf: u32) -> Option<[u32; 4]> {
         self.entries
@@ -136,7 +149,7 @@ impl CpuidDump {
     }
 
     /// Records every leaf the [probe](super::cpuid::probe) reads from `src` (within `src`'s
-    /// maximum leaves), and XCR0 when OSXSAVE is set:
+    /// maximum leaves), XCR0 when OSXSAVE is set, and what the OS enabled:
     /// `probe(&CpuidDump::capture(src)) == probe(src)`.
     pub fn capture<S: CpuidSource>(src: &S) -> Self {
         let mut d = Self::new();
@@ -160,6 +173,7 @@ impl CpuidDump {
         if d.get(1, 0).is_some_and(|r| r[2] & OSXSAVE != 0) {
             d.xcr0 = src.xgetbv(0);
         }
+        d.os = src.os_enabled();
         d
     }
 
@@ -180,6 +194,16 @@ impl CpuidDump {
                 d.xcr0 = parse_hex64(v).ok_or(err("bad hexadecimal number"))?;
                 if words.next().is_some() {
                     return Err(err("too many fields after xcr0"));
+                }
+                continue;
+            }
+            if first.eq_ignore_ascii_case("os") {
+                for w in words {
+                    match w {
+                        "fsgsbase" => d.os |= OsEnabled::FSGSBASE,
+                        "-" => {}
+                        _ => return Err(err("unknown OS feature (known: fsgsbase)")),
+                    }
                 }
                 continue;
             }
@@ -233,6 +257,8 @@ const SPARSE_LEAVES: [(u32, u32); 2] = [(0xd, 2), (0x10, 1)];
 /// - XCR0 is not in these dumps. When leaf 1 says OSXSAVE (the dumping OS enabled XSAVE),
 ///   XCR0 is taken to be every user state component the CPU supports (leaf 0xD subleaf 0
 ///   EDX:EAX), which is what Linux enables; otherwise 0.
+/// - Nothing in these dumps says whether the OS enabled FSGSBASE, so it is taken as not enabled
+///   (the safe side; see [`OsEnabled`]).
 pub fn parse_aida64(text: &str) -> Result<Vec<DumpedCpu>, DumpError> {
     struct Open {
         cpu: DumpedCpu,
@@ -406,6 +432,10 @@ impl CpuidSource for CpuidDump {
             0
         }
     }
+
+    fn os_enabled(&self) -> OsEnabled {
+        self.os
+    }
 }
 
 impl fmt::Display for CpuidDump {
@@ -418,7 +448,11 @@ impl fmt::Display for CpuidDump {
                 e.leaf, e.subleaf, e.regs[0], e.regs[1], e.regs[2], e.regs[3]
             )?;
         }
-        writeln!(f, "xcr0 {:x}", self.xcr0)
+        writeln!(f, "xcr0 {:x}", self.xcr0)?;
+        if self.os.contains(OsEnabled::FSGSBASE) {
+            writeln!(f, "os fsgsbase")?;
+        }
+        Ok(())
     }
 }
 
@@ -629,9 +663,14 @@ mod tests {
     fn text_round_trip_and_errors() {
         let mut d = haswell();
         d.set_xcr0(7);
+        d.set_os_enabled(OsEnabled::FSGSBASE);
         let back = CpuidDump::from_text(&format!("{d}")).unwrap();
         assert_eq!(back, d);
         assert_eq!(probe(&back), probe(&d));
+        assert!(probe(&back).features.contains(Features::FSGSBASE));
+        let plain = CpuidDump::from_text("os -\n").unwrap();
+        assert_eq!(plain.os_enabled(), OsEnabled::empty());
+        assert!(CpuidDump::from_text("os amx\n").is_err());
 
         assert_eq!(
             CpuidDump::from_text("1 0 1 2 3"),
