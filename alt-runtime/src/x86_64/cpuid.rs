@@ -153,7 +153,7 @@ fn native_os_enabled() -> OsEnabled {
     // SAFETY: getauxval has no preconditions; it reads the auxiliary vector the kernel gave
     // this process, and answers 0 for a type it does not have.
     let hwcap2 = unsafe { libc::getauxval(libc::AT_HWCAP2) };
-    OsEnabled::from_linux_hwcap2(u64::from(hwcap2))
+    OsEnabled::from_linux_hwcap2(hwcap2)
 }
 
 #[cfg(all(target_arch = "x86_64", not(all(feature = "std", target_os = "linux"))))]
