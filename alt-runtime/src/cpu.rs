@@ -14,7 +14,7 @@
 use core::fmt;
 
 use crate::capability::{CapabilitySet, Errata, Features};
-use crate::errata::{errata_for, Midr};
+use crate::errata::{aarch64_core_name, errata_for, Midr};
 use crate::x86_64::cpuid::{probe, CpuidSource, X86Cpu};
 
 /// The identity of a CPU.
@@ -37,10 +37,14 @@ impl fmt::Display for CpuId {
             CpuId::X86(cpu) => cpu.fmt(f),
             CpuId::Arm64 { midr, revidr } => {
                 let m = Midr::decode(*midr);
+                write!(f, "MIDR {midr:#010x} (")?;
+                if let Some(name) = aarch64_core_name(*midr) {
+                    write!(f, "{name} ")?;
+                }
                 write!(
                     f,
-                    "MIDR {midr:#010x} (implementer {:#04x} part {:#05x} r{}p{}) REVIDR {revidr:#x}",
-                    m.implementer, m.part, m.variant, m.revision
+                    "r{}p{}, implementer {:#04x} part {:#05x}) REVIDR {revidr:#x}",
+                    m.variant, m.revision, m.implementer, m.part
                 )
             }
         }
@@ -287,7 +291,7 @@ mod tests {
         fmt::write(&mut s, format_args!("{d}")).unwrap();
         assert_eq!(
             s.as_str(),
-            "cpu2: MIDR 0x410fd034 (implementer 0x41 part 0xd03 r0p4) REVIDR 0x0; features: -; \
+            "cpu2: MIDR 0x410fd034 (Cortex-A53 r0p4, implementer 0x41 part 0xd03) REVIDR 0x0; features: -; \
              errata: erratum_arm64_835769 erratum_arm64_843419 erratum_arm64_845719"
         );
     }

@@ -138,7 +138,7 @@ fn erratum_only_little_cores_have_is_worked_around_everywhere() {
     let big = cpus[4].errata;
     assert!(little.contains(Errata::ARM64_843419 | Errata::ARM64_835769));
     assert!(!big.contains(Errata::ARM64_843419));
-    assert_eq!(big, Errata::ARM64_1319367);
+    assert_eq!(big, Errata::ARM64_1319367 | Errata::ARM64_1742098);
     let sys = SystemCaps::from_cpus(&cpus).capabilities();
     assert_eq!(sys.errata, little | big);
 }
