@@ -52,6 +52,8 @@ pub mod policy;
 pub mod process;
 #[cfg(feature = "alloc")]
 pub mod report;
+#[cfg(feature = "std")]
+pub mod sysfs;
 pub mod table;
 pub mod writer;
 pub mod x86_64;
