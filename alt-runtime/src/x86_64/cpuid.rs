@@ -221,7 +221,8 @@ impl Vendor {
     }
 }
 
-/// The core type of a hybrid part (CPUID leaf `0x1A` EAX bits 31:24).
+/// The core type of a hybrid part (CPUID leaf `0x1A` EAX bits 31:24, read only when leaf 7
+/// EDX bit 15 says the part is hybrid).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CoreType {
     /// Not a hybrid part, or leaf `0x1A` absent or zero.
@@ -381,7 +382,13 @@ pub fn probe<S: CpuidSource>(src: &S) -> X86Cpu {
     };
 
     let [_, ebx7, ecx7, edx7] = leaf(7, 0);
-    let core_type = CoreType::from_byte((leaf(0x1a, 0)[0] >> 24) as u8);
+    // Leaf 0x1A describes the core type only on hybrid parts (leaf 7 EDX bit 15), as Linux
+    // reads it; skipping it elsewhere also saves a CPUID (a VM exit under a hypervisor).
+    let core_type = if bit(edx7, 15) {
+        CoreType::from_byte((leaf(0x1a, 0)[0] >> 24) as u8)
+    } else {
+        CoreType::Unknown
+    };
     let [_, _, ecx81, edx81] = ext(0x8000_0001);
     let ebx88 = ext(0x8000_0008)[1];
     let eax821 = ext(0x8000_0021)[0];
@@ -683,6 +690,10 @@ mod tests {
         assert!(p.features.contains(Features::HYBRID));
         d.set(0x1a, 0, [0x2000_0001, 0, 0, 0]);
         assert_eq!(probe(&d).core_type, CoreType::Atom);
+        // Leaf 0x1A means nothing on a part that is not hybrid: not read.
+        d.set(7, 0, [0, 0x27ab, 0, 0]);
+        assert_eq!(probe(&d).core_type, CoreType::Unknown);
+        d.set(7, 0, [0, 0x27ab, 0, 1 << 15]);
         // Leaf 0x1a above the maximum leaf is not read.
         d.set(0, 0, [0x19, INTEL[1], INTEL[2], INTEL[3]]);
         assert_eq!(probe(&d).core_type, CoreType::Unknown);
