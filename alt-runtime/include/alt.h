@@ -147,8 +147,9 @@
 #define ALT_CODE_ALIGN
 #define ALT_CALL_LEN 5
 #elif defined(__aarch64__)
-/* NOP words (0xd503201f); lengths are multiples of 4. */
-#define ALT_PAD(n) .fill (n) / 4, 4, 0xd503201f
+/* NOP instructions (0xd503201f), emitted as instructions so that disassemblers and the
+ * AArch64 mapping symbols see code, not data; lengths are multiples of 4. */
+#define ALT_PAD(n) .rept (n) / 4; nop; .endr
 #define ALT_CODE_ALIGN .balign 4
 #define ALT_CALL_LEN 4
 #else
