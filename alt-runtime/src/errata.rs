@@ -38,7 +38,8 @@
 //!    notice or revision guide, or the Linux file that handles it (`arch/arm64/kernel/cpu_errata.c`,
 //!    `arch/x86/kernel/cpu/{amd,intel,hygon,common}.c`). Read for facts; do not copy code.
 //! 2. Add a bit to [`Errata`] and its `erratum_...` name to `ERRATUM_NAMES` in
-//!    [`crate::capability`] (never renumber existing bits: table entries store them).
+//!    [`crate::capability`] (never renumber existing bits: table entries store them), and its
+//!    `ALT_CAP_ERRATUM_...` id to `include/alt.h`.
 //! 3. Add an [`Erratum`] to [`ERRATA`] with its matches and `source`, and a test below with a
 //!    CPU just inside and just outside the range (and with the REVIDR fix bit, if any).
 //! 4. Add a row to `docs/capabilities.md`.
