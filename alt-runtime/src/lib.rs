@@ -32,6 +32,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod aarch64;
+pub mod c_header;
 pub mod capability;
 pub mod cpu;
 pub mod errata;

@@ -11,7 +11,12 @@ use alt_runtime::table::{AltEntry, AltFlags, ALT_ENTRY_SIZE};
 use alt_runtime::Capability;
 
 fn header() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("include/alt.h")
+    let p = Path::new(alt_runtime::c_header::INCLUDE_DIR).join("alt.h");
+    assert_eq!(
+        std::fs::read_to_string(&p).unwrap(),
+        alt_runtime::c_header::ALT_H
+    );
+    p
 }
 
 fn defines() -> BTreeMap<String, String> {
