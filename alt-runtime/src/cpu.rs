@@ -461,6 +461,10 @@ mod hosted {
     /// system that mixes steppings of one core type (a multi-socket board with different
     /// steppings) is decided from the CPU the caller ran on; [`probe_every_cpu`] does not
     /// assume it.
+    ///
+    /// Without a readable `/sys/devices/system/cpu/online` (no sysfs mounted) this fails with
+    /// [`CpuError::Sysfs`] rather than guess which CPUs exist; patching then keeps every
+    /// default.
     #[cfg(target_arch = "x86_64")]
     pub fn probe_online_cpus() -> Result<Vec<CpuDescriptor>, CpuError> {
         let sysfs = Sysfs::system();
