@@ -147,6 +147,18 @@ impl Sections {
         // SAFETY: as for alt_instr, with 8-byte entries.
         unsafe { slice_between(self.entry_names) }
     }
+
+    /// The replacement section's address range.
+    pub fn replacements(&self) -> core::ops::Range<u64> {
+        self.alt_replacement.0 as u64..self.alt_replacement.1 as u64
+    }
+
+    /// The site and entry names of this program, sorted for lookup.
+    #[cfg(feature = "alloc")]
+    pub fn names(&self) -> crate::driver::Names {
+        // SAFETY: the name entries are emitted by the macros and point at `&'static str`s.
+        unsafe { crate::driver::Names::new(self.site_names(), self.entry_names()) }
+    }
 }
 
 /// # Safety

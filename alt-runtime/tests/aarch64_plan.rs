@@ -7,11 +7,12 @@
 use std::cell::RefCell;
 
 use alt_runtime::aarch64::reloc::{branch_target, RelocErrorKind};
-use alt_runtime::isa::{Aarch64, A64_NOP};
-use alt_runtime::patch::apply;
-use alt_runtime::plan::{
-    plan_alternatives_for, Choice, Layout, Memory, MemoryError, TableEntry, TableErrorKind,
-};
+use alt_runtime::aarch64::A64_NOP;
+use alt_runtime::driver::Prepared;
+use alt_runtime::isa::{Aarch64, CodeError};
+use alt_runtime::memory::{Memory, MemoryError};
+use alt_runtime::plan::{plan_alternatives_for, Choice, Layout, TableEntry, TableErrorKind};
+use alt_runtime::rendezvous::Alone;
 use alt_runtime::table::{AltEntry, AltFlags};
 use alt_runtime::writer::{Chunk, WriteError, WriteStats, Writer};
 use alt_runtime::{Capability, CapabilitySet, Errata, Features};
@@ -57,7 +58,7 @@ impl Memory for Sim {
 }
 
 impl Writer for Sim {
-    fn write(&mut self, chunks: &[Chunk<'_>]) -> Result<WriteStats, WriteError> {
+    unsafe fn write(&mut self, chunks: &[Chunk<'_>]) -> Result<WriteStats, WriteError> {
         let mut m = self.0.borrow_mut();
         for c in chunks {
             for (i, b) in c.bytes.iter().enumerate() {
@@ -134,7 +135,7 @@ fn replacements_are_retargeted_padded_and_calls_become_bl() {
     // Erratum absent: both sites keep their default, byte for byte.
     let plan = plan_alternatives_for::<Aarch64, _>(&entries, &layout, &caps(Errata::empty()), &mem)
         .unwrap();
-    assert!(plan.sites.iter().all(|s| s.new == s.original));
+    assert!(plan.sites.iter().all(|s| s.write.new == s.write.original));
     assert!(plan.sites.iter().all(|s| s.choice == Choice::Default));
 
     // Present: site A gets the relocated block and a NOP; site B a BL to the target.
@@ -149,7 +150,10 @@ fn replacements_are_retargeted_padded_and_calls_become_bl() {
         }
     );
     let mut sim = mem;
-    let patched = apply(plan, &mut sim).unwrap();
+    // SAFETY: the simulated memory is no one's code; nothing else runs it.
+    let (prepared, mut alone) =
+        unsafe { (Prepared::<Aarch64>::from_alternatives(plan), Alone::new()) };
+    let patched = prepared.apply(&mut sim, &mut alone).unwrap();
     let got = sim.words(a, 3);
     assert_eq!(got, [bl(a, 0x10_0c00), adrp_x0(a + 4, 0x34_5678), A64_NOP]);
     assert_eq!(branch_target(got[0], a), Some(0x10_0c00));
@@ -159,7 +163,10 @@ fn replacements_are_retargeted_padded_and_calls_become_bl() {
     assert_eq!(branch_target(call, b), Some(0x10_0400));
 
     // Revert restores the defaults.
-    patched.revert(&mut sim).map_err(|(_, e)| e).unwrap();
+    patched
+        .revert(&mut sim, &mut alone)
+        .map_err(|(_, e)| e)
+        .unwrap();
     assert_eq!(sim.words(a, 3), [bl(a, 0x10_0800), A64_NOP, A64_NOP]);
     assert_eq!(sim.words(b, 1), [bl(b, 0x10_0800)]);
 }
@@ -186,7 +193,7 @@ fn a64_problems_are_refused_naming_the_entry() {
     );
     assert_eq!(e.index, 0);
     match e.kind {
-        TableErrorKind::A64Relocation(r) => {
+        TableErrorKind::Replacement(CodeError::A64Relocation(r)) => {
             assert_eq!(r.kind, RelocErrorKind::UnsupportedLiteral)
         }
         other => panic!("{other:?}"),
@@ -202,7 +209,7 @@ fn a64_problems_are_refused_naming_the_entry() {
     );
     assert_eq!(
         e.kind,
-        TableErrorKind::A64Misaligned { addr: TEXT + 2 },
+        TableErrorKind::Replacement(CodeError::A64Misaligned { addr: TEXT + 2 }),
         "{e}"
     );
 
@@ -224,7 +231,7 @@ fn a64_problems_are_refused_naming_the_entry() {
     )
     .unwrap_err();
     match e.kind {
-        TableErrorKind::A64Relocation(r) => {
+        TableErrorKind::Replacement(CodeError::A64Relocation(r)) => {
             assert!(matches!(r.kind, RelocErrorKind::OutOfRange { .. }), "{r}")
         }
         other => panic!("{other:?}"),
