@@ -238,3 +238,121 @@ fn a64_problems_are_refused_naming_the_entry() {
     }
     assert!(e.to_string().contains("alternative entry 0"), "{e}");
 }
+
+/// The AArch64 rules, with `sync` recorded: what the driver asks the instruction set to make
+/// coherent after writing (on an AArch64 CPU, `Aarch64::sync` runs the cache maintenance of
+/// `aarch64::cache::sync_sequence` for each range, then `ISB`).
+#[derive(Debug)]
+struct RecordingA64;
+
+static SYNCED: std::sync::Mutex<Vec<(std::ops::Range<u64>, bool)>> =
+    std::sync::Mutex::new(Vec::new());
+static WRITTEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl alt_runtime::isa::Isa for RecordingA64 {
+    const CALL_LEN: u8 = Aarch64::CALL_LEN;
+    fn shape(addr: u64, code: &[u8]) -> Result<alt_runtime::isa::Shape, CodeError> {
+        Aarch64::shape(addr, code)
+    }
+    fn relocate(src: &[u8], from: u64, to: u64, out: &mut [u8]) -> Result<(), CodeError> {
+        Aarch64::relocate(src, from, to, out)
+    }
+    fn call(at: u64, target: u64) -> Result<Vec<u8>, CodeError> {
+        Aarch64::call(at, target)
+    }
+    fn fill(buf: &mut [u8]) {
+        Aarch64::fill(buf)
+    }
+    fn keep_default(code: &[u8]) -> Vec<u8> {
+        Aarch64::keep_default(code)
+    }
+    fn sync(ranges: &mut dyn Iterator<Item = std::ops::Range<u64>>) {
+        let written = WRITTEN.load(std::sync::atomic::Ordering::SeqCst);
+        SYNCED.lock().unwrap().extend(ranges.map(|r| (r, written)));
+    }
+    fn sync_cpu() {}
+}
+
+/// A simulated memory that notes when it was written.
+struct NotingSim(Sim);
+
+impl Memory for NotingSim {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        self.0.read(addr, buf)
+    }
+}
+
+impl Writer for NotingSim {
+    unsafe fn write(&mut self, chunks: &[Chunk<'_>]) -> Result<WriteStats, WriteError> {
+        WRITTEN.store(true, std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: simulated memory.
+        unsafe { self.0.write(chunks) }
+    }
+}
+
+#[test]
+fn every_written_range_is_synchronised_after_the_write() {
+    let mem = Sim::new();
+    let cap = Capability::erratum(ERRATUM).unwrap();
+    let (a, b) = (TEXT, TEXT + 0x100);
+    mem.put(a, &[A64_NOP, A64_NOP]);
+    mem.put(b, &[A64_NOP]);
+    mem.put(REPL, &[0xd503_3fdf, 0xd503_3f9f]); // isb; dsb sy
+    mem.put(REPL + 8, &[0xd503_3fdf]);
+    let entries = [
+        entry(0, a, REPL, key(cap, AltFlags::empty()), 8, 8),
+        entry(1, b, REPL + 8, key(cap, AltFlags::empty()), 4, 4),
+    ];
+    let text = TEXT..TEXT + 0x1000;
+    let layout = Layout {
+        text: std::slice::from_ref(&text),
+        replacements: REPL..REPL + 0x100,
+    };
+    // SAFETY: simulated memory, no one's code.
+    let patcher =
+        unsafe { alt_runtime::driver::Patcher::<RecordingA64>::for_isa(caps(ERRATUM), layout) }
+            .alternatives(entries);
+    let prepared = patcher.plan(&mem).unwrap();
+    let mut sim = NotingSim(mem);
+    // SAFETY: simulated memory; nothing else runs it.
+    let mut alone = unsafe { Alone::new() };
+    let patched = prepared.apply(&mut sim, &mut alone).unwrap();
+    assert_eq!(
+        *SYNCED.lock().unwrap(),
+        [(a..a + 8, true), (b..b + 4, true)],
+        "each written site, after the write"
+    );
+    // The sequence an AArch64 CPU runs for the first range, with 64-byte lines: clean the data
+    // line, DSB ISH, invalidate the instruction line, DSB ISH, ISB.
+    use alt_runtime::aarch64::cache::{sync_sequence, CacheOp, Domain};
+    let ctr = (4 << 16) | 4; // DminLine = IminLine = 4: 16 words = 64 bytes
+    let seq = sync_sequence(ctr, a, 8);
+    assert_eq!(
+        seq.ops(),
+        [
+            CacheOp::CleanDcacheToPoU {
+                addr: a,
+                len: 64,
+                line: 64
+            },
+            CacheOp::Dsb(Domain::Ish),
+            CacheOp::InvalidateIcacheToPoU {
+                addr: a,
+                len: 64,
+                line: 64
+            },
+            CacheOp::Dsb(Domain::Ish),
+            CacheOp::Isb,
+        ]
+    );
+    SYNCED.lock().unwrap().clear();
+    patched
+        .revert(&mut sim, &mut alone)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    assert_eq!(
+        SYNCED.lock().unwrap().len(),
+        2,
+        "reverting synchronises too"
+    );
+}

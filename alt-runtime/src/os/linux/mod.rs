@@ -16,7 +16,7 @@ pub mod sys;
 mod writer;
 
 pub use maps::{parse_maps, read_maps, Mapping};
-pub use sys::{LinuxSys, TextSys};
+pub use sys::{Call, Fault, FaultInjector, LinuxSys, TextSys};
 pub use writer::MprotectWriter;
 
 /// Number of threads of this process (entries of `/proc/self/task`).

@@ -191,3 +191,139 @@ impl TextSys for LinuxSys {
             .map_err(|e| e.raw_os_error().unwrap_or(libc::EFAULT))
     }
 }
+
+/// A kind of call the writer makes, for [`FaultInjector`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Call {
+    /// [`TextSys::maps`].
+    Maps,
+    /// [`TextSys::protect`].
+    Protect,
+    /// [`TextSys::copy`].
+    Copy,
+    /// [`TextSys::mem_write`].
+    MemWrite,
+    /// [`TextSys::read`] and each range of [`TextSys::read_each`].
+    Read,
+}
+
+/// What the injected fault does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The call fails with this error number and does nothing.
+    Fail(Errno),
+    /// The call does half its work, then fails with this error number (copies and writes: the
+    /// first half of the bytes; other calls as `Fail`).
+    Partial(Errno),
+    /// The call reports success but does nothing (a copy or write that silently did not
+    /// happen; a read that returns zeros).
+    Lie,
+}
+
+/// A [`TextSys`] that fails one chosen call: the `k`-th (counting from 1) call of one kind.
+/// Every other call goes through to the layer beneath. For tests of code that patches: after
+/// any single failure the text must be exactly as before, or the error must hand back what
+/// reverts it.
+#[derive(Debug, Default)]
+pub struct FaultInjector<S: TextSys = LinuxSys> {
+    inner: S,
+    target: Option<(Call, usize, Fault)>,
+    counts: core::cell::Cell<[usize; 5]>,
+    fired: core::cell::Cell<bool>,
+}
+
+impl<S: TextSys> FaultInjector<S> {
+    /// Fails the `k`-th call (from 1) of kind `call` with `fault`; `None` injects nothing and
+    /// only counts.
+    pub fn new(inner: S, target: Option<(Call, usize, Fault)>) -> Self {
+        Self {
+            inner,
+            target,
+            counts: Default::default(),
+            fired: Default::default(),
+        }
+    }
+
+    /// How many calls of `call` were made.
+    pub fn count(&self, call: Call) -> usize {
+        self.counts.get()[call as usize]
+    }
+
+    /// Whether the fault was injected.
+    pub fn fired(&self) -> bool {
+        self.fired.get()
+    }
+
+    /// Counts a call; the fault to inject now, if any.
+    fn tick(&self, call: Call) -> Option<Fault> {
+        let mut c = self.counts.get();
+        c[call as usize] += 1;
+        self.counts.set(c);
+        let (kind, k, fault) = self.target?;
+        (kind == call && k == c[call as usize]).then(|| {
+            self.fired.set(true);
+            fault
+        })
+    }
+}
+
+impl<S: TextSys> TextSys for FaultInjector<S> {
+    fn maps(&self) -> Result<Vec<Mapping>, WriteError> {
+        match self.tick(Call::Maps) {
+            None => self.inner.maps(),
+            Some(Fault::Lie) => Ok(Vec::new()),
+            Some(Fault::Fail(e) | Fault::Partial(e)) => Err(WriteError::unchanged(
+                0,
+                "cannot read /proc/self/maps",
+                Some(e),
+            )),
+        }
+    }
+
+    fn protect(&self, range: Range<u64>, prot: i32) -> Result<(), Errno> {
+        match self.tick(Call::Protect) {
+            None => self.inner.protect(range, prot),
+            Some(Fault::Lie) => Ok(()),
+            Some(Fault::Fail(e) | Fault::Partial(e)) => Err(e),
+        }
+    }
+
+    unsafe fn copy(&self, addr: u64, bytes: &[u8]) -> Result<(), Errno> {
+        match self.tick(Call::Copy) {
+            // SAFETY: the caller's contract, passed on.
+            None => unsafe { self.inner.copy(addr, bytes) },
+            Some(Fault::Lie) => Ok(()),
+            Some(Fault::Fail(e)) => Err(e),
+            Some(Fault::Partial(e)) => {
+                // SAFETY: as above, for the first half of the range.
+                let _ = unsafe { self.inner.copy(addr, &bytes[..bytes.len() / 2]) };
+                Err(e)
+            }
+        }
+    }
+
+    fn mem_write(&self, addr: u64, bytes: &[u8]) -> Result<(), Errno> {
+        match self.tick(Call::MemWrite) {
+            None => self.inner.mem_write(addr, bytes),
+            Some(Fault::Lie) => Ok(()),
+            Some(Fault::Fail(e)) => Err(e),
+            Some(Fault::Partial(e)) => {
+                let _ = self.inner.mem_write(addr, &bytes[..bytes.len() / 2]);
+                Err(e)
+            }
+        }
+    }
+
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        match self.tick(Call::Read) {
+            None => self.inner.read(addr, buf),
+            Some(Fault::Lie) => {
+                buf.fill(0);
+                Ok(())
+            }
+            Some(Fault::Fail(e) | Fault::Partial(e)) => Err(e),
+        }
+    }
+
+    // Reads range by range, so that each counts as one call.
+}
