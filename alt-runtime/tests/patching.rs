@@ -235,6 +235,99 @@ fn direct_call_gets_a_hand_computed_call_rel32_and_fill() {
 }
 
 #[test]
+fn a_direct_call_ends_where_the_default_call_returns() {
+    let _g = lock();
+    let mut buf = Buf::new();
+    // The macros' layout: padding first, then `call default`, ending at the site's end (9).
+    let site = buf.text(0x100);
+    let default = buf.text(0x800);
+    let other = buf.text(0x900);
+    let at = site + 4;
+    buf.put(site, &cat(&[&[0x90; 4], &call_to(at, default), &[0xc3]]));
+    buf.put(default, &cat(&[&mov_eax(1), &[0xc3]]));
+    buf.put(other, &cat(&[&mov_eax(2), &[0xc3]]));
+    buf.seal();
+    let table = buf.table(0, &[Spec::call(site, 9, other, feature(Features::AVX2))]);
+    let p = patch(
+        buf.plan(&table, &caps(Features::AVX2, Errata::empty()))
+            .unwrap(),
+    );
+    // A 4-byte NOP, then the call at offset 4: a thread inside either function returns to
+    // offset 9 whichever bytes the site holds.
+    assert_eq!(
+        buf.read(site, 9),
+        cat(&[&[0x0f, 0x1f, 0x40, 0x00], &call_to(at, other)])
+    );
+    assert_eq!(run(site, 0), 2);
+    // Default kept: the NOP run before the call is optimised, the call stays where it was.
+    let p2 = {
+        revert(p);
+        patch(buf.plan(&table, &CapabilitySet::default()).unwrap())
+    };
+    assert_eq!(
+        buf.read(site, 9),
+        cat(&[&[0x0f, 0x1f, 0x40, 0x00], &call_to(at, default)])
+    );
+    assert_eq!(run(site, 0), 1);
+    revert(p2);
+}
+
+#[test]
+fn fill_keeps_a_boundary_where_a_call_returns_and_a_straddling_replacement_is_refused() {
+    let _g = lock();
+    let mut buf = Buf::new();
+    // `call default` first, then 6 bytes of padding: calls return to offset 5.
+    let site = buf.text(0x100);
+    let default = buf.text(0x800);
+    buf.put(site, &cat(&[&call_to(site, default), &[0x90; 6], &[0xc3]]));
+    buf.put(default, &cat(&[&mov_eax(1), &[0xc3]]));
+    // A 3-byte replacement: the fill keeps a boundary at 5 (a 2-byte NOP, then a 6-byte one).
+    let short = buf.repl(0);
+    buf.put(short, &[0x31, 0xc0, 0x90]); // xor eax, eax; nop
+                                         // A 7-byte replacement whose second instruction covers offset 5.
+    let long = buf.repl(0x10);
+    buf.put(long, &cat(&[&[0x31, 0xc0], &mov_eax(3)]));
+    buf.seal();
+    let table = buf.table(
+        0,
+        &[Spec::inline(site, 11, short, 3, feature(Features::POPCNT))],
+    );
+    let p = patch(
+        buf.plan(&table, &caps(Features::POPCNT, Errata::empty()))
+            .unwrap(),
+    );
+    let got = buf.read(site, 11);
+    assert_eq!(
+        got,
+        cat(&[&[0x31, 0xc0, 0x90], &[0x66, 0x90], &LINUX_NOPS[6]])
+    );
+    let ends: Vec<u64> = decode_whole(&got, site)
+        .iter()
+        .map(|i| i.next_ip() - site)
+        .collect();
+    assert!(ends.contains(&5), "{ends:?}");
+    revert(p);
+
+    let table = buf.table(
+        1,
+        &[Spec::inline(site, 11, long, 7, feature(Features::POPCNT))],
+    );
+    let before = buf.snapshot();
+    let e = buf
+        .plan(&table, &caps(Features::POPCNT, Errata::empty()))
+        .unwrap_err();
+    assert_eq!(
+        e.kind,
+        TableErrorKind::ReturnInsideInstruction {
+            offset: 5,
+            in_default: false
+        }
+    );
+    assert!(e.to_string().contains("returns to offset 5"), "{e}");
+    assert_eq!(buf.snapshot(), before);
+}
+
+#[test]
 fn an_empty_replacement_nops_out_the_whole_site() {
     let _g = lock();
     let mut buf = Buf::new();
