@@ -5,10 +5,13 @@
 //! println!("{report}");
 //! ```
 //!
-//! [`patch_self`] patches once per process; later calls return [`ProcessError::AlreadyPatched`].
-//! [`revert_self`] restores every site's original bytes. Both refuse while the process has
-//! other threads unless the options say otherwise (see [`PatchOptions::allow_other_threads`]).
-//! Everything goes through the [driver](crate::driver).
+//! Nobody has to call anything: every object that links the runtime patches its own sites when
+//! it is loaded ([`load`]: an ELF constructor; `ALT_PATCH=off|report`; [`report`] says what it
+//! did). [`patch_self`] is idempotent: after load-time patching it returns the same report, so a
+//! library and its application may both call it. [`revert_self`] restores every site's original
+//! bytes, after which [`patch_self_with`] may patch again, for other capabilities. All of them
+//! refuse while the process has other threads unless the options say otherwise (see
+//! [`PatchOptions::allow_other_threads`]). Everything goes through the [driver](crate::driver).
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -28,10 +31,14 @@ use crate::plan::Layout;
 use crate::rendezvous::{Alone, Rendezvous, RendezvousError};
 use crate::report::Report;
 
+pub mod load;
+
+pub use load::{report, LoadOutcome, ALT_PATCH};
+
 /// Why patching the process failed.
 #[derive(Debug)]
 pub enum ProcessError {
-    /// [`patch_self`] already ran.
+    /// The sites are patched already and the options ask for other capabilities.
     AlreadyPatched,
     /// [`revert_self`] found nothing patched.
     NotPatched,
@@ -50,7 +57,9 @@ pub enum ProcessError {
 impl fmt::Display for ProcessError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ProcessError::AlreadyPatched => f.write_str("this process is already patched"),
+            ProcessError::AlreadyPatched => f.write_str(
+                "this object is already patched; revert it before patching for other capabilities",
+            ),
             ProcessError::NotPatched => f.write_str("this process is not patched"),
             ProcessError::Probe(e) => write!(f, "probing the CPUs failed: {e}"),
             ProcessError::Override(e) => f.write_str(e),
@@ -199,13 +208,27 @@ impl PatchOptions {
     }
 }
 
-/// Probes, applies the environment overrides, and patches every site of this program.
+/// Probes, applies the environment overrides, and patches every site of this program; if the
+/// sites are patched already (at load, or by an earlier call), returns that report.
 pub fn patch_self() -> Result<Report, ProcessError> {
     patch_self_with(&PatchOptions::new())
 }
 
-/// Patches every site of this program as the options say.
+/// Patches every site of this program as the options say. If the sites are patched already,
+/// returns that report, unless the options name capabilities of their own: then
+/// [`ProcessError::AlreadyPatched`] (revert first).
 pub fn patch_self_with(options: &PatchOptions) -> Result<Report, ProcessError> {
+    if let Some(p) = PATCHED.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        return match options.capabilities {
+            None => Ok(p.report().clone()),
+            Some(_) => Err(ProcessError::AlreadyPatched),
+        };
+    }
+    patch_now(options)
+}
+
+/// Patches now (nothing is patched yet).
+fn patch_now(options: &PatchOptions) -> Result<Report, ProcessError> {
     let caps = options.decide()?;
     let mut guard = PATCHED.lock().unwrap_or_else(|p| p.into_inner());
     if guard.is_some() {
