@@ -1,0 +1,335 @@
+//! Patching the running process (hosted Linux): probe, override, plan, write, report, revert.
+//!
+//! ```no_run
+//! let report = alt_runtime::process::patch_self().expect("patching");
+//! println!("{report}");
+//! ```
+//!
+//! Nobody has to call anything: every object that links the runtime patches its own sites when
+//! it is loaded ([`load`]: an ELF constructor; `ALT_PATCH=off|report`; [`report`] says what it
+//! did). [`patch_self`] is idempotent: after load-time patching it returns the same report, so a
+//! library and its application may both call it. [`revert_self`] restores every site's original
+//! bytes, after which [`patch_self_with`] may patch again, for other capabilities. All of them
+//! refuse while the process has other threads unless the options say otherwise (see
+//! [`PatchOptions::allow_other_threads`]). Everything goes through the [driver](crate::driver).
+
+use alloc::vec::Vec;
+use core::fmt;
+use core::ops::Range;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::capability::CapabilitySet;
+use crate::driver::{ApplyError, Patched, Patcher, PlanError};
+use crate::linker::sections;
+use crate::memory::LiveMemory;
+use crate::os::linux::{executable_segments_containing, thread_count, MprotectWriter};
+use crate::overrides::{Overrides, ENV_VAR};
+use crate::paravirt::{Backend, TableDesc};
+use crate::patch::PatchError;
+use crate::plan::Layout;
+use crate::rendezvous::{Alone, Rendezvous, RendezvousError};
+use crate::report::Report;
+
+pub mod load;
+
+pub use load::{report, LoadOutcome, ALT_PATCH};
+
+/// Why patching the process failed.
+#[derive(Debug)]
+pub enum ProcessError {
+    /// The sites are patched already and the options ask for other capabilities.
+    AlreadyPatched,
+    /// [`revert_self`] found nothing patched.
+    NotPatched,
+    /// Probing the CPUs failed.
+    Probe(std::string::String),
+    /// The override variable names an unknown capability.
+    Override(std::string::String),
+    /// A table is invalid; nothing was written.
+    Plan(PlanError),
+    /// Writing failed.
+    Patch(alloc::boxed::Box<ApplyError>),
+    /// Reverting failed; the record is kept and the revert may be retried.
+    Revert(PatchError),
+}
+
+impl fmt::Display for ProcessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProcessError::AlreadyPatched => f.write_str(
+                "this object is already patched; revert it before patching for other capabilities",
+            ),
+            ProcessError::NotPatched => f.write_str("this process is not patched"),
+            ProcessError::Probe(e) => write!(f, "probing the CPUs failed: {e}"),
+            ProcessError::Override(e) => f.write_str(e),
+            ProcessError::Plan(e) => write!(f, "{e}; nothing written"),
+            ProcessError::Patch(e) => write!(f, "patching failed: {e}"),
+            ProcessError::Revert(e) => write!(f, "reverting failed: {e}; the sites stay patched"),
+        }
+    }
+}
+
+impl std::error::Error for ProcessError {}
+
+static PATCHED: Mutex<Option<Patched>> = Mutex::new(None);
+
+/// The capabilities of this system: features every online CPU has, errata any has.
+pub fn system_capabilities() -> Result<CapabilitySet, ProcessError> {
+    let cpus =
+        crate::cpu::probe_online_cpus().map_err(|e| ProcessError::Probe(std::format!("{e}")))?;
+    Ok(crate::policy::SystemCaps::from_cpus(&cpus).capabilities())
+}
+
+/// The overrides from the environment ([`ENV_VAR`]).
+pub fn env_overrides() -> Result<Overrides, ProcessError> {
+    match std::env::var(ENV_VAR) {
+        Ok(v) => Overrides::parse(&v).map_err(|e| ProcessError::Override(std::format!("{e}"))),
+        Err(std::env::VarError::NotPresent) => Ok(Overrides::default()),
+        Err(std::env::VarError::NotUnicode(_)) => Err(ProcessError::Override(std::format!(
+            "{ENV_VAR} is not valid UTF-8"
+        ))),
+    }
+}
+
+/// The text of the loaded object holding `addr` and this object's replacement section.
+fn object_text(addr: u64) -> (Vec<Range<u64>>, Range<u64>) {
+    (
+        executable_segments_containing(addr),
+        sections().replacements(),
+    )
+}
+
+/// The layout of this program's text and replacement section.
+pub fn process_text() -> (Vec<Range<u64>>, Range<u64>) {
+    object_text(sections().alt_instr.0 as u64)
+}
+
+/// How [`patch_self_with`] patches.
+#[derive(Clone, Debug, Default)]
+pub struct PatchOptions {
+    capabilities: Option<CapabilitySet>,
+    allow_other_threads: bool,
+    strict_wx: bool,
+}
+
+/// Refuses unless the process has no other thread.
+struct SingleThreaded;
+
+// SAFETY: `stop` succeeds only when this is the process's only thread; a thread created after
+// the check would have to be created by this thread, which is busy patching.
+unsafe impl Rendezvous for SingleThreaded {
+    fn stop(&mut self, _sites: &[Range<u64>]) -> Result<(), RendezvousError> {
+        let os = |e: crate::writer::WriteError| RendezvousError {
+            os_error: e.os_error,
+            ..RendezvousError::new("cannot count the threads of the process")
+        };
+        // A thread that was just joined can still be listed while the kernel reaps it.
+        let mut n = thread_count().map_err(os)?;
+        for _ in 0..50 {
+            if n <= 1 {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            n = thread_count().map_err(os)?;
+        }
+        Err(RendezvousError::new(
+            "the process has other threads; patch before starting them, or take \
+             responsibility with PatchOptions::allow_other_threads",
+        ))
+    }
+
+    fn release(&mut self) {}
+}
+
+impl PatchOptions {
+    /// Probe every CPU, apply the environment overrides, refuse if other threads exist.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Patch for these capabilities instead of probing (the environment overrides still apply).
+    pub fn capabilities(mut self, caps: CapabilitySet) -> Self {
+        self.capabilities = Some(caps);
+        self
+    }
+
+    /// Patch even though the process has other threads.
+    ///
+    /// # Safety
+    ///
+    /// No other thread may execute any site while patching runs, and each must serialise
+    /// before it next runs patched code. Under `qemu-user` the emulator's own helper thread
+    /// shows as a thread of the process; it never runs guest code, so a single-threaded guest
+    /// program may take this responsibility.
+    pub unsafe fn allow_other_threads(mut self) -> Self {
+        self.allow_other_threads = true;
+        self
+    }
+
+    /// Whether [`PatchOptions::allow_other_threads`] was given.
+    pub fn allows_other_threads(&self) -> bool {
+        self.allow_other_threads
+    }
+
+    /// Never make a page writable, not even for the moment of the copy: write through
+    /// `/proc/self/mem` (see [`MprotectWriter::through_proc_self_mem`]).
+    pub fn strict_wx(mut self) -> Self {
+        self.strict_wx = true;
+        self
+    }
+
+    /// A writer for this process's text that honours these options.
+    pub fn writer(&self) -> MprotectWriter {
+        let writer = MprotectWriter::new();
+        if self.strict_wx {
+            writer.through_proc_self_mem()
+        } else {
+            writer
+        }
+    }
+
+    fn rendezvous(&self) -> alloc::boxed::Box<dyn Rendezvous> {
+        if self.allow_other_threads {
+            // SAFETY: the caller of `allow_other_threads` took this responsibility.
+            alloc::boxed::Box::new(unsafe { Alone::new() })
+        } else {
+            alloc::boxed::Box::new(SingleThreaded)
+        }
+    }
+
+    fn decide(&self) -> Result<CapabilitySet, ProcessError> {
+        let mut caps = match self.capabilities {
+            Some(c) => c,
+            None => system_capabilities()?,
+        };
+        env_overrides()?.apply(&mut caps);
+        Ok(caps)
+    }
+}
+
+/// Probes, applies the environment overrides, and patches every site of this program; if the
+/// sites are patched already (at load, or by an earlier call), returns that report.
+pub fn patch_self() -> Result<Report, ProcessError> {
+    patch_self_with(&PatchOptions::new())
+}
+
+/// Patches every site of this program as the options say. If the sites are patched already,
+/// returns that report, unless the options name capabilities of their own: then
+/// [`ProcessError::AlreadyPatched`] (revert first).
+pub fn patch_self_with(options: &PatchOptions) -> Result<Report, ProcessError> {
+    if let Some(p) = PATCHED.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        return match options.capabilities {
+            None => Ok(p.report().clone()),
+            Some(_) => Err(ProcessError::AlreadyPatched),
+        };
+    }
+    patch_now(options)
+}
+
+/// Patches now (nothing is patched yet).
+fn patch_now(options: &PatchOptions) -> Result<Report, ProcessError> {
+    let caps = options.decide()?;
+    let mut guard = PATCHED.lock().unwrap_or_else(|p| p.into_inner());
+    if guard.is_some() {
+        return Err(ProcessError::AlreadyPatched);
+    }
+    let started = Instant::now();
+    let s = sections();
+    let (text, replacements) = process_text();
+    let mut readable = text.clone();
+    readable.push(replacements.clone());
+    // SAFETY: these are this program's executable segments and its replacement section, mapped
+    // readable for the program's lifetime.
+    let mem = unsafe { LiveMemory::new(&readable) };
+    let layout = Layout {
+        text: &text,
+        replacements,
+    };
+    // SAFETY: the layout is this program's text and the table is its own alt_instr section,
+    // emitted by the macros.
+    let patcher = unsafe { Patcher::new(caps, layout) }.sections(&s);
+    let prepared = patcher.plan(&mem).map_err(ProcessError::Plan)?;
+    let mut writer = options.writer();
+    let mut patched = prepared
+        .apply(&mut writer, &mut *options.rendezvous())
+        .map_err(|e| ProcessError::Patch(alloc::boxed::Box::new(e)))?;
+    patched.report_mut().elapsed_ns = Some(started.elapsed().as_nanos() as u64);
+    let report = patched.report().clone();
+    *guard = Some(patched);
+    Ok(report)
+}
+
+/// Restores every site patched by [`patch_self`] to its original bytes.
+pub fn revert_self() -> Result<(), ProcessError> {
+    revert_self_with(&PatchOptions::new())
+}
+
+/// Restores every site patched by [`patch_self`] to its original bytes; of the options only
+/// [`PatchOptions::allow_other_threads`] and [`PatchOptions::strict_wx`] matter.
+pub fn revert_self_with(options: &PatchOptions) -> Result<(), ProcessError> {
+    let mut guard = PATCHED.lock().unwrap_or_else(|p| p.into_inner());
+    let patched = guard.take().ok_or(ProcessError::NotPatched)?;
+    let mut writer = options.writer();
+    match patched.revert(&mut writer, &mut *options.rendezvous()) {
+        Ok(_) => Ok(()),
+        Err((patched, e)) => {
+            *guard = Some(patched);
+            Err(ProcessError::Revert(e))
+        }
+    }
+}
+
+/// Patches every call site of one operations table of this process for `backend` and stores
+/// the backend's functions in the table's slots: what the generated `install` calls.
+///
+/// # Safety
+///
+/// `table` must describe a live operations table of this process, as the generated
+/// `descriptor()` does, and every [`crate::paravirt::OpChoice::Function`] must be an
+/// `extern "C"` function with the operation's signature that is sound to call wherever the
+/// operation is called.
+pub unsafe fn install_paravirt(
+    table: &TableDesc<'_>,
+    backend: &Backend<'_>,
+    options: &PatchOptions,
+) -> Result<Patched, ProcessError> {
+    let started = Instant::now();
+    let mut text = executable_segments_containing(table.table);
+    if text.is_empty() {
+        text = executable_segments_containing(table.entries.start);
+    }
+    let (_, replacements) = object_text(table.entries.start);
+    let mut readable = text.clone();
+    readable.push(replacements.clone());
+    // SAFETY: the object's executable segments and replacement section are mapped readable.
+    let mem = unsafe { LiveMemory::new(&readable) };
+    let layout = Layout {
+        text: &text,
+        replacements,
+    };
+    // SAFETY: the layout is this object's text; the caller's contract covers the table and the
+    // backend. No alternatives table is given: those are patch_self's.
+    let patcher =
+        unsafe { Patcher::new(CapabilitySet::default(), layout).paravirt(table.clone(), *backend) };
+    let prepared = patcher.plan(&mem).map_err(ProcessError::Plan)?;
+    let mut writer = options.writer();
+    let mut patched = prepared
+        .apply(&mut writer, &mut *options.rendezvous())
+        .map_err(|e| ProcessError::Patch(alloc::boxed::Box::new(e)))?;
+    patched.report_mut().elapsed_ns = Some(started.elapsed().as_nanos() as u64);
+    Ok(patched)
+}
+
+/// Restores a table patched by [`install_paravirt`] (with the same options).
+#[allow(clippy::result_large_err)]
+pub fn uninstall_paravirt(
+    patched: Patched,
+    options: &PatchOptions,
+) -> Result<(), (Patched, ProcessError)> {
+    let mut writer = options.writer();
+    patched
+        .revert(&mut writer, &mut *options.rendezvous())
+        .map(|_| ())
+        .map_err(|(p, e)| (p, ProcessError::Revert(e)))
+}
