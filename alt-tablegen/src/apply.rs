@@ -16,9 +16,8 @@ use std::ops::Range;
 use std::path::Path;
 
 use alt_runtime::isa::{Aarch64, X86_64};
-use alt_runtime::plan::{
-    plan_alternatives_for, Choice, Layout, Memory, MemoryError, Plan, TableEntry,
-};
+use alt_runtime::memory::{Memory, MemoryError};
+use alt_runtime::plan::{plan_alternatives_for, Choice, Layout, Plan, TableEntry};
 use alt_runtime::table::{AltEntry, ALT_ENTRY_SIZE, ALT_INSTR_SECTION, ALT_REPLACEMENT_SECTION};
 use object::elf;
 use object::read::elf::SectionHeader;
@@ -188,15 +187,16 @@ pub fn apply(obj: &Object<'_>, cpu: &CpuSpec) -> Result<Applied, Error> {
     let mut image = obj.data.to_vec();
     let mut sites = Vec::with_capacity(plan.sites.len());
     for s in &plan.sites {
-        let len = s.original.len();
-        let file_offset = mem.file_offset(s.addr, len as u64).ok_or_else(|| {
+        let w = &s.write;
+        let len = w.original.len();
+        let file_offset = mem.file_offset(w.addr, len as u64).ok_or_else(|| {
             Error::new(
                 obj.location(),
-                ErrorKind::Other(format!("site {:#x} is not in the file", s.addr)),
+                ErrorKind::Other(format!("site {:#x} is not in the file", w.addr)),
             )
         })?;
         let start = file_offset as usize;
-        image[start..start + len].copy_from_slice(&s.new);
+        image[start..start + len].copy_from_slice(&w.new);
         let chosen = s.chosen();
         let (choice, target) = match s.choice {
             Choice::Inline { .. } => ("replacement", None),
@@ -204,7 +204,7 @@ pub fn apply(obj: &Object<'_>, cpu: &CpuSpec) -> Result<Applied, Error> {
             _ => ("default", None),
         };
         sites.push(AppliedSite {
-            site: s.addr,
+            site: w.addr,
             len,
             file_offset,
             choice,
@@ -217,9 +217,9 @@ pub fn apply(obj: &Object<'_>, cpu: &CpuSpec) -> Result<Applied, Error> {
                 )
             }),
             target,
-            before: to_hex(&s.original),
-            after: to_hex(&s.new),
-            changed: s.new != s.original,
+            before: to_hex(&w.original),
+            after: to_hex(&w.new),
+            changed: w.changed(),
         });
     }
     Ok(Applied {
