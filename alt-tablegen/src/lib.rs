@@ -14,6 +14,9 @@
 //!   instruction that holds it ([`scan::Form`]).
 //! - [`emit`]: the `alt_pv_<table>` object.
 //! - [`inspect`]: `inspect`, `verify` and `plan` on a linked binary.
+//! - [`cpuspec`]: what `--cpu` describes (QEMU models, AArch64 cores and MIDRs, sysfs trees,
+//!   CPUID dumps with every logical CPU), decided by the runtime's per-CPU policy.
+//! - [`apply`]: a patched copy of a linked image for a CPU, planned by the runtime's planner.
 //! - [`build`]: the build-script flow ([`build::Build`]).
 //!
 //! ## `scan` JSON schema
@@ -66,10 +69,12 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod apply;
 pub mod build;
+pub mod cpuspec;
 pub mod emit;
 pub mod inspect;
 pub mod read;
 pub mod scan;
 
-pub use read::{Error, ErrorKind, Input, Location, Object, ObjectKind};
+pub use read::{Error, ErrorKind, Input, Location, Machine, Object, ObjectKind};
