@@ -141,7 +141,14 @@ pub struct Patcher<'a, I: Isa = X86_64> {
     layout: Layout<'a>,
     alternatives: Vec<TableEntry>,
     names: Names,
-    paravirt: Vec<(TableDesc<'a>, Backend<'a>, Vec<PvTableEntry>)>,
+    /// Each operations table, its backend, its entries, and where its operations' inline
+    /// sequences lie if not in the layout's replacement section.
+    paravirt: Vec<(
+        TableDesc<'a>,
+        Backend<'a>,
+        Vec<PvTableEntry>,
+        Option<Range<u64>>,
+    )>,
     isa: PhantomData<I>,
 }
 
@@ -208,23 +215,26 @@ impl<'a, I: Isa> Patcher<'a, I> {
         // SAFETY: the caller's contract: the bounds are the table's entry section.
         let raw = unsafe { crate::paravirt::entries_between(table.entries.clone()) };
         let entries = PvTableEntry::in_memory(raw).collect();
-        self.paravirt.push((table, backend, entries));
+        self.paravirt.push((table, backend, entries, None));
         self
     }
 
-    /// An operations table whose entries are given (a table of another address space, or a
-    /// test's).
+    /// Sites of an operations table that another object calls: `entries` are that object's
+    /// (a module loaded after boot calling the kernel's table, a test's), and the operations'
+    /// inline sequences lie in `sequences` (the table's own object's replacement section) when
+    /// it is not the layout's.
     ///
     /// # Safety
     ///
-    /// As for [`Patcher::paravirt`].
+    /// As for [`Patcher::paravirt`]; `entries` must be the calling object's table entries.
     pub unsafe fn paravirt_entries(
         mut self,
         table: TableDesc<'a>,
         backend: Backend<'a>,
         entries: Vec<PvTableEntry>,
+        sequences: Option<Range<u64>>,
     ) -> Self {
-        self.paravirt.push((table, backend, entries));
+        self.paravirt.push((table, backend, entries, sequences));
         self
     }
 
@@ -234,8 +244,14 @@ impl<'a, I: Isa> Patcher<'a, I> {
         let alt = plan_alternatives_for::<I, M>(&self.alternatives, &self.layout, &self.caps, mem)
             .map_err(PlanError::Table)?;
         let mut pv = Vec::with_capacity(self.paravirt.len());
-        for (table, backend, entries) in &self.paravirt {
-            let p = plan_paravirt(table, backend, entries, &self.layout, mem)
+        for (table, backend, entries, sequences) in &self.paravirt {
+            let layout = Layout {
+                text: self.layout.text,
+                replacements: sequences
+                    .clone()
+                    .unwrap_or_else(|| self.layout.replacements.clone()),
+            };
+            let p = plan_paravirt(table, backend, entries, &layout, mem)
                 .map_err(PlanError::Paravirt)?;
             pv.push(p);
         }

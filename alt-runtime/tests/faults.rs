@@ -408,6 +408,7 @@ fn a_refused_paravirt_install_never_stores_the_new_backend() {
                 addr: entry_addr,
                 entry,
             }],
+            None,
         )
     };
     let prepared = patcher.plan(&writer()).unwrap();

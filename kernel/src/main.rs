@@ -30,6 +30,7 @@ mod boot;
 mod idt;
 mod io;
 mod mem;
+mod module;
 mod paging;
 mod pv;
 mod smp;
@@ -290,6 +291,58 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
         let ids: Vec<String> = r.cpus().map(|d| alloc::format!("{}", d.index)).collect();
         println!("registry: cpus {}", ids.join(" "));
     });
+
+    // A module loaded now is patched with the decisions made at boot (caps, backend).
+    let loaded = match module::load(
+        caps,
+        pv::PV_OPS.descriptor(&pv_ops),
+        Backend {
+            name: pv_backend.name,
+            ops: &pv_choices,
+        },
+        s.replacements(),
+    ) {
+        Ok(m) => m,
+        Err(e) => fail(format_args!("{e}")),
+    };
+    let mreport = loaded.patched.report();
+    for site in &mreport.sites {
+        let cap = site.chosen().map_or("-", |c| c.capability.name());
+        let first = site.candidates.first().map_or("-", |c| c.capability.name());
+        println!(
+            "module alt-site +{:#x} {} {} (keyed by {first})",
+            site.addr - loaded.text.start,
+            site.decision(),
+            cap
+        );
+    }
+    for site in &mreport.paravirt {
+        println!(
+            "module pv-site {} {} {}",
+            site.table,
+            site.op_name,
+            site.decision.name()
+        );
+    }
+    if paging::writable(loaded.text.clone()) {
+        fail(format_args!("the module's text is writable"));
+    }
+    let call = |name: &str| -> u64 {
+        let Some(addr) = loaded.symbol(name) else {
+            fail(format_args!("module: no symbol {name}"))
+        };
+        // SAFETY: the module's function `name` takes no argument and returns in rax (its C
+        // prototype), and its text is relocated, patched and mapped executable.
+        let f: extern "C" fn() -> u64 = unsafe { core::mem::transmute(addr as usize) };
+        f()
+    };
+    println!(
+        "module: loaded at {:#x}, variants {:#x}, called {}, pv {:#x}",
+        loaded.text.start,
+        call("mod_variants"),
+        call("mod_called"),
+        call("mod_pv")
+    );
 
     let result = work::run();
     if result != unpatched {

@@ -22,7 +22,8 @@ use crate::boot::{Table, BOOT_PD, BOOT_PDPT};
 const PRESENT: u64 = 1 << 0;
 const WRITABLE: u64 = 1 << 1;
 const NO_EXECUTE: u64 = 1 << 63;
-const PAGE: u64 = 4096;
+/// Page size.
+pub const PAGE: u64 = 4096;
 
 /// 4 KiB page tables for the first 8 MiB.
 const FINE_TABLES: usize = 4;
@@ -173,12 +174,26 @@ pub fn leaf_entry(addr: u64) -> Option<u64> {
     (e & PRESENT != 0).then_some(e)
 }
 
-/// Whether any text page is mapped writable (it must never be).
-pub fn text_writable() -> bool {
-    let text = text();
-    (text.start..text.end)
+/// Maps `range` (page-aligned, inside the 4 KiB-mapped first 8 MiB: a loaded module's text in
+/// the heap) read-only and executable.
+pub fn map_module_text(range: Range<u64>) {
+    for addr in (range.start..range.end).step_by(PAGE as usize) {
+        let t = (addr >> 21) as usize;
+        FINE[t].set(((addr >> 12) & 511) as usize, addr | PRESENT);
+        invlpg(addr);
+    }
+}
+
+/// Whether any page of `range` is mapped writable, or not mapped.
+pub fn writable(range: Range<u64>) -> bool {
+    (range.start..range.end)
         .step_by(PAGE as usize)
         .any(|a| leaf_entry(a).is_none_or(|e| e & WRITABLE != 0))
+}
+
+/// Whether any text page is mapped writable (it must never be).
+pub fn text_writable() -> bool {
+    writable(text())
 }
 
 /// Number of alias slots mapped now (0 outside [`AliasWriter::write`]).
