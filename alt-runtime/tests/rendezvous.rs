@@ -129,6 +129,9 @@ impl Spinners {
 impl Drop for Spinners {
     fn drop(&mut self) {
         self.stop.store(true, Relaxed);
+        if std::thread::panicking() {
+            return; // a failed test: a stuck spinner must not hang the join
+        }
         for h in self.handles.drain(..) {
             let _ = h.join();
         }
