@@ -516,9 +516,22 @@ static LAST_USED: AtomicUsize = AtomicUsize::new(0);
 static LAST_GEN: AtomicU64 = AtomicU64::new(0);
 /// `membarrier` registration: 0 not tried, 1 registered, 2 unavailable.
 static MEMBARRIER: AtomicU8 = AtomicU8::new(0);
-/// Threads left running for blocking the signal in an earlier call (only with
-/// `assume_blocking_threads_run_no_sites`): skipped again at once if they still block it.
-static SKIPPED_BEFORE: [AtomicI32; 8] = [const { AtomicI32::new(0) }; 8];
+/// Threads refused or skipped for blocking the signal in an earlier call: asked first next
+/// time, so that a thread that keeps it blocked is not sent one more signal per call.
+static SUSPECTS: [AtomicI32; 8] = [const { AtomicI32::new(0) }; 8];
+/// Threads skipped (with `assume_blocking_threads_run_no_sites`) after blocking the signal for a
+/// whole timeout: skipped at once if they still block it.
+static SKIPPED: [AtomicI32; 8] = [const { AtomicI32::new(0) }; 8];
+
+fn remember(list: &[AtomicI32; 8], tid: i32) {
+    if !list.iter().any(|t| t.load(Relaxed) == tid) {
+        list[tid as usize % list.len()].store(tid, Relaxed);
+    }
+}
+
+fn remembered(list: &[AtomicI32; 8], tid: i32) -> bool {
+    list.iter().any(|t| t.load(Relaxed) == tid)
+}
 
 /// A slot's word: `SENT | generation` while a thread has been signalled and has not arrived,
 /// `ARRIVED | ip` once it waits in the handler, 0 when unused.
@@ -535,6 +548,9 @@ const BLOCKED_GRACE: Duration = Duration::from_millis(10);
 const WAIT_SLICE: Duration = Duration::from_millis(1);
 /// How often it looks again at threads that block the signal.
 const BLOCKED_POLL: Duration = Duration::from_micros(200);
+/// How long a signalled thread may take before its status is read (to find zombies and
+/// threads that block the signal well before the timeout).
+const PROBE_AFTER: Duration = Duration::from_millis(1);
 /// How many listings of `/proc/self/task` one attempt may need.
 const MAX_LISTINGS: u32 = 64;
 
@@ -621,8 +637,8 @@ struct Plan {
     /// Threads that arrived in the last attempt and had not left the handler when this one
     /// began, sorted: they block the signal only until they leave, and then take it at once.
     inside_before: Vec<i32>,
-    /// Threads that block the signal, not yet sent it, and since when.
-    blocked: Vec<(i32, Instant)>,
+    /// Threads seen blocking the signal in this attempt.
+    blocked: Vec<Blocked>,
     used: usize,
     skipped: usize,
     listings: u32,
@@ -632,9 +648,20 @@ struct Plan {
     /// (creating a thread, `posix_spawn`).
     libc_internal: u64,
     pid: i32,
+    uid: u32,
     me: i32,
     timeout: Duration,
     skip_blocking: bool,
+}
+
+/// A thread seen blocking the signal.
+#[derive(Clone, Copy)]
+struct Blocked {
+    tid: i32,
+    /// When it was first seen blocking it.
+    since: Instant,
+    /// The slot it was sent the signal in; `None`: not sent (it blocked it in an earlier call).
+    slot: Option<usize>,
 }
 
 /// What the status file says about a thread.
@@ -665,6 +692,8 @@ impl Plan {
             signal,
             libc_internal: internal,
             pid,
+            // SAFETY: getuid has no preconditions.
+            uid: unsafe { libc::getuid() },
             me: gettid(),
             timeout: options.timeout,
             skip_blocking: options.skip_blocking,
@@ -730,32 +759,42 @@ impl Plan {
         Ok(())
     }
 
-    /// Signals one newly listed thread now, or notes it as blocking the signal.
+    /// Signals one newly listed thread, unless it blocked the signal in an earlier call and
+    /// still does (then it is watched, not sent yet another signal it cannot take).
     fn stop_one(&mut self, gen: u64, tid: i32) -> Result<(), Failure> {
-        if self.inside_before.binary_search(&tid).is_ok() {
-            return self.signal_thread(gen, tid);
-        }
-        match self.probe(tid) {
-            Probe::Gone => Ok(()),
-            Probe::Live {
-                blocks_signal: true,
-                libc_internal: false,
-                ..
-            } => {
-                if self.skip_blocking && SKIPPED_BEFORE.iter().any(|t| t.load(Relaxed) == tid) {
-                    self.skipped += 1;
-                    return Ok(());
+        let suspect = (remembered(&SUSPECTS, tid) || remembered(&SKIPPED, tid))
+            && self.inside_before.binary_search(&tid).is_err();
+        if suspect {
+            match self.probe(tid) {
+                Probe::Gone => return Ok(()),
+                Probe::Live {
+                    blocks_signal: true,
+                    libc_internal: false,
+                    ..
+                } => {
+                    if self.skip_blocking && remembered(&SKIPPED, tid) {
+                        self.skipped += 1;
+                        return Ok(());
+                    }
+                    return self.watch_blocked(tid, None);
                 }
-                if self.blocked.len() == self.blocked.capacity() {
-                    return Err(Failure::NeedCapacity);
-                }
-                self.blocked.push((tid, Instant::now()));
-                Ok(())
+                Probe::Live { .. } => {}
             }
-            // Not blocked, or blocked only for a moment by the C library: the signal is
-            // delivered when it unblocks.
-            Probe::Live { .. } => self.signal_thread(gen, tid),
         }
+        self.signal_thread(gen, tid)
+    }
+
+    /// Watches a thread that blocks the signal; `slot`: the slot it was sent the signal in.
+    fn watch_blocked(&mut self, tid: i32, slot: Option<usize>) -> Result<(), Failure> {
+        if self.blocked.len() == self.blocked.capacity() {
+            return Err(Failure::NeedCapacity);
+        }
+        self.blocked.push(Blocked {
+            tid,
+            since: Instant::now(),
+            slot,
+        });
+        Ok(())
     }
 
     /// Gives `tid` a slot and sends it the signal.
@@ -769,7 +808,13 @@ impl Plan {
         };
         slot.tid.store(tid, Relaxed);
         slot.word.store(SENT | gen, Release);
-        match send(self.pid, tid, self.signal, gen << INDEX_BITS | index as u64) {
+        match send(
+            self.pid,
+            self.uid,
+            tid,
+            self.signal,
+            gen << INDEX_BITS | index as u64,
+        ) {
             0 => self.used += 1,
             libc::ESRCH => slot.word.store(0, Relaxed), // it exited meanwhile
             errno => {
@@ -784,18 +829,61 @@ impl Plan {
         Ok(())
     }
 
-    /// Looks again at the threads that block the signal: signals those that unblocked, leaves
-    /// those that exited, and refuses one that has been asleep with it blocked for the grace
-    /// period (a runnable one may not yet have been scheduled to unblock it). `at_deadline`:
-    /// decide about every one still blocking (refused, or skipped with
-    /// `assume_blocking_threads_run_no_sites`).
+    /// Reads the status of every thread from slot `from` on that has not arrived yet: one that
+    /// is gone never will; one that blocks the signal is watched. Threads on their way out of
+    /// the handler (which blocks the signal until they leave) are not asked.
+    fn probe_laggards(&mut self, gen: u64, from: usize) -> Result<(), Failure> {
+        for index in from..self.used {
+            let slot = &self.arena.slots[index];
+            let tid = slot.tid.load(Relaxed);
+            if slot.word.load(Acquire) != SENT | gen
+                || self.inside_before.binary_search(&tid).is_ok()
+            {
+                continue;
+            }
+            match self.probe(tid) {
+                Probe::Gone => retract(slot, gen),
+                // Unless it arrived (and blocks every signal in the handler) meanwhile.
+                Probe::Live {
+                    blocks_signal: true,
+                    libc_internal: false,
+                    ..
+                } if slot.word.load(Acquire) == SENT | gen => {
+                    self.watch_blocked(tid, Some(index))?
+                }
+                Probe::Live { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Looks again at the threads that block the signal: those that unblocked take it (or are
+    /// sent it), those that exited are dropped, and one that has been asleep with it blocked
+    /// for the grace period is refused (a runnable one may not yet have been scheduled to
+    /// unblock it). `at_deadline`: decide about every one still blocking (refused, or skipped
+    /// with `assume_blocking_threads_run_no_sites`).
     fn recheck_blocked(&mut self, gen: u64, at_deadline: bool) -> Result<(), Failure> {
         let grace = BLOCKED_GRACE.min(self.timeout);
         let mut i = 0;
         while i < self.blocked.len() {
-            let (tid, since) = self.blocked[i];
-            let decide = match self.probe(tid) {
-                Probe::Gone => None,
+            let Blocked { tid, since, slot } = self.blocked[i];
+            let sent = |index: usize| self.arena.slots[index].word.load(Acquire) == SENT | gen;
+            if slot.is_some_and(|index| !sent(index)) {
+                self.blocked.swap_remove(i); // it arrived
+                continue;
+            }
+            let probe = self.probe(tid);
+            if slot.is_some_and(|index| !sent(index)) {
+                self.blocked.swap_remove(i); // it arrived while its status was read
+                continue;
+            }
+            let decide = match probe {
+                Probe::Gone => {
+                    if let Some(index) = slot {
+                        retract(&self.arena.slots[index], gen);
+                    }
+                    false
+                }
                 Probe::Live {
                     blocks_signal: false,
                     ..
@@ -804,43 +892,50 @@ impl Plan {
                     libc_internal: true,
                     ..
                 } => {
-                    self.signal_thread(gen, tid)?;
-                    None
+                    if slot.is_none() {
+                        self.signal_thread(gen, tid)?;
+                    }
+                    false
                 }
                 Probe::Live { state, .. } => {
                     // Refused early if asleep with it blocked past the grace period; skipped
                     // only once it has kept it blocked for the whole timeout.
                     let asleep = state != b'R';
                     let early = !self.skip_blocking && asleep && since.elapsed() >= grace;
-                    Some(at_deadline || early)
+                    if !(at_deadline || early) {
+                        i += 1;
+                        continue;
+                    }
+                    true
                 }
             };
-            match decide {
-                Some(false) => i += 1,
-                Some(true) if !self.skip_blocking => {
+            if decide {
+                remember(&SUSPECTS, tid);
+                if !self.skip_blocking {
                     return Err(StopError::BlocksSignal {
                         tid,
                         signal: self.signal,
                     }
-                    .into())
+                    .into());
                 }
-                Some(true) => {
-                    SKIPPED_BEFORE[tid as usize % SKIPPED_BEFORE.len()].store(tid, Relaxed);
-                    self.skipped += 1;
-                    self.blocked.swap_remove(i);
+                if let Some(index) = slot {
+                    retract(&self.arena.slots[index], gen);
                 }
-                None => {
-                    self.blocked.swap_remove(i);
-                }
+                remember(&SKIPPED, tid);
+                self.skipped += 1;
             }
+            self.blocked.swap_remove(i);
         }
         Ok(())
     }
 
     /// Waits until every slot from `first` on has arrived (or its thread exited), and every
-    /// thread that blocks the signal has been signalled, skipped or refused.
+    /// thread that blocks the signal has taken it, been skipped or been refused.
     fn wait_for_arrivals(&mut self, gen: u64, first: usize) -> Result<(), Failure> {
-        let deadline = Instant::now() + self.timeout;
+        let start = Instant::now();
+        let deadline = start + self.timeout;
+        let probe_at = start + PROBE_AFTER.min(self.timeout);
+        let mut probed = false;
         let pending = |slot: &Slot| slot.word.load(Acquire) == SENT | gen;
         let mut cursor = first;
         loop {
@@ -862,12 +957,19 @@ impl Plan {
                 }
                 continue;
             }
-            let slice = if self.blocked.is_empty() {
-                WAIT_SLICE
+            if !probed && now >= probe_at {
+                probed = true;
+                self.probe_laggards(gen, cursor)?;
+                continue;
+            }
+            let wake = if !self.blocked.is_empty() {
+                now + BLOCKED_POLL
+            } else if !probed {
+                probe_at
             } else {
-                BLOCKED_POLL
+                now + WAIT_SLICE
             };
-            let quiet = !futex_wait(&ARRIVALS, seen, Some((deadline - now).min(slice)));
+            let quiet = !futex_wait(&ARRIVALS, seen, Some(wake.min(deadline) - now));
             if !self.blocked.is_empty() {
                 self.recheck_blocked(gen, false)?;
             }
@@ -895,10 +997,13 @@ impl Plan {
                 blocks_signal: true,
                 libc_internal: false,
                 ..
-            } => StopError::BlocksSignal {
-                tid,
-                signal: self.signal,
-            },
+            } => {
+                remember(&SUSPECTS, tid);
+                StopError::BlocksSignal {
+                    tid,
+                    signal: self.signal,
+                }
+            }
             Probe::Live { state, .. } => StopError::Timeout {
                 tid,
                 signal: self.signal,
@@ -1051,16 +1156,16 @@ struct SigInfo {
 const _: () = assert!(core::mem::size_of::<SigInfo>() == 128);
 const _: () = assert!(core::mem::size_of::<libc::siginfo_t>() == 128);
 
-/// Queues `signal` with `value` to thread `tid`. Returns 0 or the errno.
-fn send(pid: i32, tid: i32, signal: i32, value: u64) -> i32 {
+/// Queues `signal` with `value` to thread `tid` of process `pid` (whose user is `uid`).
+/// Returns 0 or the errno.
+fn send(pid: i32, uid: u32, tid: i32, signal: i32, value: u64) -> i32 {
     let info = SigInfo {
         signo: signal,
         errno: 0,
         code: libc::SI_QUEUE,
         _pad: 0,
         pid,
-        // SAFETY: getuid has no preconditions.
-        uid: unsafe { libc::getuid() },
+        uid,
         value,
         _rest: [0; 12],
     };
