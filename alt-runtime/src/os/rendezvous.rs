@@ -22,24 +22,27 @@
 //!    ours once (it stays installed), and registers for
 //!    `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE)` once where the kernel has it.
 //!    Everything that may allocate happens here, before any thread is stopped.
-//! 2. It lists `/proc/self/task` and, for each thread but itself, reads
-//!    `/proc/self/task/TID/status`: a zombie is left alone (it runs nothing); a thread whose
-//!    `SigBlk` holds the signal is given a short grace period (threads being created, and threads
-//!    inside another signal handler, block every signal for a moment) and then refused with
-//!    [`StopError::BlocksSignal`] before it is sent anything. Every other thread is sent the
-//!    signal with `rt_tgsigqueueinfo`, carrying the attempt's generation and the thread's slot.
+//! 2. It lists `/proc/self/task` and sends every thread but itself the signal with
+//!    `rt_tgsigqueueinfo`, carrying the attempt's generation and the thread's slot.
 //! 3. The handler records the interrupted instruction pointer in its slot (one compare-and-swap
 //!    on the slot's word, which only succeeds for the current generation: a signal left over
 //!    from an earlier attempt does nothing), counts itself in, and waits on a futex. It uses only
 //!    atomics and raw system calls, and saves and restores `errno`.
-//! 4. The caller waits (futex, bounded by [`StopOptions::timeout`]) until every signalled thread
-//!    has arrived, then lists `/proc/self/task` again and stops any thread created meanwhile,
-//!    until a listing shows no thread it has not stopped. Once every listed thread waits in the
-//!    handler, nothing is left that could create one.
-//! 5. It checks each stopped thread's instruction pointer against the forbidden ranges. If one is
+//! 4. The caller waits on a futex for the arrivals, bounded by [`StopOptions::timeout`]. A
+//!    thread that has not arrived after 1 ms has its `/proc/self/task/TID/status` read: a zombie
+//!    is dropped (it runs nothing); one whose `SigBlk` holds the signal is watched, and refused
+//!    with [`StopError::BlocksSignal`] once it has been asleep with it blocked for 10 ms (a
+//!    runnable one may just not have been scheduled yet, and is decided at the deadline).
+//!    Blocking every signal including the C library's own (32 up to `SIGRTMIN`) is the C
+//!    library creating a thread or spawning a process, for a moment: not a refusal. A thread
+//!    still on its way out of the handler of the previous attempt is not asked either.
+//! 5. It lists `/proc/self/task` again and stops any thread created meanwhile, until a listing
+//!    shows no thread it has not stopped. Once every listed thread waits in the handler, nothing
+//!    is left that could create one.
+//! 6. It checks each stopped thread's instruction pointer against the forbidden ranges. If one is
 //!    inside, everybody is released, the thread runs on for a moment, and the whole rendezvous is
 //!    tried again, up to [`StopOptions::max_tries`] times ([`StopError::InsideForbidden`]).
-//! 6. [`Stopped::release`] calls `membarrier(..SYNC_CORE)` if registered, serialises the caller,
+//! 7. [`Stopped::release`] calls `membarrier(..SYNC_CORE)` if registered, serialises the caller,
 //!    and wakes everyone; each handler executes a serialising instruction (`cpuid`) after it sees
 //!    the release and before it returns. Returning from a signal handler is not enough by itself:
 //!    x86-64 Linux returns to user space with `sysret` when the restored registers allow it (a
@@ -69,12 +72,15 @@
 //! `SigBlk` shows `fffffffe7ffbfa77` (all but `SIGILL`, `SIGFPE`, `SIGSEGV`, `SIGKILL`, `SIGSTOP`
 //! and glibc's two internal signals), `comm` and `Name` are `qemu-x86_64` like every other
 //! thread's, and `stat` holds nothing that tells it apart. No reliable test separates it from a
-//! program thread that blocks every signal (worker threads of many libraries do), so it is not
+//! program thread that blocks every signal (worker threads of many libraries do), nor from a
+//! guest thread for which qemu blocks every host signal while it creates a thread. So it is not
 //! guessed: the rendezvous refuses it like any thread that blocks the signal, and a program that
-//! knows better says so with the `unsafe` [`StopOptions::assume_blocking_threads_run_no_sites`].
-//! Also under qemu, `SigBlk` shows the host's numbering of the signals (qemu 7.2 maps guest
-//! signal 61 to host signal 63), so a guest thread that blocks the signal is not seen in advance;
-//! it is named when the timeout expires ([`StopError::Timeout`]).
+//! knows better says so with the `unsafe` [`StopOptions::assume_blocking_threads_run_no_sites`],
+//! which leaves running a thread that has kept the signal blocked for the whole timeout (and,
+//! in later calls, at once if it still blocks it). Also under qemu, `SigBlk` shows the host's
+//! numbering of the signals (qemu 7.2 delivers guest signal 61 as host signal 63), so a guest
+//! thread that blocks the signal is not seen as such; it is named when the timeout expires
+//! ([`StopError::Timeout`]).
 //!
 //! # Limits
 //!
@@ -160,8 +166,10 @@ impl StopOptions {
         self
     }
 
-    /// Leaves running, instead of refusing, every thread that keeps the signal blocked (its
-    /// `SigBlk` holds it after the grace period). [`Stopped::skipped_count`] says how many.
+    /// Leaves running, instead of refusing, every thread that keeps the signal blocked for the
+    /// whole timeout (its `SigBlk` holds it at every look); in later calls such a thread is
+    /// left running at once if it still blocks the signal. [`Stopped::skipped_count`] says how
+    /// many were left running. The first call waits the whole timeout for each such thread.
     ///
     /// This exists for qemu-user, whose helper thread blocks every signal and never runs guest
     /// code (see the module documentation).
