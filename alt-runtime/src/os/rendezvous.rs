@@ -456,6 +456,7 @@ pub fn stop_other_threads(
     let mut inside = StoppedThread { tid: 0, ip: 0 };
     while tries < options.max_tries {
         let gen = NEXT_GEN.fetch_add(1, Relaxed) & GEN_MASK;
+        let _unwinding = ReleaseOnUnwind(gen);
         match plan.stop_all(gen) {
             Ok(()) => {}
             Err(Failure::NeedCapacity) => {
@@ -571,6 +572,19 @@ struct Slot {
 
 struct Arena {
     slots: Box<[Slot]>,
+}
+
+/// Releases the threads of an attempt if the caller unwinds in the middle of it (nothing in it
+/// is meant to panic; a stuck process would be the price).
+struct ReleaseOnUnwind(u64);
+
+impl Drop for ReleaseOnUnwind {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            RELEASED.store(self.0 as u32, Release);
+            futex_wake(&RELEASED, i32::MAX);
+        }
+    }
 }
 
 /// Releases the rendezvous flag when dropped.
