@@ -318,6 +318,58 @@ fn a_thread_that_blocks_the_signal_is_named() {
     stop_other_threads(&options, &[]).expect("stop").release();
 }
 
+/// A thread blocks every signal as the C library does inside `pthread_create` (a raw
+/// `rt_sigprocmask`, so the C library's own signals too), sleeps, then runs, then unblocks:
+/// it is waited for, neither refused (a program cannot block those signals) nor left running.
+#[test]
+fn a_thread_blocking_everything_like_the_c_library_is_waited_for() {
+    let _turn = serial();
+    static BLOCKED: AtomicBool = AtomicBool::new(false);
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    static STOP: AtomicBool = AtomicBool::new(false);
+    BLOCKED.store(false, Relaxed);
+    STOP.store(false, Relaxed);
+    let (tx, rx) = mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        tx.send(gettid()).unwrap();
+        let all: u64 = !0;
+        let mut old: u64 = 0;
+        // SAFETY: this thread's own mask, 8-byte sets as the kernel takes them.
+        unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_BLOCK, &all, &mut old, 8) };
+        BLOCKED.store(true, Relaxed);
+        std::thread::sleep(Duration::from_millis(50)); // asleep with everything blocked
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(50) {} // and running
+                                                             // SAFETY: as above.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &old,
+                std::ptr::null_mut::<u64>(),
+                8,
+            )
+        };
+        while !STOP.load(Relaxed) {
+            COUNT.fetch_add(1, Relaxed);
+        }
+    });
+    let tid = rx.recv().unwrap();
+    while !BLOCKED.load(Relaxed) {
+        std::thread::yield_now();
+    }
+    let stopped = stop_other_threads(&options(), &[]).expect("waited for, not refused");
+    let found = stopped.threads().any(|t| t.tid == tid);
+    let before = COUNT.load(Relaxed);
+    std::thread::sleep(Duration::from_millis(20));
+    let after = COUNT.load(Relaxed);
+    stopped.release();
+    STOP.store(true, Relaxed);
+    handle.join().unwrap();
+    assert!(found, "thread {tid} was stopped once it unblocked");
+    assert_eq!(before, after, "and made no progress while stopped");
+}
+
 /// In a thread: `vfork`, the child sleeps `SLEEP` and exits. The parent waits in the kernel,
 /// where no ordinary signal reaches it, until the child is gone. The child runs on the parent's
 /// stack, so the whole sequence is one asm block that touches no stack.
@@ -529,7 +581,11 @@ fn threads_created_during_the_rendezvous_are_stopped_too() {
     let rounds = if under_qemu() { 30 } else { 100 };
     let mut most_listings = 0;
     let mut moved = 0;
-    for _ in 0..rounds {
+    // At least `rounds` rendezvous, and on until as many threads were created (slowly, under
+    // qemu on a loaded machine), within reason.
+    let mut round = 0;
+    while round < rounds || (spawned.load(Relaxed) < rounds && round < 20 * rounds) {
+        round += 1;
         let stopped = stop_other_threads(&options(), &[]).expect("stop");
         snapshot(&mut a);
         std::thread::sleep(Duration::from_millis(5));
@@ -544,12 +600,17 @@ fn threads_created_during_the_rendezvous_are_stopped_too() {
     stop.store(true, Relaxed);
     spawner.join().unwrap();
     assert_eq!(moved, 0, "a thread ran while the others were stopped");
-    assert!(spawned.load(Relaxed) > rounds, "threads were being created");
+    assert!(
+        spawned.load(Relaxed) >= rounds,
+        "threads were being created: {} in {round} rendezvous",
+        spawned.load(Relaxed)
+    );
     println!("most listings in one rendezvous: {most_listings}");
 }
 
-/// Deterministic: a thread keeps the signal blocked (running, so it is waited for) while the
-/// rendezvous lists the threads, creates a thread, and only then unblocks it.
+/// Deterministic: a thread keeps the signal blocked (running, so it is waited for) until the
+/// rendezvous has sent it the signal, which it sees pending, so after the first listing; then it
+/// creates a thread and unblocks the signal.
 #[test]
 fn a_thread_created_after_the_first_listing_is_caught() {
     let _turn = serial();
@@ -558,10 +619,11 @@ fn a_thread_created_after_the_first_listing_is_caught() {
     static CHILD_COUNT: AtomicU64 = AtomicU64::new(0);
     static STOP: AtomicBool = AtomicBool::new(false);
     BLOCKED.store(false, Relaxed);
+    CHILD_TID.store(0, Relaxed);
     STOP.store(false, Relaxed);
     let signal = default_signal();
     let parent = std::thread::spawn(move || {
-        // SAFETY: a local signal set and this thread's own mask.
+        // SAFETY: local signal sets and this thread's own mask.
         let set = unsafe {
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
@@ -570,22 +632,24 @@ fn a_thread_created_after_the_first_listing_is_caught() {
             set
         };
         BLOCKED.store(true, Relaxed);
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_millis(20) {
+        // SAFETY: as above.
+        let pending = || unsafe {
+            let mut p: libc::sigset_t = std::mem::zeroed();
+            libc::sigpending(&mut p);
+            libc::sigismember(&p, signal) == 1
+        };
+        while !pending() {
             std::hint::spin_loop();
         }
+        // The child inherits the blocked signal: it says who it is, then unblocks it.
         let child = std::thread::spawn(move || {
-            // It inherited the blocked signal.
+            CHILD_TID.store(gettid() as u64, Relaxed);
             // SAFETY: as above.
             unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
-            CHILD_TID.store(gettid() as u64, Relaxed);
             while !STOP.load(Relaxed) {
                 CHILD_COUNT.fetch_add(1, Relaxed);
             }
         });
-        while CHILD_TID.load(Relaxed) == 0 {
-            std::hint::spin_loop();
-        }
         // SAFETY: as above.
         unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
         while !STOP.load(Relaxed) {
