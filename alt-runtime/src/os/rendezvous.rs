@@ -1,0 +1,1635 @@
+//! Stopping every other thread of this process at a known point, so that one thread can rewrite
+//! code the others may run: the hosted form of the kernels' `stop_machine`.
+//!
+//! ```no_run
+//! use alt_runtime::os::rendezvous::{stop_other_threads, StopOptions};
+//!
+//! let sites = [0x40_1000u64..0x40_1005];
+//! // Prepare everything before: while the others are stopped, take no lock another thread may
+//! // hold (no allocation, no stdio).
+//! let stopped = stop_other_threads(&StopOptions::new(), &sites)?;
+//! // Every other thread waits in a signal handler, none with its instruction pointer in `sites`.
+//! // ... write the sites here ...
+//! stopped.release(); // (also on drop) each thread serialises before it runs on
+//! # Ok::<(), alt_runtime::os::rendezvous::StopError>(())
+//! ```
+//!
+//! # How
+//!
+//! 1. The calling thread takes the process-wide rendezvous (a second call while one is in
+//!    progress, or while a [`Stopped`] guard lives, gets [`StopError::Busy`]), checks that the
+//!    signal (default [`default_signal`], `SIGRTMAX - 3`) has no handler but ours and installs
+//!    ours once (it stays installed), and registers for
+//!    `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE)` once where the kernel has it.
+//!    Everything that may allocate happens here, before any thread is stopped.
+//! 2. It lists `/proc/self/task` and sends every thread but itself the signal with
+//!    `rt_tgsigqueueinfo`, carrying the attempt's generation and the thread's slot.
+//! 3. The handler records the interrupted instruction pointer in its slot (one compare-and-swap
+//!    on the slot's word, which only succeeds for the current generation: a signal left over
+//!    from an earlier attempt does nothing), counts itself in, and waits on a futex. It uses only
+//!    atomics and raw system calls, and saves and restores `errno`.
+//! 4. The caller waits on a futex for the arrivals, bounded by [`StopOptions::timeout`]. A
+//!    thread that has not arrived after 1 ms has its `/proc/self/task/TID/status` read: a zombie
+//!    is dropped (it runs nothing); one whose `SigBlk` holds the signal is watched, and refused
+//!    with [`StopError::BlocksSignal`] once it has been asleep with it blocked for 10 ms (a
+//!    runnable one may just not have been scheduled yet, and is decided at the deadline).
+//!    Blocking every signal including the C library's own (32 up to `SIGRTMIN`) is the C
+//!    library creating a thread or spawning a process, for a moment: not a refusal. A thread
+//!    still on its way out of the handler of the previous attempt is not asked either.
+//! 5. It lists `/proc/self/task` again and stops any thread created meanwhile, until a listing
+//!    shows no thread it has not stopped. Once every listed thread waits in the handler, nothing
+//!    is left that could create one.
+//! 6. It checks each stopped thread's instruction pointer against the forbidden ranges. If one is
+//!    inside, everybody is released, the thread runs on for a moment, and the whole rendezvous is
+//!    tried again, up to [`StopOptions::max_tries`] times ([`StopError::InsideForbidden`]).
+//! 7. [`Stopped::release`] calls `membarrier(..SYNC_CORE)` if registered, serialises the caller,
+//!    and wakes everyone; each handler executes a serialising instruction (`cpuid`) after it sees
+//!    the release and before it returns. Returning from a signal handler is not enough by itself:
+//!    x86-64 Linux returns to user space with `sysret` when the restored registers allow it (a
+//!    thread stopped in a system call has `rcx == rip`, `r11 == rflags`), and `sysret` is not
+//!    serialising.
+//!
+//! Any failure releases every thread that was stopped before it returns: no thread is left
+//! stopped, and the caller writes nothing because it has no guard.
+//!
+//! # What a program must allow
+//!
+//! - The signal must be free: no handler of the program's own, not ignored. Choose another with
+//!   [`StopOptions::signal`] (a real-time signal; the two highest cannot be delivered under
+//!   qemu-user 7.2).
+//! - Its threads must not keep the signal blocked (a moment is fine); a thread that does is named.
+//! - Interrupted system calls: the handler is installed with `SA_RESTART`, but the calls that
+//!   `signal(7)` lists as never restarted (`poll`, `epoll_wait`, `select`, `nanosleep`, ...) return
+//!   `EINTR` in a thread that was stopped, as they do under any signal.
+//! - The caller must not create threads while it holds a [`Stopped`] guard, must not forget the
+//!   guard (`mem::forget` leaves every other thread waiting forever), and must call from ordinary
+//!   code, not from a signal handler.
+//!
+//! # qemu-user
+//!
+//! Under `qemu-x86_64`, `/proc/self/task` also lists qemu's own helper thread (its RCU thread).
+//! It is a host thread that never runs guest code and blocks every signal for its whole life:
+//! `SigBlk` shows `fffffffe7ffbfa77` (all but `SIGILL`, `SIGFPE`, `SIGSEGV`, `SIGKILL`, `SIGSTOP`
+//! and glibc's two internal signals), `comm` and `Name` are `qemu-x86_64` like every other
+//! thread's, and `stat` holds nothing that tells it apart. No reliable test separates it from a
+//! program thread that blocks every signal (worker threads of many libraries do), nor from a
+//! guest thread for which qemu blocks every host signal while it creates a thread. So it is not
+//! guessed: the rendezvous refuses it like any thread that blocks the signal, and a program that
+//! knows better says so with the `unsafe` [`StopOptions::assume_blocking_threads_run_no_sites`],
+//! which leaves running a thread that has kept the signal blocked for the whole timeout (and,
+//! in later calls, at once if it still blocks it). Also under qemu, `SigBlk` shows the host's
+//! numbering of the signals (qemu 7.2 delivers guest signal 61 as host signal 63), so a guest
+//! thread that blocks the signal is not seen as such; it is named when the timeout expires
+//! ([`StopError::Timeout`]).
+//!
+//! # Limits
+//!
+//! Only the innermost interrupted instruction pointer is checked. A thread that had been
+//! interrupted inside a site by another signal, and is running that signal's handler when it is
+//! stopped, resumes inside the site when that handler returns; so do return addresses, which is
+//! why a site's return address must be an instruction boundary in every variant. A thread blocked
+//! in `vfork` (until its child execs or exits) takes no signal and is reported by the timeout.
+//!
+//! See `docs/threads.md` for the design and what it learnt from Linux and Xen.
+
+use core::ffi::c_void;
+use core::fmt;
+use core::marker::PhantomData;
+use core::ops::Range;
+use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+use core::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
+};
+use core::time::Duration;
+use std::boxed::Box;
+use std::time::Instant;
+use std::vec::Vec;
+
+/// The signal used unless [`StopOptions::signal`] says otherwise: `SIGRTMAX - 3`.
+///
+/// glibc keeps the lowest real-time signals for itself, programs that use real-time signals
+/// usually count up from `SIGRTMIN`, and qemu-user 7.2 cannot deliver `SIGRTMAX` or
+/// `SIGRTMAX - 1`.
+pub fn default_signal() -> i32 {
+    libc::SIGRTMAX() - 3
+}
+
+/// How a rendezvous waits and which signal it uses.
+#[derive(Clone, Debug)]
+pub struct StopOptions {
+    signal: Option<i32>,
+    timeout: Duration,
+    max_tries: u32,
+    skip_blocking: bool,
+}
+
+impl Default for StopOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StopOptions {
+    /// How long a signalled thread may take to arrive, by default.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+    /// How many times the rendezvous is tried when a thread is inside a forbidden range.
+    pub const DEFAULT_MAX_TRIES: u32 = 16;
+
+    /// The default signal, a one-second timeout, 16 tries, blocking threads refused.
+    pub fn new() -> Self {
+        Self {
+            signal: None,
+            timeout: Self::DEFAULT_TIMEOUT,
+            max_tries: Self::DEFAULT_MAX_TRIES,
+            skip_blocking: false,
+        }
+    }
+
+    /// Uses `signal` (a real-time signal, `SIGRTMIN()..=SIGRTMAX()`) instead of
+    /// [`default_signal`].
+    pub fn signal(mut self, signal: i32) -> Self {
+        self.signal = Some(signal);
+        self
+    }
+
+    /// How long each signalled thread may take to arrive before the call fails with
+    /// [`StopError::Timeout`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How many times the whole rendezvous is tried while some thread is stopped inside a
+    /// forbidden range (at least once).
+    pub fn max_tries(mut self, tries: u32) -> Self {
+        self.max_tries = tries.max(1);
+        self
+    }
+
+    /// Leaves running, instead of refusing, every thread that keeps the signal blocked for the
+    /// whole timeout (its `SigBlk` holds it at every look); in later calls such a thread is
+    /// left running at once if it still blocks the signal. [`Stopped::skipped_count`] says how
+    /// many were left running. The first call waits the whole timeout for each such thread.
+    ///
+    /// This exists for qemu-user, whose helper thread blocks every signal and never runs guest
+    /// code (see the module documentation).
+    ///
+    /// # Safety
+    ///
+    /// No thread that blocks the signal may run, or be about to run, code in the forbidden
+    /// ranges or code the caller rewrites while it holds the [`Stopped`] guard, nor create a
+    /// thread that does.
+    pub unsafe fn assume_blocking_threads_run_no_sites(mut self) -> Self {
+        self.skip_blocking = true;
+        self
+    }
+
+    /// The signal this rendezvous uses.
+    pub fn signal_number(&self) -> i32 {
+        self.signal.unwrap_or_else(default_signal)
+    }
+}
+
+/// Why the other threads could not be stopped. No thread is left stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StopError {
+    /// A rendezvous is already in progress in this process (a re-entrant call, or one while a
+    /// [`Stopped`] guard lives).
+    Busy,
+    /// The signal is not a real-time signal the program may use.
+    InvalidSignal {
+        /// The signal number.
+        signal: i32,
+    },
+    /// The program has its own handler for the signal, or ignores it.
+    ForeignHandler {
+        /// The signal number.
+        signal: i32,
+    },
+    /// The thread keeps the signal blocked, so it cannot be stopped.
+    BlocksSignal {
+        /// Its thread id.
+        tid: i32,
+        /// The signal number.
+        signal: i32,
+    },
+    /// The thread was sent the signal but did not arrive in time.
+    Timeout {
+        /// Its thread id.
+        tid: i32,
+        /// The signal number.
+        signal: i32,
+        /// How long it was waited for.
+        timeout: Duration,
+        /// Its state letter from `/proc/self/task/TID/status` at the deadline (`R`, `S`, `D`,
+        /// `T`, `t`, ...), or `?` if it could not be read.
+        state: char,
+    },
+    /// A thread was stopped inside a forbidden range on every try.
+    InsideForbidden {
+        /// Its thread id (at the last try).
+        tid: i32,
+        /// Its instruction pointer (at the last try).
+        ip: u64,
+        /// How many times the rendezvous was tried.
+        tries: u32,
+    },
+    /// Threads kept appearing: `/proc/self/task` showed new threads on every listing.
+    Unstable {
+        /// How many times it was listed.
+        listings: u32,
+    },
+    /// More threads than a rendezvous can track (2^24).
+    TooManyThreads {
+        /// How many slots were needed.
+        count: usize,
+    },
+    /// A system call failed.
+    Os {
+        /// What was called.
+        call: &'static str,
+        /// `errno`.
+        errno: i32,
+    },
+}
+
+/// `SIGRTMAX-3` for the signal numbers near the top, or the plain number.
+struct SignalName(i32);
+
+impl fmt::Display for SignalName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let below = libc::SIGRTMAX() - self.0;
+        if (0..=8).contains(&below) {
+            write!(f, "signal {} (SIGRTMAX-{below})", self.0)
+        } else {
+            write!(f, "signal {}", self.0)
+        }
+    }
+}
+
+impl fmt::Display for StopError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Busy => f.write_str(
+                "a thread rendezvous is already in progress in this process (re-entrant call, \
+                 or one while a Stopped guard lives)",
+            ),
+            Self::InvalidSignal { signal } => write!(
+                f,
+                "{} is not a real-time signal (SIGRTMIN()..=SIGRTMAX()) that the rendezvous may use",
+                SignalName(signal)
+            ),
+            Self::ForeignHandler { signal } => write!(
+                f,
+                "{} already has a handler (or is ignored) that is not the rendezvous's: the \
+                 program uses it; choose another signal with StopOptions::signal",
+                SignalName(signal)
+            ),
+            Self::BlocksSignal { tid, signal } => write!(
+                f,
+                "thread {tid} blocks {}, so it cannot be stopped to rewrite code; unblock the \
+                 signal in that thread or choose another with StopOptions::signal; no thread was \
+                 left stopped",
+                SignalName(signal)
+            ),
+            Self::Timeout {
+                tid,
+                signal,
+                timeout,
+                state,
+            } => write!(
+                f,
+                "thread {tid} did not stop within {} ms of being sent {} (state {state}); no \
+                 thread was left stopped",
+                timeout.as_millis(),
+                SignalName(signal)
+            ),
+            Self::InsideForbidden { tid, ip, tries } => write!(
+                f,
+                "thread {tid} was stopped at {ip:#x}, inside code being rewritten, on each of {tries} \
+                 tries; no thread was left stopped"
+            ),
+            Self::Unstable { listings } => write!(
+                f,
+                "threads kept appearing: /proc/self/task showed new threads on each of {listings} \
+                 listings"
+            ),
+            Self::TooManyThreads { count } => {
+                write!(f, "{count} threads are more than a rendezvous can track")
+            }
+            Self::Os { call, errno } => write!(
+                f,
+                "{call} failed: {}",
+                std::io::Error::from_raw_os_error(errno)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StopError {}
+
+/// A thread that waits in the handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoppedThread {
+    /// Its thread id.
+    pub tid: i32,
+    /// Where it was interrupted, and where it will resume.
+    pub ip: u64,
+}
+
+/// Every other thread of the process waits in the signal handler while this lives. Dropping it
+/// releases them, as [`release`](Self::release) does.
+///
+/// It is neither `Send` nor `Sync`: the thread that stopped the others releases them.
+#[must_use = "dropping the guard releases the threads at once"]
+pub struct Stopped {
+    gen: u64,
+    arena: &'static Arena,
+    used: usize,
+    skipped: usize,
+    tries: u32,
+    listings: u32,
+    // Dropped after `Drop::drop` has released the threads.
+    _busy: BusyGuard,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl Stopped {
+    /// Releases every stopped thread. Each executes a serialising instruction before it runs
+    /// on, after `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE)` where the kernel has it.
+    pub fn release(self) {
+        drop(self);
+    }
+
+    /// The stopped threads, in the order they were stopped. Allocates nothing.
+    pub fn threads(&self) -> impl Iterator<Item = StoppedThread> + '_ {
+        self.arena.slots[..self.used].iter().filter_map(|slot| {
+            let word = slot.word.load(Acquire);
+            (word & ARRIVED != 0).then(|| StoppedThread {
+                tid: slot.tid.load(Relaxed),
+                ip: word & !ARRIVED,
+            })
+        })
+    }
+
+    /// How many threads are stopped.
+    pub fn thread_count(&self) -> usize {
+        self.threads().count()
+    }
+
+    /// How many threads were left running because they block the signal (only with
+    /// [`StopOptions::assume_blocking_threads_run_no_sites`]).
+    pub fn skipped_count(&self) -> usize {
+        self.skipped
+    }
+
+    /// How many times the rendezvous was tried (more than 1 when a thread was inside a
+    /// forbidden range).
+    pub fn tries(&self) -> u32 {
+        self.tries
+    }
+
+    /// How many times `/proc/self/task` was listed in the successful try (more than 2 when
+    /// threads were created during the rendezvous).
+    pub fn listings(&self) -> u32 {
+        self.listings
+    }
+}
+
+impl fmt::Debug for Stopped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stopped")
+            .field("threads", &self.thread_count())
+            .field("skipped", &self.skipped)
+            .field("tries", &self.tries)
+            .field("listings", &self.listings)
+            .finish()
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        release(self.arena, self.used, self.gen, true);
+    }
+}
+
+/// Installs the handler for the options' signal and registers for
+/// `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE)`, as the first
+/// [`stop_other_threads`] would. Registering is slow in a process that already has threads (the
+/// kernel waits for an RCU grace period), so call this early, while the process has one thread,
+/// if the first stop should be quick.
+pub fn prepare(options: &StopOptions) -> Result<(), StopError> {
+    let _busy = BusyGuard::take()?;
+    install_handler(checked_signal(options)?)?;
+    membarrier_registered();
+    Ok(())
+}
+
+/// Whether releases use `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE)` (registering
+/// for it on first use). Without it, the serialising instruction in each handler is all.
+pub fn membarrier_sync_core() -> bool {
+    membarrier_registered()
+}
+
+/// Stops every other thread of the process in a signal handler, with none of them stopped at an
+/// instruction pointer inside `forbidden`, and returns the guard that releases them.
+///
+/// The calling thread is never stopped. See the module documentation for how it works, what a
+/// program must allow, and how it fails.
+pub fn stop_other_threads(
+    options: &StopOptions,
+    forbidden: &[Range<u64>],
+) -> Result<Stopped, StopError> {
+    let busy = BusyGuard::take()?;
+    let signal = checked_signal(options)?;
+    install_handler(signal)?;
+    membarrier_registered();
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    OWNER_PID.store(pid, Relaxed);
+
+    // Everything that allocates happens here, before any thread is stopped.
+    let mut capacity = (count_threads()? * 2 + 16).max(64);
+    let mut plan = Plan::new(capacity, signal, pid, options);
+    let mut tries = 0;
+    let mut inside = StoppedThread { tid: 0, ip: 0 };
+    while tries < options.max_tries {
+        let gen = NEXT_GEN.fetch_add(1, Relaxed) & GEN_MASK;
+        let _unwinding = ReleaseOnUnwind(gen);
+        match plan.stop_all(gen) {
+            Ok(()) => {}
+            Err(Failure::NeedCapacity) => {
+                plan.release(gen, false);
+                capacity *= 2;
+                if capacity > 1 << INDEX_BITS {
+                    return Err(StopError::TooManyThreads { count: capacity });
+                }
+                plan = Plan::new(capacity, signal, pid, options);
+                continue;
+            }
+            Err(Failure::Error(e)) => {
+                plan.release(gen, false);
+                return Err(e);
+            }
+        }
+        tries += 1;
+        match plan.first_inside(forbidden) {
+            None => {
+                return Ok(Stopped {
+                    gen,
+                    arena: plan.arena,
+                    used: plan.used,
+                    skipped: plan.skipped,
+                    tries,
+                    listings: plan.listings,
+                    _busy: busy,
+                    _not_send: PhantomData,
+                })
+            }
+            Some(thread) => {
+                inside = thread;
+                plan.release(gen, false);
+                // Let it run on out of the range before the next try.
+                std::thread::sleep(Duration::from_micros(50u64 << (tries - 1).min(6)));
+            }
+        }
+    }
+    Err(StopError::InsideForbidden {
+        tid: inside.tid,
+        ip: inside.ip,
+        tries,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared state between the caller and the handler: atomics only.
+
+/// Taken by the caller for the whole rendezvous, from the first check to the release.
+static BUSY: AtomicBool = AtomicBool::new(false);
+/// The process id whose signals the handler accepts (set on every call: a forked child has its
+/// own).
+static OWNER_PID: AtomicI32 = AtomicI32::new(0);
+/// The slots; replaced by a larger one between attempts when threads outgrow it, never freed.
+static ARENA: AtomicPtr<Arena> = AtomicPtr::new(core::ptr::null_mut());
+/// The generation of the next attempt (each attempt has its own, so stale signals are ignored).
+static NEXT_GEN: AtomicU64 = AtomicU64::new(1);
+/// Futex: the low 32 bits of the last released generation. Handlers of an attempt wait while it
+/// is behind their generation.
+static RELEASED: AtomicU32 = AtomicU32::new(0);
+/// Futex: how many times a thread has arrived, ever. The caller waits on it for arrivals.
+static ARRIVALS: AtomicU32 = AtomicU32::new(0);
+/// The last released attempt (caller only, under [`BUSY`]): its arena, slots used, generation.
+static LAST_ARENA: AtomicPtr<Arena> = AtomicPtr::new(core::ptr::null_mut());
+static LAST_USED: AtomicUsize = AtomicUsize::new(0);
+static LAST_GEN: AtomicU64 = AtomicU64::new(0);
+/// `membarrier` registration: 0 not tried, 1 registered, 2 unavailable.
+static MEMBARRIER: AtomicU8 = AtomicU8::new(0);
+/// Threads refused or skipped for blocking the signal in an earlier call: asked first next
+/// time, so that a thread that keeps it blocked is not sent one more signal per call.
+static SUSPECTS: [AtomicI32; 8] = [const { AtomicI32::new(0) }; 8];
+/// Threads skipped (with `assume_blocking_threads_run_no_sites`) after blocking the signal for a
+/// whole timeout: skipped at once if they still block it.
+static SKIPPED: [AtomicI32; 8] = [const { AtomicI32::new(0) }; 8];
+
+fn remember(list: &[AtomicI32; 8], tid: i32) {
+    if !list.iter().any(|t| t.load(Relaxed) == tid) {
+        list[tid as usize % list.len()].store(tid, Relaxed);
+    }
+}
+
+fn remembered(list: &[AtomicI32; 8], tid: i32) -> bool {
+    list.iter().any(|t| t.load(Relaxed) == tid)
+}
+
+/// A slot's word: `SENT | generation` while a thread has been signalled and has not arrived,
+/// `ARRIVED | ip` once it waits in the handler, 0 when unused.
+const SENT: u64 = 1 << 63;
+const ARRIVED: u64 = 1 << 62;
+/// The signal's value carries `generation << INDEX_BITS | slot`.
+const INDEX_BITS: u32 = 24;
+const GEN_MASK: u64 = (1 << 40) - 1;
+
+/// How long a thread may sleep with the signal blocked before it is refused (or skipped): a
+/// thread inside another signal handler blocks it for a moment.
+const BLOCKED_GRACE: Duration = Duration::from_millis(10);
+/// How often the caller wakes while it waits, to notice threads that exited.
+const WAIT_SLICE: Duration = Duration::from_millis(1);
+/// How often it looks again at threads that block the signal.
+const BLOCKED_POLL: Duration = Duration::from_micros(200);
+/// How long a signalled thread may take before its status is read (to find zombies and
+/// threads that block the signal well before the timeout).
+const PROBE_AFTER: Duration = Duration::from_millis(1);
+/// How many listings of `/proc/self/task` one attempt may need.
+const MAX_LISTINGS: u32 = 64;
+
+struct Slot {
+    word: AtomicU64,
+    tid: AtomicI32,
+    /// The generation in which the slot's thread last left the handler.
+    left: AtomicU64,
+}
+
+struct Arena {
+    slots: Box<[Slot]>,
+}
+
+/// Releases the threads of an attempt if the caller unwinds in the middle of it (nothing in it
+/// is meant to panic; a stuck process would be the price).
+struct ReleaseOnUnwind(u64);
+
+impl Drop for ReleaseOnUnwind {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            RELEASED.store(self.0 as u32, Release);
+            futex_wake(&RELEASED, i32::MAX);
+        }
+    }
+}
+
+/// Releases the rendezvous flag when dropped.
+struct BusyGuard(());
+
+impl BusyGuard {
+    fn take() -> Result<Self, StopError> {
+        BUSY.compare_exchange(false, true, Acquire, Relaxed)
+            .map(|_| Self(()))
+            .map_err(|_| StopError::Busy)
+    }
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        BUSY.store(false, Release);
+    }
+}
+
+/// An arena with at least `capacity` slots: the current one, or a new one (leaked on purpose:
+/// a late handler may still read the one it replaces).
+fn arena_with(capacity: usize) -> &'static Arena {
+    let current = ARENA.load(Acquire);
+    // SAFETY: arenas are leaked, never freed, so the pointer stays valid.
+    if let Some(arena) = unsafe { current.as_ref() } {
+        if arena.slots.len() >= capacity {
+            return arena;
+        }
+    }
+    let slots = (0..capacity)
+        .map(|_| Slot {
+            word: AtomicU64::new(0),
+            tid: AtomicI32::new(0),
+            left: AtomicU64::new(0),
+        })
+        .collect();
+    let arena: &'static Arena = Box::leak(Box::new(Arena { slots }));
+    ARENA.store(arena as *const Arena as *mut Arena, Release);
+    arena
+}
+
+fn checked_signal(options: &StopOptions) -> Result<i32, StopError> {
+    let signal = options.signal_number();
+    if (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&signal) {
+        Ok(signal)
+    } else {
+        Err(StopError::InvalidSignal { signal })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The caller's side.
+
+enum Failure {
+    /// More threads than slots: grow (allocating) and try again.
+    NeedCapacity,
+    Error(StopError),
+}
+
+impl From<StopError> for Failure {
+    fn from(e: StopError) -> Self {
+        Self::Error(e)
+    }
+}
+
+/// One rendezvous's preallocated state: the slots, the thread ids seen, and the threads that
+/// block the signal.
+struct Plan {
+    arena: &'static Arena,
+    /// Every thread id listed in this attempt (and the caller's), sorted.
+    known: Vec<i32>,
+    /// Threads that arrived in the last attempt and had not left the handler when this one
+    /// began, sorted: they block the signal only until they leave, and then take it at once.
+    inside_before: Vec<i32>,
+    /// Threads seen blocking the signal in this attempt.
+    blocked: Vec<Blocked>,
+    used: usize,
+    skipped: usize,
+    listings: u32,
+    signal: i32,
+    /// `SigBlk` bits of the C library's own signals (32 up to `SIGRTMIN()`): a program cannot
+    /// block them through the C library, which blocks them only for a moment of its own
+    /// (creating a thread, `posix_spawn`).
+    libc_internal: u64,
+    pid: i32,
+    uid: u32,
+    me: i32,
+    timeout: Duration,
+    skip_blocking: bool,
+}
+
+/// A thread seen blocking the signal.
+#[derive(Clone, Copy)]
+struct Blocked {
+    tid: i32,
+    /// When it was first seen blocking it.
+    since: Instant,
+    /// The slot it was sent the signal in; `None`: not sent (it blocked it in an earlier call).
+    slot: Option<usize>,
+}
+
+/// What the status file says about a thread.
+enum Probe {
+    /// It exited, or is a zombie: it runs nothing.
+    Gone,
+    Live {
+        /// `SigBlk` holds the signal.
+        blocks_signal: bool,
+        /// `SigBlk` holds the C library's own signals: inside the C library for a moment.
+        libc_internal: bool,
+        /// The state letter (`R`, `S`, `D`, ...).
+        state: u8,
+    },
+}
+
+impl Plan {
+    fn new(capacity: usize, signal: i32, pid: i32, options: &StopOptions) -> Self {
+        let internal = (32..libc::SIGRTMIN()).fold(0u64, |m, s| m | 1 << (s - 1));
+        Self {
+            arena: arena_with(capacity),
+            known: Vec::with_capacity(capacity),
+            inside_before: Vec::with_capacity(capacity),
+            blocked: Vec::with_capacity(capacity),
+            used: 0,
+            skipped: 0,
+            listings: 0,
+            signal,
+            libc_internal: internal,
+            pid,
+            // SAFETY: getuid has no preconditions.
+            uid: unsafe { libc::getuid() },
+            me: gettid(),
+            timeout: options.timeout,
+            skip_blocking: options.skip_blocking,
+        }
+    }
+
+    /// Stops every thread but the caller in attempt `gen`, until a listing shows no new thread.
+    /// Allocates nothing.
+    fn stop_all(&mut self, gen: u64) -> Result<(), Failure> {
+        self.note_threads_inside_before()?;
+        self.known.clear();
+        self.known.push(self.me);
+        self.blocked.clear();
+        self.used = 0;
+        self.skipped = 0;
+        self.listings = 0;
+        loop {
+            if self.listings == MAX_LISTINGS {
+                return Err(StopError::Unstable {
+                    listings: self.listings,
+                }
+                .into());
+            }
+            self.listings += 1;
+            let first = self.used;
+            let mut new = 0;
+            for_each_thread(|tid| {
+                let Err(at) = self.known.binary_search(&tid) else {
+                    return Ok(());
+                };
+                if self.known.len() == self.known.capacity() {
+                    return Err(Failure::NeedCapacity);
+                }
+                self.known.insert(at, tid);
+                new += 1;
+                self.stop_one(gen, tid)
+            })?;
+            if new == 0 {
+                return Ok(());
+            }
+            self.wait_for_arrivals(gen, first)?;
+        }
+    }
+
+    /// Fills `inside_before` from the slots of the last attempt.
+    fn note_threads_inside_before(&mut self) -> Result<(), Failure> {
+        self.inside_before.clear();
+        // SAFETY: arenas are leaked, never freed.
+        let Some(last) = (unsafe { LAST_ARENA.load(Relaxed).as_ref() }) else {
+            return Ok(());
+        };
+        let gen = LAST_GEN.load(Relaxed);
+        let used = LAST_USED.load(Relaxed).min(last.slots.len());
+        for slot in &last.slots[..used] {
+            if slot.word.load(Acquire) & ARRIVED != 0 && slot.left.load(Acquire) != gen {
+                if self.inside_before.len() == self.inside_before.capacity() {
+                    return Err(Failure::NeedCapacity);
+                }
+                self.inside_before.push(slot.tid.load(Relaxed));
+            }
+        }
+        self.inside_before.sort_unstable();
+        Ok(())
+    }
+
+    /// Signals one newly listed thread, unless it blocked the signal in an earlier call and
+    /// still does (then it is watched, not sent yet another signal it cannot take).
+    fn stop_one(&mut self, gen: u64, tid: i32) -> Result<(), Failure> {
+        let suspect = (remembered(&SUSPECTS, tid) || remembered(&SKIPPED, tid))
+            && self.inside_before.binary_search(&tid).is_err();
+        if suspect {
+            match self.probe(tid) {
+                Probe::Gone => return Ok(()),
+                Probe::Live {
+                    blocks_signal: true,
+                    libc_internal: false,
+                    ..
+                } => {
+                    if self.skip_blocking && remembered(&SKIPPED, tid) {
+                        self.skipped += 1;
+                        return Ok(());
+                    }
+                    return self.watch_blocked(tid, None);
+                }
+                Probe::Live { .. } => {}
+            }
+        }
+        self.signal_thread(gen, tid)
+    }
+
+    /// Watches a thread that blocks the signal; `slot`: the slot it was sent the signal in.
+    fn watch_blocked(&mut self, tid: i32, slot: Option<usize>) -> Result<(), Failure> {
+        if self.blocked.len() == self.blocked.capacity() {
+            return Err(Failure::NeedCapacity);
+        }
+        self.blocked.push(Blocked {
+            tid,
+            since: Instant::now(),
+            slot,
+        });
+        Ok(())
+    }
+
+    /// Gives `tid` a slot and sends it the signal.
+    fn signal_thread(&mut self, gen: u64, tid: i32) -> Result<(), Failure> {
+        let index = self.used;
+        if index >= 1 << INDEX_BITS {
+            return Err(StopError::TooManyThreads { count: index + 1 }.into());
+        }
+        let Some(slot) = self.arena.slots.get(index) else {
+            return Err(Failure::NeedCapacity);
+        };
+        slot.tid.store(tid, Relaxed);
+        slot.word.store(SENT | gen, Release);
+        match send(
+            self.pid,
+            self.uid,
+            tid,
+            self.signal,
+            gen << INDEX_BITS | index as u64,
+        ) {
+            0 => self.used += 1,
+            libc::ESRCH => slot.word.store(0, Relaxed), // it exited meanwhile
+            errno => {
+                slot.word.store(0, Relaxed);
+                return Err(StopError::Os {
+                    call: "rt_tgsigqueueinfo",
+                    errno,
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the status of every thread from slot `from` on that has not arrived yet: one that
+    /// is gone never will; one that blocks the signal is watched. Threads on their way out of
+    /// the handler (which blocks the signal until they leave) are not asked.
+    fn probe_laggards(&mut self, gen: u64, from: usize) -> Result<(), Failure> {
+        for index in from..self.used {
+            let slot = &self.arena.slots[index];
+            let tid = slot.tid.load(Relaxed);
+            if slot.word.load(Acquire) != SENT | gen
+                || self.inside_before.binary_search(&tid).is_ok()
+            {
+                continue;
+            }
+            match self.probe(tid) {
+                Probe::Gone => retract(slot, gen),
+                // Unless it arrived (and blocks every signal in the handler) meanwhile.
+                Probe::Live {
+                    blocks_signal: true,
+                    libc_internal: false,
+                    ..
+                } if slot.word.load(Acquire) == SENT | gen => {
+                    self.watch_blocked(tid, Some(index))?
+                }
+                Probe::Live { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Looks again at the threads that block the signal: those that unblocked take it (or are
+    /// sent it), those that exited are dropped, and one that has been asleep with it blocked
+    /// for the grace period is refused (a runnable one may not yet have been scheduled to
+    /// unblock it). `at_deadline`: decide about every one still blocking (refused, or skipped
+    /// with `assume_blocking_threads_run_no_sites`).
+    fn recheck_blocked(&mut self, gen: u64, at_deadline: bool) -> Result<(), Failure> {
+        let grace = BLOCKED_GRACE.min(self.timeout);
+        let mut i = 0;
+        while i < self.blocked.len() {
+            let Blocked { tid, since, slot } = self.blocked[i];
+            let sent = |index: usize| self.arena.slots[index].word.load(Acquire) == SENT | gen;
+            if slot.is_some_and(|index| !sent(index)) {
+                self.blocked.swap_remove(i); // it arrived
+                continue;
+            }
+            let probe = self.probe(tid);
+            if slot.is_some_and(|index| !sent(index)) {
+                self.blocked.swap_remove(i); // it arrived while its status was read
+                continue;
+            }
+            let decide = match probe {
+                Probe::Gone => {
+                    if let Some(index) = slot {
+                        retract(&self.arena.slots[index], gen);
+                    }
+                    false
+                }
+                Probe::Live {
+                    blocks_signal: false,
+                    ..
+                }
+                | Probe::Live {
+                    libc_internal: true,
+                    ..
+                } => {
+                    if slot.is_none() {
+                        self.signal_thread(gen, tid)?;
+                    }
+                    false
+                }
+                Probe::Live { state, .. } => {
+                    // Refused early if asleep with it blocked past the grace period; skipped
+                    // only once it has kept it blocked for the whole timeout.
+                    let asleep = state != b'R';
+                    let early = !self.skip_blocking && asleep && since.elapsed() >= grace;
+                    if !(at_deadline || early) {
+                        i += 1;
+                        continue;
+                    }
+                    true
+                }
+            };
+            if decide {
+                remember(&SUSPECTS, tid);
+                if !self.skip_blocking {
+                    return Err(StopError::BlocksSignal {
+                        tid,
+                        signal: self.signal,
+                    }
+                    .into());
+                }
+                if let Some(index) = slot {
+                    retract(&self.arena.slots[index], gen);
+                }
+                remember(&SKIPPED, tid);
+                self.skipped += 1;
+            }
+            self.blocked.swap_remove(i);
+        }
+        Ok(())
+    }
+
+    /// Waits until every slot from `first` on has arrived (or its thread exited), and every
+    /// thread that blocks the signal has taken it, been skipped or been refused.
+    fn wait_for_arrivals(&mut self, gen: u64, first: usize) -> Result<(), Failure> {
+        let start = Instant::now();
+        let deadline = start + self.timeout;
+        let probe_at = start + PROBE_AFTER.min(self.timeout);
+        let mut probed = false;
+        let pending = |slot: &Slot| slot.word.load(Acquire) == SENT | gen;
+        let mut cursor = first;
+        loop {
+            while cursor < self.used && !pending(&self.arena.slots[cursor]) {
+                cursor += 1;
+            }
+            if cursor == self.used && self.blocked.is_empty() {
+                return Ok(());
+            }
+            let seen = ARRIVALS.load(Acquire);
+            if cursor < self.used && !pending(&self.arena.slots[cursor]) {
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                self.recheck_blocked(gen, true)?;
+                if cursor < self.used {
+                    self.diagnose(gen, cursor)?;
+                }
+                continue;
+            }
+            if !probed && now >= probe_at {
+                probed = true;
+                self.probe_laggards(gen, cursor)?;
+                continue;
+            }
+            let wake = if !self.blocked.is_empty() {
+                now + BLOCKED_POLL
+            } else if !probed {
+                probe_at
+            } else {
+                now + WAIT_SLICE
+            };
+            let quiet = !futex_wait(&ARRIVALS, seen, Some(wake.min(deadline) - now));
+            if !self.blocked.is_empty() {
+                self.recheck_blocked(gen, false)?;
+            }
+            if quiet {
+                // A thread that exited before it took the signal never arrives.
+                for slot in &self.arena.slots[cursor..self.used] {
+                    if pending(slot) && !thread_exists(self.pid, slot.tid.load(Relaxed)) {
+                        retract(slot, gen);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The deadline passed with the thread of slot `index` not arrived: why.
+    fn diagnose(&mut self, gen: u64, index: usize) -> Result<(), Failure> {
+        let slot = &self.arena.slots[index];
+        let tid = slot.tid.load(Relaxed);
+        let error = match self.probe(tid) {
+            Probe::Gone => {
+                retract(slot, gen);
+                return Ok(());
+            }
+            Probe::Live {
+                blocks_signal: true,
+                libc_internal: false,
+                ..
+            } => {
+                remember(&SUSPECTS, tid);
+                StopError::BlocksSignal {
+                    tid,
+                    signal: self.signal,
+                }
+            }
+            Probe::Live { state, .. } => StopError::Timeout {
+                tid,
+                signal: self.signal,
+                timeout: self.timeout,
+                state: state as char,
+            },
+        };
+        // It may have arrived just now.
+        if pending_retracted(slot, gen) {
+            Err(error.into())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn probe(&self, tid: i32) -> Probe {
+        probe(tid, self.signal, self.libc_internal)
+    }
+
+    /// The first stopped thread whose instruction pointer lies in a forbidden range.
+    fn first_inside(&self, forbidden: &[Range<u64>]) -> Option<StoppedThread> {
+        self.arena.slots[..self.used].iter().find_map(|slot| {
+            let word = slot.word.load(Acquire);
+            let ip = word & !ARRIVED;
+            (word & ARRIVED != 0 && forbidden.iter().any(|r| r.contains(&ip))).then(|| {
+                StoppedThread {
+                    tid: slot.tid.load(Relaxed),
+                    ip,
+                }
+            })
+        })
+    }
+
+    /// Lets every thread of attempt `gen` run on; `serialize` after text was written.
+    fn release(&self, gen: u64, serialize: bool) {
+        release(self.arena, self.used, gen, serialize);
+    }
+}
+
+/// Marks a slot whose thread will never arrive as unused (unless it arrived just now).
+fn retract(slot: &Slot, gen: u64) {
+    let _ = slot.word.compare_exchange(SENT | gen, 0, AcqRel, Relaxed);
+}
+
+/// Retracts a slot; whether it was still pending (false: its thread arrived after all).
+fn pending_retracted(slot: &Slot, gen: u64) -> bool {
+    slot.word
+        .compare_exchange(SENT | gen, 0, AcqRel, Relaxed)
+        .is_ok()
+}
+
+/// Lets every thread of attempt `gen` (slots `..used` of `arena`) run on; `serialize` after
+/// text was written. Remembers the attempt, so that the next one knows which threads may still
+/// be on their way out of the handler.
+fn release(arena: &'static Arena, used: usize, gen: u64, serialize: bool) {
+    if serialize {
+        if MEMBARRIER.load(Relaxed) == 1 {
+            // SAFETY: a plain system call; registered for this command.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_membarrier,
+                    MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE,
+                    0,
+                    0,
+                )
+            };
+        }
+        arch::serialize_instruction_stream();
+    }
+    LAST_ARENA.store(arena as *const Arena as *mut Arena, Relaxed);
+    LAST_USED.store(used, Relaxed);
+    LAST_GEN.store(gen, Relaxed);
+    RELEASED.store(gen as u32, Release);
+    futex_wake(&RELEASED, i32::MAX);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The handler's side: atomics and raw system calls only.
+
+/// The signal handler. Async-signal-safe: atomics, `futex`, `cpuid`; `errno` is preserved.
+extern "C" fn on_stop_signal(
+    _signal: libc::c_int,
+    info: *mut libc::siginfo_t,
+    context: *mut c_void,
+) {
+    // SAFETY: errno is this thread's own; it is restored below so the interrupted code never
+    // sees the handler's system calls.
+    let errno = unsafe { *libc::__errno_location() };
+    // SAFETY: the kernel passes a valid siginfo and ucontext to an SA_SIGINFO handler.
+    unsafe { park(info as *const SigInfo, context) };
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+/// Arrives at the rendezvous the signal names, waits for its release, and serialises.
+///
+/// # Safety
+///
+/// `info` and `context` are what the kernel passed to the handler.
+unsafe fn park(info: *const SigInfo, context: *mut c_void) {
+    // SAFETY: the caller's contract.
+    let info = unsafe { &*info };
+    if info.code != libc::SI_QUEUE || info.pid != OWNER_PID.load(Relaxed) {
+        return; // not sent by a rendezvous of this process
+    }
+    let gen = info.value >> INDEX_BITS;
+    let index = (info.value & ((1 << INDEX_BITS) - 1)) as usize;
+    // SAFETY: arenas are leaked, never freed.
+    let Some(arena) = (unsafe { ARENA.load(Acquire).as_ref() }) else {
+        return;
+    };
+    let Some(slot) = arena.slots.get(index) else {
+        return;
+    };
+    // SAFETY: the caller's contract.
+    let ip = unsafe { arch::interrupted_ip(context) } & !(SENT | ARRIVED);
+    if slot
+        .word
+        .compare_exchange(SENT | gen, ARRIVED | ip, AcqRel, Relaxed)
+        .is_err()
+    {
+        return; // a signal from an earlier attempt
+    }
+    ARRIVALS.fetch_add(1, SeqCst);
+    futex_wake(&ARRIVALS, 1);
+    loop {
+        let released = RELEASED.load(Acquire);
+        if released.wrapping_sub(gen as u32) as i32 >= 0 {
+            break;
+        }
+        futex_wait(&RELEASED, released, None);
+    }
+    arch::serialize_instruction_stream();
+    slot.left.store(gen, Release);
+}
+
+/// The kernel's `siginfo_t` as `rt_tgsigqueueinfo` fills it for `SI_QUEUE` (64-bit layout).
+#[repr(C)]
+struct SigInfo {
+    signo: i32,
+    errno: i32,
+    code: i32,
+    _pad: i32,
+    pid: i32,
+    uid: u32,
+    value: u64,
+    _rest: [u64; 12],
+}
+
+const _: () = assert!(core::mem::size_of::<SigInfo>() == 128);
+const _: () = assert!(core::mem::size_of::<libc::siginfo_t>() == 128);
+
+/// Queues `signal` with `value` to thread `tid` of process `pid` (whose user is `uid`).
+/// Returns 0 or the errno.
+fn send(pid: i32, uid: u32, tid: i32, signal: i32, value: u64) -> i32 {
+    let info = SigInfo {
+        signo: signal,
+        errno: 0,
+        code: libc::SI_QUEUE,
+        _pad: 0,
+        pid,
+        uid,
+        value,
+        _rest: [0; 12],
+    };
+    // SAFETY: `info` is a complete siginfo for the kernel to copy.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_rt_tgsigqueueinfo,
+            pid,
+            tid,
+            signal,
+            &info as *const SigInfo,
+        )
+    };
+    if r == 0 {
+        0
+    } else {
+        errno()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small system-call wrappers (async-signal-safe, no allocation).
+
+fn errno() -> i32 {
+    // SAFETY: errno is this thread's own.
+    unsafe { *libc::__errno_location() }
+}
+
+fn gettid() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+}
+
+/// Whether thread `tid` of process `pid` still exists (signal 0 checks without sending).
+fn thread_exists(pid: i32, tid: i32) -> bool {
+    // SAFETY: signal 0 sends nothing.
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, 0) };
+    r == 0 || errno() != libc::ESRCH
+}
+
+/// Waits while `word` holds `expected`, at most `timeout`. Returns false on timeout.
+fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> bool {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs() as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(core::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `word` is a live, aligned 32-bit atomic; `ts_ptr` is null or a valid timespec.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            ts_ptr,
+        )
+    };
+    !(r != 0 && errno() == libc::ETIMEDOUT)
+}
+
+fn futex_wake(word: &AtomicU32, count: i32) {
+    // SAFETY: `word` is a live, aligned 32-bit atomic.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            count,
+        )
+    };
+}
+
+/// From `<linux/membarrier.h>` (stable ABI).
+const MEMBARRIER_CMD_QUERY: libc::c_int = 0;
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE: libc::c_int = 1 << 5;
+const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE: libc::c_int = 1 << 6;
+
+/// Registers for the core-serialising `membarrier` once; whether it is registered.
+fn membarrier_registered() -> bool {
+    if MEMBARRIER.load(Relaxed) == 0 {
+        // SAFETY: plain system calls.
+        let supported = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0) };
+        let registered = supported >= 0
+            && supported & MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE as libc::c_long != 0
+            // SAFETY: as above.
+            && unsafe {
+                libc::syscall(
+                    libc::SYS_membarrier,
+                    MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE,
+                    0,
+                    0,
+                )
+            } == 0;
+        MEMBARRIER.store(if registered { 1 } else { 2 }, Relaxed);
+    }
+    MEMBARRIER.load(Relaxed) == 1
+}
+
+/// Installs the handler for `signal` unless it is installed; refuses if another is.
+fn install_handler(signal: i32) -> Result<(), StopError> {
+    let ours = on_stop_signal as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut c_void)
+        as libc::sighandler_t;
+    let is_ours =
+        |a: &libc::sigaction| a.sa_sigaction == ours && a.sa_flags & libc::SA_SIGINFO != 0;
+    let os = |call| StopError::Os {
+        call,
+        errno: errno(),
+    };
+    // SAFETY: all-zero is a valid `sigaction` (SIG_DFL, empty mask).
+    let mut old: libc::sigaction = unsafe { core::mem::zeroed() };
+    // SAFETY: a query; `old` is writable.
+    if unsafe { libc::sigaction(signal, core::ptr::null(), &mut old) } != 0 {
+        return Err(os("sigaction"));
+    }
+    if is_ours(&old) {
+        return Ok(());
+    }
+    if old.sa_sigaction != libc::SIG_DFL {
+        return Err(StopError::ForeignHandler { signal });
+    }
+    // SAFETY: as above.
+    let mut new: libc::sigaction = unsafe { core::mem::zeroed() };
+    new.sa_sigaction = ours;
+    // Restart interrupted system calls; block every other signal while parked, so that no other
+    // handler (which could run a site) runs on top of ours.
+    new.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    // SAFETY: `new.sa_mask` is a valid sigset_t; then the handler is async-signal-safe.
+    unsafe {
+        libc::sigfillset(&mut new.sa_mask);
+        if libc::sigaction(signal, &new, &mut old) != 0 {
+            return Err(os("sigaction"));
+        }
+    }
+    if old.sa_sigaction != libc::SIG_DFL && !is_ours(&old) {
+        // The program installed its own between the two calls: put it back.
+        // SAFETY: restores what was there.
+        unsafe { libc::sigaction(signal, &old, core::ptr::null_mut()) };
+        return Err(StopError::ForeignHandler { signal });
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc without allocation.
+
+/// Calls `f` with each thread id in `/proc/self/task`.
+fn for_each_thread<E: From<StopError>>(mut f: impl FnMut(i32) -> Result<(), E>) -> Result<(), E> {
+    let os = |call| {
+        E::from(StopError::Os {
+            call,
+            errno: errno(),
+        })
+    };
+    // SAFETY: a NUL-terminated path.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/task".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(os("open /proc/self/task"));
+    }
+    let mut buf = [0u64; 512];
+    let result = loop {
+        // SAFETY: `buf` is writable for its whole length.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                fd,
+                buf.as_mut_ptr(),
+                core::mem::size_of_val(&buf),
+            )
+        };
+        if n < 0 {
+            break Err(os("getdents64 /proc/self/task"));
+        }
+        if n == 0 {
+            break Ok(());
+        }
+        // SAFETY: plain bytes of the initialised buffer.
+        let bytes: &[u8] =
+            unsafe { core::slice::from_raw_parts(buf.as_ptr() as *const u8, n as usize) };
+        if let Err(e) = dirents(bytes).try_for_each(&mut f) {
+            break Err(e);
+        }
+    };
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(fd) };
+    result
+}
+
+/// The numeric names in a buffer of `linux_dirent64` records.
+fn dirents(bytes: &[u8]) -> impl Iterator<Item = i32> + '_ {
+    let mut at = 0;
+    core::iter::from_fn(move || loop {
+        // d_ino: u64, d_off: i64, d_reclen: u16, d_type: u8, d_name: NUL-terminated.
+        let header = bytes.get(at..at + 19)?;
+        let reclen = u16::from_ne_bytes([header[16], header[17]]) as usize;
+        let record = bytes.get(at..at + reclen.max(19))?;
+        at += reclen.max(19);
+        let name = &record[19..];
+        let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+        if let Some(tid) = parse_decimal(name) {
+            return Some(tid);
+        }
+    })
+}
+
+fn parse_decimal(s: &[u8]) -> Option<i32> {
+    if s.is_empty() || s.len() > 9 {
+        return None;
+    }
+    s.iter().try_fold(0i32, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + (b - b'0') as i32)
+    })
+}
+
+/// Number of entries of `/proc/self/task`.
+fn count_threads() -> Result<usize, StopError> {
+    let mut n = 0;
+    for_each_thread(|_| {
+        n += 1;
+        Ok::<(), StopError>(())
+    })?;
+    Ok(n)
+}
+
+/// Reads `/proc/self/task/TID/status`: whether the thread is gone or a zombie, its state letter,
+/// and whether its `SigBlk` holds `signal` or any of the bits `libc_internal`.
+fn probe(tid: i32, signal: i32, libc_internal: u64) -> Probe {
+    let mut path = [0u8; 48];
+    let mut len = 0;
+    let mut push = |s: &[u8]| {
+        path[len..len + s.len()].copy_from_slice(s);
+        len += s.len();
+    };
+    push(b"/proc/self/task/");
+    let mut digits = [0u8; 10];
+    let mut d = digits.len();
+    let mut t = tid.unsigned_abs();
+    loop {
+        d -= 1;
+        digits[d] = b'0' + (t % 10) as u8;
+        t /= 10;
+        if t == 0 {
+            break;
+        }
+    }
+    push(&digits[d..]);
+    push(b"/status\0");
+    let mut buf = [0u8; 4096];
+    // SAFETY: `path` is NUL-terminated.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr() as *const libc::c_char,
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Probe::Gone;
+    }
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: the rest of `buf` is writable.
+        let n = unsafe {
+            libc::read(
+                fd,
+                buf[filled..].as_mut_ptr() as *mut c_void,
+                buf.len() - filled,
+            )
+        };
+        if n <= 0 {
+            break;
+        }
+        filled += n as usize;
+    }
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(fd) };
+    parse_status(&buf[..filled], signal, libc_internal)
+}
+
+/// The part of [`probe`] that reads the text.
+fn parse_status(text: &[u8], signal: i32, libc_internal: u64) -> Probe {
+    let state = status_field(text, b"State:")
+        .and_then(|v| v.first().copied())
+        .unwrap_or(b'?');
+    if matches!(state, b'Z' | b'X') || text.is_empty() {
+        return Probe::Gone;
+    }
+    let blocked = status_field(text, b"SigBlk:")
+        .and_then(|v| {
+            v.iter().try_fold(0u64, |n, &b| {
+                (b as char).to_digit(16).map(|d| n << 4 | d as u64)
+            })
+        })
+        .unwrap_or(0);
+    let bit = (signal as u32).wrapping_sub(1);
+    Probe::Live {
+        blocks_signal: bit < 64 && blocked & (1 << bit) != 0,
+        libc_internal: blocked & libc_internal != 0,
+        state,
+    }
+}
+
+/// The value of the line `name\t...` of a status file, without leading blanks.
+fn status_field<'a>(text: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    text.split(|&b| b == b'\n')
+        .find_map(|line| line.strip_prefix(name))
+        .map(|v| {
+            let start = v
+                .iter()
+                .position(|&b| b != b'\t' && b != b' ')
+                .unwrap_or(v.len());
+            &v[start..]
+        })
+}
+
+// ---------------------------------------------------------------------------------------------
+// What differs between instruction sets. An AArch64 version adds: the interrupted pc is
+// `(*(context as *const libc::ucontext_t)).uc_mcontext.pc`, and the serialising instruction is
+// `isb` (after the writer's `dc cvau` / `ic ivau` / `dsb ish`); `membarrier` SYNC_CORE is
+// supported there too.
+
+mod arch {
+    use core::ffi::c_void;
+
+    /// The instruction pointer the thread was interrupted at (where it resumes).
+    ///
+    /// # Safety
+    ///
+    /// `context` is the `ucontext_t` the kernel passed to an `SA_SIGINFO` handler.
+    #[cfg(target_arch = "x86_64")]
+    pub(super) unsafe fn interrupted_ip(context: *mut c_void) -> u64 {
+        let context = context as *const libc::ucontext_t;
+        // SAFETY: the caller's contract.
+        unsafe { (*context).uc_mcontext.gregs[libc::REG_RIP as usize] as u64 }
+    }
+
+    /// Makes this CPU discard instructions it fetched before text was written: `cpuid`, which
+    /// is architecturally serialising on every x86-64 CPU (leaf 0 has no other effect).
+    #[cfg(target_arch = "x86_64")]
+    pub(super) fn serialize_instruction_stream() {
+        core::arch::x86_64::__cpuid(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_blocked_bits_are_read_per_signal() {
+        let text = b"Name:\tx\nState:\tS (sleeping)\nSigPnd:\t0000000000000000\n\
+                     SigBlk:\t1000000000000000\nSigIgn:\t0000000000000000\n";
+        // Bit 60 is signal 61.
+        assert!(matches!(
+            parse_status(text, 61, GLIBC_INTERNAL),
+            Probe::Live {
+                blocks_signal: true,
+                libc_internal: false,
+                state: b'S'
+            }
+        ));
+        assert!(matches!(
+            parse_status(text, 60, GLIBC_INTERNAL),
+            Probe::Live {
+                blocks_signal: false,
+                ..
+            }
+        ));
+    }
+
+    /// glibc's 32 and 33.
+    const GLIBC_INTERNAL: u64 = 3 << 31;
+
+    #[test]
+    fn the_c_library_blocking_everything_is_told_from_a_program_doing_it() {
+        // As read on Linux 6.18 / glibc 2.36: a thread inside pthread_create, and a thread that
+        // blocked everything with pthread_sigmask (or runs a handler with a sigfillset mask).
+        let creating = b"State:\tR (running)\nSigBlk:\tfffffffffffbfeff\n";
+        let program = b"State:\tS (sleeping)\nSigBlk:\tfffffffe7ffbfeff\n";
+        assert!(matches!(
+            parse_status(creating, 61, GLIBC_INTERNAL),
+            Probe::Live {
+                blocks_signal: true,
+                libc_internal: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse_status(program, 61, GLIBC_INTERNAL),
+            Probe::Live {
+                blocks_signal: true,
+                libc_internal: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn zombies_and_unreadable_threads_are_gone() {
+        assert!(matches!(
+            parse_status(b"State:\tZ (zombie)\nSigBlk:\t0\n", 61, GLIBC_INTERNAL),
+            Probe::Gone
+        ));
+        assert!(matches!(parse_status(b"", 61, GLIBC_INTERNAL), Probe::Gone));
+    }
+
+    #[test]
+    fn dirents_yield_numeric_names_only() {
+        let mut buf = Vec::new();
+        for name in [&b"."[..], b"..", b"1234", b"77"] {
+            let reclen = (19 + name.len() + 1).next_multiple_of(8);
+            let start = buf.len();
+            buf.resize(start + reclen, 0);
+            buf[start + 16..start + 18].copy_from_slice(&(reclen as u16).to_ne_bytes());
+            buf[start + 19..start + 19 + name.len()].copy_from_slice(name);
+        }
+        assert_eq!(dirents(&buf).collect::<Vec<_>>(), [1234, 77]);
+    }
+
+    #[test]
+    fn errors_name_the_thread_and_the_signal() {
+        let sig = libc::SIGRTMAX() - 3;
+        let e = StopError::BlocksSignal {
+            tid: 4242,
+            signal: sig,
+        };
+        let text = std::format!("{e}");
+        assert!(text.contains("thread 4242"), "{text}");
+        assert!(
+            text.contains(&std::format!("signal {sig} (SIGRTMAX-3)")),
+            "{text}"
+        );
+        let e = StopError::InsideForbidden {
+            tid: 7,
+            ip: 0x1234,
+            tries: 3,
+        };
+        assert!(std::format!("{e}").contains("thread 7 was stopped at 0x1234"));
+    }
+}
