@@ -250,7 +250,8 @@ fn patch_now(options: &PatchOptions) -> Result<Report, ProcessError> {
     // emitted by the macros.
     let patcher = unsafe { Patcher::new(caps, layout) }.sections(&s);
     let prepared = patcher.plan(&mem).map_err(ProcessError::Plan)?;
-    let mut writer = options.writer();
+    // SAFETY: as for `mem`: this object's own text and replacement section.
+    let mut writer = unsafe { options.writer().reading_directly(readable.clone()) };
     let mut patched = prepared
         .apply(&mut writer, &mut *options.rendezvous())
         .map_err(|e| ProcessError::Patch(alloc::boxed::Box::new(e)))?;
@@ -270,7 +271,10 @@ pub fn revert_self() -> Result<(), ProcessError> {
 pub fn revert_self_with(options: &PatchOptions) -> Result<(), ProcessError> {
     let mut guard = PATCHED.lock().unwrap_or_else(|p| p.into_inner());
     let patched = guard.take().ok_or(ProcessError::NotPatched)?;
-    let mut writer = options.writer();
+    let (mut readable, replacements) = process_text();
+    readable.push(replacements);
+    // SAFETY: this object's own text and replacement section, mapped for its lifetime.
+    let mut writer = unsafe { options.writer().reading_directly(readable) };
     match patched.revert(&mut writer, &mut *options.rendezvous()) {
         Ok(_) => Ok(()),
         Err((patched, e)) => {
@@ -313,7 +317,8 @@ pub unsafe fn install_paravirt(
     let patcher =
         unsafe { Patcher::new(CapabilitySet::default(), layout).paravirt(table.clone(), *backend) };
     let prepared = patcher.plan(&mem).map_err(ProcessError::Plan)?;
-    let mut writer = options.writer();
+    // SAFETY: as for `mem`.
+    let mut writer = unsafe { options.writer().reading_directly(readable.clone()) };
     let mut patched = prepared
         .apply(&mut writer, &mut *options.rendezvous())
         .map_err(|e| ProcessError::Patch(alloc::boxed::Box::new(e)))?;
