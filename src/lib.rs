@@ -102,6 +102,24 @@ pub mod asm {
     pub use alt_macros::alternative_asm as alternative;
 }
 
+/// Everything the code the macros generate names, and nothing else: generated code reaches the
+/// crate only through `<facade>::__private::...` (the facade being `::alt`, or the path given
+/// with `crate = path`), so the runtime can be restructured without breaking it, and users never
+/// name these items. Not a public API: anything here may change in any release.
+#[doc(hidden)]
+pub mod __private {
+    pub use alt_runtime::paravirt::{
+        Backend, OpChoice, OpDesc, OpImpl, OpsCell, PvPatchError, PvPatched, TableDesc,
+    };
+    pub use alt_runtime::table::Clobbers;
+
+    /// The hosted installer of `paravirt_ops!` tables and its options.
+    #[cfg(all(feature = "std", target_os = "linux", target_arch = "x86_64"))]
+    pub use alt_runtime::{paravirt::patch_self_with, process::PatchOptions};
+
+    pub use crate::__if_hosted as if_hosted;
+}
+
 /// Expands its input only when `alt` is built for a hosted Linux x86-64 process (the `std`
 /// feature), so macro-generated hosted conveniences vanish in `no_std` builds.
 #[doc(hidden)]

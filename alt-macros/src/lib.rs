@@ -76,6 +76,8 @@
 
 mod args;
 mod bare;
+mod docs;
+mod features;
 mod paravirt;
 mod sig;
 mod site;
@@ -88,12 +90,14 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{parse_macro_input, ItemFn};
 
+use alt_runtime::table::Effects;
 use args::{AttrArgs, Body};
-use sig::{ValueKind, ARG_REGS, CLOBBERABLE};
-use site::{DefaultCode, EntrySpec, EntryTarget, SiteSpec};
+use sig::{gpr_bit, ValueKind, ARG_REGS, CLOBBERABLE, C_ABI_GPRS};
+use site::{Declared, DefaultCode, EntrySpec, EntryTarget, SiteSpec};
 use thunk::{thunk_lines, VectorState};
 
-/// Makes a function a patchable site with alternatives. See the [crate documentation](crate).
+/// Makes a function a patchable site with alternatives. The reference is the `alt` crate's
+/// `alternative` page.
 #[proc_macro_attribute]
 pub fn alternative(attr: TokenStream, item: TokenStream) -> TokenStream {
     let args = parse_macro_input!(attr as AttrArgs);
@@ -103,7 +107,8 @@ pub fn alternative(attr: TokenStream, item: TokenStream) -> TokenStream {
         .into()
 }
 
-/// Swaps bare instruction sequences. See the [crate documentation](crate).
+/// Swaps bare instruction sequences. The reference is the `alt` crate's `asm::alternative!`
+/// page.
 #[proc_macro]
 pub fn alternative_asm(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as bare::BareInput);
@@ -112,7 +117,8 @@ pub fn alternative_asm(input: TokenStream) -> TokenStream {
         .into()
 }
 
-/// Declares a paravirt operations table. See `docs/paravirt.md` and the `alt` crate.
+/// Declares a paravirt operations table. The reference is the `alt` crate's `paravirt_ops!`
+/// page.
 #[proc_macro]
 pub fn paravirt_ops(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as paravirt::TableInput);
@@ -121,13 +127,31 @@ pub fn paravirt_ops(input: TokenStream) -> TokenStream {
         .into()
 }
 
+/// The capability reference, generated from the capability table: a Markdown string for
+/// `#[doc = ...]`. For the `alt` crate's documentation.
+#[doc(hidden)]
+#[proc_macro]
+pub fn __capability_reference(input: TokenStream) -> TokenStream {
+    let _ = input;
+    let text = docs::capability_reference();
+    quote!(#text).into()
+}
+
+/// The path generated code reaches the facade through: `crate = path`, or `::alt`.
+pub(crate) fn facade(krate: Option<&syn::Path>) -> TokenStream2 {
+    match krate {
+        Some(p) => quote!(#p),
+        None => quote!(::alt),
+    }
+}
+
 fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
     let checked = sig::check(&func.sig)?;
     if args.replacements.is_empty() {
         return Err(syn::Error::new(
             Span::call_site(),
             "#[alternative] needs at least one replacement, e.g. \
-             #[alternative(popcnt => inline(\"popcnt {ret}, {x}\"))]",
+             #[alternative(popcnt => unsafe inline(\"popcnt {ret}, {x}\"))]",
         ));
     }
     for r in &args.clobbers {
@@ -141,10 +165,13 @@ fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
             ));
         }
     }
-    let has_inline = args
-        .replacements
-        .iter()
-        .any(|r| matches!(r.body, Body::Inline(_)));
+    // The first `unsafe inline` acknowledges the site's assembly: the site's `unsafe` block
+    // carries its span, so that the `unsafe_code` lint (and `#![forbid(unsafe_code)]`) sees it.
+    let inline_unsafety = args.replacements.iter().find_map(|r| match &r.body {
+        Body::Inline { unsafety, .. } => Some(*unsafety),
+        Body::Function(_) => None,
+    });
+    let has_inline = inline_unsafety.is_some();
     let thunks = has_inline && args.clobber_abi.is_none();
     if let (Some(span), Some(_)) = (args.preserve_vectors, args.clobber_abi) {
         return Err(syn::Error::new(
@@ -154,6 +181,7 @@ fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
         ));
     }
     let save_vectors = args.preserve_vectors.is_some();
+    let _ = facade(args.krate.as_ref());
 
     let ItemFn {
         attrs,
@@ -165,8 +193,12 @@ fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
     let unsafety = &fsig.unsafety;
     let inputs = &fsig.inputs;
     let output = &fsig.output;
-    let arg_names: Vec<&syn::Ident> = checked.args.iter().map(|a| &a.name).collect();
     let arg_types: Vec<&syn::Type> = checked.args.iter().map(|a| &a.ty).collect();
+    // The shims' own argument names: call-site spans, so that the compiler's help for a
+    // variant with another signature never suggests editing the user's signature.
+    let shim_args: Vec<syn::Ident> = (0..checked.args.len())
+        .map(|i| format_ident!("__alt_a{}", i))
+        .collect();
     let attrs: Vec<&syn::Attribute> = attrs
         .iter()
         .filter(|a| !a.path().is_ident("inline"))
@@ -186,7 +218,7 @@ fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
         let variant_static = format_ident!("__ALT_VARIANT_{}", i);
         let variant_op = format!("alt_v{i}");
         let variant_name = match &r.body {
-            Body::Inline(lines) => lines
+            Body::Inline { lines, .. } => lines
                 .iter()
                 .map(|l| l.value().trim().to_string())
                 .collect::<Vec<_>>()
@@ -199,7 +231,7 @@ fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
         let vop = format_ident!("{}", variant_op);
         operands.push(quote!(#vop = sym #variant_static));
         match &r.body {
-            Body::Inline(lines) => {
+            Body::Inline { lines, .. } => {
                 let mut text = Vec::new();
                 for l in lines {
                     text.push(template::substitute(&l.value(), l.span(), &checked)?);
@@ -212,13 +244,15 @@ fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
             }
             Body::Function(path) => {
                 let shim = format_ident!("__alt_shim_{}", i);
-                let call = quote_spanned!(path.span()=> #path(#(#arg_names),*));
-                items.push(quote! {
-                    #[allow(clippy::missing_safety_doc, clippy::too_many_arguments, unused_unsafe)]
-                    extern "C" fn #shim(#(#arg_names: #arg_types),*) #output {
-                        unsafe { #call }
-                    }
-                });
+                items.push(direct_call_shim(
+                    &shim,
+                    path,
+                    &r.key,
+                    unsafety.is_some(),
+                    &shim_args,
+                    &arg_types,
+                    output,
+                ));
                 let op = format!("alt_t{i}");
                 let target = if thunks {
                     let t = format_ident!("__alt_thunk_{}", i);
@@ -259,14 +293,37 @@ fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
         });
     }
 
+    // What the site tells the compiler, recorded for `alt-tablegen verify`: the result
+    // register, the clobbers (everything a C call changes without thunks), the flags, memory,
+    // the stack, and the vector registers unless the thunks save them.
+    let clobbered: Vec<String> = args.clobbers.iter().map(|c| c.to_string()).collect();
+    let mut gprs = gpr_bit("rax").unwrap_or(0);
+    for c in &clobbered {
+        gprs |= gpr_bit(c).unwrap_or(0);
+    }
+    let mut effects =
+        Effects::FLAGS | Effects::MEMORY_READ | Effects::MEMORY_WRITE | Effects::STACK;
+    if !thunks {
+        for r in C_ABI_GPRS {
+            gprs |= gpr_bit(r).unwrap_or(0);
+        }
+    }
+    if !thunks || !save_vectors {
+        effects |= Effects::VECTORS;
+    }
+
     let lines = site::template(&SiteSpec {
         default: DefaultCode::Call("alt_default".into()),
         entries,
         name_operand: Some("alt_fname".into()),
+        effects: Declared {
+            gprs,
+            effects: effects.bits(),
+            probes: Vec::new(),
+        },
     });
 
     // Register operands.
-    let clobbered: Vec<String> = args.clobbers.iter().map(|c| c.to_string()).collect();
     let RegisterOperands {
         regs,
         ret_decl,
@@ -274,20 +331,22 @@ fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
         ret_value,
     } = register_operands(&checked, &clobbered);
     let site = |extra: TokenStream2| {
-        quote! {
-            #[allow(unused_unsafe)]
-            // SAFETY: the site calls the default through a register-preserving thunk (or
-            // declares the C ABI's clobbers); the runtime only rewrites it with replacements
-            // whose capability holds on every CPU.
-            unsafe {
-                ::core::arch::asm!(
-                    #(#lines,)*
-                    #(#operands,)*
-                    #(#regs,)*
-                    #ret_out,
-                    #extra
-                );
-            }
+        let asm = quote! {
+            ::core::arch::asm!(
+                #(#lines,)*
+                #(#operands,)*
+                #(#regs,)*
+                #ret_out,
+                #extra
+            );
+        };
+        // An inline template is the user's unsafe code: the block carries their `unsafe`
+        // token's span. A site with only function variants is the macro's own: it calls the
+        // default through a register-preserving thunk (or declares the C ABI's clobbers), and
+        // the runtime only rewrites it with a direct call whose capability holds.
+        match inline_unsafety {
+            Some(span) => quote_spanned!(span=> #[allow(unused_unsafe)] unsafe { #asm }),
+            None => quote!(#[allow(unused_unsafe)] unsafe { #asm }),
         }
     };
     let asm = if !thunks {
@@ -321,6 +380,84 @@ fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
             #ret_value
         }
     })
+}
+
+/// The `extern "C"` shim a direct-call variant is reached through.
+///
+/// The shim is compiled with the target features the capability guarantees and takes the
+/// variant as a function pointer of the function's own signature: a safe `fn` pointer for a
+/// safe function, which a safe `#[target_feature]` function coerces to there (Rust allows it
+/// where its features are enabled) and an `unsafe fn` refuses to (its contract is not the
+/// function's); an `unsafe fn` pointer for an `unsafe fn`, whose callers keep its contract. A
+/// variant with another signature is one `expected fn pointer ..., found fn item ...` error at
+/// its path.
+fn direct_call_shim(
+    shim: &syn::Ident,
+    path: &syn::Path,
+    key: &args::Key,
+    unsafe_site: bool,
+    args: &[syn::Ident],
+    types: &[&syn::Type],
+    output: &syn::ReturnType,
+) -> TokenStream2 {
+    let features: Vec<&str> = if key.negated {
+        Vec::new()
+    } else {
+        features::target_features(key.capability).to_vec()
+    };
+    let target_feature = if features.is_empty() {
+        quote!()
+    } else {
+        let list = features.join(",");
+        quote!(#[target_feature(enable = #list)])
+    };
+    let span = path.span();
+    let ret = match output {
+        syn::ReturnType::Default => quote!(),
+        syn::ReturnType::Type(_, ty) => {
+            let ty = respan(quote!(#ty), span);
+            quote_spanned!(span=> -> #ty)
+        }
+    };
+    let types_at_path: Vec<TokenStream2> = types.iter().map(|t| respan(quote!(#t), span)).collect();
+    let (unsafety, pointer, call) = if unsafe_site {
+        (
+            quote!(unsafe),
+            quote_spanned!(span=> unsafe fn(#(#types_at_path),*) #ret),
+            quote!(unsafe { __alt_variant(#(#args),*) }),
+        )
+    } else {
+        (
+            quote!(),
+            quote_spanned!(span=> fn(#(#types_at_path),*) #ret),
+            quote!(__alt_variant(#(#args),*)),
+        )
+    };
+    quote! {
+        #[allow(clippy::missing_safety_doc, clippy::too_many_arguments, unused_unsafe)]
+        #target_feature
+        #unsafety extern "C" fn #shim(#(#args: #types),*) #output {
+            let __alt_variant: #pointer = #path;
+            #call
+        }
+    }
+}
+
+/// The tokens with every span set to `span` (so that an error about them points there).
+fn respan(tokens: TokenStream2, span: Span) -> TokenStream2 {
+    tokens
+        .into_iter()
+        .map(|mut tt| {
+            if let proc_macro2::TokenTree::Group(g) = &tt {
+                let mut ng = proc_macro2::Group::new(g.delimiter(), respan(g.stream(), span));
+                ng.set_span(span);
+                tt = proc_macro2::TokenTree::Group(ng);
+            } else {
+                tt.set_span(span);
+            }
+            tt
+        })
+        .collect()
 }
 
 /// A naked thunk saving the caller-saved general-purpose registers (but `rax`) around a call of
