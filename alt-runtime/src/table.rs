@@ -256,7 +256,7 @@ bitflags::bitflags! {
     /// What else than general-purpose registers a site tells the compiler its code may change
     /// or use: the `asm!` options it was emitted without (`preserves_flags`, `nomem`,
     /// `readonly`, `nostack`) and whether it declares the vector registers clobbered.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
     pub struct Effects: u8 {
         /// The arithmetic flags may change (no `preserves_flags`).
         const FLAGS = 1 << 0;

@@ -14,6 +14,8 @@
 //!   instruction that holds it ([`scan::Form`]).
 //! - [`emit`]: the `alt_pv_<table>` object.
 //! - [`inspect`]: `inspect`, `verify` and `plan` on a linked binary.
+//! - [`effects`]: the register-effects half of `verify`: every variant of every site changes
+//!   only what the site declares to the compiler.
 //! - [`build`]: the build-script flow ([`build::Build`]).
 //!
 //! ## `scan` JSON schema
@@ -67,6 +69,7 @@
 #![warn(missing_docs)]
 
 pub mod build;
+pub mod effects;
 pub mod emit;
 pub mod inspect;
 pub mod read;
