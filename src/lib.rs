@@ -1,16 +1,17 @@
 //! # alt
 //!
-//! Boot-time alternatives and paravirt patching for Rust. This facade re-exports the runtime
-//! ([`alt_runtime`]) and the macros (`alt-macros`): [`alternative`] (attribute),
-//! [`asm::alternative!`](crate::asm::alternative) and [`paravirt_ops!`].
-//!
-//! # Alternatives
+//! Boot-time alternatives and paravirt patching for Rust: CPU-specific code patched into each
+//! call site once, at start-up (hosted Linux processes) or boot (kernels), so that after patching
+//! the site *is* the instruction: no flag, no branch, no indirect call.
 //!
 //! ```
 //! use alt::alternative;
 //!
-//! /// POPCNT inline where every CPU has it; the portable body elsewhere.
-//! #[alternative(popcnt => inline("popcnt {ret}, {x}"))]
+//! /// Number of set bits: POPCNT inline where every CPU has it, the portable body elsewhere.
+//! #[alternative(
+//!     // SAFETY: POPCNT writes only its destination (the result) and the flags.
+//!     popcnt => unsafe inline("popcnt {ret}, {x}")
+//! )]
 //! pub fn popcount(x: u64) -> u64 {
 //!     x.count_ones() as u64
 //! }
@@ -40,67 +41,50 @@
 //! }
 //! ```
 //!
-//! # Paravirt operations
+//! # Where to read
 //!
-//! [`paravirt_ops!`] declares an operations table: a `#[no_mangle]` static array of `extern "C"`
-//! function pointers (C calls it as `call *TABLE+8*op(%rip)`), one method per operation whose
-//! every call is a patchable site, and a backend type. At start-up a backend is installed: each
-//! site becomes the native inline sequence, a direct call, NOPs or a trap (see
-//! [`paravirt`] and `docs/paravirt.md`).
+//! - [`#[alternative]`](alternative): a function whose every call is a patchable site; the whole
+//!   reference (syntax, `{ret}` and operands, `clobber(...)`, `clobber_abi`, `preserve_vectors`,
+//!   priority, `!cap`, direct calls, `unsafe inline`).
+//! - [`asm::alternative!`](asm::alternative): a bare instruction swap inside a function.
+//! - [`paravirt_ops!`]: an operations table whose calls are patched for a backend chosen at
+//!   start-up, callable from C.
+//! - [`capabilities`]: every capability name, generated from the table.
+//! - [`process::patch_self`]: patching a hosted process (who calls it, threads, shared
+//!   libraries); [`process::PatchOptions`]; [`report`].
+//! - Kernels: [`plan`], [`patch`], [`linker`] and `docs/kernel.md`.
+//! - `alt-tablegen verify BINARY` checks a build: valid tables, and every variant of every site
+//!   changes only what the site declares.
 //!
-//! ```no_run
-//! extern "C" fn native_cycles() -> u64 {
-//!     // SAFETY: rdtsc is available on every x86-64 CPU.
-//!     unsafe { core::arch::x86_64::_rdtsc() }
-//! }
-//! extern "C" fn native_hypercall(nr: u64, arg: u64) -> u64 {
-//!     nr ^ arg
-//! }
-//! unsafe extern "C" fn counted_hypercall(nr: u64, arg: u64) -> u64 {
-//!     nr ^ arg
-//! }
+//! The crate is published as `alternatives`; its library is `alt`:
 //!
-//! alt::paravirt_ops! {
-//!     /// Example operations.
-//!     pub table DOC_OPS {
-//!         /// Time-stamp counter.
-//!         fn cycles() -> u64 {
-//!             native: native_cycles,
-//!             inline: ["rdtsc", "shl rdx, 32", "or rax, rdx"],
-//!             clobbers: [rax, rdx],
-//!         }
-//!         /// A "hypercall".
-//!         fn hypercall(nr: u64, arg: u64) -> u64 { native: native_hypercall, clobbers: C }
-//!     }
-//! }
-//!
-//! fn main() {
-//!     let backend = DocOpsBackend {
-//!         hypercall: alt::paravirt::OpImpl::Function(counted_hypercall),
-//!         ..DocOpsBackend::NATIVE
-//!     };
-//!     // SAFETY: single-threaded start-up; counted_hypercall is sound for any arguments.
-//!     let patched = unsafe { DOC_OPS.install(&backend) }.expect("patching");
-//!     println!("{}", patched.report());
-//!     let t = DOC_OPS.cycles(); // rdtsc inline
-//!     let h = DOC_OPS.hypercall(1, 2); // call counted_hypercall
-//!     # let _ = (t, h);
-//! }
+//! ```toml
+//! [dependencies]
+//! alternatives = "0.1"
 //! ```
 //!
-//! Declare tables at module level (not inside a function body): the generated helper module
-//! reaches the native functions through `use super::*`.
+//! Features: `std` (default: hosted Linux), `alloc` (plans and reports without `std`, for kernels
+//! with an allocator); with neither, the table types and capability names only.
 
 #![no_std]
 
-pub use alt_macros::{alternative, paravirt_ops};
+#[doc = include_str!("docs/alternative.md")]
+pub use alt_macros::alternative;
+#[doc = include_str!("docs/paravirt_ops.md")]
+pub use alt_macros::paravirt_ops;
 pub use alt_runtime::*;
 
-/// Bare instruction swaps: `alt::asm::alternative!`. (Rust has one namespace for attribute and
-/// function-like macros, so this cannot live beside the `#[alternative]` attribute.)
+/// Bare instruction swaps: [`alt::asm::alternative!`](crate::asm::alternative). (Rust has one
+/// namespace for attribute and function-like macros, so this cannot live beside the
+/// [`#[alternative]`](crate::alternative) attribute.)
 pub mod asm {
+    #[doc = include_str!("docs/asm_alternative.md")]
     pub use alt_macros::alternative_asm as alternative;
 }
+
+#[doc = include_str!("docs/capabilities.md")]
+#[doc = alt_macros::__capability_reference!()]
+pub mod capabilities {}
 
 /// Everything the code the macros generate names, and nothing else: generated code reaches the
 /// crate only through `<facade>::__private::...` (the facade being `::alt`, or the path given

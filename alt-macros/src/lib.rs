@@ -1,78 +1,19 @@
 //! Macros of **alt**: patchable call sites from Rust.
 //!
-//! Use them through the `alt` crate: `alt::alternative` (the attribute) and
-//! `alt::asm::alternative!` (bare instruction swaps). Rust has one namespace for attribute and
-//! function-like macros, so the two cannot share a path; the bare form lives in `alt::asm`.
+//! Use them through the facade (crate `alternatives`, library `alt`), whose pages are the
+//! reference: `alt::alternative` (the attribute), `alt::asm::alternative!` (bare instruction
+//! swaps) and `alt::paravirt_ops!` (operations tables). Rust has one namespace for attribute and
+//! function-like macros, so the bare form lives in `alt::asm`.
 //!
-//! # `#[alternative(...)]` on a function
+//! The generated code reaches the facade only through its hidden `__private` module (at `::alt`,
+//! or the path given with `crate = path` / `#[alt(crate = path)]`), and the table layouts come
+//! from `alt-runtime` at expansion time; the three crates are released together.
 //!
-//! The function's body is the portable default. The arguments list replacements in priority
-//! order, each keyed by a capability (a CPU feature or an erratum, `!` to negate) and each either
-//! an inline instruction sequence or another function with the same signature:
-//!
-//! ```ignore
-//! use alt::alternative;
-//!
-//! /// Number of set bits.
-//! #[alternative(popcnt => inline("popcnt {ret}, {x}"))]
-//! pub fn popcount(x: u64) -> u64 {
-//!     x.count_ones() as u64
-//! }
-//!
-//! #[alternative(avx2 => sum_avx2)]
-//! pub unsafe fn sum(ptr: *const u8, len: usize) -> u64 {
-//!     /* SSE2 default */
-//! #   0
-//! }
-//!
-//! #[target_feature(enable = "avx2")]
-//! unsafe fn sum_avx2(ptr: *const u8, len: usize) -> u64 {
-//! #   0
-//! }
-//! ```
-//!
-//! The function becomes an `#[inline(always)]` wrapper whose body is one `asm!` block, so every
-//! call in your code is its own fixed-size site: a hand-encoded `call rel32` to the default,
-//! padded with NOPs to the longest inline replacement, plus one table entry per replacement (the
-//! entry order is the priority order). At start-up the runtime rewrites each site once: the
-//! first replacement whose key holds is copied in (inline) or called directly (function); if none
-//! holds the default call stays.
-//!
-//! **Templates** name arguments and the result as `{x}` and `{ret}`, with `asm!`'s width
-//! modifiers (`{x:e}` is the 32-bit register). Values live in the System V registers: arguments
-//! in `rdi`, `rsi`, `rdx`, `rcx`, `r8`, `r9`, the result in `rax`. An inline replacement may
-//! change only `rax` and the flags, plus registers listed in `clobber(...)`:
-//!
-//! ```ignore
-//! #[alternative(erms => inline("mov rcx, rdx", "rep movsb"), clobber(rcx, rdi, rsi))]
-//! pub unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) { /* byte loop */ }
-//! ```
-//!
-//! **Register discipline.** With inline replacements, the site promises the compiler that only
-//! `rax`, the flags, the listed clobbers and the vector registers change, so the native
-//! instruction costs nothing around it in integer code; calls (the default and function
-//! replacements) then go through generated thunks that save every other caller-saved
-//! general-purpose register. With `preserve_vectors` the site promises the vector registers too
-//! and the thunks save them (for sites in vector-heavy code). Without inline replacements, or
-//! with the `clobber_abi` option, the site instead declares everything a C call clobbers and
-//! calls the implementation directly.
-//!
-//! **Signatures**: up to six arguments and a result, each an integer of up to 64 bits, `bool`,
-//! `usize`/`isize` or a raw pointer. Generics, `self`, `async`, `const`, floats, references and
-//! structs are compile errors that point at the offending token.
-//!
-//! # `alt::asm::alternative!` for bare instruction swaps
-//!
-//! ```ignore
-//! // A speculation barrier only where lfence serialises dispatch.
-//! unsafe { alt::asm::alternative!("", lfence_serializing => "lfence") };
-//! // clflushopt where available, with an operand as in asm!.
-//! unsafe { alt::asm::alternative!("clflush [{0}]", clflushopt => "clflushopt [{0}]", in(reg) p) };
-//! ```
-//!
-//! The first string is the default sequence (may be empty), then `key => "replacement"` pairs in
-//! priority order, then `asm!` operands and options, which every sequence shares. Like `asm!`, it
-//! must be used inside `unsafe`.
+//! Modules: `args` (parsing the attribute and capability names), `sig` (signatures and
+//! registers), `template` (`{x}`/`{ret}` substitution), `site` (the assembly of one site, its
+//! table entries, names and effects records), `thunk` (register-saving thunks), `features`
+//! (the target features a capability guarantees), `bare` (`alternative!`), `paravirt`
+//! (`paravirt_ops!`), `docs` (the generated capability reference).
 
 mod args;
 mod bare;
@@ -96,8 +37,7 @@ use sig::{gpr_bit, ValueKind, ARG_REGS, CLOBBERABLE, C_ABI_GPRS};
 use site::{Declared, DefaultCode, EntrySpec, EntryTarget, SiteSpec};
 use thunk::{thunk_lines, VectorState};
 
-/// Makes a function a patchable site with alternatives. The reference is the `alt` crate's
-/// `alternative` page.
+/// (Defined in the `alt-macros` crate.)
 #[proc_macro_attribute]
 pub fn alternative(attr: TokenStream, item: TokenStream) -> TokenStream {
     let args = parse_macro_input!(attr as AttrArgs);
@@ -107,8 +47,7 @@ pub fn alternative(attr: TokenStream, item: TokenStream) -> TokenStream {
         .into()
 }
 
-/// Swaps bare instruction sequences. The reference is the `alt` crate's `asm::alternative!`
-/// page.
+/// (Defined in the `alt-macros` crate.)
 #[proc_macro]
 pub fn alternative_asm(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as bare::BareInput);
@@ -117,8 +56,7 @@ pub fn alternative_asm(input: TokenStream) -> TokenStream {
         .into()
 }
 
-/// Declares a paravirt operations table. The reference is the `alt` crate's `paravirt_ops!`
-/// page.
+/// (Defined in the `alt-macros` crate.)
 #[proc_macro]
 pub fn paravirt_ops(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as paravirt::TableInput);

@@ -1,13 +1,55 @@
-//! Patching the running process (hosted Linux): probe, override, plan, write, report, revert.
+//! Patching the running process (hosted Linux x86-64): probe, override, plan, write, report,
+//! revert.
 //!
 //! ```no_run
+//! // First thing in main, before any thread starts.
 //! let report = alt_runtime::process::patch_self().expect("patching");
 //! println!("{report}");
+//! // ... start threads, run.
 //! ```
 //!
-//! [`patch_self`] patches once per process; later calls return [`ProcessError::AlreadyPatched`].
-//! [`revert_self`] restores every site's original bytes. Both refuse while the process has
-//! other threads (see [`crate::os::linux::MprotectWriter`]): patch first, then start threads.
+//! # Who calls what
+//!
+//! The **program** calls [`patch_self`] (or [`patch_self_with`]) once, early in `main`. Nothing
+//! calls it for you: until it runs, and in programs that never call it, every site runs its
+//! default (through its thunk), which computes the same results, only slower. Libraries with
+//! `#[alternative]` sites should not call it themselves; their sites are patched by the program's
+//! call, since they are linked into the same executable. A second call returns
+//! [`ProcessError::AlreadyPatched`]; [`revert_self`] restores every site's original bytes, after
+//! which the process may be patched again.
+//!
+//! One call does all of it, in this order: probe every online CPU (a thread pinned to each) and
+//! combine them (features every CPU has, errata any has); apply `ALT_CLEARCPUID`
+//! ([`crate::overrides`]); read this program's tables; validate every entry and plan every site
+//! (nothing is written if any entry is wrong: the error names it); write the sites through
+//! [`MprotectWriter`]; serialise; return the [`Report`] (per site what was chosen and why, bytes
+//! before and after).
+//!
+//! # Threads
+//!
+//! Patching rewrites code that may be running, so it refuses while the process has other threads
+//! (it reads `/proc/self/task`): patch first, then start threads. [`PatchOptions::allow_other_threads`]
+//! overrides that, `unsafe`: the caller promises that no other thread executes a site while
+//! patching runs and that each serialises before it next runs patched code (qemu-user's own
+//! helper thread is such a thread: it never runs guest code). Calls from several threads are
+//! serialised by a lock; the second one sees [`ProcessError::AlreadyPatched`].
+//!
+//! # Shared libraries
+//!
+//! The tables are found through section bounds that are hidden symbols of the ELF object the
+//! runtime is linked into, so [`patch_self`] patches the sites of **its own object**: the
+//! executable, with every Rust library statically linked into it. A shared library (`cdylib`) is
+//! another object with its own copy of the runtime and its own tables: its sites keep their
+//! defaults unless code in that library calls its copy's `patch_self` (once, while no other
+//! thread runs its sites, for example from its initialisation function). The executable's call
+//! does not patch libraries, and a library's call does not patch the executable.
+//!
+//! # Writing
+//!
+//! The writer makes one page run at a time writable (keeping execute: code on the same page may
+//! be running) and restores the exact original protection, leaving no page writable and
+//! executable; with [`PatchOptions::strict_wx`] (or when the kernel refuses writable text) it
+//! changes no protection and writes through `/proc/self/mem`.
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -82,7 +124,16 @@ pub fn process_text() -> (Vec<Range<u64>>, Range<u64>) {
     (text, s.alt_replacement.0 as u64..s.alt_replacement.1 as u64)
 }
 
-/// How [`patch_self_with`] patches.
+/// How [`patch_self_with`] patches: which capabilities (probed, or given), whether other threads
+/// are allowed, and how text is written.
+///
+/// ```no_run
+/// use alt_runtime::process::{patch_self_with, PatchOptions};
+///
+/// let options = PatchOptions::new().strict_wx(); // never make a page writable
+/// let report = patch_self_with(&options).expect("patching");
+/// assert!(report.sites_changed() <= report.sites.len());
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct PatchOptions {
     capabilities: Option<CapabilitySet>,
@@ -142,12 +193,18 @@ impl PatchOptions {
     }
 }
 
-/// Probes, applies the environment overrides, and patches every site of this program.
+/// Probes every online CPU, applies the environment overrides (`ALT_CLEARCPUID`), and patches
+/// every site of this program (the ELF object this runtime is linked into), once.
+///
+/// Call it first thing in `main`, before starting threads: it refuses while other threads exist
+/// (see the [module documentation](self) for threads and shared libraries). Returns the report
+/// of what was chosen at each site and why; errors name what failed (an invalid entry, an
+/// unknown override name, a refused write) and leave every site as it was.
 pub fn patch_self() -> Result<Report, ProcessError> {
     patch_self_with(&PatchOptions::new())
 }
 
-/// Patches every site of this program as the options say.
+/// Patches every site of this program as the options say; otherwise as [`patch_self`].
 pub fn patch_self_with(options: &PatchOptions) -> Result<Report, ProcessError> {
     let mut caps = match options.capabilities {
         Some(c) => c,
