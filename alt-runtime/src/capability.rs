@@ -298,11 +298,14 @@ impl Capability {
             return None;
         }
         let limit = if name.len() <= 4 { 1 } else { 2 };
-        let mut best: Option<(usize, Self)> = None;
+        // Nearest first; among equals, the one of the same length (a mistyped character
+        // rather than a missing one: `avx3` is `avx2`, not `avx`).
+        let mut best: Option<((usize, usize), Self)> = None;
         for c in Self::all() {
             let d = edit_distance(c.name(), name);
-            if d <= limit && best.is_none_or(|(b, _)| d < b) {
-                best = Some((d, c));
+            let score = (d, c.name().len().abs_diff(name.len()));
+            if d <= limit && best.is_none_or(|(b, _)| score < b) {
+                best = Some((score, c));
             }
         }
         best.map(|(_, c)| c)
@@ -522,6 +525,7 @@ mod tests {
         assert_eq!(name("popcount"), Some("popcnt"));
         assert_eq!(name("lfence_serialising"), Some("lfence_serializing"));
         assert_eq!(name("avx512"), Some("avx512f"));
+        assert_eq!(name("avx3"), Some("avx2"), "same length wins a tie");
         assert_eq!(name("AVX-2"), Some("avx2"));
         assert_eq!(
             name("SSE4_2"),
