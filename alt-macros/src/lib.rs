@@ -119,6 +119,8 @@ fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
         ));
     }
     let save_vectors = args.preserve_vectors.is_some();
+    // Nothing the attribute emits names the facade today (only `core`); `crate = path` is
+    // accepted so that code written for a renamed facade keeps working when it does.
     let _ = facade(args.krate.as_ref());
 
     let ItemFn {
