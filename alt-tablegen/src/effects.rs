@@ -223,11 +223,14 @@ fn slot_name(i: usize) -> String {
 /// The caller-saved general-purpose registers of System V, by hardware number.
 const C_ABI_GPRS: [usize; 9] = [0, 1, 2, 6, 7, 8, 9, 10, 11];
 
-/// An instruction that did something, for reports.
+/// An instruction that did something, for reports: the instruction of the code judged, and,
+/// when it is a call, the instructions inside the callees that did it (`call 0x10 -> push rcx at
+/// 0x10 -> ...`).
 #[derive(Clone, Debug)]
 struct Culprit {
     address: u64,
     text: String,
+    chain: Vec<String>,
 }
 
 impl Culprit {
@@ -245,7 +248,41 @@ impl Culprit {
         Self {
             address: insn.ip(),
             text,
+            chain: Vec::new(),
         }
+    }
+
+    fn plain(address: u64, text: impl Into<String>) -> Self {
+        Self {
+            address,
+            text: text.into(),
+            chain: Vec::new(),
+        }
+    }
+
+    /// `by`, through which `self` (in a callee) happened.
+    fn through(&self, by: &Culprit) -> Self {
+        let mut chain = by.chain.clone();
+        if self.text == C_FUNCTION && self.chain.is_empty() {
+            chain.push(C_FUNCTION.to_string());
+        } else {
+            chain.push(format!("{} at {:#x}", self.text, self.address));
+            chain.extend(self.chain.iter().cloned());
+        }
+        Self {
+            address: by.address,
+            text: by.text.clone(),
+            chain,
+        }
+    }
+
+    fn describe(&self) -> String {
+        let mut s = self.text.clone();
+        for c in &self.chain {
+            s.push_str(" -> ");
+            s.push_str(c);
+        }
+        s
     }
 }
 
@@ -316,26 +353,11 @@ impl State {
 
     /// What an `extern "C"` call (or a callee's `outcome`) does to the state.
     fn apply(&mut self, callee: &Outcome, by: &Culprit) {
-        let chain = |inner: &Culprit| {
-            if inner.address == by.address && inner.text == C_FUNCTION {
-                format!("{} -> {C_FUNCTION}", by.text)
-            } else {
-                format!("{} -> {} at {:#x}", by.text, inner.text, inner.address)
-            }
-        };
         for (&slot, inner) in &callee.changed {
-            let c = Culprit {
-                address: by.address,
-                text: chain(inner),
-            };
+            let c = inner.through(by);
             self.write(slot, None, &c);
         }
-        let wrap = |inner: &Option<Culprit>| {
-            inner.as_ref().map(|i| Culprit {
-                address: by.address,
-                text: chain(i),
-            })
-        };
+        let wrap = |inner: &Option<Culprit>| inner.as_ref().map(|i| i.through(by));
         for (mine, theirs) in [
             (&mut self.out.flags, wrap(&callee.flags)),
             (&mut self.out.memory_read, wrap(&callee.memory_read)),
@@ -359,10 +381,10 @@ impl State {
             }
         }
         if self.sp != 0 {
-            let c = Culprit {
-                address: end.address,
-                text: format!("{} (stack pointer {:+} at the end)", end.text, self.sp),
-            };
+            let c = Culprit::plain(
+                end.address,
+                format!("{} (stack pointer {:+} at the end)", end.text, self.sp),
+            );
             Outcome::note(&mut self.out.unbalanced, &c);
         }
         self.out
@@ -375,10 +397,7 @@ const C_FUNCTION: &str = "an `extern \"C\"` function (System V: every caller-sav
 /// What calling an `extern "C"` function may do.
 fn c_abi_outcome(by: &Culprit) -> Outcome {
     let mut out = Outcome::default();
-    let c = Culprit {
-        address: by.address,
-        text: C_FUNCTION.to_string(),
-    };
+    let c = Culprit::plain(by.address, C_FUNCTION);
     for r in C_ABI_GPRS {
         out.changed.insert(r, c.clone());
     }
@@ -408,10 +427,7 @@ impl Runner<'_, '_> {
         let end_ip = ip + bytes.len() as u64;
         let mut insn = Instruction::default();
         let mut count = 0;
-        let mut last = Culprit {
-            address: ip,
-            text: "(end)".into(),
-        };
+        let mut last = Culprit::plain(ip, "(end)");
         while d.can_decode() {
             d.decode_out(&mut insn);
             count += 1;
@@ -481,10 +497,7 @@ impl Runner<'_, '_> {
             let c = c_abi_outcome(&last);
             st.apply(&c, &last);
         }
-        st.finish(&Culprit {
-            address: end_ip,
-            text: "(end of the variant)".into(),
-        })
+        st.finish(&Culprit::plain(end_ip, "(end of the variant)"))
     }
 
     /// The outcome of calling `target`.
@@ -848,10 +861,7 @@ pub fn check(obj: &Object<'_>, tables: &Tables) -> EffectsReport {
                     _ => continue, // `verify` reports code outside the file.
                 },
                 Variant::Call { name, target } => {
-                    let by = Culprit {
-                        address: site,
-                        text: format!("call {target:#x}"),
-                    };
+                    let by = Culprit::plain(site, format!("call {target:#x}"));
                     let inner = runner.callee(*target, &by, 1);
                     let mut st = State::new();
                     st.apply(&inner, &by);
@@ -897,7 +907,7 @@ fn judge(
             function: function.to_string(),
             variant: variant.to_string(),
             address: c.address,
-            instruction: c.text.clone(),
+            instruction: c.describe(),
             changes,
             reason,
         })
