@@ -121,7 +121,7 @@ fn main() {
         thunk_ns / patched_rax_ns
     );
     // SAFETY: as for install.
-    if let Err((_, e)) = unsafe { alt::paravirt::revert_self(patched, &options) } {
+    if let Err((_, e)) = alt::process::uninstall_paravirt(patched, &options) {
         eprintln!("revert: {e}");
     }
 }

@@ -226,7 +226,7 @@ fn main() {
     );
     let report = patched.report().clone();
     // SAFETY: as for install.
-    if let Err((_, e)) = unsafe { alt::paravirt::revert_self(patched, &options) } {
+    if let Err((_, e)) = alt::process::uninstall_paravirt(patched, &options) {
         eprintln!("paravirt: revert: {e}");
         std::process::exit(1);
     }

@@ -1,18 +1,24 @@
-//! Links the kernel with `kernel.ld`, which `INCLUDE`s the runtime's `alt.ld` fragment.
+//! Links the kernel with `kernel.ld`. That script `INCLUDE`s the runtime's `alt.ld` (on the
+//! link search path through the runtime crate's own build script) and `alt-pv.ld`, written
+//! here for the kernel's paravirt tables by `alt_runtime::linker::write_paravirt_section`.
 
 use std::path::PathBuf;
 
+/// The kernel's paravirt operations tables (src/pv.rs).
+const PARAVIRT_TABLES: &[&str] = &["PV_OPS"];
+
 fn main() {
     let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("manifest dir"));
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     let script = dir.join("kernel.ld");
-    let fragment_dir = dir.join("..").join("alt-runtime").join("link");
     println!("cargo:rerun-if-changed={}", script.display());
-    println!(
-        "cargo:rerun-if-changed={}",
-        fragment_dir.join("alt.ld").display()
-    );
-    // `INCLUDE alt.ld` in kernel.ld is found through the library search path.
-    println!("cargo:rustc-link-arg-bins=-L{}", fragment_dir.display());
+    println!("cargo:rerun-if-changed=build.rs");
+    let mut pv = String::new();
+    for table in PARAVIRT_TABLES {
+        alt_runtime::linker::write_paravirt_section(&mut pv, table).expect("format");
+    }
+    std::fs::write(out.join("alt-pv.ld"), pv).expect("write alt-pv.ld");
+    println!("cargo:rustc-link-arg-bins=-L{}", out.display());
     println!("cargo:rustc-link-arg-bins=-T{}", script.display());
     for arg in [
         "-nostartfiles",

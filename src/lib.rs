@@ -92,14 +92,15 @@ pub mod capabilities {}
 /// name these items. Not a public API: anything here may change in any release.
 #[doc(hidden)]
 pub mod __private {
-    pub use alt_runtime::paravirt::{
-        Backend, OpChoice, OpDesc, OpImpl, OpsCell, PvPatchError, PvPatched, TableDesc,
-    };
+    pub use alt_runtime::paravirt::{Backend, OpChoice, OpDesc, OpImpl, OpsCell, TableDesc};
     pub use alt_runtime::table::Clobbers;
 
-    /// The hosted installer of `paravirt_ops!` tables and its options.
+    /// The hosted installer of `paravirt_ops!` tables, its options, result and error.
     #[cfg(all(feature = "std", target_os = "linux", target_arch = "x86_64"))]
-    pub use alt_runtime::{paravirt::patch_self_with, process::PatchOptions};
+    pub use alt_runtime::{
+        paravirt::{patch_self_with, PvPatchError, PvPatched},
+        process::PatchOptions,
+    };
 
     pub use crate::__if_hosted as if_hosted;
 }

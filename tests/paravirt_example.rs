@@ -52,7 +52,7 @@ struct Site {
 }
 
 fn sites(top: &Value) -> Vec<Site> {
-    let a = top["sites"].as_array().expect("sites is an array");
+    let a = top["paravirt"].as_array().expect("sites is an array");
     a.iter()
         .map(|s| {
             assert_eq!(str_of(s, "table"), "PV_OPS");
@@ -135,11 +135,13 @@ fn check_sites(backend: &str, top: &Value) {
             s.op,
             s.why
         );
-        // Before: call qword ptr [rip + PV_OPS + 8*op], then one-byte NOPs.
+        // Before: one-byte NOPs, then call qword ptr [rip + PV_OPS + 8*op] at the end (a
+        // thread inside the operation returns to the site's end).
         let before = decode_whole(&s.before, s.addr);
-        assert_eq!(before[0].code(), Code::Call_rm64, "{}", s.op);
-        assert_eq!(&s.before[..2], &[0xff, 0x15]);
-        assert!(before[1..].iter().all(is_nop));
+        let (call, pad) = before.split_last().expect("a call");
+        assert_eq!(call.code(), Code::Call_rm64, "{}", s.op);
+        assert_eq!(&s.before[s.before.len() - 6..][..2], &[0xff, 0x15]);
+        assert!(pad.iter().all(is_nop));
         let min_len = match s.op.as_str() {
             "irq_disable" | "irq_enable" => 11,
             "cycles" => 9,
@@ -148,10 +150,10 @@ fn check_sites(backend: &str, top: &Value) {
         };
         assert_eq!(s.before.len(), min_len, "{} site length", s.op);
         // All sites of one operation call the same slot.
-        let slot = before[0].memory_displacement64();
+        let slot = call.memory_displacement64();
         for o in sites.iter().filter(|o| o.op == s.op) {
             let d = decode_whole(&o.before, o.addr);
-            assert_eq!(d[0].memory_displacement64(), slot);
+            assert_eq!(d.last().unwrap().memory_displacement64(), slot);
         }
 
         // After: whole instructions, exactly as decided.
@@ -175,8 +177,11 @@ fn check_sites(backend: &str, top: &Value) {
                 other => panic!("{other} has no inline sequence"),
             },
             "direct_call" => {
-                assert_eq!(after[0].code(), Code::Call_rel32_64, "{}", s.op);
-                assert!(after[1..].iter().all(is_nop), "{:02x?}", s.after);
+                // The call ends where the indirect call ended: at the site's end.
+                let (call, pad) = after.split_last().expect("a call");
+                assert_eq!(call.code(), Code::Call_rel32_64, "{}", s.op);
+                assert_eq!(call.next_ip(), s.addr + s.after.len() as u64);
+                assert!(pad.iter().all(is_nop), "{:02x?}", s.after);
             }
             "nop" => assert!(after.iter().all(is_nop), "{:02x?}", s.after),
             "trap" => {

@@ -526,13 +526,15 @@ pub fn expand(input: TableInput) -> syn::Result<TokenStream2> {
             lines.push("3:".into());
             lines.push(".popsection".into());
         }
+        // Padding first, then the call through the slot: a thread inside the operation returns
+        // to the site's end, a boundary in every variant (the runtime's return-address rule).
         lines.push("4:".into());
-        lines.push(".byte 0xff, 0x15".into());
-        lines.push(format!(".long {{alt_table}} + {} - . - 4", 8 * index));
         if !inline_lines.is_empty() {
-            let short = "((3b - 2b) - (. - 4b))";
+            let short = "((3b - 2b) - 6)";
             lines.push(format!(".skip -({short} > 0) * {short}, 0x90"));
         }
+        lines.push(".byte 0xff, 0x15".into());
+        lines.push(format!(".long {{alt_table}} + {} - . - 4", 8 * index));
         lines.push("5:".into());
         lines.push(pushsection.clone());
         lines.push(".balign 4".into());

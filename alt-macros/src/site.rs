@@ -3,8 +3,10 @@
 //! ```text
 //! .pushsection alt_replacement     replacement i:  Ri: <code>  Ri': (one per inline entry)
 //! .popsection
-//! S:  <default>                    default code, then NOP padding up to the longest
-//!     .skip ..., 0x90              replacement, one .skip per replacement
+//! S:  .skip ..., 0x90              a default call: NOP padding up to the longest replacement
+//!     call <default>               (one .skip per replacement), then the call, so that it
+//!                                  returns to the site's end; inline default code comes first
+//!                                  and its padding after it
 //! E:
 //! .pushsection alt_instr           one 12-byte entry per replacement, in priority order
 //! Ni: .long S - . ; .long Ri - . (or call target) ; .short key ; .byte E - S ; .byte Ri' - Ri
@@ -141,24 +143,33 @@ pub fn template(spec: &SiteSpec) -> Vec<String> {
         out.push(".popsection".to_string());
     }
 
-    // The site: default, then padding to each replacement's length.
+    // The site. A default call comes last, after padding to the longest replacement: a thread
+    // inside the called function returns to the site's end, an instruction boundary in every
+    // variant (the runtime's return-address rule). Inline default code comes first, then its
+    // padding.
     let (s, end) = (labels.next(), labels.next());
     out.push(format!("{s}:"));
+    let pad = |out: &mut Vec<String>, fixed: &str| {
+        for (e, r) in spec.entries.iter().zip(&repl_labels) {
+            let need = match (r, &e.target) {
+                (Some((a, b)), _) => format!("({b}b - {a}b)"),
+                (None, _) => "5".to_string(),
+            };
+            // Pads by need - fixed - (. - S) when positive: comparisons yield -1 for true.
+            let short = format!("({need} - {fixed} - (. - {s}b))");
+            out.push(format!(".skip -({short} > 0) * {short}, 0x90"));
+        }
+    };
     match &spec.default {
         DefaultCode::Call(target) => {
+            pad(&mut out, "5");
             out.push(".byte 0xe8".to_string());
             out.push(format!(".long {{{target}}} - . - 4"));
         }
-        DefaultCode::Inline(lines) => out.extend(lines.iter().cloned()),
-    }
-    for (e, r) in spec.entries.iter().zip(&repl_labels) {
-        let need = match (r, &e.target) {
-            (Some((a, b)), _) => format!("({b}b - {a}b)"),
-            (None, _) => "5".to_string(),
-        };
-        // Pads by need - (. - S) when positive: comparisons yield -1 for true.
-        let short = format!("({need} - (. - {s}b))");
-        out.push(format!(".skip -({short} > 0) * {short}, 0x90"));
+        DefaultCode::Inline(lines) => {
+            out.extend(lines.iter().cloned());
+            pad(&mut out, "0");
+        }
     }
     out.push(format!("{end}:"));
 
@@ -270,11 +281,12 @@ mod tests {
         });
         let text = t.join("\n");
         assert!(text.starts_with(ALT_REPLACEMENT_PUSHSECTION));
-        assert!(text
-            .contains("2:\npopcnt rax, rdi\n3:\n.popsection\n4:\n.byte 0xe8\n.long {d} - . - 4\n"));
-        assert!(
-            text.contains(".skip -(((3b - 2b) - (. - 4b)) > 0) * ((3b - 2b) - (. - 4b)), 0x90\n5:")
-        );
+        // Padding first, then the default call, ending at the site's end.
+        assert!(text.contains(
+            "2:\npopcnt rax, rdi\n3:\n.popsection\n4:\n\
+             .skip -(((3b - 2b) - 5 - (. - 4b)) > 0) * ((3b - 2b) - 5 - (. - 4b)), 0x90\n\
+             .byte 0xe8\n.long {d} - . - 4\n5:"
+        ));
         assert!(text.contains("6:\n.long 4b - .\n.long 2b - .\n.short 0x0004\n.byte 5b - 4b\n.byte 3b - 2b\n.popsection"));
         let effects = format!(
             "{SITE_EFFECTS_PUSHSECTION}\n.balign 4\n.long 4b - .\n.long 0\n.short 0x0001\n.byte 0x1f\n.byte 0\n.byte 0\n.byte 0, 0, 0\n.popsection"

@@ -1,32 +1,108 @@
 //! What the planner needs to know about an instruction set, behind one small trait.
 //!
-//! The planner ([`crate::plan`]) is the same for every architecture: bounds, lengths, overlaps,
-//! the priority rule. What differs is how code is checked, moved, padded and called, and that is
-//! all here: [`X86_64`] (variable-length instructions, `call rel32`, multi-byte NOPs) and
-//! [`Aarch64`] (4-byte instructions, `BL`, `NOP` words, PC-relative forms re-targeted as Linux's
-//! `arch/arm64/kernel/alternative.c` does). Both are plain functions, so AArch64 tables are
-//! planned and tested on any host; applying them needs a writer for AArch64 text and the cache
-//! maintenance of [`crate::aarch64::cache`] afterwards.
+//! The planners ([`crate::plan`], [`crate::paravirt`]) are the same for every architecture:
+//! bounds, lengths, overlaps, the priority rule, the return-address rule. What differs is how
+//! code is checked, moved, padded, called and synchronised, and that lives with each
+//! architecture: [`crate::x86_64::X86_64`] (variable-length instructions, `call rel32`,
+//! multi-byte NOPs, `cpuid` to serialise) and [`crate::aarch64::Aarch64`] (4-byte instructions,
+//! `BL`, `NOP` words, PC-relative forms re-targeted, cache maintenance and `ISB`). Both are plain
+//! functions, so AArch64 tables are planned and tested on any host.
 
 use alloc::vec::Vec;
+use core::fmt;
 
-use crate::aarch64::reloc::{relocate_block, relocate_insn};
-use crate::plan::TableErrorKind;
-use crate::x86_64::{insn, nops, relocate};
+pub use crate::aarch64::Aarch64;
+pub use crate::x86_64::X86_64;
+
+/// Why code could not be checked or moved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CodeError {
+    /// x86-64: the bytes are not whole instructions ending at the end.
+    X86Decode(crate::x86_64::insn::DecodeError),
+    /// x86-64: the code cannot be moved (a displacement that no longer fits, ...).
+    X86Relocation(crate::x86_64::relocate::RelocError),
+    /// AArch64: an instruction cannot be moved.
+    A64Relocation(crate::aarch64::reloc::RelocError),
+    /// AArch64: an address is not 4-byte aligned, or code is not whole 4-byte instructions.
+    A64Misaligned {
+        /// The misaligned address (or the start of the code whose length is not a multiple of
+        /// 4).
+        addr: u64,
+    },
+}
+
+impl fmt::Display for CodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CodeError::X86Decode(e) => write!(f, "{e}"),
+            CodeError::X86Relocation(e) => write!(f, "{e}"),
+            CodeError::A64Relocation(e) => write!(f, "{e}"),
+            CodeError::A64Misaligned { addr } => write!(
+                f,
+                "{addr:#x} is not 4-byte aligned, or its code is not whole 4-byte instructions"
+            ),
+        }
+    }
+}
+
+/// A set of byte offsets inside one site (sites are at most 255 bytes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets([u64; 4]);
+
+impl Offsets {
+    /// The empty set.
+    pub const EMPTY: Offsets = Offsets([0; 4]);
+
+    /// Adds `offset` (offsets above 255 are ignored: no site is that long).
+    pub fn insert(&mut self, offset: usize) {
+        if offset < 256 {
+            self.0[offset / 64] |= 1 << (offset % 64);
+        }
+    }
+
+    /// Whether `offset` is in the set.
+    pub fn contains(&self, offset: usize) -> bool {
+        offset < 256 && self.0[offset / 64] & (1 << (offset % 64)) != 0
+    }
+
+    /// Every offset of `self` or `other`.
+    pub fn union(self, other: Offsets) -> Offsets {
+        let mut u = self;
+        for (a, b) in u.0.iter_mut().zip(other.0) {
+            *a |= b;
+        }
+        u
+    }
+
+    /// The offsets, in increasing order.
+    pub fn iter(self) -> impl Iterator<Item = usize> {
+        (0..256).filter(move |&o| self.contains(o))
+    }
+}
+
+/// Where a piece of code's instructions start and where its calls return to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shape {
+    /// Offset of every instruction start, and the end of the code.
+    pub boundaries: Offsets,
+    /// Offset just after every call: where a thread inside the callee returns to.
+    pub returns: Offsets,
+}
 
 /// One instruction set's rules for sites and replacements.
 pub trait Isa {
     /// Length of the direct call written at a direct-call site.
     const CALL_LEN: u8;
 
-    /// Checks that `code`, at `addr`, is whole instructions ending exactly at its end.
-    fn check_whole(addr: u64, code: &[u8]) -> Result<(), TableErrorKind>;
+    /// Checks that `code`, at `addr`, is whole instructions ending exactly at its end, and says
+    /// where they start and where its calls return to.
+    fn shape(addr: u64, code: &[u8]) -> Result<Shape, CodeError>;
 
     /// Copies `src`, assembled at `from`, into `out` re-targeted to run at `to`.
-    fn relocate(src: &[u8], from: u64, to: u64, out: &mut [u8]) -> Result<(), TableErrorKind>;
+    fn relocate(src: &[u8], from: u64, to: u64, out: &mut [u8]) -> Result<(), CodeError>;
 
     /// The direct call written at `at` to reach `target` ([`Isa::CALL_LEN`] bytes).
-    fn call(at: u64, target: u64) -> Result<Vec<u8>, TableErrorKind>;
+    fn call(at: u64, target: u64) -> Result<Vec<u8>, CodeError>;
 
     /// Fills `buf` (a whole number of instructions' room) with NOPs.
     fn fill(buf: &mut [u8]);
@@ -34,97 +110,29 @@ pub trait Isa {
     /// The site's default code as it should stay when no entry holds (x86-64 rewrites one-byte
     /// NOP padding into long NOPs).
     fn keep_default(code: &[u8]) -> Vec<u8>;
+
+    /// Makes this CPU execute the bytes just written to `ranges` and not stale copies (x86-64:
+    /// a serialising instruction; AArch64: clean the data cache and invalidate the instruction
+    /// cache to the point of unification for each range, then `ISB`). Other CPUs or threads
+    /// synchronise themselves when the rendezvous releases them ([`Isa::sync_cpu`]).
+    ///
+    /// Does nothing when the runtime is built for another architecture than `Self` (planning
+    /// foreign code on a host).
+    fn sync(ranges: &mut dyn Iterator<Item = core::ops::Range<u64>>);
+
+    /// Makes this CPU discard instructions it fetched before another CPU wrote text (x86-64:
+    /// serialising; AArch64: `ISB`). Does nothing for a foreign architecture.
+    fn sync_cpu();
 }
 
-/// x86-64.
-#[derive(Clone, Copy, Debug)]
-pub struct X86_64;
-
-impl Isa for X86_64 {
-    const CALL_LEN: u8 = 5;
-
-    fn check_whole(_addr: u64, code: &[u8]) -> Result<(), TableErrorKind> {
-        insn::ends_exactly(code)
-            .map(|_| ())
-            .map_err(TableErrorKind::SiteNotWholeInstructions)
+/// Fills `buf[from..]` with NOPs, keeping an instruction boundary at every offset of `keep`
+/// (offsets relative to the start of `buf`), so that a return address there stays valid.
+pub fn fill_keeping<I: Isa>(buf: &mut [u8], from: usize, keep: Offsets) {
+    let mut start = from;
+    let len = buf.len();
+    for k in keep.iter().filter(|&k| k > from && k < len) {
+        I::fill(&mut buf[start..k]);
+        start = k;
     }
-
-    fn relocate(src: &[u8], from: u64, to: u64, out: &mut [u8]) -> Result<(), TableErrorKind> {
-        relocate::relocate(src, from, to, out)
-            .map(|_| ())
-            .map_err(TableErrorKind::Relocation)
-    }
-
-    fn call(at: u64, target: u64) -> Result<Vec<u8>, TableErrorKind> {
-        relocate::call_rel32(at, target)
-            .map(|c| c.to_vec())
-            .map_err(TableErrorKind::Relocation)
-    }
-
-    fn fill(buf: &mut [u8]) {
-        nops::fill(buf)
-    }
-
-    fn keep_default(code: &[u8]) -> Vec<u8> {
-        crate::plan::optimize_nops(code)
-    }
-}
-
-/// AArch64 (A64, little-endian).
-#[derive(Clone, Copy, Debug)]
-pub struct Aarch64;
-
-/// `NOP`.
-pub const A64_NOP: u32 = 0xd503_201f;
-/// `BL .` (offset 0): re-targeted to make a direct call.
-const A64_BL: u32 = 0x9400_0000;
-
-fn words(code: &[u8]) -> Vec<u32> {
-    code.chunks_exact(4)
-        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
-        .collect()
-}
-
-impl Isa for Aarch64 {
-    const CALL_LEN: u8 = 4;
-
-    fn check_whole(addr: u64, code: &[u8]) -> Result<(), TableErrorKind> {
-        if !addr.is_multiple_of(4) || !code.len().is_multiple_of(4) {
-            return Err(TableErrorKind::A64Misaligned { addr });
-        }
-        Ok(())
-    }
-
-    fn relocate(src: &[u8], from: u64, to: u64, out: &mut [u8]) -> Result<(), TableErrorKind> {
-        Self::check_whole(from, src)?;
-        Self::check_whole(to, out)?;
-        let mut code = words(src);
-        relocate_block(&mut code, from, to).map_err(TableErrorKind::A64Relocation)?;
-        for (o, w) in out.chunks_exact_mut(4).zip(code) {
-            o.copy_from_slice(&w.to_le_bytes());
-        }
-        Ok(())
-    }
-
-    fn call(at: u64, target: u64) -> Result<Vec<u8>, TableErrorKind> {
-        if !at.is_multiple_of(4) || !target.is_multiple_of(4) {
-            return Err(TableErrorKind::A64Misaligned {
-                addr: if at.is_multiple_of(4) { target } else { at },
-            });
-        }
-        // `BL .` assembled at the target reaches the target; moved to the site it calls it.
-        relocate_insn(A64_BL, target, at)
-            .map(|w| w.to_le_bytes().to_vec())
-            .map_err(TableErrorKind::A64Relocation)
-    }
-
-    fn fill(buf: &mut [u8]) {
-        for w in buf.chunks_exact_mut(4) {
-            w.copy_from_slice(&A64_NOP.to_le_bytes());
-        }
-    }
-
-    fn keep_default(code: &[u8]) -> Vec<u8> {
-        code.to_vec()
-    }
+    I::fill(&mut buf[start..]);
 }

@@ -9,10 +9,13 @@
 //!    errata any CPU has),
 //! 2. reads the [tables](table) and makes a [plan]: one decision per site, after validating every
 //!    entry (nothing is written if any entry is wrong),
-//! 3. writes each site through a [writer] (the replacement relocated to its new address, or a
-//!    fresh direct `call`, the rest NOP-filled), synchronises, and
-//! 4. returns a [report] of what it chose and why, which can also [revert](patch::Patched::revert)
-//!    every site to its exact original bytes.
+//! 3. writes every site at once through a [writer] (the replacement relocated to its new
+//!    address, or a fresh direct call, the rest NOP-filled) while a [rendezvous] keeps every
+//!    other CPU or thread away, synchronises, and
+//! 4. returns a [report] of what it chose and why, in a record that can also
+//!    [revert](driver::Patched::revert) every site to its exact original bytes.
+//!
+//! The [driver] does all of it in a few calls, for kernels and processes alike.
 //!
 //! The crate is `no_std`. The `alloc` feature enables plans and reports; `std` (the default)
 //! adds hosted Linux support: probing every online CPU, patching the process's own text with
@@ -34,10 +37,13 @@ extern crate std;
 pub mod aarch64;
 pub mod capability;
 pub mod cpu;
+#[cfg(feature = "alloc")]
+pub mod driver;
 pub mod errata;
 #[cfg(feature = "alloc")]
 pub mod isa;
 pub mod linker;
+pub mod memory;
 #[cfg(feature = "std")]
 pub mod os;
 pub mod overrides;
@@ -50,6 +56,7 @@ pub mod plan;
 pub mod policy;
 #[cfg(all(feature = "std", target_os = "linux", target_arch = "x86_64"))]
 pub mod process;
+pub mod rendezvous;
 #[cfg(feature = "alloc")]
 pub mod report;
 pub mod table;

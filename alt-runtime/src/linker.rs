@@ -35,6 +35,36 @@ use crate::table::AltEntry;
 /// `alt-runtime/link/alt.ld`.
 pub const LINKER_SCRIPT: &str = include_str!("../link/alt.ld");
 
+/// Writes the linker-script statements that place the entry section of the paravirt
+/// operations table `table` (`alt_pv_<table>`), `KEEP` it, define its `__start_`/`__stop_`
+/// symbols and `ASSERT` its layout. A kernel's build script writes them into a file its own
+/// linker script `INCLUDE`s (the table names are the kernel's, so [`LINKER_SCRIPT`] cannot
+/// list them):
+///
+/// ```
+/// let mut script = String::new();
+/// alt_runtime::linker::write_paravirt_section(&mut script, "PV_OPS").unwrap();
+/// assert!(script.contains("KEEP(*(alt_pv_PV_OPS))"));
+/// assert!(script.contains("% 8 == 0"));
+/// ```
+pub fn write_paravirt_section(out: &mut dyn core::fmt::Write, table: &str) -> core::fmt::Result {
+    // A table name is a Rust identifier: also a valid linker-script symbol.
+    let s = table;
+    writeln!(out, "alt_pv_{s} : ALIGN(4) {{")?;
+    writeln!(out, "    __start_alt_pv_{s} = .;")?;
+    writeln!(out, "    KEEP(*(alt_pv_{s}))")?;
+    writeln!(out, "    __stop_alt_pv_{s} = .;")?;
+    writeln!(out, "}}")?;
+    writeln!(
+        out,
+        "ASSERT(__start_alt_pv_{s} % 4 == 0,\n    \"alt: alt_pv_{s} is not 4-byte aligned; keep the ALIGN(4)\")"
+    )?;
+    writeln!(
+        out,
+        "ASSERT((__stop_alt_pv_{s} - __start_alt_pv_{s}) % 8 == 0,\n    \"alt: alt_pv_{s} is not a whole number of 8-byte paravirt entries; an object was built for another alt ABI, or something else was placed in alt_pv_{s}\")"
+    )
+}
+
 /// The assembler directive that opens the `alt_instr` section, exactly as every emitter must
 /// write it (the flags must agree or the assembler refuses to merge).
 pub const ALT_INSTR_PUSHSECTION: &str = ".pushsection alt_instr,\"aR\",@progbits";
@@ -154,6 +184,18 @@ impl Sections {
     pub fn entry_names(&self) -> &'static [NameEntry] {
         // SAFETY: as for alt_instr, with 8-byte entries.
         unsafe { slice_between(self.entry_names) }
+    }
+
+    /// The replacement section's address range.
+    pub fn replacements(&self) -> core::ops::Range<u64> {
+        self.alt_replacement.0 as u64..self.alt_replacement.1 as u64
+    }
+
+    /// The site and entry names of this program, sorted for lookup.
+    #[cfg(feature = "alloc")]
+    pub fn names(&self) -> crate::driver::Names {
+        // SAFETY: the name entries are emitted by the macros and point at `&'static str`s.
+        unsafe { crate::driver::Names::new(self.site_names(), self.entry_names()) }
     }
 }
 

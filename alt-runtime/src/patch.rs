@@ -1,24 +1,72 @@
-//! Carrying out a plan, and reverting it.
+//! Writing one batch of site and slot changes, all or nothing.
 //!
-//! [`apply`] first re-reads every site that will change and refuses, writing nothing, if any
-//! site no longer holds the bytes the plan was made from (expected bytes). It then hands all
-//! changes to the [`Writer`] in one batch, reads them back, and returns a [`Patched`] record that
-//! holds the report and the original bytes. [`Patched::revert`] checks that every site still
-//! holds what was written, then restores the originals exactly.
+//! Every pass of the [driver](crate::driver), patching or reverting, comes down to a list of
+//! [`SiteWrite`]s (a site, the bytes it holds, the bytes it should hold) and [`SlotWrite`]s
+//! (8-byte function-pointer slots of paravirt tables), carried out by [`carry_out`]:
+//!
+//! 1. re-read every site (and slot) and refuse, writing nothing, unless it holds the expected
+//!    bytes;
+//! 2. [`Writer::prepare`]: everything that may fail or allocate, while the system still runs;
+//! 3. [`Rendezvous::stop`]: every other CPU or thread stopped outside the sites;
+//! 4. store the slots, write the sites ([`Writer::write`]), synchronise this CPU
+//!    ([`Isa::sync`]), read every site back;
+//! 5. [`Rendezvous::release`].
+//!
+//! If the writer fails, it has already restored the text (or says it could not); the slots are
+//! restored here. If a site does not read back as written, the originals are written back.
+//! Either way the caller learns whether the text is exactly as before
+//! ([`Failure::text_changed`]).
 
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
+use core::ops::Range;
+use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::plan::{MemoryError, Plan};
-use crate::report::{Report, SiteReport};
+use crate::isa::Isa;
+use crate::memory::MemoryError;
+use crate::rendezvous::{Rendezvous, RendezvousError};
 use crate::writer::{Chunk, WriteError, WriteStats, Writer};
+
+/// One site's change: where, the bytes it holds, the bytes it will hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteWrite {
+    /// Address of the site.
+    pub addr: u64,
+    /// The bytes found at the site when planning.
+    pub original: Vec<u8>,
+    /// The bytes the site will hold.
+    pub new: Vec<u8>,
+}
+
+impl SiteWrite {
+    /// Whether the site's bytes change.
+    pub fn changed(&self) -> bool {
+        self.original != self.new
+    }
+
+    /// The site's address range.
+    pub fn range(&self) -> Range<u64> {
+        self.addr..self.addr + self.original.len() as u64
+    }
+}
+
+/// One 8-byte slot (a paravirt table's function pointer, or a dispatch slot) to change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotWrite {
+    /// Address of the slot.
+    pub addr: u64,
+    /// Value found when planning.
+    pub old: u64,
+    /// Value to store.
+    pub new: u64,
+}
 
 /// Why patching or reverting stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PatchError {
     /// A site does not hold the bytes expected (the original when patching, what was written
-    /// when reverting). Nothing was written.
+    /// when reverting).
     UnexpectedBytes {
         /// Address of the site.
         addr: u64,
@@ -27,8 +75,19 @@ pub enum PatchError {
         /// The bytes found.
         found: Vec<u8>,
     },
-    /// A site could not be read. Nothing was written.
+    /// A slot does not hold the value expected.
+    UnexpectedSlot {
+        /// Address of the slot.
+        addr: u64,
+        /// Value expected.
+        expected: u64,
+        /// Value found.
+        found: u64,
+    },
+    /// A site could not be read.
     Memory(MemoryError),
+    /// The other CPUs or threads could not be stopped.
+    Rendezvous(RendezvousError),
     /// The writer failed.
     Write(WriteError),
     /// A site did not read back as written.
@@ -47,11 +106,20 @@ impl fmt::Display for PatchError {
                 found,
             } => write!(
                 f,
-                "site at {addr:#x} holds unexpected bytes (expected {}, found {}); nothing written",
+                "site at {addr:#x} holds unexpected bytes (expected {}, found {})",
                 crate::report::Hex(expected),
                 crate::report::Hex(found)
             ),
-            PatchError::Memory(e) => write!(f, "{e}; nothing written"),
+            PatchError::UnexpectedSlot {
+                addr,
+                expected,
+                found,
+            } => write!(
+                f,
+                "table slot at {addr:#x} holds {found:#x}, expected {expected:#x}"
+            ),
+            PatchError::Memory(e) => write!(f, "{e}"),
+            PatchError::Rendezvous(e) => write!(f, "cannot stop the other threads: {e}"),
             PatchError::Write(e) => write!(f, "{e}"),
             PatchError::ReadBack { addr } => {
                 write!(f, "site at {addr:#x} did not read back as written")
@@ -63,97 +131,204 @@ impl fmt::Display for PatchError {
 #[cfg(feature = "std")]
 impl std::error::Error for PatchError {}
 
-/// Sites as patched: what each held before and what was written, and the report.
-#[derive(Clone, Debug)]
-pub struct Patched {
-    report: Report,
+/// A batch that was not carried out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// What went wrong.
+    pub error: PatchError,
+    /// Whether some site may differ from what it held before (the writer could not restore
+    /// it). Slots are always restored.
+    pub text_changed: bool,
 }
 
-impl Patched {
-    /// What was done.
-    pub fn report(&self) -> &Report {
-        &self.report
-    }
-
-    /// Mutable access to the report, to attach names or timing.
-    pub fn report_mut(&mut self) -> &mut Report {
-        &mut self.report
-    }
-
-    /// Restores every changed site to its original bytes.
-    ///
-    /// Every site must still hold what was written; otherwise nothing is written and the error
-    /// names the site, and `self` is handed back so that the caller keeps the originals.
-    pub fn revert<W: Writer>(self, writer: &mut W) -> Result<WriteStats, (Self, PatchError)> {
-        let changed: Vec<&SiteReport> = self.report.sites.iter().filter(|s| s.changed()).collect();
-        if let Err(e) = check_bytes(writer, changed.iter().map(|s| (s.addr, &s.after[..]))) {
-            return Err((self, e));
+impl From<PatchError> for Failure {
+    fn from(error: PatchError) -> Self {
+        Failure {
+            error,
+            text_changed: false,
         }
-        let chunks: Vec<Chunk<'_>> = changed
-            .iter()
-            .map(|s| Chunk {
+    }
+}
+
+/// # Safety
+///
+/// `addr` is a live, 8-aligned slot.
+pub(crate) unsafe fn load_slot(addr: u64) -> u64 {
+    // SAFETY: the caller's contract; atomic access cannot race with the patcher's stores.
+    unsafe { AtomicU64::from_ptr(addr as usize as *mut u64) }.load(Ordering::Acquire)
+}
+
+/// # Safety
+///
+/// `addr` is a live, 8-aligned, writable slot.
+unsafe fn store_slot(addr: u64, value: u64) {
+    // SAFETY: the caller's contract.
+    unsafe { AtomicU64::from_ptr(addr as usize as *mut u64) }.store(value, Ordering::Release)
+}
+
+/// Which way a batch goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// From the originals to the new bytes (patching).
+    Forward,
+    /// From the new bytes back to the originals (reverting).
+    Back,
+}
+
+impl Direction {
+    fn bytes(self, s: &SiteWrite) -> (&[u8], &[u8]) {
+        match self {
+            Direction::Forward => (&s.original, &s.new),
+            Direction::Back => (&s.new, &s.original),
+        }
+    }
+
+    fn slot(self, s: &SlotWrite) -> (u64, u64) {
+        match self {
+            Direction::Forward => (s.old, s.new),
+            Direction::Back => (s.new, s.old),
+        }
+    }
+}
+
+/// Carries out one batch: `sites` (sorted by address, not overlapping) and `slots` go
+/// `direction`. Slots are stored in order going forward and in reverse order going back.
+///
+/// # Safety
+///
+/// Every site must be code of this program for which both byte strings are valid, every slot a
+/// live, 8-aligned, writable slot whose values are valid for it, and `rendezvous` must really
+/// keep every other CPU or thread out of the sites while they are written.
+pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized>(
+    sites: &[&SiteWrite],
+    slots: &[SlotWrite],
+    direction: Direction,
+    writer: &mut W,
+    rendezvous: &mut R,
+) -> Result<WriteStats, Failure> {
+    // 1. Expected bytes and values, read in one go.
+    let ranges: Vec<(u64, usize)> = sites.iter().map(|s| (s.addr, s.original.len())).collect();
+    let total = ranges.iter().map(|r| r.1).sum();
+    let mut found = vec![0u8; total];
+    writer
+        .read_each(&ranges, &mut found)
+        .map_err(PatchError::Memory)?;
+    let mut at = 0;
+    for s in sites {
+        let (from, _) = direction.bytes(s);
+        let now = &found[at..at + from.len()];
+        if now != from {
+            return Err(PatchError::UnexpectedBytes {
                 addr: s.addr,
-                bytes: &s.before,
-            })
-            .collect();
-        let stats = match writer.write(&chunks) {
-            Ok(s) => s,
-            Err(e) => return Err((self, PatchError::Write(e))),
-        };
-        if let Err(e) = read_back(writer, &chunks) {
-            return Err((self, e));
+                expected: from.to_vec(),
+                found: now.to_vec(),
+            }
+            .into());
         }
-        Ok(stats)
+        at += from.len();
     }
-}
+    for s in slots {
+        let (from, _) = direction.slot(s);
+        // SAFETY: the caller's contract.
+        let now = unsafe { load_slot(s.addr) };
+        if now != from {
+            return Err(PatchError::UnexpectedSlot {
+                addr: s.addr,
+                expected: from,
+                found: now,
+            }
+            .into());
+        }
+    }
+    if sites.is_empty() && slots.is_empty() {
+        return Ok(WriteStats::default());
+    }
 
-/// Carries out a plan through a writer.
-pub fn apply<W: Writer>(plan: Plan, writer: &mut W) -> Result<Patched, PatchError> {
-    let changed = plan.sites.iter().filter(|s| s.new != s.original);
-    check_bytes(writer, changed.map(|s| (s.addr, &s.original[..])))?;
-    let chunks: Vec<Chunk<'_>> = plan
-        .sites
+    // 2. Everything that allocates or may fail, before anyone is stopped.
+    let chunks: Vec<Chunk<'_>> = sites
         .iter()
-        .filter(|s| s.new != s.original)
         .map(|s| Chunk {
             addr: s.addr,
-            bytes: &s.new,
+            bytes: direction.bytes(s).1,
         })
         .collect();
-    let stats = writer.write(&chunks).map_err(PatchError::Write)?;
-    read_back(writer, &chunks)?;
-    Ok(Patched {
-        report: Report::from_plan(plan, stats),
-    })
-}
+    let undo: Vec<Chunk<'_>> = sites
+        .iter()
+        .map(|s| Chunk {
+            addr: s.addr,
+            bytes: direction.bytes(s).0,
+        })
+        .collect();
+    let site_ranges: Vec<Range<u64>> = sites.iter().map(|s| s.range()).collect();
+    writer.prepare(&chunks).map_err(PatchError::Write)?;
 
-fn check_bytes<'a, W: Writer>(
-    writer: &W,
-    sites: impl Iterator<Item = (u64, &'a [u8])>,
-) -> Result<(), PatchError> {
-    for (addr, expected) in sites {
-        let mut found = vec![0; expected.len()];
-        writer.read(addr, &mut found).map_err(PatchError::Memory)?;
-        if found != expected {
-            return Err(PatchError::UnexpectedBytes {
-                addr,
-                expected: expected.to_vec(),
-                found,
+    // 3. Stop the others.
+    rendezvous
+        .stop(&site_ranges)
+        .map_err(PatchError::Rendezvous)?;
+
+    // 4. Write (nothing below allocates).
+    let store_all = |to_new: bool| {
+        let order: &mut dyn Iterator<Item = &SlotWrite> = match (direction, to_new) {
+            (Direction::Forward, true) | (Direction::Back, false) => &mut slots.iter(),
+            _ => &mut slots.iter().rev(),
+        };
+        for s in order {
+            let (from, to) = direction.slot(s);
+            // SAFETY: the caller's contract.
+            unsafe { store_slot(s.addr, if to_new { to } else { from }) };
+        }
+    };
+    store_all(true);
+    let sync = || I::sync(&mut chunks.iter().map(|c| c.range()));
+    // SAFETY: the caller's contract; the rendezvous holds every other CPU or thread.
+    let stats = match unsafe { writer.write(&chunks) } {
+        Ok(stats) => stats,
+        Err(e) => {
+            store_all(false);
+            sync();
+            rendezvous.release();
+            let text_changed = e.text_changed;
+            return Err(Failure {
+                error: PatchError::Write(e),
+                text_changed,
             });
         }
+    };
+    sync();
+    if let Some(addr) = first_mismatch(writer, &ranges, &chunks, &mut found) {
+        // SAFETY: as for the write: the originals are valid code for the sites.
+        let undone = unsafe { writer.write(&undo) }.is_ok()
+            && first_mismatch(writer, &ranges, &undo, &mut found).is_none();
+        store_all(false);
+        sync();
+        rendezvous.release();
+        return Err(Failure {
+            error: PatchError::ReadBack { addr },
+            text_changed: !undone,
+        });
     }
-    Ok(())
+
+    // 5. Let the others run.
+    rendezvous.release();
+    Ok(stats)
 }
 
-fn read_back<W: Writer>(writer: &W, chunks: &[Chunk<'_>]) -> Result<(), PatchError> {
-    for c in chunks {
-        let mut found = vec![0; c.bytes.len()];
-        writer
-            .read(c.addr, &mut found)
-            .map_err(PatchError::Memory)?;
-        if found != c.bytes {
-            return Err(PatchError::ReadBack { addr: c.addr });
-        }
+/// Reads the sites back into `buf` (preallocated) and returns the first one that does not hold
+/// its chunk's bytes, or the first that cannot be read.
+fn first_mismatch<W: Writer>(
+    writer: &W,
+    ranges: &[(u64, usize)],
+    chunks: &[Chunk<'_>],
+    buf: &mut [u8],
+) -> Option<u64> {
+    if let Err(e) = writer.read_each(ranges, buf) {
+        return Some(e.addr);
     }
-    Ok(())
+    let mut at = 0;
+    chunks.iter().find_map(|c| {
+        let ok = buf[at..at + c.bytes.len()] == *c.bytes;
+        at += c.bytes.len();
+        (!ok).then_some(c.addr)
+    })
 }

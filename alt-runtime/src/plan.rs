@@ -1,11 +1,16 @@
-//! The planner and validator: one decision per site, every entry checked before anything is
-//! written.
+//! The alternatives planner and validator: one decision per site, every entry checked before
+//! anything is written.
 //!
 //! [`plan_alternatives`] reads a table of [`AltEntry`]s, checks each entry and the table as a
 //! whole, and computes for every site the bytes it will hold: the relocated replacement, a fresh
-//! `call rel32`, or the default with its NOP fill optimised. Nothing is written here; the result
-//! is a [`Plan`] that [`crate::patch::apply`] carries out. If any entry is wrong the whole table
-//! is refused with a [`TableError`] that names the entry.
+//! direct call, or the default with its NOP fill optimised. Nothing is written here; the
+//! [driver](crate::driver) carries the [`Plan`] out. If any entry is wrong the whole table is
+//! refused with a [`TableError`] that names the entry.
+//!
+//! The pass reads as Linux's `apply_alternatives`: `check_entry` validates one entry;
+//! `group_sites` puts the entries of each site together and reads its bytes; `check_returns`
+//! applies the return-address rule; `decide` takes the first entry that holds and `encode`
+//! writes its bytes.
 //!
 //! # Checks
 //!
@@ -16,10 +21,18 @@
 //!   its instructions decode and can be relocated to the site (a displacement that no longer
 //!   fits is an error);
 //! - a direct call has no replacement bytes, a site with room for the call, a target inside the
-//!   text and outside the replacement section, and a `call rel32` that reaches it.
+//!   text and outside the replacement section, and a call that reaches it.
 //!
 //! Across entries: entries for one site agree on its length; distinct sites do not overlap; each
 //! site's current bytes decode into whole instructions that end exactly at the site's end.
+//!
+//! **The return-address rule.** A thread (or CPU) may be inside a function called from a site
+//! while the site is rewritten; it returns to the byte after the call. So every offset where a
+//! call in any variant of the site returns (the default's call, a direct call, a call inside a
+//! replacement) must be an instruction boundary in every variant. The planner writes direct
+//! calls so that they end where the default's call ends, and NOP fill so that it keeps a
+//! boundary at each such offset; a replacement instruction that straddles one is an error
+//! ([`TableErrorKind::ReturnInsideInstruction`]).
 //!
 //! The first failing check, in that order, is the error reported.
 
@@ -29,11 +42,10 @@ use core::fmt;
 use core::ops::Range;
 
 use crate::capability::{Capability, CapabilitySet};
-use crate::isa::{Isa, X86_64};
+use crate::isa::{fill_keeping, CodeError, Isa, Offsets, Shape, X86_64};
+use crate::memory::{Memory, MemoryError};
+use crate::patch::SiteWrite;
 use crate::table::{AltEntry, AltFlags, KEY_RESERVED_MASK};
-use crate::x86_64::{insn, nops, relocate};
-
-pub use crate::writer::{LiveMemory, Memory, MemoryError};
 
 /// Where sites, replacements and call targets may lie.
 #[derive(Clone, Debug)]
@@ -42,6 +54,13 @@ pub struct Layout<'a> {
     pub text: &'a [Range<u64>],
     /// The replacement section.
     pub replacements: Range<u64>,
+}
+
+impl Layout<'_> {
+    /// Whether `r` lies inside one text range and outside the replacement section.
+    pub fn in_text(&self, r: &Range<u64>) -> bool {
+        self.text.iter().any(|t| inside(t, r)) && !overlaps(&self.replacements, r)
+    }
 }
 
 /// One table entry and the address it lives at (self-relative fields are resolved from there).
@@ -70,7 +89,8 @@ impl TableEntry {
         self.entry.to_bytes() == [0; crate::table::ALT_ENTRY_SIZE]
     }
 
-    fn site(&self) -> Range<u64> {
+    /// The site's address range.
+    pub fn site(&self) -> Range<u64> {
         let s = self.entry.site_addr(self.addr);
         s..s.saturating_add(u64::from(self.entry.site_len))
     }
@@ -122,7 +142,7 @@ pub enum TableErrorKind {
         target: u64,
     },
     /// The replacement (or the call) cannot be moved to the site.
-    Relocation(relocate::RelocError),
+    Replacement(CodeError),
     /// Two entries for the same site disagree on its length.
     SiteLengthMismatch {
         /// Index of the earlier entry for the site.
@@ -140,14 +160,14 @@ pub enum TableErrorKind {
     /// The site's or replacement's bytes could not be read.
     Unreadable(MemoryError),
     /// The site's current bytes are not whole instructions ending at the site's end.
-    SiteNotWholeInstructions(insn::DecodeError),
-    /// AArch64: an A64 instruction of the replacement (or the call) cannot be moved to the site.
-    A64Relocation(crate::aarch64::reloc::RelocError),
-    /// AArch64: a site, replacement or call target is not 4-byte aligned or not a whole number
-    /// of 4-byte instructions.
-    A64Misaligned {
-        /// The misaligned address (or the start of the code whose length is not a multiple of 4).
-        addr: u64,
+    Site(CodeError),
+    /// A call in some variant of the site returns to `offset`, which is inside an instruction
+    /// of this entry's variant (or of the default, for the entry that carries the default).
+    ReturnInsideInstruction {
+        /// Offset of the return address from the start of the site.
+        offset: u8,
+        /// Whether the variant concerned is the site's default rather than this entry's.
+        in_default: bool,
     },
 }
 
@@ -183,7 +203,7 @@ impl fmt::Display for TableError {
             TableErrorKind::CallTargetOutsideText { target } => {
                 write!(f, "call target {target:#x} is not inside the text")
             }
-            TableErrorKind::Relocation(e) => write!(f, "cannot move the replacement: {e}"),
+            TableErrorKind::Replacement(e) => write!(f, "cannot move the replacement: {e}"),
             TableErrorKind::SiteLengthMismatch { other, other_len } => write!(
                 f,
                 "site length differs from entry {other} for the same site ({other_len} bytes)"
@@ -193,13 +213,16 @@ impl fmt::Display for TableError {
                 "site overlaps the site at {other_site:#x} of entry {other}"
             ),
             TableErrorKind::Unreadable(e) => write!(f, "{e}"),
-            TableErrorKind::SiteNotWholeInstructions(e) => {
-                write!(f, "site bytes are not whole instructions: {e}")
-            }
-            TableErrorKind::A64Relocation(e) => write!(f, "cannot move the replacement: {e}"),
-            TableErrorKind::A64Misaligned { addr } => write!(
+            TableErrorKind::Site(e) => write!(f, "site bytes are not whole instructions: {e}"),
+            TableErrorKind::ReturnInsideInstruction { offset, in_default } => write!(
                 f,
-                "{addr:#x} is not 4-byte aligned, or its code is not whole 4-byte instructions"
+                "a call in the site returns to offset {offset}, which is inside an instruction \
+                 of {}; a thread returning there would run half an instruction",
+                if *in_default {
+                    "the default"
+                } else {
+                    "this replacement"
+                }
             ),
         }
     }
@@ -218,55 +241,29 @@ pub enum Choice {
         /// Index of the chosen entry.
         entry: usize,
     },
-    /// A `call rel32` to `target` (entry `entry`), NOP-filled.
+    /// A direct call to `target` (entry `entry`), NOP-filled.
     DirectCall {
         /// Index of the chosen entry.
         entry: usize,
         /// The call target.
         target: u64,
     },
-    /// Paravirt site: the operation's native inline sequence, relocated and NOP-filled.
-    PvInline {
-        /// Operation index.
-        op: u8,
-    },
-    /// Paravirt site: a `call rel32`, NOP-filled.
-    PvCall {
-        /// Operation index.
-        op: u8,
-        /// The call target (the backend's function, or a register-saving thunk).
-        target: u64,
-        /// Whether the target is a register-saving thunk around the backend's function.
-        through_thunk: bool,
-    },
-    /// Paravirt site: the operation does nothing (`xor eax, eax` if it returns a value), NOPs.
-    PvNop {
-        /// Operation index.
-        op: u8,
-    },
-    /// Paravirt site: the operation is unset in the backend; the site traps (`ud2`, NOPs).
-    PvTrap {
-        /// Operation index.
-        op: u8,
-    },
 }
 
-/// What a paravirt site is, for reports: its table, operation and backend, and why it got the
-/// bytes it got.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PvSiteInfo {
-    /// Name of the operations table.
-    pub table: &'static str,
-    /// Operation index.
-    pub op: u8,
-    /// Operation name.
-    pub op_name: &'static str,
-    /// Name of the backend.
-    pub backend: &'static str,
-    /// Index of the entry in the table's entry section (placeholders count).
-    pub entry: usize,
-    /// Why, for people.
-    pub why: alloc::string::String,
+impl Choice {
+    /// The index of the entry this choice applies, if it applies one.
+    pub fn entry(&self) -> Option<usize> {
+        match *self {
+            Choice::Inline { entry } | Choice::DirectCall { entry, .. } => Some(entry),
+            Choice::Default => None,
+        }
+    }
+
+    /// The candidate this choice applies, among a site's candidates.
+    pub fn chosen_in<'a>(&self, candidates: &'a [Candidate]) -> Option<&'a Candidate> {
+        let entry = self.entry()?;
+        candidates.iter().find(|c| c.entry == entry)
+    }
 }
 
 /// One entry considered for a site, and whether it held.
@@ -284,43 +281,28 @@ pub struct Candidate {
     pub held: bool,
 }
 
+impl Candidate {
+    /// Whether the candidate's capability was present (as opposed to whether it held).
+    pub fn capability_present(&self) -> bool {
+        self.held != self.negated
+    }
+}
+
 /// The plan for one site.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SitePlan {
-    /// Address of the site.
-    pub addr: u64,
-    /// The bytes found at the site when planning.
-    pub original: Vec<u8>,
-    /// The bytes the site will hold.
-    pub new: Vec<u8>,
+    /// Where the site is, the bytes found there and the bytes it will hold.
+    pub write: SiteWrite,
     /// The decision.
     pub choice: Choice,
     /// Every entry of the site, in priority (table) order.
     pub candidates: Vec<Candidate>,
-    /// For a paravirt site, its table, operation and backend; `None` for alternatives.
-    pub paravirt: Option<PvSiteInfo>,
 }
 
 impl SitePlan {
     /// The entry chosen, if any.
     pub fn chosen(&self) -> Option<&Candidate> {
         self.choice.chosen_in(&self.candidates)
-    }
-}
-
-impl Choice {
-    /// The index of the alternative entry this choice applies, if it applies one.
-    pub fn entry(&self) -> Option<usize> {
-        match *self {
-            Choice::Inline { entry } | Choice::DirectCall { entry, .. } => Some(entry),
-            _ => None,
-        }
-    }
-
-    /// The candidate this choice applies, among a site's candidates.
-    pub fn chosen_in<'a>(&self, candidates: &'a [Candidate]) -> Option<&'a Candidate> {
-        let entry = self.entry()?;
-        candidates.iter().find(|c| c.entry == entry)
     }
 }
 
@@ -333,11 +315,19 @@ pub struct Plan {
     pub capabilities: CapabilitySet,
 }
 
-/// Plans every site of an alternatives table.
-///
-/// `entries` are the table's entries in table order with their addresses (use
-/// [`TableEntry::in_memory`] for a table in this address space). Every entry is validated; the
-/// first problem is returned as a [`TableError`] and nothing is planned.
+impl Plan {
+    /// Every capability some entry of the table is keyed by, taken or not: what a CPU that
+    /// comes up later must agree with ([`crate::policy::SystemCaps::set_used`]).
+    pub fn used(&self) -> CapabilitySet {
+        let mut used = CapabilitySet::default();
+        for c in self.sites.iter().flat_map(|s| &s.candidates) {
+            used.set(c.capability);
+        }
+        used
+    }
+}
+
+/// Plans every site of an x86-64 alternatives table; see [`plan_alternatives_for`].
 pub fn plan_alternatives<M: Memory>(
     entries: &[TableEntry],
     layout: &Layout<'_>,
@@ -347,118 +337,62 @@ pub fn plan_alternatives<M: Memory>(
     plan_alternatives_for::<X86_64, M>(entries, layout, caps, mem)
 }
 
-/// [`plan_alternatives`] for the instruction set `I` ([`crate::isa::X86_64`] or
-/// [`crate::isa::Aarch64`]): the same checks and priority rule, with `I`'s rules for checking,
-/// moving, padding and calling code.
+/// Plans every site of an alternatives table for the instruction set `I`
+/// ([`crate::isa::X86_64`] or [`crate::isa::Aarch64`]).
+///
+/// `entries` are the table's entries in table order with their addresses (use
+/// [`TableEntry::in_memory`] for a table in this address space). Every entry is validated; the
+/// first problem is returned as a [`TableError`] and nothing is planned.
 pub fn plan_alternatives_for<I: Isa, M: Memory>(
     entries: &[TableEntry],
     layout: &Layout<'_>,
     caps: &CapabilitySet,
     mem: &M,
 ) -> Result<Plan, TableError> {
-    // Per-entry checks, in table order. Bounds come before any read.
     let mut parsed = Vec::with_capacity(entries.len());
     for (index, t) in entries.iter().enumerate() {
         parsed.push(check_entry::<I, M>(index, t, layout, mem)?);
     }
-
-    // Group by site: sort by address, keeping table order among entries of one site.
-    let mut order: Vec<usize> = (0..entries.len())
-        .filter(|&i| !entries[i].is_placeholder())
-        .collect();
-    order.sort_by_key(|&i| (entries[i].site().start, i));
-
-    let mut sites: Vec<SitePlan> = Vec::new();
-    let mut group_first: Option<usize> = None;
-    for &i in &order {
-        let t = &entries[i];
-        let site = t.site();
-        if let Some(first) = group_first {
-            let prev = entries[first].site();
-            if prev.start == site.start {
-                if prev.end != site.end {
-                    return Err(error(
-                        i,
-                        t,
-                        TableErrorKind::SiteLengthMismatch {
-                            other: first,
-                            other_len: entries[first].entry.site_len,
-                        },
-                    ));
-                }
-                let candidate = parsed[i].candidate(i, caps);
-                sites
-                    .last_mut()
-                    .expect("group open")
-                    .candidates
-                    .push(candidate);
-                continue;
-            }
-            if prev.end > site.start {
-                return Err(error(
-                    i,
-                    t,
-                    TableErrorKind::Overlap {
-                        other: first,
-                        other_site: prev.start,
-                    },
-                ));
-            }
-        }
-        group_first = Some(i);
-        let mut original = vec![0; site.end.saturating_sub(site.start) as usize];
-        mem.read(site.start, &mut original)
-            .map_err(|e| error(i, t, TableErrorKind::Unreadable(e)))?;
-        I::check_whole(site.start, &original).map_err(|kind| error(i, t, kind))?;
+    let groups = group_sites::<I, M>(entries, mem)?;
+    let mut sites = Vec::with_capacity(groups.len());
+    for g in groups {
+        let returns = check_returns::<I>(entries, &parsed, &g)?;
+        let candidates: Vec<Candidate> = g
+            .entries
+            .iter()
+            .map(|&i| parsed[i].candidate(i, caps))
+            .collect();
+        let choice = decide(&parsed, &candidates);
+        let new = encode::<I>(entries, &parsed, &g, choice, returns)?;
         sites.push(SitePlan {
-            addr: site.start,
-            new: Vec::new(),
-            original,
-            choice: Choice::Default,
-            candidates: vec![parsed[i].candidate(i, caps)],
-            paravirt: None,
+            write: SiteWrite {
+                addr: g.site.start,
+                original: g.original,
+                new,
+            },
+            choice,
+            candidates,
         });
     }
-
-    // Decide: the first entry, in table order, that holds.
-    for site in &mut sites {
-        let winner = site.candidates.iter().find(|c| c.held).map(|c| c.entry);
-        let (choice, new) = match winner {
-            None => (Choice::Default, I::keep_default(&site.original)),
-            Some(entry) => {
-                let p = &parsed[entry];
-                let mut new = vec![0; site.original.len()];
-                let used = p.bytes.len();
-                new[..used].copy_from_slice(&p.bytes);
-                I::fill(&mut new[used..]);
-                let choice = match p.target {
-                    Target::Call(target) => Choice::DirectCall { entry, target },
-                    Target::Inline => Choice::Inline { entry },
-                };
-                (choice, new)
-            }
-        };
-        site.choice = choice;
-        site.new = new;
-    }
-
     Ok(Plan {
         sites,
         capabilities: *caps,
     })
 }
 
-/// What a valid entry would write at its site.
+/// What a valid entry would put at its site.
 struct Parsed {
     capability: Option<Capability>,
     negated: bool,
-    target: Target,
-    /// The relocated replacement, or the encoded call; empty for a placeholder.
-    bytes: Vec<u8>,
+    variant: Variant,
 }
 
-enum Target {
-    Inline,
+enum Variant {
+    /// A placeholder: never a candidate.
+    None,
+    /// The replacement, relocated to the site's start, and its shape.
+    Inline { bytes: Vec<u8>, shape: Shape },
+    /// A direct call to this target.
     Call(u64),
 }
 
@@ -469,7 +403,7 @@ impl Parsed {
             entry,
             capability,
             negated: self.negated,
-            direct_call: matches!(self.target, Target::Call(_)),
+            direct_call: matches!(self.variant, Variant::Call(_)),
             held: caps.has(capability) != self.negated,
         }
     }
@@ -484,18 +418,17 @@ fn error(index: usize, t: &TableEntry, kind: TableErrorKind) -> TableError {
     }
 }
 
-pub(crate) fn inside(r: &Range<u64>, inner: &Range<u64>) -> bool {
+/// Whether `inner` lies inside `r`.
+pub fn inside(r: &Range<u64>, inner: &Range<u64>) -> bool {
     inner.start >= r.start && inner.end <= r.end && inner.start <= inner.end
 }
 
-pub(crate) fn overlaps(a: &Range<u64>, b: &Range<u64>) -> bool {
+/// Whether two ranges share a byte.
+pub fn overlaps(a: &Range<u64>, b: &Range<u64>) -> bool {
     a.start < b.end && b.start < a.end
 }
 
-pub(crate) fn in_text(layout: &Layout<'_>, r: &Range<u64>) -> bool {
-    layout.text.iter().any(|t| inside(t, r)) && !overlaps(&layout.replacements, r)
-}
-
+/// Validates one entry on its own and works out what it would write.
 fn check_entry<I: Isa, M: Memory>(
     index: usize,
     t: &TableEntry,
@@ -507,8 +440,7 @@ fn check_entry<I: Isa, M: Memory>(
         return Ok(Parsed {
             capability: None,
             negated: false,
-            target: Target::Inline,
-            bytes: Vec::new(),
+            variant: Variant::None,
         });
     }
     let err = |kind| error(index, t, kind);
@@ -526,12 +458,12 @@ fn check_entry<I: Isa, M: Memory>(
         .site_addr(t.addr)
         .checked_add(u64::from(e.site_len))
         .is_none();
-    if site_end_wrapped || !in_text(layout, &site) {
+    if site_end_wrapped || !layout.in_text(&site) {
         return Err(err(TableErrorKind::SiteOutsideText));
     }
     let flags = e.flags();
     let negated = flags.contains(AltFlags::NOT);
-    let target_addr = e.replacement_addr(t.addr);
+    let target = e.replacement_addr(t.addr);
 
     if flags.contains(AltFlags::DIRECT_CALL) {
         if e.replacement_len != 0 {
@@ -540,16 +472,15 @@ fn check_entry<I: Isa, M: Memory>(
         if e.site_len < I::CALL_LEN {
             return Err(err(TableErrorKind::DirectCallSiteTooShort));
         }
-        let target = target_addr;
-        if !in_text(layout, &(target..target.saturating_add(1))) {
+        if !layout.in_text(&(target..target.saturating_add(1))) {
             return Err(err(TableErrorKind::CallTargetOutsideText { target }));
         }
-        let call = I::call(site.start, target).map_err(err)?;
+        // Reach from the site's start; `encode` places the call and checks again.
+        I::call(site.start, target).map_err(|e| err(TableErrorKind::Replacement(e)))?;
         return Ok(Parsed {
             capability: Some(capability),
             negated,
-            target: Target::Call(target),
-            bytes: call,
+            variant: Variant::Call(target),
         });
     }
 
@@ -559,50 +490,205 @@ fn check_entry<I: Isa, M: Memory>(
             site_len: e.site_len,
         }));
     }
-    let repl = target_addr..target_addr.saturating_add(u64::from(e.replacement_len));
+    let repl = target..target.saturating_add(u64::from(e.replacement_len));
     if !inside(&layout.replacements, &repl) {
         return Err(err(TableErrorKind::ReplacementOutsideSection {
-            replacement: target_addr,
+            replacement: target,
         }));
     }
     let mut src = vec![0; usize::from(e.replacement_len)];
     mem.read(repl.start, &mut src)
         .map_err(|e| err(TableErrorKind::Unreadable(e)))?;
+    let shape = I::shape(repl.start, &src).map_err(|e| err(TableErrorKind::Replacement(e)))?;
     let mut bytes = vec![0; src.len()];
-    I::relocate(&src, repl.start, site.start, &mut bytes).map_err(err)?;
+    I::relocate(&src, repl.start, site.start, &mut bytes)
+        .map_err(|e| err(TableErrorKind::Replacement(e)))?;
     Ok(Parsed {
         capability: Some(capability),
         negated,
-        target: Target::Inline,
-        bytes,
+        variant: Variant::Inline { bytes, shape },
     })
 }
 
-/// Rewrites every run of one-byte NOPs (`0x90`) in whole-instruction code into the fewest
-/// recommended multi-byte NOPs, as Linux's `optimize_nops` does for default code whose padding
-/// the assembler filled with `0x90`. Code that does not decode is returned unchanged.
-pub fn optimize_nops(code: &[u8]) -> Vec<u8> {
-    let mut out = code.to_vec();
-    let mut run_start = None;
-    let mut offset = 0;
-    while offset < code.len() {
-        let len = match insn::decode(&code[offset..]) {
-            Ok(i) => usize::from(i.len),
-            Err(_) => return code.to_vec(),
-        };
-        let single_nop = len == 1 && code[offset] == 0x90;
-        match (single_nop, run_start) {
-            (true, None) => run_start = Some(offset),
-            (false, Some(s)) => {
-                nops::fill(&mut out[s..offset]);
-                run_start = None;
+/// The entries of one site, and the site's bytes.
+struct Group {
+    site: Range<u64>,
+    /// Entry indices in table order (the first one carries the site's default).
+    entries: Vec<usize>,
+    original: Vec<u8>,
+    shape: Shape,
+}
+
+/// Sorts the entries into sites (table order kept among the entries of one site), checks
+/// lengths and overlaps, and reads and checks each site's current bytes.
+fn group_sites<I: Isa, M: Memory>(
+    entries: &[TableEntry],
+    mem: &M,
+) -> Result<Vec<Group>, TableError> {
+    let mut order: Vec<usize> = (0..entries.len())
+        .filter(|&i| !entries[i].is_placeholder())
+        .collect();
+    order.sort_by_key(|&i| (entries[i].site().start, i));
+    let mut groups: Vec<Group> = Vec::new();
+    for &i in &order {
+        let t = &entries[i];
+        let site = t.site();
+        if let Some(g) = groups.last_mut() {
+            let first = g.entries[0];
+            if g.site.start == site.start {
+                if g.site.end != site.end {
+                    return Err(error(
+                        i,
+                        t,
+                        TableErrorKind::SiteLengthMismatch {
+                            other: first,
+                            other_len: entries[first].entry.site_len,
+                        },
+                    ));
+                }
+                g.entries.push(i);
+                continue;
             }
-            _ => {}
+            if g.site.end > site.start {
+                return Err(error(
+                    i,
+                    t,
+                    TableErrorKind::Overlap {
+                        other: first,
+                        other_site: g.site.start,
+                    },
+                ));
+            }
         }
-        offset += len;
+        let mut original = vec![0; site.end.saturating_sub(site.start) as usize];
+        mem.read(site.start, &mut original)
+            .map_err(|e| error(i, t, TableErrorKind::Unreadable(e)))?;
+        let shape =
+            I::shape(site.start, &original).map_err(|e| error(i, t, TableErrorKind::Site(e)))?;
+        groups.push(Group {
+            site,
+            entries: vec![i],
+            original,
+            shape,
+        });
     }
-    if let Some(s) = run_start {
-        nops::fill(&mut out[s..]);
+    Ok(groups)
+}
+
+/// Where a direct call of this site ends: where the default's (last) call returns, or right
+/// after a call at the site's start when the default calls nothing.
+fn call_end<I: Isa>(g: &Group) -> usize {
+    g.shape
+        .returns
+        .iter()
+        .last()
+        .filter(|&r| r >= usize::from(I::CALL_LEN))
+        .unwrap_or(usize::from(I::CALL_LEN))
+}
+
+/// The return-address rule (see the [module documentation](self)): returns the offsets that
+/// must stay instruction boundaries in every variant of the site.
+fn check_returns<I: Isa>(
+    entries: &[TableEntry],
+    parsed: &[Parsed],
+    g: &Group,
+) -> Result<Offsets, TableError> {
+    let call_end = call_end::<I>(g);
+    let call_start = call_end - usize::from(I::CALL_LEN);
+    let mut returns = g.shape.returns;
+    for &i in &g.entries {
+        match &parsed[i].variant {
+            Variant::Inline { shape, .. } => returns = returns.union(shape.returns),
+            Variant::Call(_) => returns.insert(call_end),
+            Variant::None => {}
+        }
     }
-    out
+    let len = g.original.len();
+    for r in returns.iter() {
+        let offset = r as u8;
+        let first = g.entries[0];
+        if r > len || !g.shape.boundaries.contains(r) {
+            let kind = TableErrorKind::ReturnInsideInstruction {
+                offset,
+                in_default: true,
+            };
+            return Err(error(first, &entries[first], kind));
+        }
+        for &i in &g.entries {
+            let straddles = match &parsed[i].variant {
+                Variant::Inline { bytes, shape } => {
+                    r < bytes.len() && !shape.boundaries.contains(r)
+                }
+                Variant::Call(_) => r > call_start && r < call_end,
+                Variant::None => false,
+            };
+            if straddles {
+                let kind = TableErrorKind::ReturnInsideInstruction {
+                    offset,
+                    in_default: false,
+                };
+                return Err(error(i, &entries[i], kind));
+            }
+        }
+    }
+    Ok(returns)
+}
+
+/// The priority rule: the first entry, in table order, that holds.
+fn decide(parsed: &[Parsed], candidates: &[Candidate]) -> Choice {
+    match candidates.iter().find(|c| c.held) {
+        None => Choice::Default,
+        Some(c) => match parsed[c.entry].variant {
+            Variant::Call(target) => Choice::DirectCall {
+                entry: c.entry,
+                target,
+            },
+            _ => Choice::Inline { entry: c.entry },
+        },
+    }
+}
+
+/// The bytes the site will hold for `choice`, keeping a boundary at every offset of `returns`.
+fn encode<I: Isa>(
+    entries: &[TableEntry],
+    parsed: &[Parsed],
+    g: &Group,
+    choice: Choice,
+    returns: Offsets,
+) -> Result<Vec<u8>, TableError> {
+    let len = g.original.len();
+    match choice {
+        Choice::Default => {
+            let kept = I::keep_default(&g.original);
+            // Merged NOP padding must not swallow a return boundary.
+            let keeps = I::shape(g.site.start, &kept)
+                .map(|s| returns.iter().all(|r| s.boundaries.contains(r)))
+                .unwrap_or(false);
+            Ok(if keeps { kept } else { g.original.clone() })
+        }
+        Choice::Inline { entry } => {
+            let Variant::Inline { bytes, .. } = &parsed[entry].variant else {
+                unreachable!("an inline choice has inline bytes")
+            };
+            let mut new = vec![0; len];
+            new[..bytes.len()].copy_from_slice(bytes);
+            fill_keeping::<I>(&mut new, bytes.len(), returns);
+            Ok(new)
+        }
+        Choice::DirectCall { entry, target } => {
+            let end = call_end::<I>(g);
+            let start = end - usize::from(I::CALL_LEN);
+            let call = I::call(g.site.start + start as u64, target)
+                .map_err(|e| error(entry, &entries[entry], TableErrorKind::Replacement(e)))?;
+            let mut new = vec![0; len];
+            fill_keeping::<I>(&mut new[..start], 0, returns);
+            new[start..end].copy_from_slice(&call);
+            let mut after = Offsets::EMPTY;
+            for r in returns.iter().filter(|&r| r > end) {
+                after.insert(r - end);
+            }
+            fill_keeping::<I>(&mut new[end..], 0, after);
+            Ok(new)
+        }
+    }
 }

@@ -1,5 +1,5 @@
 //! Patching the running process (hosted Linux x86-64): probe, override, plan, write, report,
-//! revert.
+//! revert. Everything goes through the [driver](crate::driver).
 //!
 //! ```no_run
 //! // First thing in main, before any thread starts.
@@ -16,7 +16,8 @@
 //! `#[alternative]` sites should not call it themselves; their sites are patched by the program's
 //! call, since they are linked into the same executable. A second call returns
 //! [`ProcessError::AlreadyPatched`]; [`revert_self`] restores every site's original bytes, after
-//! which the process may be patched again.
+//! which the process may be patched again. A paravirt table's generated `install` (through
+//! [`install_paravirt`]) patches that table's sites, separately.
 //!
 //! One call does all of it, in this order: probe every online CPU (a thread pinned to each) and
 //! combine them (features every CPU has, errata any has); apply `ALT_CLEARCPUID`
@@ -28,11 +29,12 @@
 //! # Threads
 //!
 //! Patching rewrites code that may be running, so it refuses while the process has other threads
-//! (it reads `/proc/self/task`): patch first, then start threads. [`PatchOptions::allow_other_threads`]
-//! overrides that, `unsafe`: the caller promises that no other thread executes a site while
-//! patching runs and that each serialises before it next runs patched code (qemu-user's own
-//! helper thread is such a thread: it never runs guest code). Calls from several threads are
-//! serialised by a lock; the second one sees [`ProcessError::AlreadyPatched`].
+//! (it counts `/proc/self/task`, waiting a few milliseconds for threads just joined): patch
+//! first, then start threads. [`PatchOptions::allow_other_threads`] overrides that, `unsafe`: the
+//! caller promises that no other thread executes a site while patching runs and that each
+//! serialises before it next runs patched code (qemu-user's own helper thread is such a thread:
+//! it never runs guest code). Calls from several threads are serialised by a lock; the second
+//! one sees [`ProcessError::AlreadyPatched`].
 //!
 //! # Shared libraries
 //!
@@ -58,11 +60,15 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::capability::CapabilitySet;
-use crate::linker::{lookup_name, sections};
-use crate::os::linux::{executable_segments_containing, MprotectWriter};
+use crate::driver::{ApplyError, Patched, Patcher, PlanError};
+use crate::linker::sections;
+use crate::memory::LiveMemory;
+use crate::os::linux::{executable_segments_containing, thread_count, MprotectWriter};
 use crate::overrides::{Overrides, ENV_VAR};
-use crate::patch::{apply, PatchError, Patched};
-use crate::plan::{plan_alternatives, Layout, LiveMemory, TableEntry, TableError};
+use crate::paravirt::{Backend, TableDesc};
+use crate::patch::PatchError;
+use crate::plan::Layout;
+use crate::rendezvous::{Alone, Rendezvous, RendezvousError};
 use crate::report::Report;
 
 /// Why patching the process failed.
@@ -76,10 +82,12 @@ pub enum ProcessError {
     Probe(std::string::String),
     /// The override variable names an unknown capability.
     Override(std::string::String),
-    /// The table is invalid; nothing was written.
-    Table(TableError),
+    /// A table is invalid; nothing was written.
+    Plan(PlanError),
     /// Writing failed.
-    Patch(PatchError),
+    Patch(alloc::boxed::Box<ApplyError>),
+    /// Reverting failed; the record is kept and the revert may be retried.
+    Revert(PatchError),
 }
 
 impl fmt::Display for ProcessError {
@@ -89,8 +97,9 @@ impl fmt::Display for ProcessError {
             ProcessError::NotPatched => f.write_str("this process is not patched"),
             ProcessError::Probe(e) => write!(f, "probing the CPUs failed: {e}"),
             ProcessError::Override(e) => f.write_str(e),
-            ProcessError::Table(e) => write!(f, "invalid alternatives table: {e}"),
+            ProcessError::Plan(e) => write!(f, "{e}; nothing written"),
             ProcessError::Patch(e) => write!(f, "patching failed: {e}"),
+            ProcessError::Revert(e) => write!(f, "reverting failed: {e}; the sites stay patched"),
         }
     }
 }
@@ -117,11 +126,17 @@ pub fn env_overrides() -> Result<Overrides, ProcessError> {
     }
 }
 
+/// The text of the loaded object holding `addr` and this object's replacement section.
+fn object_text(addr: u64) -> (Vec<Range<u64>>, Range<u64>) {
+    (
+        executable_segments_containing(addr),
+        sections().replacements(),
+    )
+}
+
 /// The layout of this program's text and replacement section.
 pub fn process_text() -> (Vec<Range<u64>>, Range<u64>) {
-    let s = sections();
-    let text = executable_segments_containing(s.alt_instr.0 as u64);
-    (text, s.alt_replacement.0 as u64..s.alt_replacement.1 as u64)
+    object_text(sections().alt_instr.0 as u64)
 }
 
 /// How [`patch_self_with`] patches: which capabilities (probed, or given), whether other threads
@@ -141,6 +156,35 @@ pub struct PatchOptions {
     strict_wx: bool,
 }
 
+/// Refuses unless the process has no other thread.
+struct SingleThreaded;
+
+// SAFETY: `stop` succeeds only when this is the process's only thread; a thread created after
+// the check would have to be created by this thread, which is busy patching.
+unsafe impl Rendezvous for SingleThreaded {
+    fn stop(&mut self, _sites: &[Range<u64>]) -> Result<(), RendezvousError> {
+        let os = |e: crate::writer::WriteError| RendezvousError {
+            os_error: e.os_error,
+            ..RendezvousError::new("cannot count the threads of the process")
+        };
+        // A thread that was just joined can still be listed while the kernel reaps it.
+        let mut n = thread_count().map_err(os)?;
+        for _ in 0..50 {
+            if n <= 1 {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            n = thread_count().map_err(os)?;
+        }
+        Err(RendezvousError::new(
+            "the process has other threads; patch before starting them, or take \
+             responsibility with PatchOptions::allow_other_threads",
+        ))
+    }
+
+    fn release(&mut self) {}
+}
+
 impl PatchOptions {
     /// Probe every CPU, apply the environment overrides, refuse if other threads exist.
     pub fn new() -> Self {
@@ -158,9 +202,9 @@ impl PatchOptions {
     /// # Safety
     ///
     /// No other thread may execute any site while patching runs, and each must serialise
-    /// before it next runs patched code (see [`MprotectWriter::allow_other_threads`]). Under
-    /// `qemu-user` the emulator's own helper thread shows as a thread of the process; it never
-    /// runs guest code, so a single-threaded guest program may take this responsibility.
+    /// before it next runs patched code. Under `qemu-user` the emulator's own helper thread
+    /// shows as a thread of the process; it never runs guest code, so a single-threaded guest
+    /// program may take this responsibility.
     pub unsafe fn allow_other_threads(mut self) -> Self {
         self.allow_other_threads = true;
         self
@@ -180,16 +224,30 @@ impl PatchOptions {
 
     /// A writer for this process's text that honours these options.
     pub fn writer(&self) -> MprotectWriter {
-        let mut writer = MprotectWriter::new();
+        let writer = MprotectWriter::new();
         if self.strict_wx {
-            writer = writer.through_proc_self_mem();
-        }
-        if self.allow_other_threads {
-            // SAFETY: the caller of PatchOptions::allow_other_threads took this responsibility.
-            unsafe { writer.allow_other_threads() }
+            writer.through_proc_self_mem()
         } else {
             writer
         }
+    }
+
+    fn rendezvous(&self) -> alloc::boxed::Box<dyn Rendezvous> {
+        if self.allow_other_threads {
+            // SAFETY: the caller of `allow_other_threads` took this responsibility.
+            alloc::boxed::Box::new(unsafe { Alone::new() })
+        } else {
+            alloc::boxed::Box::new(SingleThreaded)
+        }
+    }
+
+    fn decide(&self) -> Result<CapabilitySet, ProcessError> {
+        let mut caps = match self.capabilities {
+            Some(c) => c,
+            None => system_capabilities()?,
+        };
+        env_overrides()?.apply(&mut caps);
+        Ok(caps)
     }
 }
 
@@ -206,12 +264,7 @@ pub fn patch_self() -> Result<Report, ProcessError> {
 
 /// Patches every site of this program as the options say; otherwise as [`patch_self`].
 pub fn patch_self_with(options: &PatchOptions) -> Result<Report, ProcessError> {
-    let mut caps = match options.capabilities {
-        Some(c) => c,
-        None => system_capabilities()?,
-    };
-    env_overrides()?.apply(&mut caps);
-    let caps = &caps;
+    let caps = options.decide()?;
     let mut guard = PATCHED.lock().unwrap_or_else(|p| p.into_inner());
     if guard.is_some() {
         return Err(ProcessError::AlreadyPatched);
@@ -219,36 +272,25 @@ pub fn patch_self_with(options: &PatchOptions) -> Result<Report, ProcessError> {
     let started = Instant::now();
     let s = sections();
     let (text, replacements) = process_text();
+    let mut readable = text.clone();
+    readable.push(replacements.clone());
+    // SAFETY: these are this program's executable segments and its replacement section, mapped
+    // readable for the program's lifetime.
+    let mem = unsafe { LiveMemory::new(&readable) };
     let layout = Layout {
         text: &text,
         replacements,
     };
-    let entries: Vec<TableEntry> = s
-        .alt_entries()
-        .iter()
-        .map(|e| TableEntry {
-            addr: e as *const _ as u64,
-            entry: *e,
-        })
-        .collect();
-    // SAFETY: the layout's ranges are this program's executable segments and its replacement
-    // section, mapped readable for the program's lifetime.
-    let mem = unsafe { LiveMemory::new() };
-    let plan = plan_alternatives(&entries, &layout, caps, &mem).map_err(ProcessError::Table)?;
+    // SAFETY: the layout is this program's text and the table is its own alt_instr section,
+    // emitted by the macros.
+    let patcher = unsafe { Patcher::new(caps, layout) }.sections(&s);
+    let prepared = patcher.plan(&mem).map_err(ProcessError::Plan)?;
     let mut writer = options.writer();
-    let mut patched = apply(plan, &mut writer).map_err(ProcessError::Patch)?;
-    let report = patched.report_mut();
-    report.elapsed_ns = Some(started.elapsed().as_nanos() as u64);
-    // SAFETY: name entries are emitted by the macros and point at `&'static str` statics.
-    report.name_sites(
-        |addr| unsafe { lookup_name(s.site_names(), addr) },
-        |index| {
-            let addr = entries.get(index)?.addr;
-            // SAFETY: as above.
-            unsafe { lookup_name(s.entry_names(), addr) }
-        },
-    );
-    let report = report.clone();
+    let mut patched = prepared
+        .apply(&mut writer, &mut *options.rendezvous())
+        .map_err(|e| ProcessError::Patch(alloc::boxed::Box::new(e)))?;
+    patched.report_mut().elapsed_ns = Some(started.elapsed().as_nanos() as u64);
+    let report = patched.report().clone();
     *guard = Some(patched);
     Ok(report)
 }
@@ -264,11 +306,65 @@ pub fn revert_self_with(options: &PatchOptions) -> Result<(), ProcessError> {
     let mut guard = PATCHED.lock().unwrap_or_else(|p| p.into_inner());
     let patched = guard.take().ok_or(ProcessError::NotPatched)?;
     let mut writer = options.writer();
-    match patched.revert(&mut writer) {
+    match patched.revert(&mut writer, &mut *options.rendezvous()) {
         Ok(_) => Ok(()),
         Err((patched, e)) => {
             *guard = Some(patched);
-            Err(ProcessError::Patch(e))
+            Err(ProcessError::Revert(e))
         }
     }
+}
+
+/// Patches every call site of one operations table of this process for `backend` and stores
+/// the backend's functions in the table's slots: what the generated `install` calls.
+///
+/// # Safety
+///
+/// `table` must describe a live operations table of this process, as the generated
+/// `descriptor()` does, and every [`crate::paravirt::OpChoice::Function`] must be an
+/// `extern "C"` function with the operation's signature that is sound to call wherever the
+/// operation is called.
+pub unsafe fn install_paravirt(
+    table: &TableDesc<'_>,
+    backend: &Backend<'_>,
+    options: &PatchOptions,
+) -> Result<Patched, ProcessError> {
+    let started = Instant::now();
+    let mut text = executable_segments_containing(table.table);
+    if text.is_empty() {
+        text = executable_segments_containing(table.entries.start);
+    }
+    let (_, replacements) = object_text(table.entries.start);
+    let mut readable = text.clone();
+    readable.push(replacements.clone());
+    // SAFETY: the object's executable segments and replacement section are mapped readable.
+    let mem = unsafe { LiveMemory::new(&readable) };
+    let layout = Layout {
+        text: &text,
+        replacements,
+    };
+    // SAFETY: the layout is this object's text; the caller's contract covers the table and the
+    // backend. No alternatives table is given: those are patch_self's.
+    let patcher =
+        unsafe { Patcher::new(CapabilitySet::default(), layout).paravirt(table.clone(), *backend) };
+    let prepared = patcher.plan(&mem).map_err(ProcessError::Plan)?;
+    let mut writer = options.writer();
+    let mut patched = prepared
+        .apply(&mut writer, &mut *options.rendezvous())
+        .map_err(|e| ProcessError::Patch(alloc::boxed::Box::new(e)))?;
+    patched.report_mut().elapsed_ns = Some(started.elapsed().as_nanos() as u64);
+    Ok(patched)
+}
+
+/// Restores a table patched by [`install_paravirt`] (with the same options).
+#[allow(clippy::result_large_err)]
+pub fn uninstall_paravirt(
+    patched: Patched,
+    options: &PatchOptions,
+) -> Result<(), (Patched, ProcessError)> {
+    let mut writer = options.writer();
+    patched
+        .revert(&mut writer, &mut *options.rendezvous())
+        .map(|_| ())
+        .map_err(|(p, e)| (p, ProcessError::Revert(e)))
 }

@@ -11,17 +11,19 @@
 //!
 //! ```text
 //! {"capabilities":{"features":[..],"errata":[..]},
-//!  "sites":[{"address":N,"length":N,"function":S|null,"table":S|null,"op":S|null,
-//!            "capability":S|null,"variant":S,
-//!            "decision":"default"|"inline"|"direct_call"|"nop"|"trap",
-//!            "entry":N|null,"why":S,"before":"hex","after":"hex"}],
+//!  "sites":[{"address":N,"length":N,"function":S|null,"capability":S|null,"variant":S,
+//!            "decision":"default"|"inline"|"direct_call","entry":N|null,"why":S,
+//!            "before":"hex","after":"hex"}],
+//!  "paravirt":[{"address":N,"length":N,"table":S,"op":S,"backend":S,
+//!               "decision":"inline"|"direct_call"|"nop"|"trap","entry":N,"why":S,
+//!               "before":"hex","after":"hex"}],
 //!  "totals":[{"capability":S,"applied":N,"not_applied":N}],
 //!  "sites_changed":N,"bytes_changed":N,"pages":N,"elapsed_ns":N|null}
 //! ```
 //!
-//! `table` and `op` name a paravirt site's operations table and operation (`null` for
-//! alternatives); for a paravirt site `variant` is the backend's name and `entry` the index of
-//! its entry in the table's entry section. `nop` and `trap` are paravirt decisions only.
+//! `sites` are the alternatives' sites and `paravirt` the paravirt sites, each sorted by
+//! address; `entry` is the index of the chosen entry in its table (for a paravirt site, in its
+//! table's entry section). `sites_changed`, `bytes_changed` and `pages` count both kinds.
 
 use alloc::format;
 use alloc::string::String;
@@ -29,10 +31,10 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::capability::{Capability, CapabilitySet};
-use crate::plan::{Candidate, Choice, Plan, PvSiteInfo};
-use crate::writer::WriteStats;
+use crate::paravirt::{PvDecision, PvSitePlan};
+use crate::plan::{Candidate, Choice, SitePlan};
 
-/// What was done at one site.
+/// What was done at one alternatives site.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SiteReport {
     /// Address of the site.
@@ -49,20 +51,25 @@ pub struct SiteReport {
     pub before: Vec<u8>,
     /// The bytes after.
     pub after: Vec<u8>,
-    /// For a paravirt site, its table, operation, backend and the reason; `None` for
-    /// alternatives.
-    pub paravirt: Option<PvSiteInfo>,
 }
 
 impl SiteReport {
-    /// What the site is, for people: `TABLE.op` for a paravirt site, else the function name
-    /// (`?` where unknown).
-    pub fn label(&self) -> String {
-        match (&self.paravirt, self.function) {
-            (Some(pv), _) => format!("{}.{}", pv.table, pv.op_name),
-            (None, Some(f)) => String::from(f),
-            (None, None) => String::from("?"),
+    /// The report of a planned site (names attached later).
+    pub fn from_plan(s: SitePlan) -> Self {
+        SiteReport {
+            addr: s.write.addr,
+            function: None,
+            variants: alloc::vec![None; s.candidates.len()],
+            choice: s.choice,
+            candidates: s.candidates,
+            before: s.write.original,
+            after: s.write.new,
         }
+    }
+
+    /// The function name, or `?` where unknown.
+    pub fn label(&self) -> &str {
+        self.function.unwrap_or("?")
     }
 
     /// Whether the site's bytes changed.
@@ -86,9 +93,6 @@ impl SiteReport {
 
     /// Name of the chosen variant: the entry's name where known, `"default"` for the default.
     pub fn variant(&self) -> String {
-        if let Some(pv) = &self.paravirt {
-            return String::from(pv.backend);
-        }
         match self.chosen() {
             None => String::from("default"),
             Some(c) => {
@@ -105,18 +109,13 @@ impl SiteReport {
     pub fn decision(&self) -> &'static str {
         match self.choice {
             Choice::Default => "default",
-            Choice::Inline { .. } | Choice::PvInline { .. } => "inline",
-            Choice::DirectCall { .. } | Choice::PvCall { .. } => "direct_call",
-            Choice::PvNop { .. } => "nop",
-            Choice::PvTrap { .. } => "trap",
+            Choice::Inline { .. } => "inline",
+            Choice::DirectCall { .. } => "direct_call",
         }
     }
 
     /// Why: the chosen entry's condition, or why every entry failed.
     pub fn why(&self) -> String {
-        if let Some(pv) = &self.paravirt {
-            return pv.why.clone();
-        }
         let cond = |c: &Candidate| {
             let state = if c.capability_present() {
                 "present"
@@ -139,10 +138,56 @@ impl SiteReport {
     }
 }
 
-impl Candidate {
-    /// Whether the candidate's capability was present (as opposed to whether it held).
-    pub fn capability_present(&self) -> bool {
-        self.held != self.negated
+/// What was done at one paravirt site.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PvSiteReport {
+    /// Address of the site.
+    pub addr: u64,
+    /// Name of the operations table.
+    pub table: &'static str,
+    /// Operation index.
+    pub op: u8,
+    /// Operation name.
+    pub op_name: &'static str,
+    /// Name of the backend.
+    pub backend: &'static str,
+    /// Index of the entry in the table's entry section (placeholders count).
+    pub entry: usize,
+    /// The decision.
+    pub decision: PvDecision,
+    /// Why, for people.
+    pub why: String,
+    /// The bytes before.
+    pub before: Vec<u8>,
+    /// The bytes after.
+    pub after: Vec<u8>,
+}
+
+impl PvSiteReport {
+    /// The report of a planned site of `table` for `backend`.
+    pub fn from_plan(s: PvSitePlan, table: &'static str, backend: &'static str) -> Self {
+        PvSiteReport {
+            addr: s.write.addr,
+            table,
+            op: s.op,
+            op_name: s.op_name,
+            backend,
+            entry: s.entry,
+            decision: s.decision,
+            why: s.why,
+            before: s.write.original,
+            after: s.write.new,
+        }
+    }
+
+    /// `TABLE.op`.
+    pub fn label(&self) -> String {
+        format!("{}.{}", self.table, self.op_name)
+    }
+
+    /// Whether the site's bytes changed.
+    pub fn changed(&self) -> bool {
+        self.before != self.after
     }
 }
 
@@ -158,60 +203,46 @@ pub struct CapabilityTotal {
 }
 
 /// What a patching pass did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
     /// The capabilities the plan was made for.
     pub capabilities: CapabilitySet,
-    /// Every site, sorted by address.
+    /// Every alternatives site, sorted by address.
     pub sites: Vec<SiteReport>,
+    /// Every paravirt site, sorted by address.
+    pub paravirt: Vec<PvSiteReport>,
     /// Pages whose contents changed.
     pub pages: usize,
     /// Time taken, where a clock was available (hosted).
     pub elapsed_ns: Option<u64>,
 }
 
-impl Report {
-    /// The report of a plan carried out with these writer statistics.
-    pub fn from_plan(plan: Plan, stats: WriteStats) -> Self {
-        let sites = plan
-            .sites
-            .into_iter()
-            .map(|s| SiteReport {
-                addr: s.addr,
-                function: None,
-                variants: alloc::vec![None; s.candidates.len()],
-                choice: s.choice,
-                candidates: s.candidates,
-                before: s.original,
-                after: s.new,
-                paravirt: s.paravirt,
-            })
-            .collect();
-        Report {
-            capabilities: plan.capabilities,
-            sites,
-            pages: stats.pages,
-            elapsed_ns: None,
-        }
-    }
+fn diff(before: &[u8], after: &[u8]) -> usize {
+    before.iter().zip(after).filter(|(a, b)| a != b).count()
+}
 
-    /// Sites whose bytes changed.
+impl Report {
+    /// Sites whose bytes changed, of both kinds.
     pub fn sites_changed(&self) -> usize {
         self.sites.iter().filter(|s| s.changed()).count()
+            + self.paravirt.iter().filter(|s| s.changed()).count()
     }
 
     /// Bytes that differ between before and after, over all sites.
     pub fn bytes_changed(&self) -> usize {
-        self.sites
+        let alt: usize = self.sites.iter().map(|s| diff(&s.before, &s.after)).sum();
+        let pv: usize = self
+            .paravirt
             .iter()
-            .map(|s| {
-                s.before
-                    .iter()
-                    .zip(&s.after)
-                    .filter(|(a, b)| a != b)
-                    .count()
-            })
-            .sum()
+            .map(|s| diff(&s.before, &s.after))
+            .sum();
+        alt + pv
+    }
+
+    /// The alternatives site at `addr`.
+    pub fn site(&self, addr: u64) -> Option<&SiteReport> {
+        let i = self.sites.binary_search_by_key(&addr, |s| s.addr).ok()?;
+        Some(&self.sites[i])
     }
 
     /// Totals per capability, in capability id order.
@@ -242,51 +273,34 @@ impl Report {
         totals
     }
 
-    /// Attaches names: `function(site address)` names a site's function and
-    /// `variant(entry index)` an entry's variant.
-    pub fn name_sites(
-        &mut self,
-        function: impl Fn(u64) -> Option<&'static str>,
-        variant: impl Fn(usize) -> Option<&'static str>,
-    ) {
-        for s in &mut self.sites {
-            s.function = function(s.addr);
-            s.variants = s.candidates.iter().map(|c| variant(c.entry)).collect();
-        }
-    }
-
     /// The report as one JSON object (see the [module documentation](self)).
     pub fn to_json(&self) -> String {
         let mut out = String::from("{\"capabilities\":{\"features\":[");
         let names = |it: &mut dyn Iterator<Item = Capability>| {
             it.map(|c| json_str(c.name())).collect::<Vec<_>>().join(",")
         };
-        let caps = self.capabilities;
-        let (feats, errata): (Vec<Capability>, Vec<Capability>) = caps
+        let (feats, errata): (Vec<Capability>, Vec<Capability>) = self
+            .capabilities
             .iter()
             .partition(|c| matches!(c.kind(), crate::CapabilityKind::Feature(_)));
         out.push_str(&names(&mut feats.into_iter()));
         out.push_str("],\"errata\":[");
         out.push_str(&names(&mut errata.into_iter()));
         out.push_str("]},\"sites\":[");
+        let null = || String::from("null");
         let sites: Vec<String> = self
             .sites
             .iter()
             .map(|s| {
                 format!(
-                    "{{\"address\":{},\"length\":{},\"function\":{},\"table\":{},\"op\":{},\"capability\":{},\"variant\":{},\"decision\":\"{}\",\"entry\":{},\"why\":{},\"before\":\"{}\",\"after\":\"{}\"}}",
+                    "{{\"address\":{},\"length\":{},\"function\":{},\"capability\":{},\"variant\":{},\"decision\":\"{}\",\"entry\":{},\"why\":{},\"before\":\"{}\",\"after\":\"{}\"}}",
                     s.addr,
                     s.before.len(),
-                    s.function.map_or(String::from("null"), json_str),
-                    s.paravirt.as_ref().map_or(String::from("null"), |p| json_str(p.table)),
-                    s.paravirt.as_ref().map_or(String::from("null"), |p| json_str(p.op_name)),
-                    s.capability().map_or(String::from("null"), |c| json_str(c.name())),
+                    s.function.map_or_else(null, json_str),
+                    s.capability().map_or_else(null, |c| json_str(c.name())),
                     json_str(&s.variant()),
                     s.decision(),
-                    s.chosen()
-                        .map(|c| c.entry)
-                        .or(s.paravirt.as_ref().map(|p| p.entry))
-                        .map_or(String::from("null"), |e| format!("{e}")),
+                    s.chosen().map_or_else(null, |c| format!("{}", c.entry)),
                     json_str(&s.why()),
                     Hex(&s.before),
                     Hex(&s.after),
@@ -294,6 +308,27 @@ impl Report {
             })
             .collect();
         out.push_str(&sites.join(","));
+        out.push_str("],\"paravirt\":[");
+        let pv: Vec<String> = self
+            .paravirt
+            .iter()
+            .map(|s| {
+                format!(
+                    "{{\"address\":{},\"length\":{},\"table\":{},\"op\":{},\"backend\":{},\"decision\":\"{}\",\"entry\":{},\"why\":{},\"before\":\"{}\",\"after\":\"{}\"}}",
+                    s.addr,
+                    s.before.len(),
+                    json_str(s.table),
+                    json_str(s.op_name),
+                    json_str(s.backend),
+                    s.decision.name(),
+                    s.entry,
+                    json_str(&s.why),
+                    Hex(&s.before),
+                    Hex(&s.after),
+                )
+            })
+            .collect();
+        out.push_str(&pv.join(","));
         out.push_str("],\"totals\":[");
         let totals: Vec<String> = self
             .totals()
@@ -313,8 +348,7 @@ impl Report {
             self.sites_changed(),
             self.bytes_changed(),
             self.pages,
-            self.elapsed_ns
-                .map_or(String::from("null"), |n| format!("{n}"))
+            self.elapsed_ns.map_or_else(null, |n| format!("{n}"))
         ));
         out
     }
@@ -366,13 +400,19 @@ impl fmt::Display for SpacedHex<'_> {
     }
 }
 
+fn bytes_lines(f: &mut fmt::Formatter<'_>, before: &[u8], after: &[u8]) -> fmt::Result {
+    if before != after {
+        writeln!(f, "    before: {}", SpacedHex(before))?;
+        writeln!(f, "    after:  {}", SpacedHex(after))?;
+    }
+    Ok(())
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Paravirt decisions do not depend on capabilities: a report of paravirt sites alone
         // has no capabilities line.
-        let only_paravirt =
-            !self.sites.is_empty() && self.sites.iter().all(|s| s.paravirt.is_some());
-        if !only_paravirt {
+        if !self.sites.is_empty() || self.paravirt.is_empty() {
             let feats: Vec<&str> = self.capabilities.iter().map(|c| c.name()).collect();
             writeln!(f, "capabilities: {}", feats.join(" "))?;
         }
@@ -387,10 +427,20 @@ impl fmt::Display for Report {
                 s.variant(),
                 s.why()
             )?;
-            if s.changed() {
-                writeln!(f, "    before: {}", SpacedHex(&s.before))?;
-                writeln!(f, "    after:  {}", SpacedHex(&s.after))?;
-            }
+            bytes_lines(f, &s.before, &s.after)?;
+        }
+        for s in &self.paravirt {
+            writeln!(
+                f,
+                "site {:#x} {:>2}B {:<24} {:<11} {:<14} {}",
+                s.addr,
+                s.before.len(),
+                s.label(),
+                s.decision.name(),
+                s.backend,
+                s.why
+            )?;
+            bytes_lines(f, &s.before, &s.after)?;
         }
         for t in self.totals() {
             writeln!(
@@ -404,7 +454,7 @@ impl fmt::Display for Report {
         write!(
             f,
             "{} site(s), {} changed, {} byte(s) changed, {} page(s) touched",
-            self.sites.len(),
+            self.sites.len() + self.paravirt.len(),
             self.sites_changed(),
             self.bytes_changed(),
             self.pages

@@ -1,64 +1,29 @@
-//! Site writers: how text becomes writable, is written, and is made safe to execute again.
+//! Site writers: how text becomes writable and is written.
 //!
 //! A [`Writer`] receives every change of one patching pass at once, so it can batch pages and
-//! keep text writable for as short a time as possible. After writing it synchronises the
-//! instruction stream ([`serialize`]). Writers:
+//! keep text writable for as short a time as possible. The pass is in two steps:
+//! [`Writer::prepare`] does everything that can fail or allocate (lookups, checks, saving the
+//! bytes it will overwrite) while the rest of the system still runs; [`Writer::write`] then
+//! writes, possibly while every other CPU or thread is stopped at a rendezvous, so it must not
+//! allocate or take a lock another thread may hold.
 //!
-//! - [`DirectWriter`]: bare metal, text already writable (early boot);
-//! - [`crate::os::linux::MprotectWriter`]: hosted Linux, `mprotect` around the writes, the
-//!   exact original protections restored (with the `std` feature).
+//! **All or nothing.** When `write` fails, it first restores every byte it changed; the error
+//! says whether that succeeded ([`WriteError::text_changed`]). Synchronising the instruction
+//! stream afterwards is not the writer's job but the instruction set's
+//! ([`crate::isa::Isa::sync`]), done by the [driver](crate::driver).
 //!
-//! A writer that maps a temporary writable alias of read-only text (as Linux's `text_poke` and
-//! Xen do) fits the same trait: `write` maps the alias, copies, unmaps.
+//! Writers:
+//!
+//! - [`DirectWriter`]: text already writable (bare metal, early boot);
+//! - `os::linux::MprotectWriter`: hosted Linux, `mprotect` around the writes or `/proc/self/mem`,
+//!   the exact original protections restored (with the `std` feature);
+//! - a writer that maps a temporary writable alias of read-only text (as Linux's `text_poke` and
+//!   Xen do) fits the same trait: the test kernel's `AliasWriter` is one.
 
 use core::fmt;
+use core::ops::Range;
 
-/// Read access to the code being planned (the process's own text, a test buffer, or a file).
-pub trait Memory {
-    /// Copies `buf.len()` bytes starting at `addr` into `buf`.
-    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError>;
-}
-
-/// A read that could not be done.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MemoryError {
-    /// First address that could not be read.
-    pub addr: u64,
-}
-
-impl fmt::Display for MemoryError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cannot read memory at {:#x}", self.addr)
-    }
-}
-
-/// Reads the memory of the running program.
-#[derive(Debug)]
-pub struct LiveMemory(());
-
-impl LiveMemory {
-    /// A reader of this address space.
-    ///
-    /// # Safety
-    ///
-    /// Every address the planner may read, that is every address inside the planner's layout's text
-    /// ranges and replacement range, must be mapped and readable for as long as this reader is
-    /// used.
-    pub unsafe fn new() -> Self {
-        Self(())
-    }
-}
-
-impl Memory for LiveMemory {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        // SAFETY: the constructor's contract makes every address the planner reads readable; the
-        // planner reads only inside the layout's ranges after checking the bounds.
-        unsafe {
-            core::ptr::copy_nonoverlapping(addr as usize as *const u8, buf.as_mut_ptr(), buf.len())
-        };
-        Ok(())
-    }
-}
+use crate::memory::{check_within, Memory, MemoryError};
 
 /// One contiguous change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +32,13 @@ pub struct Chunk<'a> {
     pub addr: u64,
     /// The new bytes.
     pub bytes: &'a [u8],
+}
+
+impl Chunk<'_> {
+    /// The addresses the chunk covers.
+    pub fn range(&self) -> Range<u64> {
+        self.addr..self.addr.saturating_add(self.bytes.len() as u64)
+    }
 }
 
 /// What a writer did.
@@ -78,7 +50,7 @@ pub struct WriteStats {
     pub protection_changes: usize,
 }
 
-/// A write that failed. Writers check everything they can before the first byte changes.
+/// A write that failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WriteError {
     /// Address concerned.
@@ -87,6 +59,21 @@ pub struct WriteError {
     pub reason: &'static str,
     /// The operating system's error number, where there is one.
     pub os_error: Option<i32>,
+    /// Whether the text may differ from before: the writer changed bytes and could not restore
+    /// them all. `false` means every byte is exactly as it was before the call.
+    pub text_changed: bool,
+}
+
+impl WriteError {
+    /// An error found before anything was written.
+    pub const fn unchanged(addr: u64, reason: &'static str, os_error: Option<i32>) -> Self {
+        Self {
+            addr,
+            reason,
+            os_error,
+            text_changed: false,
+        }
+    }
 }
 
 impl fmt::Display for WriteError {
@@ -95,6 +82,9 @@ impl fmt::Display for WriteError {
         if let Some(e) = self.os_error {
             write!(f, " (os error {e})")?;
         }
+        if self.text_changed {
+            f.write_str("; the text could not be fully restored")?;
+        }
         Ok(())
     }
 }
@@ -102,11 +92,29 @@ impl fmt::Display for WriteError {
 #[cfg(feature = "std")]
 impl std::error::Error for WriteError {}
 
-/// Makes text writable, writes, restores, synchronises.
+/// Makes text writable, writes, restores.
 pub trait Writer: Memory {
-    /// Writes every chunk. Either all chunks are written or, if the writer finds a problem
-    /// before writing, none is.
-    fn write(&mut self, chunks: &[Chunk<'_>]) -> Result<WriteStats, WriteError>;
+    /// Everything that must happen before the batch `chunks` is written and may fail or
+    /// allocate: lookups, checks, saving the bytes to be overwritten. Changes nothing.
+    /// [`Writer::write`] is then called with the same chunks. The default does nothing.
+    fn prepare(&mut self, chunks: &[Chunk<'_>]) -> Result<(), WriteError> {
+        let _ = chunks;
+        Ok(())
+    }
+
+    /// Writes every chunk (sorted by address, not overlapping), or none.
+    ///
+    /// On error every byte changed has been restored, unless [`WriteError::text_changed`] says
+    /// otherwise. A writer called without [`Writer::prepare`] for these chunks prepares them
+    /// itself first. It must not allocate or take locks once prepared: other CPUs or threads
+    /// may be stopped while it runs.
+    ///
+    /// # Safety
+    ///
+    /// Every chunk must be code (or data) of this program that the new bytes are valid for, and
+    /// no other CPU or thread may execute or access it while the call runs (a
+    /// [rendezvous](crate::rendezvous) stopped them, or none exists).
+    unsafe fn write(&mut self, chunks: &[Chunk<'_>]) -> Result<WriteStats, WriteError>;
 }
 
 /// Page size used for batching and statistics.
@@ -133,34 +141,30 @@ pub fn pages_touched(chunks: &[Chunk<'_>]) -> usize {
     count
 }
 
-/// Serialises the instruction stream of the calling CPU, so that it executes the bytes just
-/// written and not a stale prefetch (x86-64: `cpuid`, which is architecturally serialising).
-#[inline]
-pub fn serialize() {
-    // cpuid leaf 0 is available on every x86-64 CPU and has no effect beyond serialising.
-    #[cfg(target_arch = "x86_64")]
-    core::arch::x86_64::__cpuid(0);
+/// Writes text that is already writable (bare metal, before protections are set up), inside
+/// ranges its creator vouches for.
+#[derive(Debug)]
+pub struct DirectWriter<'a> {
+    writable: &'a [Range<u64>],
 }
 
-/// Writes text that is already writable (bare metal, before protections are set up).
-#[derive(Debug)]
-pub struct DirectWriter(());
-
-impl DirectWriter {
-    /// A writer for writable text.
+impl<'a> DirectWriter<'a> {
+    /// A writer for the text in `writable` (and reader of it).
     ///
     /// # Safety
     ///
-    /// Every address that will be written must be mapped writable, and no other CPU may be
-    /// executing the code being written.
-    pub unsafe fn new() -> Self {
-        Self(())
+    /// Every byte of `writable` must be mapped readable and writable for as long as the writer is
+    /// used, and no other CPU may execute or write the code being written while
+    /// [`Writer::write`] runs.
+    pub unsafe fn new(writable: &'a [Range<u64>]) -> Self {
+        Self { writable }
     }
 }
 
-impl Memory for DirectWriter {
+impl Memory for DirectWriter<'_> {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        // SAFETY: the constructor's contract: every address we are asked about is mapped.
+        check_within(self.writable, addr, buf.len())?;
+        // SAFETY: inside the ranges the creator vouched are mapped.
         unsafe {
             core::ptr::copy_nonoverlapping(addr as usize as *const u8, buf.as_mut_ptr(), buf.len())
         };
@@ -168,10 +172,21 @@ impl Memory for DirectWriter {
     }
 }
 
-impl Writer for DirectWriter {
-    fn write(&mut self, chunks: &[Chunk<'_>]) -> Result<WriteStats, WriteError> {
+impl Writer for DirectWriter<'_> {
+    fn prepare(&mut self, chunks: &[Chunk<'_>]) -> Result<(), WriteError> {
         for c in chunks {
-            // SAFETY: the constructor's contract: the text is writable and not executing.
+            check_within(self.writable, c.addr, c.bytes.len())
+                .map_err(|e| WriteError::unchanged(e.addr, "outside the writable text", None))?;
+        }
+        Ok(())
+    }
+
+    unsafe fn write(&mut self, chunks: &[Chunk<'_>]) -> Result<WriteStats, WriteError> {
+        // Check every chunk before the first byte changes: then nothing below can fail.
+        self.prepare(chunks)?;
+        for c in chunks {
+            // SAFETY: inside the ranges the creator vouched are writable; the caller's contract
+            // keeps every other CPU away from them.
             unsafe {
                 core::ptr::copy_nonoverlapping(
                     c.bytes.as_ptr(),
@@ -180,7 +195,6 @@ impl Writer for DirectWriter {
                 )
             };
         }
-        serialize();
         Ok(WriteStats {
             pages: pages_touched(chunks),
             protection_changes: 0,
@@ -215,5 +229,45 @@ mod tests {
         ];
         assert_eq!(pages_touched(&chunks), 3);
         assert_eq!(pages_touched(&[]), 0);
+    }
+
+    #[test]
+    fn the_direct_writer_writes_all_chunks_or_none() {
+        let mut buf = [0u8; 16];
+        let base = buf.as_mut_ptr() as u64;
+        let range = base..base + 16;
+        // SAFETY: the buffer is ours, writable, and holds no code.
+        let mut w = unsafe { DirectWriter::new(core::slice::from_ref(&range)) };
+        // SAFETY: the buffer is not code and no other thread sees it.
+        let outside = unsafe {
+            w.write(&[
+                Chunk {
+                    addr: base,
+                    bytes: &[1, 2],
+                },
+                Chunk {
+                    addr: base + 15,
+                    bytes: &[3, 4],
+                },
+            ])
+        }
+        .unwrap_err();
+        assert_eq!(
+            outside,
+            WriteError::unchanged(base + 16, "outside the writable text", None)
+        );
+        let mut now = [9u8; 16];
+        w.read(base, &mut now).unwrap();
+        assert_eq!(now, [0; 16], "nothing written");
+        // SAFETY: as above.
+        unsafe {
+            w.write(&[Chunk {
+                addr: base + 3,
+                bytes: &[7],
+            }])
+        }
+        .unwrap();
+        w.read(base, &mut now).unwrap();
+        assert_eq!(now[3], 7);
     }
 }

@@ -7,11 +7,12 @@
 use std::cell::RefCell;
 
 use alt_runtime::aarch64::reloc::{branch_target, RelocErrorKind};
-use alt_runtime::isa::{Aarch64, A64_NOP};
-use alt_runtime::patch::apply;
-use alt_runtime::plan::{
-    plan_alternatives_for, Choice, Layout, Memory, MemoryError, TableEntry, TableErrorKind,
-};
+use alt_runtime::aarch64::A64_NOP;
+use alt_runtime::driver::Prepared;
+use alt_runtime::isa::{Aarch64, CodeError};
+use alt_runtime::memory::{Memory, MemoryError};
+use alt_runtime::plan::{plan_alternatives_for, Choice, Layout, TableEntry, TableErrorKind};
+use alt_runtime::rendezvous::Alone;
 use alt_runtime::table::{AltEntry, AltFlags};
 use alt_runtime::writer::{Chunk, WriteError, WriteStats, Writer};
 use alt_runtime::{Capability, CapabilitySet, Errata, Features};
@@ -57,7 +58,7 @@ impl Memory for Sim {
 }
 
 impl Writer for Sim {
-    fn write(&mut self, chunks: &[Chunk<'_>]) -> Result<WriteStats, WriteError> {
+    unsafe fn write(&mut self, chunks: &[Chunk<'_>]) -> Result<WriteStats, WriteError> {
         let mut m = self.0.borrow_mut();
         for c in chunks {
             for (i, b) in c.bytes.iter().enumerate() {
@@ -134,7 +135,7 @@ fn replacements_are_retargeted_padded_and_calls_become_bl() {
     // Erratum absent: both sites keep their default, byte for byte.
     let plan = plan_alternatives_for::<Aarch64, _>(&entries, &layout, &caps(Errata::empty()), &mem)
         .unwrap();
-    assert!(plan.sites.iter().all(|s| s.new == s.original));
+    assert!(plan.sites.iter().all(|s| s.write.new == s.write.original));
     assert!(plan.sites.iter().all(|s| s.choice == Choice::Default));
 
     // Present: site A gets the relocated block and a NOP; site B a BL to the target.
@@ -149,7 +150,10 @@ fn replacements_are_retargeted_padded_and_calls_become_bl() {
         }
     );
     let mut sim = mem;
-    let patched = apply(plan, &mut sim).unwrap();
+    // SAFETY: the simulated memory is no one's code; nothing else runs it.
+    let (prepared, mut alone) =
+        unsafe { (Prepared::<Aarch64>::from_alternatives(plan), Alone::new()) };
+    let patched = prepared.apply(&mut sim, &mut alone).unwrap();
     let got = sim.words(a, 3);
     assert_eq!(got, [bl(a, 0x10_0c00), adrp_x0(a + 4, 0x34_5678), A64_NOP]);
     assert_eq!(branch_target(got[0], a), Some(0x10_0c00));
@@ -159,7 +163,10 @@ fn replacements_are_retargeted_padded_and_calls_become_bl() {
     assert_eq!(branch_target(call, b), Some(0x10_0400));
 
     // Revert restores the defaults.
-    patched.revert(&mut sim).map_err(|(_, e)| e).unwrap();
+    patched
+        .revert(&mut sim, &mut alone)
+        .map_err(|(_, e)| e)
+        .unwrap();
     assert_eq!(sim.words(a, 3), [bl(a, 0x10_0800), A64_NOP, A64_NOP]);
     assert_eq!(sim.words(b, 1), [bl(b, 0x10_0800)]);
 }
@@ -186,7 +193,7 @@ fn a64_problems_are_refused_naming_the_entry() {
     );
     assert_eq!(e.index, 0);
     match e.kind {
-        TableErrorKind::A64Relocation(r) => {
+        TableErrorKind::Replacement(CodeError::A64Relocation(r)) => {
             assert_eq!(r.kind, RelocErrorKind::UnsupportedLiteral)
         }
         other => panic!("{other:?}"),
@@ -202,7 +209,7 @@ fn a64_problems_are_refused_naming_the_entry() {
     );
     assert_eq!(
         e.kind,
-        TableErrorKind::A64Misaligned { addr: TEXT + 2 },
+        TableErrorKind::Replacement(CodeError::A64Misaligned { addr: TEXT + 2 }),
         "{e}"
     );
 
@@ -224,10 +231,128 @@ fn a64_problems_are_refused_naming_the_entry() {
     )
     .unwrap_err();
     match e.kind {
-        TableErrorKind::A64Relocation(r) => {
+        TableErrorKind::Replacement(CodeError::A64Relocation(r)) => {
             assert!(matches!(r.kind, RelocErrorKind::OutOfRange { .. }), "{r}")
         }
         other => panic!("{other:?}"),
     }
     assert!(e.to_string().contains("alternative entry 0"), "{e}");
+}
+
+/// The AArch64 rules, with `sync` recorded: what the driver asks the instruction set to make
+/// coherent after writing (on an AArch64 CPU, `Aarch64::sync` runs the cache maintenance of
+/// `aarch64::cache::sync_sequence` for each range, then `ISB`).
+#[derive(Debug)]
+struct RecordingA64;
+
+static SYNCED: std::sync::Mutex<Vec<(std::ops::Range<u64>, bool)>> =
+    std::sync::Mutex::new(Vec::new());
+static WRITTEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl alt_runtime::isa::Isa for RecordingA64 {
+    const CALL_LEN: u8 = Aarch64::CALL_LEN;
+    fn shape(addr: u64, code: &[u8]) -> Result<alt_runtime::isa::Shape, CodeError> {
+        Aarch64::shape(addr, code)
+    }
+    fn relocate(src: &[u8], from: u64, to: u64, out: &mut [u8]) -> Result<(), CodeError> {
+        Aarch64::relocate(src, from, to, out)
+    }
+    fn call(at: u64, target: u64) -> Result<Vec<u8>, CodeError> {
+        Aarch64::call(at, target)
+    }
+    fn fill(buf: &mut [u8]) {
+        Aarch64::fill(buf)
+    }
+    fn keep_default(code: &[u8]) -> Vec<u8> {
+        Aarch64::keep_default(code)
+    }
+    fn sync(ranges: &mut dyn Iterator<Item = std::ops::Range<u64>>) {
+        let written = WRITTEN.load(std::sync::atomic::Ordering::SeqCst);
+        SYNCED.lock().unwrap().extend(ranges.map(|r| (r, written)));
+    }
+    fn sync_cpu() {}
+}
+
+/// A simulated memory that notes when it was written.
+struct NotingSim(Sim);
+
+impl Memory for NotingSim {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        self.0.read(addr, buf)
+    }
+}
+
+impl Writer for NotingSim {
+    unsafe fn write(&mut self, chunks: &[Chunk<'_>]) -> Result<WriteStats, WriteError> {
+        WRITTEN.store(true, std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: simulated memory.
+        unsafe { self.0.write(chunks) }
+    }
+}
+
+#[test]
+fn every_written_range_is_synchronised_after_the_write() {
+    let mem = Sim::new();
+    let cap = Capability::erratum(ERRATUM).unwrap();
+    let (a, b) = (TEXT, TEXT + 0x100);
+    mem.put(a, &[A64_NOP, A64_NOP]);
+    mem.put(b, &[A64_NOP]);
+    mem.put(REPL, &[0xd503_3fdf, 0xd503_3f9f]); // isb; dsb sy
+    mem.put(REPL + 8, &[0xd503_3fdf]);
+    let entries = [
+        entry(0, a, REPL, key(cap, AltFlags::empty()), 8, 8),
+        entry(1, b, REPL + 8, key(cap, AltFlags::empty()), 4, 4),
+    ];
+    let text = TEXT..TEXT + 0x1000;
+    let layout = Layout {
+        text: std::slice::from_ref(&text),
+        replacements: REPL..REPL + 0x100,
+    };
+    // SAFETY: simulated memory, no one's code.
+    let patcher =
+        unsafe { alt_runtime::driver::Patcher::<RecordingA64>::for_isa(caps(ERRATUM), layout) }
+            .alternatives(entries);
+    let prepared = patcher.plan(&mem).unwrap();
+    let mut sim = NotingSim(mem);
+    // SAFETY: simulated memory; nothing else runs it.
+    let mut alone = unsafe { Alone::new() };
+    let patched = prepared.apply(&mut sim, &mut alone).unwrap();
+    assert_eq!(
+        *SYNCED.lock().unwrap(),
+        [(a..a + 8, true), (b..b + 4, true)],
+        "each written site, after the write"
+    );
+    // The sequence an AArch64 CPU runs for the first range, with 64-byte lines: clean the data
+    // line, DSB ISH, invalidate the instruction line, DSB ISH, ISB.
+    use alt_runtime::aarch64::cache::{sync_sequence, CacheOp, Domain};
+    let ctr = (4 << 16) | 4; // DminLine = IminLine = 4: 16 words = 64 bytes
+    let seq = sync_sequence(ctr, a, 8);
+    assert_eq!(
+        seq.ops(),
+        [
+            CacheOp::CleanDcacheToPoU {
+                addr: a,
+                len: 64,
+                line: 64
+            },
+            CacheOp::Dsb(Domain::Ish),
+            CacheOp::InvalidateIcacheToPoU {
+                addr: a,
+                len: 64,
+                line: 64
+            },
+            CacheOp::Dsb(Domain::Ish),
+            CacheOp::Isb,
+        ]
+    );
+    SYNCED.lock().unwrap().clear();
+    patched
+        .revert(&mut sim, &mut alone)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    assert_eq!(
+        SYNCED.lock().unwrap().len(),
+        2,
+        "reverting synchronises too"
+    );
 }

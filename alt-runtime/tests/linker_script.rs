@@ -24,14 +24,28 @@ fn scratch(name: &str) -> PathBuf {
 
 /// Links `_start: ret` plus `entry_words` zero words in `alt_instr` with the fragment.
 fn link(name: &str, entry_words: usize) -> (bool, String, PathBuf) {
+    link_with(name, "alt_instr", entry_words)
+}
+
+/// Links `_start: ret` plus `words` zero words in `section` with the fragment, and the
+/// paravirt fragment of the table `PV_OPS` (`write_paravirt_section`), as a kernel's build
+/// script writes it.
+fn link_with(name: &str, section: &str, words: usize) -> (bool, String, PathBuf) {
     let dir = scratch(name);
-    std::fs::write(dir.join("t.ld"), SCRIPT).unwrap();
-    let words = vec!["0"; entry_words].join(", ");
+    let mut pv = String::new();
+    alt_runtime::linker::write_paravirt_section(&mut pv, "PV_OPS").unwrap();
+    std::fs::write(dir.join("alt-pv.ld"), pv).unwrap();
+    std::fs::write(
+        dir.join("t.ld"),
+        SCRIPT.replace("INCLUDE alt.ld", "INCLUDE alt.ld\n  INCLUDE alt-pv.ld"),
+    )
+    .unwrap();
+    let words = vec!["0"; words].join(", ");
     std::fs::write(
         dir.join("t.s"),
         format!(
             ".globl _start\n.text\n_start: ret\n\
-             .pushsection alt_instr,\"aR\",@progbits\n.balign 4\n.long {words}\n.popsection\n"
+             .pushsection {section},\"aR\",@progbits\n.balign 4\n.long {words}\n.popsection\n"
         ),
     )
     .unwrap();
@@ -45,6 +59,8 @@ fn link(name: &str, entry_words: usize) -> (bool, String, PathBuf) {
         ])
         .arg("-L")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("link"))
+        .arg("-L")
+        .arg(&dir)
         .args(["t.s", "-o", "prog"])
         .current_dir(&dir)
         .output()
@@ -88,5 +104,38 @@ fn a_partial_entry_fails_the_link_with_the_fix_it_message() {
              another alt ABI, or something else was placed in alt_instr"
         ),
         "{stderr}"
+    );
+}
+
+#[test]
+fn paravirt_entries_link_framed_by_their_bounds_and_a_partial_one_fails() {
+    let (ok, stderr, prog) = link_with("pv-good", "alt_pv_PV_OPS", 4);
+    assert!(ok, "{stderr}");
+    let start = symbol(&prog, "__start_alt_pv_PV_OPS");
+    assert_eq!(
+        symbol(&prog, "__stop_alt_pv_PV_OPS") - start,
+        16,
+        "two 8-byte entries"
+    );
+    assert_eq!(start % 4, 0);
+
+    let (ok, stderr, _) = link_with("pv-bad", "alt_pv_PV_OPS", 3);
+    assert!(!ok, "a 12-byte alt_pv_PV_OPS linked");
+    assert!(
+        stderr.contains(
+            "alt: alt_pv_PV_OPS is not a whole number of 8-byte paravirt entries; an object was \
+             built for another alt ABI, or something else was placed in alt_pv_PV_OPS"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn dependents_find_the_fragment_on_their_link_search_path() {
+    // The build script copied it into its OUT_DIR and put that on the link search path.
+    let out = Path::new(env!("OUT_DIR"));
+    assert_eq!(
+        std::fs::read_to_string(out.join("alt.ld")).unwrap(),
+        alt_runtime::linker::LINKER_SCRIPT
     );
 }

@@ -8,22 +8,25 @@
 
 mod common;
 
-use alt_runtime::os::linux::{read_maps, MprotectWriter};
-use alt_runtime::patch::{apply, PatchError, Patched};
+use alt_runtime::driver::Patched;
+use alt_runtime::isa::CodeError;
+use alt_runtime::memory::MemoryError;
+use alt_runtime::os::linux::read_maps;
+use alt_runtime::patch::PatchError;
 use alt_runtime::plan::{Candidate, Choice, Plan, TableEntry, TableError, TableErrorKind};
+use alt_runtime::rendezvous::{Rendezvous, RendezvousError};
 use alt_runtime::table::{AltEntry, AltFlags};
-use alt_runtime::writer::{MemoryError, WriteError};
 use alt_runtime::x86_64::insn::DecodeError;
 use alt_runtime::x86_64::relocate::{RelocError, RelocErrorKind};
 use alt_runtime::{Capability, CapabilitySet, Errata, Features};
 use common::*;
 
 fn patch(plan: Plan) -> Patched {
-    apply(plan, &mut writer()).expect("apply")
+    apply(plan).expect("apply")
 }
 
 fn revert(p: Patched) {
-    if let Err((_, e)) = p.revert(&mut writer()) {
+    if let Err((_, e)) = p.revert(&mut writer(), &mut alone()) {
         panic!("revert: {e}");
     }
 }
@@ -229,6 +232,99 @@ fn direct_call_gets_a_hand_computed_call_rel32_and_fill() {
     assert_eq!(run(f.dsite, 0b111_0000), 0b111_0000, "now calls identity");
     revert(p);
     assert_eq!(run(f.dsite, 0b111_0000), 3);
+}
+
+#[test]
+fn a_direct_call_ends_where_the_default_call_returns() {
+    let _g = lock();
+    let mut buf = Buf::new();
+    // The macros' layout: padding first, then `call default`, ending at the site's end (9).
+    let site = buf.text(0x100);
+    let default = buf.text(0x800);
+    let other = buf.text(0x900);
+    let at = site + 4;
+    buf.put(site, &cat(&[&[0x90; 4], &call_to(at, default), &[0xc3]]));
+    buf.put(default, &cat(&[&mov_eax(1), &[0xc3]]));
+    buf.put(other, &cat(&[&mov_eax(2), &[0xc3]]));
+    buf.seal();
+    let table = buf.table(0, &[Spec::call(site, 9, other, feature(Features::AVX2))]);
+    let p = patch(
+        buf.plan(&table, &caps(Features::AVX2, Errata::empty()))
+            .unwrap(),
+    );
+    // A 4-byte NOP, then the call at offset 4: a thread inside either function returns to
+    // offset 9 whichever bytes the site holds.
+    assert_eq!(
+        buf.read(site, 9),
+        cat(&[&[0x0f, 0x1f, 0x40, 0x00], &call_to(at, other)])
+    );
+    assert_eq!(run(site, 0), 2);
+    // Default kept: the NOP run before the call is optimised, the call stays where it was.
+    let p2 = {
+        revert(p);
+        patch(buf.plan(&table, &CapabilitySet::default()).unwrap())
+    };
+    assert_eq!(
+        buf.read(site, 9),
+        cat(&[&[0x0f, 0x1f, 0x40, 0x00], &call_to(at, default)])
+    );
+    assert_eq!(run(site, 0), 1);
+    revert(p2);
+}
+
+#[test]
+fn fill_keeps_a_boundary_where_a_call_returns_and_a_straddling_replacement_is_refused() {
+    let _g = lock();
+    let mut buf = Buf::new();
+    // `call default` first, then 6 bytes of padding: calls return to offset 5.
+    let site = buf.text(0x100);
+    let default = buf.text(0x800);
+    buf.put(site, &cat(&[&call_to(site, default), &[0x90; 6], &[0xc3]]));
+    buf.put(default, &cat(&[&mov_eax(1), &[0xc3]]));
+    // A 3-byte replacement: the fill keeps a boundary at 5 (a 2-byte NOP, then a 6-byte one).
+    let short = buf.repl(0);
+    buf.put(short, &[0x31, 0xc0, 0x90]); // xor eax, eax; nop
+                                         // A 7-byte replacement whose second instruction covers offset 5.
+    let long = buf.repl(0x10);
+    buf.put(long, &cat(&[&[0x31, 0xc0], &mov_eax(3)]));
+    buf.seal();
+    let table = buf.table(
+        0,
+        &[Spec::inline(site, 11, short, 3, feature(Features::POPCNT))],
+    );
+    let p = patch(
+        buf.plan(&table, &caps(Features::POPCNT, Errata::empty()))
+            .unwrap(),
+    );
+    let got = buf.read(site, 11);
+    assert_eq!(
+        got,
+        cat(&[&[0x31, 0xc0, 0x90], &[0x66, 0x90], &LINUX_NOPS[6]])
+    );
+    let ends: Vec<u64> = decode_whole(&got, site)
+        .iter()
+        .map(|i| i.next_ip() - site)
+        .collect();
+    assert!(ends.contains(&5), "{ends:?}");
+    revert(p);
+
+    let table = buf.table(
+        1,
+        &[Spec::inline(site, 11, long, 7, feature(Features::POPCNT))],
+    );
+    let before = buf.snapshot();
+    let e = buf
+        .plan(&table, &caps(Features::POPCNT, Errata::empty()))
+        .unwrap_err();
+    assert_eq!(
+        e.kind,
+        TableErrorKind::ReturnInsideInstruction {
+            offset: 5,
+            in_default: false
+        }
+    );
+    assert!(e.to_string().contains("returns to offset 5"), "{e}");
+    assert_eq!(buf.snapshot(), before);
 }
 
 #[test]
@@ -575,12 +671,12 @@ fn jmp_rel8_that_no_longer_reaches_is_a_relocation_error_naming_the_entry() {
             index: 1,
             entry_addr: table[1].addr,
             site: far.site,
-            kind: TableErrorKind::Relocation(RelocError {
+            kind: TableErrorKind::Replacement(CodeError::X86Relocation(RelocError {
                 offset: 0,
                 kind: RelocErrorKind::OutOfRange {
                     target: r.targets[5]
                 },
-            }),
+            })),
         }
     );
     assert!(err
@@ -611,10 +707,10 @@ fn rip_relative_displacement_that_no_longer_fits_is_an_error_not_a_wrap() {
         .unwrap_err();
     assert_eq!(
         err.kind,
-        TableErrorKind::Relocation(RelocError {
+        TableErrorKind::Replacement(CodeError::X86Relocation(RelocError {
             offset: 0,
             kind: RelocErrorKind::OutOfRange { target },
-        })
+        }))
     );
     assert_eq!(
         (err.index, err.entry_addr, err.site),
@@ -860,7 +956,7 @@ fn sites_that_are_not_whole_instructions_are_refused() {
     let s = Spec::inline(b.site, 3, b.buf.repl(0x40), 3, popcnt());
     let e = expect_refusal(&b, &[s], 1, kind_of_decode_error(&b, s));
     match e.kind {
-        TableErrorKind::SiteNotWholeInstructions(d) => assert_eq!(d.offset, 0),
+        TableErrorKind::Site(CodeError::X86Decode(d)) => assert_eq!(d.offset, 0),
         k => panic!("{k:?}"),
     }
     // A byte that does not decode: `06` (push es) is invalid in 64-bit mode.
@@ -869,7 +965,7 @@ fn sites_that_are_not_whole_instructions_are_refused() {
     let s = Spec::inline(site, 3, b.buf.repl(0x40), 3, popcnt());
     let e = expect_refusal(&b, &[s], 1, kind_of_decode_error(&b, s));
     match e.kind {
-        TableErrorKind::SiteNotWholeInstructions(d) => assert_eq!(d.offset, 0),
+        TableErrorKind::Site(CodeError::X86Decode(d)) => assert_eq!(d.offset, 0),
         k => panic!("{k:?}"),
     }
 }
@@ -879,7 +975,7 @@ fn sites_that_are_not_whole_instructions_are_refused() {
 fn kind_of_decode_error(b: &Bad, s: Spec) -> TableErrorKind {
     let bytes = b.buf.read(s.site, usize::from(s.site_len));
     let e: DecodeError = alt_runtime::x86_64::insn::ends_exactly(&bytes).unwrap_err();
-    TableErrorKind::SiteNotWholeInstructions(e)
+    TableErrorKind::Site(CodeError::X86Decode(e))
 }
 
 #[test]
@@ -960,9 +1056,10 @@ fn a_site_changed_after_planning_is_refused_and_nothing_is_written() {
     b.buf.put(b.site + 1, &[0x41]);
     let found = b.buf.read(b.site, 8);
     let before = b.buf.snapshot();
-    let err = apply(plan, &mut writer()).unwrap_err();
+    let err = apply(plan).unwrap_err();
+    assert!(err.leftover.is_none(), "nothing is left to undo");
     assert_eq!(
-        err,
+        err.error,
         PatchError::UnexpectedBytes {
             addr: b.site,
             expected: original,
@@ -973,7 +1070,7 @@ fn a_site_changed_after_planning_is_refused_and_nothing_is_written() {
         err.to_string(),
         format!(
             "site at {:#x} holds unexpected bytes (expected b801000000909090, found \
-             b841000000909090); nothing written",
+             b841000000909090); nothing was changed",
             b.site
         )
     );
@@ -1001,7 +1098,7 @@ fn revert_refuses_a_site_changed_after_patching_and_hands_the_record_back() {
     b.buf.put(b.site + 1, &[0x44]);
     let changed = b.buf.read(b.site, 8);
     let before = b.buf.snapshot();
-    let (p, err) = match p.revert(&mut writer()) {
+    let (p, err) = match p.revert(&mut writer(), &mut alone()) {
         Ok(_) => panic!("revert over changed bytes succeeded"),
         Err(x) => x,
     };
@@ -1060,7 +1157,10 @@ fn revert_restores_every_byte() {
         let p = patch(buf.plan(&table, &set).unwrap());
         assert_ne!(buf.snapshot(), before);
         let pages = p.report().pages;
-        let stats = p.revert(&mut writer()).map_err(|(_, e)| e).unwrap();
+        let stats = p
+            .revert(&mut writer(), &mut alone())
+            .map_err(|(_, e)| e)
+            .unwrap();
         assert_eq!(stats.pages, pages);
         assert_eq!(buf.snapshot(), before);
     }
@@ -1129,8 +1229,25 @@ fn no_mapping_is_writable_and_executable_after_patching_and_protections_are_rest
     assert_eq!(page_perms(&r.buf), perms);
 }
 
+/// A rendezvous that cannot stop the others.
+struct Refusing;
+
+// SAFETY: it never lets anyone write.
+unsafe impl Rendezvous for Refusing {
+    fn stop(&mut self, _sites: &[std::ops::Range<u64>]) -> Result<(), RendezvousError> {
+        Err(RendezvousError {
+            who: Some(42),
+            ..RendezvousError::new("thread did not stop")
+        })
+    }
+
+    fn release(&mut self) {
+        panic!("released without a stop");
+    }
+}
+
 #[test]
-fn the_writer_refuses_while_other_threads_exist() {
+fn nothing_is_written_when_the_others_cannot_be_stopped() {
     let _g = lock();
     let b = bad_fixture();
     let table = b.buf.table(0, &[b.good]);
@@ -1139,27 +1256,14 @@ fn the_writer_refuses_while_other_threads_exist() {
         .plan(&table, &caps(Features::POPCNT, Errata::empty()))
         .unwrap();
     let before = b.buf.snapshot();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let other = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::Acquire) {
-                std::thread::park();
-            }
-        })
-    };
-    let err = apply(plan, &mut MprotectWriter::new()).unwrap_err();
-    stop.store(true, std::sync::atomic::Ordering::Release);
-    other.thread().unpark();
-    other.join().unwrap();
+    // SAFETY: as `common::apply`.
+    let prepared: alt_runtime::driver::Prepared =
+        unsafe { alt_runtime::driver::Prepared::from_alternatives(plan) };
+    let err = prepared.apply(&mut writer(), &mut Refusing).unwrap_err();
+    assert!(err.leftover.is_none());
     assert_eq!(
-        err,
-        PatchError::Write(WriteError {
-            addr: b.good.site,
-            reason: "the process has other threads; patch before starting them, or take \
-                     responsibility with MprotectWriter::allow_other_threads",
-            os_error: None,
-        })
+        err.to_string(),
+        "cannot stop the other threads: thread did not stop (thread 42); nothing was changed"
     );
     assert_eq!(b.buf.snapshot(), before, "nothing written");
 }

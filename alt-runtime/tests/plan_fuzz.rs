@@ -11,8 +11,10 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
-use alt_runtime::patch::apply;
-use alt_runtime::plan::{plan_alternatives, Layout, Memory, MemoryError, TableEntry};
+use alt_runtime::driver::Prepared;
+use alt_runtime::memory::{Memory, MemoryError};
+use alt_runtime::plan::{plan_alternatives, Layout, TableEntry};
+use alt_runtime::rendezvous::Alone;
 use alt_runtime::table::{AltEntry, AltFlags};
 use alt_runtime::writer::{Chunk, WriteError, WriteStats, Writer};
 use alt_runtime::x86_64::insn::ends_exactly;
@@ -47,13 +49,18 @@ impl Memory for Sim {
 }
 
 impl Writer for Sim {
-    fn write(&mut self, chunks: &[Chunk<'_>]) -> Result<WriteStats, WriteError> {
+    unsafe fn write(&mut self, chunks: &[Chunk<'_>]) -> Result<WriteStats, WriteError> {
+        // All or nothing: every chunk is checked before the first is written.
         for c in chunks {
-            let r = self.range(c.addr, c.bytes.len()).ok_or(WriteError {
-                addr: c.addr,
-                reason: "outside the simulated memory",
-                os_error: None,
-            })?;
+            self.range(c.addr, c.bytes.len())
+                .ok_or(WriteError::unchanged(
+                    c.addr,
+                    "outside the simulated memory",
+                    None,
+                ))?;
+        }
+        for c in chunks {
+            let r = self.range(c.addr, c.bytes.len()).expect("checked");
             self.bytes.borrow_mut()[r].copy_from_slice(c.bytes);
         }
         Ok(WriteStats::default())
@@ -207,22 +214,31 @@ fn random_tables_never_panic_and_accepted_plans_are_sound() {
         };
         accepted += 1;
         for s in &plan.sites {
-            assert_eq!(s.new.len(), s.original.len(), "round {round}");
+            assert_eq!(s.write.new.len(), s.write.original.len(), "round {round}");
             assert!(
-                s.addr >= TEXT && s.addr + s.new.len() as u64 <= TEXT + TEXT_LEN,
+                s.write.addr >= TEXT && s.write.addr + s.write.new.len() as u64 <= TEXT + TEXT_LEN,
                 "round {round}: site {:#x} outside the text",
-                s.addr
+                s.write.addr
             );
-            ends_exactly(&s.new).unwrap_or_else(|e| {
+            ends_exactly(&s.write.new).unwrap_or_else(|e| {
                 panic!(
                     "round {round}: site {:#x} new bytes {:02x?}: {e}",
-                    s.addr, s.new
+                    s.write.addr, s.write.new
                 )
             });
         }
-        let patched = apply(plan, &mut sim).expect("apply an accepted plan");
+        // SAFETY: the simulated memory is no one's code; nothing else runs it.
+        let (prepared, mut alone) = unsafe {
+            (
+                Prepared::<alt_runtime::isa::X86_64>::from_alternatives(plan),
+                Alone::new(),
+            )
+        };
+        let patched = prepared
+            .apply(&mut sim, &mut alone)
+            .expect("apply an accepted plan");
         changed += patched.report().sites_changed();
-        if patched.revert(&mut sim).is_err() {
+        if patched.revert(&mut sim, &mut alone).is_err() {
             panic!("round {round}: revert failed");
         }
         assert_eq!(*sim.bytes.borrow(), original, "round {round}: revert");

@@ -47,14 +47,15 @@ fn text_is_patched_without_ever_becoming_writable() {
     assert_eq!(f(), 1);
     assert_eq!(perms(addr), "r-xp");
 
+    let mut w = MprotectWriter::new().through_proc_self_mem();
     // SAFETY: the page is private to this test; no other thread runs it.
-    let mut w = unsafe { MprotectWriter::new().allow_other_threads() }.through_proc_self_mem();
-    let stats = w
-        .write(&[Chunk {
+    let stats = unsafe {
+        w.write(&[Chunk {
             addr: addr + 1,
             bytes: &[42],
         }])
-        .unwrap();
+    }
+    .unwrap();
     assert_eq!(stats.protection_changes, 0, "no mprotect at all");
     assert_eq!(stats.pages, 1);
     assert_eq!(perms(addr), "r-xp", "the page kept its protection");

@@ -40,11 +40,11 @@ use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 
 use alt::cpu::{CapabilityList, CpuDescriptor};
-use alt::linker::{lookup_name, sections};
+use alt::driver::Patcher;
+use alt::linker::sections;
 use alt::overrides::Overrides;
-use alt::paravirt::{self, PvTableEntry};
-use alt::patch::apply;
-use alt::plan::{plan_alternatives, Layout, TableEntry};
+use alt::paravirt::Backend;
+use alt::plan::Layout;
 use alt::policy::{CpuRegistry, LateCpuPolicy};
 use alt::{Capability, CapabilitySet};
 
@@ -164,27 +164,8 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
     let unpatched = work::run();
     println!("checksum before patching: {unpatched:#018x}");
 
-    // Plan from the kernel's own text and tables; write through the alias writer.
-    let s = sections();
-    let text = [paging::text()];
-    let layout = Layout {
-        text: &text,
-        replacements: s.alt_replacement.0 as u64..s.alt_replacement.1 as u64,
-    };
-    let entries: Vec<TableEntry> = TableEntry::in_memory(s.alt_entries()).collect();
-    println!(
-        "tables: {} alternative entries, replacements {:#x}..{:#x}",
-        entries.iter().filter(|e| !e.is_placeholder()).count(),
-        layout.replacements.start,
-        layout.replacements.end
-    );
-    // SAFETY: one CPU runs; the text is identity-mapped and readable.
-    let mut writer = unsafe { paging::AliasWriter::new(text[0].clone()) };
-    let plan = match plan_alternatives(&entries, &layout, &caps, &writer) {
-        Ok(p) => p,
-        Err(e) => fail(format_args!("invalid alternatives table: {e}")),
-    };
-    // The paravirt table's sites, for the backend the command line names.
+    // Patching: the driver plans every table, then writes through the alias writer while the
+    // other CPUs wait at the rendezvous.
     let pv_backend = match pv::backend_from_cmdline(&cmdline) {
         Ok(b) => b,
         Err(w) => fail(format_args!(
@@ -192,66 +173,42 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
         )),
     };
     let pv_ops = pv::PV_OPS.op_descs();
-    let pv_table = pv::PV_OPS.descriptor(&pv_ops);
     let pv_choices = pv_backend.choices();
-    let backend = paravirt::Backend {
-        name: pv_backend.name,
-        ops: &pv_choices,
+    let s = sections();
+    let text = [paging::text()];
+    let layout = Layout {
+        text: &text,
+        replacements: s.replacements(),
     };
-    // SAFETY: the bounds are the generated descriptor's: the table's entry section (placed by
-    // kernel.ld), mapped read-only for the kernel's lifetime.
-    let pv_raw = unsafe { paravirt::entries_between(pv_table.entries.clone()) };
-    let pv_entries: Vec<PvTableEntry> = PvTableEntry::in_memory(pv_raw).collect();
-    println!(
-        "paravirt: table {} with {} operations, {} sites, backend {}",
-        pv_table.name,
-        pv_ops.len(),
-        pv_entries.iter().filter(|e| !e.is_placeholder()).count(),
-        backend.name
-    );
-    let pv_plan = match paravirt::plan_paravirt(
-        &pv_table,
-        &backend,
-        &pv_entries,
-        &layout,
-        &writer,
-        paravirt::nop_function(),
-        paravirt::unset_function(),
-    ) {
+    // SAFETY: the layout is the kernel's own text and replacement section, and the tables are
+    // its own sections; PV_OPS's descriptor is generated for the live table, and the backend's
+    // functions have the operations' signatures and are sound wherever they are called.
+    let patcher = unsafe {
+        Patcher::new(caps, layout).sections(&s).paravirt(
+            pv::PV_OPS.descriptor(&pv_ops),
+            Backend {
+                name: pv_backend.name,
+                ops: &pv_choices,
+            },
+        )
+    };
+    // SAFETY: the text is identity-mapped and readable; while `apply` writes, the other CPUs
+    // wait at the rendezvous.
+    let mut writer = unsafe { paging::AliasWriter::new(text[0].clone()) };
+    let prepared = match patcher.plan(&writer) {
         Ok(p) => p,
         Err(e) => fail(format_args!("{e}")),
     };
-
-    let mut used = CapabilitySet::default();
-    for c in plan.sites.iter().flat_map(|s| &s.candidates) {
-        used.set(c.capability);
-    }
-    // One CPU writes while the others wait at the rendezvous, then each serialises.
-    smp::enter_rendezvous(aps);
+    let mut rendezvous = smp::Rendezvous::new(aps);
     let started = rdtsc();
-    let patched = apply(plan, &mut writer);
-    // SAFETY: the plan was made from the generated descriptor of the live table PV_OPS, so its
-    // slots are that table's (and its dispatch slots), in writable data; the backend's functions
-    // have the operations' signatures and are sound wherever the operations are called.
-    let pv_patched = unsafe { paravirt::apply(pv_plan, &mut writer) };
-    let cycles = rdtsc() - started;
-    let ap_results = smp::leave_rendezvous(aps);
-    let mut patched = match patched {
+    let patched = match prepared.apply(&mut writer, &mut rendezvous) {
         Ok(p) => p,
         Err(e) => fail(format_args!("patching failed: {e}")),
     };
-    smp::REGISTRY.with(|r| r.set_used(used));
+    let cycles = rdtsc() - started;
+    smp::REGISTRY.with(|r| r.set_used(patched.used()));
 
-    let report = patched.report_mut();
-    report.name_sites(
-        // SAFETY: name entries are emitted by the macros and point at `&'static str` statics.
-        |addr| unsafe { lookup_name(s.site_names(), addr) },
-        |index| {
-            let addr = entries.get(index)?.addr;
-            // SAFETY: as above.
-            unsafe { lookup_name(s.entry_names(), addr) }
-        },
-    );
+    let report = patched.report();
     println!("{report}");
     println!(
         "patched in {cycles} TSC cycles through {} alias mapping(s)",
@@ -261,17 +218,15 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
         let cap = site.chosen().map_or("-", |c| c.capability.name());
         println!("alt-site {} {} {}", site.label(), site.decision(), cap);
     }
-
-    let pv_patched = match pv_patched {
-        Ok(p) => p,
-        Err(e) => fail(format_args!("paravirt patching failed: {e}")),
-    };
-    println!("{}", pv_patched.report());
-    for site in &pv_patched.report().sites {
-        if let Some(pv) = &site.paravirt {
-            println!("pv-site {} {} {}", pv.table, pv.op_name, site.decision());
-        }
+    for site in &report.paravirt {
+        println!(
+            "pv-site {} {} {}",
+            site.table,
+            site.op_name,
+            site.decision.name()
+        );
     }
+    let ap_results = rendezvous.results;
 
     if paging::text_writable() {
         fail(format_args!("a text page is writable after patching"));

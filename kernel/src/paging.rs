@@ -14,7 +14,8 @@
 use alloc::vec::Vec;
 use core::ops::Range;
 
-use alt::writer::{self, Chunk, Memory, MemoryError, WriteError, WriteStats, Writer};
+use alt::memory::{Memory, MemoryError};
+use alt::writer::{Chunk, WriteError, WriteStats, Writer};
 
 use crate::boot::{Table, BOOT_PD, BOOT_PDPT};
 
@@ -224,28 +225,28 @@ impl Memory for AliasWriter {
 }
 
 impl Writer for AliasWriter {
-    fn write(&mut self, chunks: &[Chunk<'_>]) -> Result<WriteStats, WriteError> {
+    unsafe fn write(&mut self, chunks: &[Chunk<'_>]) -> Result<WriteStats, WriteError> {
         // Check everything before the first byte changes.
         let mut pages: Vec<u64> = Vec::new();
         for c in chunks.iter().filter(|c| !c.bytes.is_empty()) {
             let end = c.addr + c.bytes.len() as u64;
             if c.addr < self.text.start || end > self.text.end {
-                return Err(WriteError {
-                    addr: c.addr,
-                    reason: "not inside the kernel text",
-                    os_error: None,
-                });
+                return Err(WriteError::unchanged(
+                    c.addr,
+                    "not inside the kernel text",
+                    None,
+                ));
             }
             pages.extend((c.addr / PAGE)..=((end - 1) / PAGE));
         }
         pages.sort_unstable();
         pages.dedup();
         if pages.len() > ALIAS_SLOTS {
-            return Err(WriteError {
-                addr: pages[ALIAS_SLOTS] * PAGE,
-                reason: "more pages than alias slots",
-                os_error: None,
-            });
+            return Err(WriteError::unchanged(
+                pages[ALIAS_SLOTS] * PAGE,
+                "more pages than alias slots",
+                None,
+            ));
         }
         // Map: slot i aliases page pages[i] (identity: its physical address is its address).
         for (slot, &page) in pages.iter().enumerate() {
@@ -267,7 +268,6 @@ impl Writer for AliasWriter {
             ALIAS_PT.set(slot, 0);
             invlpg(ALIAS_BASE + slot as u64 * PAGE);
         }
-        writer::serialize();
         Ok(WriteStats {
             pages: pages.len(),
             protection_changes: 2 * pages.len(),

@@ -11,8 +11,10 @@
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
+use alloc::vec::Vec;
 use alt::cpu::CpuDescriptor;
 use alt::policy::{CpuRegistry, LateCpuPolicy, RegistryError};
+use alt::rendezvous::RendezvousError;
 use alt::CapabilitySet;
 
 use crate::boot::{AP_EFER_EXTRA, AP_STARTED, AP_TRAMPOLINE_ADDR, MAX_APS};
@@ -298,7 +300,7 @@ fn late_cpu(index: u32) -> ! {
         Ok(()) => {
             // This CPU never ran the text before, but serialise as every CPU does before it
             // runs code another CPU wrote.
-            alt::writer::serialize();
+            alt::x86_64::serialize();
             let checksum = crate::work::run();
             LATE_OUTCOME.with(|o| *o = Some(LateOutcome::Accepted { desc, checksum }));
             park()
@@ -338,7 +340,7 @@ extern "C" fn ap_main(index: u32) -> ! {
     while PHASE.load(Ordering::Acquire) != Phase::Patched as u32 {
         core::hint::spin_loop();
     }
-    alt::writer::serialize();
+    alt::x86_64::serialize();
     AFTER[slot].store(crate::work::run(), Ordering::Relaxed);
     FINISHED.fetch_add(1, Ordering::Release);
     park()
@@ -349,6 +351,37 @@ pub fn enter_rendezvous(aps: u32) {
     PHASE.store(Phase::Patching as u32, Ordering::Release);
     while ARRIVED.load(Ordering::Acquire) < aps {
         core::hint::spin_loop();
+    }
+}
+
+/// The driver's rendezvous: the APs spin in code that holds no site while the boot CPU writes.
+pub struct Rendezvous {
+    aps: u32,
+    /// Each AP's checksums `(index, before, after)`, once released.
+    pub results: Vec<(u32, u64, u64)>,
+}
+
+impl Rendezvous {
+    /// A rendezvous of the boot CPU with `aps` started APs.
+    pub fn new(aps: u32) -> Self {
+        Self {
+            aps,
+            results: Vec::new(),
+        }
+    }
+}
+
+// SAFETY: `stop` returns once every AP has arrived in `ap_main`'s wait loop, which holds no site
+// and runs no patched code until `release` raises `Phase::Patched`; each AP then serialises
+// (`cpuid`) before it runs the workload again.
+unsafe impl alt::rendezvous::Rendezvous for Rendezvous {
+    fn stop(&mut self, _sites: &[core::ops::Range<u64>]) -> Result<(), RendezvousError> {
+        enter_rendezvous(self.aps);
+        Ok(())
+    }
+
+    fn release(&mut self) {
+        self.results = leave_rendezvous(self.aps).collect();
     }
 }
 

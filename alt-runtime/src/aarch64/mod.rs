@@ -6,9 +6,13 @@
 //!   `IC IVAU`, `ISB`, relaxed by `CTR_EL0.IDC`/`DIC`) as data, and the instruction encodings.
 
 pub mod cache;
+#[cfg(feature = "alloc")]
+mod isa;
 pub mod reloc;
 
 pub use cache::{sync_sequence, CacheOp, CacheSequence};
+#[cfg(feature = "alloc")]
+pub use isa::{Aarch64, A64_NOP};
 pub use reloc::{
     branch_target, classify, relocate_block, relocate_insn, InsnClass, RelocError, RelocErrorKind,
 };

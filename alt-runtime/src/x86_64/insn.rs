@@ -14,6 +14,11 @@
 //! accepted with the length their map's rule gives; the decoder never panics and never reads past
 //! the slice.
 //!
+//! Forms whose length or meaning depend on the CPU's vendor are refused, so that a plan made on
+//! one machine holds on every other: a `66`-prefixed near branch (Intel ignores the prefix, AMD
+//! takes a 16-bit displacement and truncates the target) and `ud0` (a ModRM byte on Intel, none
+//! on AMD). No compiler emits either.
+//!
 //! ```
 //! use alt_runtime::x86_64::insn::{decode, BranchKind, InsnKind};
 //!
@@ -113,7 +118,8 @@ pub enum InsnKind {
     Ret,
     /// `int3` (`cc`).
     Int3,
-    /// An undefined-instruction trap: `ud2` (`0f 0b`), `ud1` (`0f b9`), `ud0` (`0f ff`).
+    /// An undefined-instruction trap: `ud2` (`0f 0b`), `ud1` (`0f b9`). (`ud0` is refused: its
+    /// length depends on the vendor.)
     Ud,
     /// `xbegin`.
     Xbegin,
@@ -516,6 +522,14 @@ impl Decoder<'_> {
     }
 
     fn rel(&mut self, size: u8, kind: BranchKind) -> Result<(), DecodeError> {
+        // With 66, Intel CPUs ignore the prefix on a near branch in 64-bit mode, while AMD's
+        // take a 16-bit displacement (and truncate the target to 16 bits): the length and the
+        // meaning depend on the vendor. No compiler emits it; refuse it.
+        if self.insn.prefixes.operand_size && kind != BranchKind::Xbegin {
+            return Err(self
+                .cur
+                .err("66-prefixed near branch: its length differs between Intel and AMD CPUs"));
+        }
         let offset = self.cur.off();
         let disp = self.cur.signed(size)? as i32;
         self.insn.rel = Some(RelOperand {
@@ -742,6 +756,13 @@ pub fn decode(code: &[u8]) -> Result<Insn, DecodeError> {
         _ => d.operands(primary_form(op))?,
     };
 
+    if d.insn.encoding == Encoding::Legacy && d.insn.map == 1 && d.insn.opcode == 0xff {
+        // Intel's ud0 takes a ModRM byte, AMD's does not: a vendor-dependent length.
+        return Err(DecodeError {
+            offset: 0,
+            reason: "ud0: its length differs between Intel and AMD CPUs",
+        });
+    }
     d.insn.len = d.cur.off();
     d.insn.kind = classify(&d.insn, modrm);
     Ok(d.insn)
@@ -776,7 +797,7 @@ fn classify(insn: &Insn, modrm: Option<ModRm>) -> InsnKind {
         (0, 0xcc, _) => InsnKind::Int3,
         (0, 0xff, Some(2 | 3)) => InsnKind::CallIndirect,
         (0, 0xff, Some(4 | 5)) => InsnKind::JmpIndirect,
-        (1, 0x0b | 0xb9 | 0xff, _) => InsnKind::Ud,
+        (1, 0x0b | 0xb9, _) => InsnKind::Ud,
         _ => InsnKind::Other,
     }
 }
@@ -883,8 +904,30 @@ mod tests {
         assert_eq!(len(&[0xf7, 0xc0, 1, 2, 3, 4]), 6); // test eax, imm32
         assert_eq!(len(&[0x66, 0xf7, 0xc0, 1, 2]), 5); // test ax, imm16
         assert_eq!(len(&[0xf7, 0xd8]), 2); // neg eax
-        assert_eq!(len(&[0x66, 0xe8, 1, 2, 3, 4]), 6); // call rel32 ignores 66
-        assert_eq!(len(&[0x66, 0x0f, 0x84, 1, 2, 3, 4]), 7);
+    }
+
+    #[test]
+    fn vendor_dependent_lengths_are_refused() {
+        // Intel: 66 e8 rel32 (6 bytes); AMD: 66 e8 rel16 (4 bytes). Likewise jmp, jcc, and
+        // the rel8 forms (whose targets AMD truncates to 16 bits).
+        for code in [
+            &[0x66, 0xe8, 1, 2, 3, 4][..],
+            &[0x66, 0xe9, 1, 2, 3, 4],
+            &[0x66, 0x0f, 0x84, 1, 2, 3, 4],
+            &[0x66, 0xeb, 1],
+            &[0x66, 0x74, 1],
+        ] {
+            let e = decode(code).unwrap_err();
+            assert!(e.reason.contains("Intel and AMD"), "{code:02x?}: {e}");
+        }
+        // ud0: Intel 0f ff /r, AMD 0f ff.
+        let e = decode(&[0x0f, 0xff, 0xc0]).unwrap_err();
+        assert!(e.reason.starts_with("ud0"), "{e}");
+        // Unprefixed branches, ud1 and ud2 are fine; xbegin with 66 is rel16 everywhere.
+        assert_eq!(len(&[0xe8, 1, 2, 3, 4]), 5);
+        assert_eq!(len(&[0x0f, 0xb9, 0xc0]), 3);
+        assert_eq!(len(&[0x0f, 0x0b]), 2);
+        assert_eq!(len(&[0x66, 0xc7, 0xf8, 1, 2]), 5);
     }
 
     #[test]

@@ -32,6 +32,12 @@
 //! assert!(long[2..].iter().all(|&b| b == 0xcc));
 //! ```
 
+#[cfg(feature = "alloc")]
+use alloc::vec::Vec;
+
+#[cfg(feature = "alloc")]
+use super::insn;
+
 /// Length of the longest recommended NOP, in bytes.
 pub const MAX_NOP_LEN: usize = 11;
 
@@ -178,6 +184,36 @@ fn jump_over_int3(code: &[u8], insn_len: usize) -> Option<usize> {
     let end = insn_len.checked_add(skip)?;
     let skipped = code.get(insn_len..end)?;
     skipped.iter().all(|&b| b == INT3).then_some(end)
+}
+
+/// Rewrites every run of one-byte NOPs (`0x90`) in whole-instruction code into the fewest
+/// recommended multi-byte NOPs, as Linux's `optimize_nops` does for default code whose padding
+/// the assembler filled with `0x90`. Code that does not decode is returned unchanged.
+#[cfg(feature = "alloc")]
+pub fn optimize_nops(code: &[u8]) -> Vec<u8> {
+    let mut out = code.to_vec();
+    let mut run_start = None;
+    let mut offset = 0;
+    while offset < code.len() {
+        let len = match insn::decode(&code[offset..]) {
+            Ok(i) => usize::from(i.len),
+            Err(_) => return code.to_vec(),
+        };
+        let single_nop = len == 1 && code[offset] == 0x90;
+        match (single_nop, run_start) {
+            (true, None) => run_start = Some(offset),
+            (false, Some(s)) => {
+                fill(&mut out[s..offset]);
+                run_start = None;
+            }
+            _ => {}
+        }
+        offset += len;
+    }
+    if let Some(s) = run_start {
+        fill(&mut out[s..]);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -7,8 +7,10 @@
 use std::ops::Range;
 use std::sync::{Mutex, MutexGuard};
 
+use alt_runtime::driver::{ApplyError, Patched, Prepared};
 use alt_runtime::os::linux::MprotectWriter;
 use alt_runtime::plan::{plan_alternatives, Layout, Plan, TableEntry, TableError};
+use alt_runtime::rendezvous::Alone;
 use alt_runtime::table::{relative, AltEntry, AltFlags, ALT_ENTRY_SIZE};
 use alt_runtime::writer::{Chunk, Writer};
 use alt_runtime::{Capability, CapabilitySet, Errata, Features};
@@ -37,10 +39,22 @@ pub fn lock() -> MutexGuard<'static, ()> {
 
 /// The writer used by the tests.
 pub fn writer() -> MprotectWriter {
+    MprotectWriter::new()
+}
+
+/// The rendezvous used by the tests: none.
+pub fn alone() -> Alone {
     // SAFETY: the test harness runs other tests on other threads, but every byte these tests
     // write lies in a buffer mapped by the test itself and executed only by that test's thread,
-    // after the write (and the writer's serialising instruction) has completed.
-    unsafe { MprotectWriter::new().allow_other_threads() }
+    // after the write (and the serialising instruction) has completed.
+    unsafe { Alone::new() }
+}
+
+/// Carries out an alternatives plan made against a test buffer.
+pub fn apply(plan: Plan) -> Result<Patched, ApplyError> {
+    // SAFETY: the plan was made by the planner for a test buffer's code, from a table the test
+    // wrote for that code.
+    unsafe { Prepared::from_alternatives(plan) }.apply(&mut writer(), &mut alone())
 }
 
 /// A private anonymous mapping laid out as described by the constants above.
@@ -112,8 +126,8 @@ impl Buf {
     pub fn put(&self, addr: u64, bytes: &[u8]) {
         assert!(addr >= self.base && addr + bytes.len() as u64 <= self.base + NONE);
         if self.sealed && addr < self.base + DATA {
-            writer()
-                .write(&[Chunk { addr, bytes }])
+            // SAFETY: the buffer is the test's own; its code runs only on the test's thread.
+            unsafe { writer().write(&[Chunk { addr, bytes }]) }
                 .expect("test write through the writer");
         } else {
             // SAFETY: the range is inside the buffer and, here, mapped writable.

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use alt_tablegen::scan::{scan_files, Anchor, Form};
-use iced_x86::{Code, Decoder, DecoderOptions, Instruction};
+use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic};
 use serde_json::Value;
 
 const ROUNDS: &str = "20000";
@@ -184,26 +184,29 @@ fn check_run(backend: &str, top: &Value, scanned: &[CSite]) -> String {
     listed.sort();
     assert_eq!(listed, scanned, "C sites: program vs alt-tablegen scan");
 
-    let sites = top["sites"].as_array().expect("sites");
+    let sites = top["paravirt"].as_array().expect("sites");
     let mut by_addr: BTreeMap<u64, &Value> = BTreeMap::new();
     for s in sites {
         assert_eq!(str_of(s, "table"), "PV_OPS");
         assert!(by_addr.insert(num_of(s, "address"), s).is_none(), "{s}");
         // Every site, Rust or C: before is `call [rip + PV_OPS + 8*op]` (or, for a C tail
-        // call, `jmp [rip + ...]`) then NOPs, and both before and after decode into whole
-        // instructions ending at the site's end.
+        // call, `jmp [rip + ...]`), after NOPs for a Rust site with room for an inline
+        // sequence (so that the call returns to the site's end), and both before and after
+        // decode into whole instructions ending at the site's end.
         let addr = num_of(s, "address");
         let before = common::unhex(str_of(s, "before"));
         let after = common::unhex(str_of(s, "after"));
         assert_eq!(before.len(), after.len());
         let op = OPS.iter().position(|o| *o == str_of(s, "op")).unwrap() as u64;
         let b = decode(&before, addr);
-        match before[..2] {
-            [0xff, 0x15] => assert_eq!(b[0].code(), Code::Call_rm64, "{s}"),
-            [0xff, 0x25] => assert_eq!(b[0].code(), Code::Jmp_rm64, "{s}"),
+        let (call, pad) = b.split_last().expect("an instruction");
+        assert!(pad.iter().all(|i| i.mnemonic() == Mnemonic::Nop), "{s}");
+        match before[before.len() - 6..][..2] {
+            [0xff, 0x15] => assert_eq!(call.code(), Code::Call_rm64, "{s}"),
+            [0xff, 0x25] => assert_eq!(call.code(), Code::Jmp_rm64, "{s}"),
             _ => panic!("not a call or jump through the table: {s}"),
         }
-        assert_eq!(b[0].memory_displacement64(), table + 8 * op, "{s}");
+        assert_eq!(call.memory_displacement64(), table + 8 * op, "{s}");
         decode(&after, addr);
     }
     assert!(
@@ -256,15 +259,19 @@ fn check_run(backend: &str, top: &Value, scanned: &[CSite]) -> String {
             // A nop in tail position returns at once.
             ("nop", true) => assert_eq!(after, [0xc3, 0x0f, 0x1f, 0x44, 0x00, 0x00]),
             ("direct_call", _) => {
-                let i = decode(&after, addr);
+                let mut i = decode(&after, addr);
                 assert_eq!(i.len(), 2, "{after:02x?}");
-                let want = if tail {
-                    Code::Jmp_rel32_64
+                // A call ends where the indirect call ended (a one-byte NOP first), so that a
+                // thread inside the function returns to a whole instruction; a jump returns
+                // nowhere and comes first.
+                let (want, nop_at) = if tail {
+                    (Code::Jmp_rel32_64, 5)
                 } else {
-                    Code::Call_rel32_64
+                    i.swap(0, 1);
+                    (Code::Call_rel32_64, 0)
                 };
                 assert_eq!(i[0].code(), want, "{f}+{off:#x}");
-                assert_eq!(after[5], 0x90);
+                assert_eq!(after[nop_at], 0x90);
                 // The backend's function itself: C sites allow the C ABI's clobbers, so no
                 // register-saving thunk.
                 assert_eq!(

@@ -1,0 +1,557 @@
+//! The patching driver: one object that plans, validates, writes, synchronises, names and
+//! reports every site of a program, for kernels and processes alike.
+//!
+//! ```text
+//! Patcher::new(capabilities, layout)       what the system has, where the text is
+//!     .sections(&sections)                 the alternatives table and its names
+//!     .paravirt(table, backend)            each operations table and its backend (unsafe)
+//!     .plan(&memory)?                      every entry of every table validated; nothing written
+//!     .apply(&mut writer, &mut rendezvous)? all sites written at once, or none
+//! ```
+//!
+//! [`Prepared::apply`] gathers every changed site of every table into one batch and carries it
+//! out all or nothing ([`crate::patch::carry_out`]): the sites are re-read, the writer prepares,
+//! the [`Rendezvous`] stops every other CPU or thread, the paravirt slots are stored and the sites
+//! written, this CPU synchronises through the instruction set ([`Isa::sync`]), the sites are
+//! read back, and the others are released. It returns a [`Patched`] record with the [`Report`]
+//! that reverts every site and slot exactly.
+//!
+//! **Failures.** Planning errors ([`PlanError`]) name the table entry and change nothing. An
+//! [`ApplyError`] says what failed and whether anything is left changed: if
+//! [`ApplyError::leftover`] is `None` every byte and slot is exactly as before; otherwise the
+//! record it holds reverts what could not be restored. [`Patched::revert`] checks every site
+//! still holds what was written (sites already back to their originals are skipped, so a
+//! revert that failed can be retried) and hands the record back on failure.
+//!
+//! A kernel patches its own text in about four calls (see `docs/kernel.md`); a hosted program
+//! does nothing at all: [`crate::process`] patches each object at load through this driver.
+
+use alloc::vec::Vec;
+use core::fmt;
+use core::marker::PhantomData;
+use core::ops::Range;
+
+use crate::capability::CapabilitySet;
+use crate::isa::{Isa, X86_64};
+use crate::linker::NameEntry;
+use crate::memory::Memory;
+use crate::paravirt::{plan_paravirt, Backend, PvError, PvPlan, PvTableEntry, TableDesc};
+use crate::patch::{carry_out, Direction, Failure, PatchError, SiteWrite, SlotWrite};
+use crate::plan::{plan_alternatives_for, Layout, Plan, TableEntry, TableError};
+use crate::rendezvous::Rendezvous;
+use crate::report::{PvSiteReport, Report, SiteReport};
+use crate::writer::{WriteStats, Writer};
+
+/// Names of sites and entries for reports, sorted for lookup.
+#[derive(Clone, Debug, Default)]
+pub struct Names {
+    sites: Vec<(u64, &'static str)>,
+    entries: Vec<(u64, &'static str)>,
+}
+
+impl Names {
+    /// The names of two name tables (`alt_site_names`, `alt_entry_names`); placeholders are
+    /// skipped.
+    ///
+    /// # Safety
+    ///
+    /// Every non-placeholder entry's `name` field must point at a live `&'static str` (as the
+    /// macros emit them).
+    pub unsafe fn new(sites: &'static [NameEntry], entries: &'static [NameEntry]) -> Self {
+        // SAFETY: the caller's contract.
+        unsafe {
+            Names {
+                sites: sorted(sites),
+                entries: sorted(entries),
+            }
+        }
+    }
+
+    fn find(list: &[(u64, &'static str)], addr: u64) -> Option<&'static str> {
+        let i = list.binary_search_by_key(&addr, |e| e.0).ok()?;
+        Some(list[i].1)
+    }
+
+    /// The name of the function holding the site at `addr`.
+    pub fn site(&self, addr: u64) -> Option<&'static str> {
+        Self::find(&self.sites, addr)
+    }
+
+    /// The name of the variant of the alternative entry at `addr`.
+    pub fn entry(&self, addr: u64) -> Option<&'static str> {
+        Self::find(&self.entries, addr)
+    }
+}
+
+/// # Safety
+///
+/// As for [`Names::new`].
+unsafe fn sorted(table: &'static [NameEntry]) -> Vec<(u64, &'static str)> {
+    let mut v: Vec<(u64, &'static str)> = table
+        .iter()
+        .filter(|n| !(n.target == 0 && n.name == 0))
+        .map(|n| {
+            let base = n as *const NameEntry as u64;
+            let target = crate::table::resolve(base, n.target);
+            let name = crate::table::resolve(base + 4, n.name) as usize as *const &'static str;
+            // SAFETY: the caller's contract.
+            (target, unsafe { *name })
+        })
+        .collect();
+    v.sort_unstable_by_key(|e| e.0);
+    v
+}
+
+/// Why planning failed. Nothing was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlanError {
+    /// The alternatives table was refused.
+    Table(TableError),
+    /// A paravirt table (or its backend) was refused.
+    Paravirt(PvError),
+    /// Sites of two different tables overlap.
+    SitesOverlap {
+        /// Start of the first site.
+        first: u64,
+        /// Start of the second site, which begins inside the first.
+        second: u64,
+    },
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PlanError::Table(e) => write!(f, "invalid alternatives table: {e}"),
+            PlanError::Paravirt(e) => write!(f, "invalid paravirt table: {e}"),
+            PlanError::SitesOverlap { first, second } => write!(
+                f,
+                "the site at {second:#x} begins inside the site at {first:#x} of another table"
+            ),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for PlanError {}
+
+/// What to patch: the capabilities, the text, and the tables.
+#[derive(Debug)]
+pub struct Patcher<'a, I: Isa = X86_64> {
+    caps: CapabilitySet,
+    layout: Layout<'a>,
+    alternatives: Vec<TableEntry>,
+    names: Names,
+    paravirt: Vec<(TableDesc<'a>, Backend<'a>, Vec<PvTableEntry>)>,
+    isa: PhantomData<I>,
+}
+
+impl<'a> Patcher<'a, X86_64> {
+    /// A patcher for x86-64 text in `layout`, deciding by `caps`.
+    ///
+    /// # Safety
+    ///
+    /// `layout` must describe code of this program (its text ranges and its replacement
+    /// section), and every table given to the patcher must be one the `alt` macros, `alt.h` or
+    /// `alt-tablegen` generated for that code: the planner trusts a valid entry's replacement
+    /// to be correct code for its site.
+    pub unsafe fn new(caps: CapabilitySet, layout: Layout<'a>) -> Self {
+        // SAFETY: the caller's contract.
+        unsafe { Self::for_isa(caps, layout) }
+    }
+}
+
+impl<'a, I: Isa> Patcher<'a, I> {
+    /// A patcher for text of the instruction set `I`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Patcher::new`].
+    pub unsafe fn for_isa(caps: CapabilitySet, layout: Layout<'a>) -> Self {
+        Patcher {
+            caps,
+            layout,
+            alternatives: Vec::new(),
+            names: Names::default(),
+            paravirt: Vec::new(),
+            isa: PhantomData,
+        }
+    }
+
+    /// The alternatives table: its entries in table order, with their addresses.
+    pub fn alternatives(mut self, entries: impl IntoIterator<Item = TableEntry>) -> Self {
+        self.alternatives = entries.into_iter().collect();
+        self
+    }
+
+    /// Names for the report.
+    pub fn names(mut self, names: Names) -> Self {
+        self.names = names;
+        self
+    }
+
+    /// The alternatives table and its names from a program's sections.
+    #[cfg(target_arch = "x86_64")]
+    pub fn sections(self, s: &crate::linker::Sections) -> Self {
+        self.alternatives(TableEntry::in_memory(s.alt_entries()))
+            .names(s.names())
+    }
+
+    /// An operations table, patched for `backend`.
+    ///
+    /// # Safety
+    ///
+    /// `table` must describe a live operations table of this program (its slots, thunks and
+    /// entry section, as the generated `descriptor()` does), and every
+    /// [`crate::paravirt::OpChoice::Function`] of `backend` must be an `extern "C"` function
+    /// with the operation's signature that is sound to call wherever the operation is called.
+    pub unsafe fn paravirt(mut self, table: TableDesc<'a>, backend: Backend<'a>) -> Self {
+        // SAFETY: the caller's contract: the bounds are the table's entry section.
+        let raw = unsafe { crate::paravirt::entries_between(table.entries.clone()) };
+        let entries = PvTableEntry::in_memory(raw).collect();
+        self.paravirt.push((table, backend, entries));
+        self
+    }
+
+    /// An operations table whose entries are given (a table of another address space, or a
+    /// test's).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Patcher::paravirt`].
+    pub unsafe fn paravirt_entries(
+        mut self,
+        table: TableDesc<'a>,
+        backend: Backend<'a>,
+        entries: Vec<PvTableEntry>,
+    ) -> Self {
+        self.paravirt.push((table, backend, entries));
+        self
+    }
+
+    /// Validates every entry of every table and decides every site, reading the code through
+    /// `mem`. Nothing is written.
+    pub fn plan<M: Memory>(&self, mem: &M) -> Result<Prepared<I>, PlanError> {
+        let alt = plan_alternatives_for::<I, M>(&self.alternatives, &self.layout, &self.caps, mem)
+            .map_err(PlanError::Table)?;
+        let mut pv = Vec::with_capacity(self.paravirt.len());
+        for (table, backend, entries) in &self.paravirt {
+            let p = plan_paravirt(table, backend, entries, &self.layout, mem)
+                .map_err(PlanError::Paravirt)?;
+            pv.push(p);
+        }
+        // Tables are validated one by one; their sites must not overlap one another either.
+        let mut all: Vec<Range<u64>> = alt
+            .sites
+            .iter()
+            .map(|s| s.write.range())
+            .chain(
+                pv.iter()
+                    .flat_map(|p| p.sites.iter().map(|s| s.write.range())),
+            )
+            .collect();
+        all.sort_unstable_by_key(|r| r.start);
+        if let Some(w) = all.windows(2).find(|w| w[0].end > w[1].start) {
+            return Err(PlanError::SitesOverlap {
+                first: w[0].start,
+                second: w[1].start,
+            });
+        }
+        let entry_names = self
+            .alternatives
+            .iter()
+            .map(|t| self.names.entry(t.addr))
+            .collect();
+        Ok(Prepared {
+            alt,
+            pv,
+            site_names: self.names.clone(),
+            entry_names,
+            isa: PhantomData,
+        })
+    }
+}
+
+/// Every site planned and validated, ready to be written.
+#[derive(Debug)]
+pub struct Prepared<I: Isa = X86_64> {
+    alt: Plan,
+    pv: Vec<PvPlan>,
+    site_names: Names,
+    /// Variant name of each alternative entry, by index.
+    entry_names: Vec<Option<&'static str>>,
+    isa: PhantomData<I>,
+}
+
+/// Why applying failed, and what is left to undo.
+#[derive(Debug)]
+pub struct ApplyError<I: Isa = X86_64> {
+    /// What went wrong.
+    pub error: PatchError,
+    /// `None`: every site and slot is exactly as before. `Some`: some sites could not be
+    /// restored; reverting this record restores them.
+    pub leftover: Option<alloc::boxed::Box<Patched<I>>>,
+}
+
+impl<I: Isa> fmt::Display for ApplyError<I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.error)?;
+        match self.leftover {
+            None => f.write_str("; nothing was changed"),
+            Some(_) => f.write_str("; some sites could not be restored: revert the record"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl<I: Isa + fmt::Debug> std::error::Error for ApplyError<I> {}
+
+impl<I: Isa> Prepared<I> {
+    /// A prepared pass for an alternatives plan made elsewhere (by [`plan_alternatives_for`]
+    /// directly), without names.
+    ///
+    /// # Safety
+    ///
+    /// `plan` must have been made by the planner for code of this program, from a table under
+    /// [`Patcher::new`]'s contract, and left as the planner made it.
+    pub unsafe fn from_alternatives(plan: Plan) -> Self {
+        Prepared {
+            alt: plan,
+            pv: Vec::new(),
+            site_names: Names::default(),
+            entry_names: Vec::new(),
+            isa: PhantomData,
+        }
+    }
+
+    /// The alternatives plan.
+    pub fn alternatives(&self) -> &Plan {
+        &self.alt
+    }
+
+    /// The paravirt plans, one per table.
+    pub fn paravirt(&self) -> &[PvPlan] {
+        &self.pv
+    }
+
+    /// What [`Prepared::apply`] would report, without writing (`pages` is 0).
+    pub fn preview(&self) -> Report {
+        self.report(self.alt.clone(), self.pv.clone(), WriteStats::default())
+    }
+
+    fn report(&self, alt: Plan, pv: Vec<PvPlan>, stats: WriteStats) -> Report {
+        let mut sites: Vec<SiteReport> = alt.sites.into_iter().map(SiteReport::from_plan).collect();
+        for s in &mut sites {
+            s.function = self.site_names.site(s.addr);
+            s.variants = s
+                .candidates
+                .iter()
+                .map(|c| self.entry_names.get(c.entry).copied().flatten())
+                .collect();
+        }
+        let mut paravirt: Vec<PvSiteReport> = pv
+            .into_iter()
+            .flat_map(|p| {
+                let (table, backend) = (p.table, p.backend);
+                p.sites
+                    .into_iter()
+                    .map(move |s| PvSiteReport::from_plan(s, table, backend))
+            })
+            .collect();
+        paravirt.sort_by_key(|s| s.addr);
+        Report {
+            capabilities: alt.capabilities,
+            sites,
+            paravirt,
+            pages: stats.pages,
+            elapsed_ns: None,
+        }
+    }
+
+    /// Writes every changed site of every table, and the paravirt slots, all or nothing (see
+    /// the [module documentation](self)).
+    pub fn apply<W: Writer, R: Rendezvous + ?Sized>(
+        self,
+        writer: &mut W,
+        rendezvous: &mut R,
+    ) -> Result<Patched<I>, ApplyError<I>> {
+        let mut writes: Vec<&SiteWrite> = self
+            .alt
+            .sites
+            .iter()
+            .map(|s| &s.write)
+            .chain(
+                self.pv
+                    .iter()
+                    .flat_map(|p| p.sites.iter().map(|s| &s.write)),
+            )
+            .filter(|w| w.changed())
+            .collect();
+        writes.sort_unstable_by_key(|w| w.addr);
+        let slots: Vec<SlotWrite> = self
+            .pv
+            .iter()
+            .flat_map(|p| &p.slots)
+            .map(|s| SlotWrite {
+                addr: s.addr,
+                // SAFETY: the contract of `Patcher::paravirt`: the slots are live.
+                old: unsafe { crate::patch::load_slot(s.addr) },
+                new: s.value,
+            })
+            .filter(|s| s.old != s.new)
+            .collect();
+        // SAFETY: `Patcher::new`'s contract (the sites are this program's, the bytes planned
+        // from trusted tables), `Patcher::paravirt`'s (the slots are live) and the unsafe
+        // `Rendezvous` trait's (it really stops everyone).
+        let done = unsafe {
+            carry_out::<I, W, R>(&writes, &slots, Direction::Forward, writer, rendezvous)
+        };
+        match done {
+            Ok(stats) => {
+                let report = self.report(self.alt.clone(), self.pv.clone(), stats);
+                Ok(Patched {
+                    report,
+                    slots,
+                    isa: PhantomData,
+                })
+            }
+            Err(Failure {
+                error,
+                text_changed,
+            }) => {
+                let leftover = text_changed.then(|| {
+                    alloc::boxed::Box::new(Patched {
+                        report: self.report(
+                            self.alt.clone(),
+                            self.pv.clone(),
+                            WriteStats::default(),
+                        ),
+                        slots: Vec::new(),
+                        isa: PhantomData,
+                    })
+                });
+                Err(ApplyError { error, leftover })
+            }
+        }
+    }
+}
+
+/// Sites as patched: the report (with what each site held before and holds now) and the slots,
+/// which revert every change exactly.
+#[derive(Clone, Debug)]
+pub struct Patched<I: Isa = X86_64> {
+    report: Report,
+    slots: Vec<SlotWrite>,
+    isa: PhantomData<I>,
+}
+
+impl<I: Isa> Patched<I> {
+    /// What was done.
+    pub fn report(&self) -> &Report {
+        &self.report
+    }
+
+    /// Mutable access to the report, to attach timing.
+    pub fn report_mut(&mut self) -> &mut Report {
+        &mut self.report
+    }
+
+    /// The slots that were stored.
+    pub fn slots(&self) -> &[SlotWrite] {
+        &self.slots
+    }
+
+    /// Every capability some alternative entry is keyed by, taken or not: what a CPU that comes
+    /// up later must agree with ([`crate::policy::SystemCaps::set_used`]).
+    pub fn used(&self) -> CapabilitySet {
+        let mut used = CapabilitySet::default();
+        for c in self.report.sites.iter().flat_map(|s| &s.candidates) {
+            used.set(c.capability);
+        }
+        used
+    }
+
+    /// Restores every changed site to its original bytes and every slot to its old value.
+    ///
+    /// Every site must hold what was written, or already its original (skipped: a revert that
+    /// failed part-way can be retried); otherwise nothing is written and the error names the
+    /// site. On error `self` is handed back, still a valid record.
+    // The error hands the record back so the caller keeps the originals; it is the cold path.
+    #[allow(clippy::result_large_err)]
+    pub fn revert<W: Writer, R: Rendezvous + ?Sized>(
+        self,
+        writer: &mut W,
+        rendezvous: &mut R,
+    ) -> Result<WriteStats, (Self, PatchError)> {
+        let all: Vec<SiteWrite> = self
+            .report
+            .sites
+            .iter()
+            .map(|s| (s.addr, &s.before, &s.after))
+            .chain(
+                self.report
+                    .paravirt
+                    .iter()
+                    .map(|s| (s.addr, &s.before, &s.after)),
+            )
+            .filter(|(_, b, a)| b != a)
+            .map(|(addr, b, a)| SiteWrite {
+                addr,
+                original: b.clone(),
+                new: a.clone(),
+            })
+            .collect();
+        let pending = match still_patched(writer, &all) {
+            Ok(p) => p,
+            Err(e) => return Err((self, e)),
+        };
+        let mut writes: Vec<&SiteWrite> = pending.into_iter().map(|i| &all[i]).collect();
+        writes.sort_unstable_by_key(|w| w.addr);
+        let mut slots = Vec::with_capacity(self.slots.len());
+        for s in &self.slots {
+            // SAFETY: the slots were stored by `apply`, under `Patcher::paravirt`'s contract.
+            let now = unsafe { crate::patch::load_slot(s.addr) };
+            if now == s.new {
+                slots.push(*s);
+            } else if now != s.old {
+                let e = PatchError::UnexpectedSlot {
+                    addr: s.addr,
+                    expected: s.new,
+                    found: now,
+                };
+                return Err((self, e));
+            }
+        }
+        // SAFETY: as for `apply`: the originals are the bytes the sites held before.
+        let done =
+            unsafe { carry_out::<I, W, R>(&writes, &slots, Direction::Back, writer, rendezvous) };
+        match done {
+            Ok(stats) => Ok(stats),
+            Err(f) => Err((self, f.error)),
+        }
+    }
+}
+
+/// The indices of the sites that still hold what was written; an error for a site that holds
+/// neither that nor its original.
+fn still_patched<M: Memory>(mem: &M, sites: &[SiteWrite]) -> Result<Vec<usize>, PatchError> {
+    let ranges: Vec<(u64, usize)> = sites.iter().map(|s| (s.addr, s.new.len())).collect();
+    let mut now = alloc::vec![0u8; ranges.iter().map(|r| r.1).sum()];
+    mem.read_each(&ranges, &mut now)
+        .map_err(PatchError::Memory)?;
+    let mut pending = Vec::new();
+    let mut at = 0;
+    for (i, s) in sites.iter().enumerate() {
+        let found = &now[at..at + s.new.len()];
+        at += s.new.len();
+        if found == &s.new[..] {
+            pending.push(i);
+        } else if found != &s.original[..] {
+            return Err(PatchError::UnexpectedBytes {
+                addr: s.addr,
+                expected: s.new.clone(),
+                found: found.to_vec(),
+            });
+        }
+    }
+    Ok(pending)
+}

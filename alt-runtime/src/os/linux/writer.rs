@@ -1,0 +1,375 @@
+//! [`MprotectWriter`]: the hosted Linux writer.
+//!
+//! It writes a batch one run of pages at a time (a run: contiguous pages with one original
+//! protection). For each run it adds `PROT_WRITE` (keeping execute: code on the same pages,
+//! possibly the writer's own, may run), copies, and restores the exact original protection read
+//! from `/proc/self/maps`. After the batch no page is writable and executable unless it was
+//! before.
+//!
+//! Strict W^X: with [`MprotectWriter::through_proc_self_mem`] no page is ever made writable; the
+//! bytes are written through `/proc/self/mem`, which the kernel lets a process use on its own
+//! read-only mappings (as debuggers poke text). The writer also switches to that path by itself,
+//! for the run concerned and every later one, when the kernel refuses to make text writable
+//! (SELinux without `execmod`, PaX `MPROTECT`; such a refusal can come at any run, for example
+//! once an earlier run gave a file mapping an anonymous copy).
+//!
+//! **All or nothing.** Before the first byte changes, [`Writer::prepare`] reads the maps, refuses
+//! text that is not mapped or is in a shared mapping (`s` in `/proc/self/maps`: a write there
+//! would reach the file on disk or another process), and saves the bytes to be overwritten.
+//! If anything fails after that, every run already written is restored from those bytes, by the
+//! path that wrote it, before the error is returned; the error says if even that failed. A
+//! failed attempt to restore a protection is retried once, so that no run is left writable.
+//!
+//! Reads ([`Memory::read`]) go through `process_vm_readv` (or `/proc/self/mem`): an address
+//! unmapped since it was planned is an error, not a crash.
+//!
+//! The writer does not know about other threads: the [driver](crate::driver)'s rendezvous
+//! decides when it may write.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::ops::Range;
+
+use super::maps::Mapping;
+use super::sys::{Errno, LinuxSys, TextSys};
+use crate::memory::{Memory, MemoryError};
+use crate::writer::{pages_touched, Chunk, WriteError, WriteStats, Writer, PAGE_SIZE};
+
+/// Writes the process's own text with `mprotect` (or `/proc/self/mem`).
+#[derive(Debug, Default)]
+pub struct MprotectWriter<S: TextSys = LinuxSys> {
+    sys: S,
+    proc_mem: bool,
+    prepared: Option<Prepared>,
+}
+
+/// A run of pages with one original protection, and the chunks that touch it.
+#[derive(Debug)]
+struct Run {
+    range: Range<u64>,
+    prot: i32,
+    /// Indices of the chunks that touch the run.
+    chunks: Range<usize>,
+}
+
+/// What [`Writer::prepare`] worked out for one batch.
+#[derive(Debug)]
+struct Prepared {
+    /// Address and length of every chunk, to recognise the batch in `write`.
+    batch: Vec<(u64, usize)>,
+    runs: Vec<Run>,
+    /// The bytes each chunk overwrites, concatenated in chunk order.
+    originals: Vec<u8>,
+    /// Where each chunk's bytes start in `originals`.
+    offsets: Vec<usize>,
+    /// Per run: written through `/proc/self/mem` (else with `mprotect`).
+    via_mem: Vec<bool>,
+    /// Whether `originals` were read by `prepare` for the next write; after a write they are
+    /// stale, and a later write of the same chunks reads them again into the same buffer.
+    fresh: bool,
+}
+
+/// How a run's bytes are written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Protect,
+    Mem,
+}
+
+/// Whether an `mprotect` refusal means the kernel will not make text writable at all (then
+/// `/proc/self/mem` may still be allowed).
+fn refused(errno: Errno) -> bool {
+    errno == libc::EACCES || errno == libc::EPERM
+}
+
+impl MprotectWriter<LinuxSys> {
+    /// A writer making the real system calls.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<S: TextSys> MprotectWriter<S> {
+    /// A writer that reaches the operating system through `sys` (tests inject faults there).
+    pub fn with_sys(sys: S) -> Self {
+        Self {
+            sys,
+            proc_mem: false,
+            prepared: None,
+        }
+    }
+
+    /// Writes through `/proc/self/mem` instead of changing protections: no page of the process
+    /// is ever writable and executable, not even for the moment of the copy.
+    pub fn through_proc_self_mem(mut self) -> Self {
+        self.proc_mem = true;
+        self
+    }
+
+    /// The system-call layer.
+    pub fn sys(&self) -> &S {
+        &self.sys
+    }
+
+    fn prepare_batch(&self, chunks: &[Chunk<'_>]) -> Result<Prepared, WriteError> {
+        let maps = self.sys.maps()?;
+        let mut runs: Vec<Run> = Vec::new();
+        let mut offsets = Vec::with_capacity(chunks.len());
+        let mut total = 0usize;
+        let mut last_end = 0u64;
+        for (i, c) in chunks.iter().enumerate() {
+            offsets.push(total);
+            total += c.bytes.len();
+            if c.bytes.is_empty() {
+                continue;
+            }
+            let end = c.addr.checked_add(c.bytes.len() as u64).ok_or_else(|| {
+                WriteError::unchanged(c.addr, "chunk wraps the address space", None)
+            })?;
+            if c.addr < last_end {
+                return Err(WriteError::unchanged(
+                    c.addr,
+                    "chunks are not sorted by address or overlap",
+                    None,
+                ));
+            }
+            last_end = end;
+            for page in c.addr / PAGE_SIZE..=(end - 1) / PAGE_SIZE {
+                let start = page * PAGE_SIZE;
+                if let Some(r) = runs.last_mut() {
+                    if r.range.end > start {
+                        // The page is already in the last run (chunks share it).
+                        r.chunks.end = i + 1;
+                        continue;
+                    }
+                }
+                let m = mapping_of(&maps, start)?;
+                match runs.last_mut() {
+                    Some(r) if r.range.end == start && r.prot == m.prot => {
+                        r.range.end += PAGE_SIZE;
+                        r.chunks.end = i + 1;
+                    }
+                    _ => runs.push(Run {
+                        range: start..start + PAGE_SIZE,
+                        prot: m.prot,
+                        chunks: i..i + 1,
+                    }),
+                }
+            }
+        }
+        let mut originals = vec![0; total];
+        let ranges: Vec<(u64, usize)> = chunks.iter().map(|c| (c.addr, c.bytes.len())).collect();
+        self.sys
+            .read_each(&ranges, &mut originals)
+            .map_err(|(addr, e)| {
+                WriteError::unchanged(addr, "cannot read the text to be overwritten", Some(e))
+            })?;
+        Ok(Prepared {
+            batch: ranges,
+            via_mem: vec![false; runs.len()],
+            runs,
+            originals,
+            offsets,
+            fresh: true,
+        })
+    }
+
+    /// Writes the parts of the run's chunks that fall inside it: the new bytes, or the saved
+    /// originals.
+    fn copy_run(
+        &self,
+        p: &Prepared,
+        run: &Run,
+        chunks: &[Chunk<'_>],
+        originals: bool,
+        path: Path,
+    ) -> Result<(), (u64, Errno)> {
+        for i in run.chunks.clone() {
+            let c = &chunks[i];
+            let start = c.addr.max(run.range.start);
+            let end = (c.addr + c.bytes.len() as u64).min(run.range.end);
+            if start >= end {
+                continue;
+            }
+            let from = (start - c.addr) as usize;
+            let n = (end - start) as usize;
+            let bytes = if originals {
+                &p.originals[p.offsets[i] + from..p.offsets[i] + from + n]
+            } else {
+                &c.bytes[from..from + n]
+            };
+            let r = match path {
+                Path::Mem => self.sys.mem_write(start, bytes),
+                // SAFETY: the run was just made writable; the contract of `Writer::write` keeps
+                // other threads out of the text while the batch is written.
+                Path::Protect => unsafe { self.sys.copy(start, bytes) },
+            };
+            r.map_err(|e| (start, e))?;
+        }
+        Ok(())
+    }
+
+    /// Restores a run's original protection, trying twice.
+    fn restore_protection(&self, run: &Run) -> Result<(), Errno> {
+        self.sys
+            .protect(run.range.clone(), run.prot)
+            .or_else(|_| self.sys.protect(run.range.clone(), run.prot))
+    }
+
+    /// Writes one run (new bytes or originals), by `path` or, if the kernel refuses to make it
+    /// writable, through `/proc/self/mem`. Returns the path used and the protection changes
+    /// made; an error says whether the run's bytes may have changed.
+    fn write_run(
+        &self,
+        p: &Prepared,
+        run: &Run,
+        chunks: &[Chunk<'_>],
+        originals: bool,
+        path: Path,
+    ) -> Result<(Path, usize), (WriteError, bool)> {
+        let fail = |addr, reason, e| WriteError::unchanged(addr, reason, Some(e));
+        if path == Path::Protect {
+            match self
+                .sys
+                .protect(run.range.clone(), run.prot | libc::PROT_WRITE)
+            {
+                Ok(()) => {
+                    let copied = self.copy_run(p, run, chunks, originals, Path::Protect);
+                    let restored = self.restore_protection(run);
+                    if let Err((addr, e)) = copied {
+                        return Err((fail(addr, "copying into the text failed", e), true));
+                    }
+                    if let Err(e) = restored {
+                        let reason = "mprotect back to the original protection failed";
+                        return Err((fail(run.range.start, reason, e), true));
+                    }
+                    return Ok((Path::Protect, 2));
+                }
+                Err(e) if !refused(e) => {
+                    let reason = "mprotect to writable failed";
+                    return Err((fail(run.range.start, reason, e), false));
+                }
+                // Refused: this text cannot be made writable; try /proc/self/mem.
+                Err(_) => {}
+            }
+        }
+        self.copy_run(p, run, chunks, originals, Path::Mem)
+            .map_err(|(addr, e)| {
+                let reason = "writing through /proc/self/mem failed";
+                (fail(addr, reason, e), true)
+            })?;
+        Ok((Path::Mem, 0))
+    }
+
+    /// Writes every run of a prepared batch; returns the protection changes made.
+    fn write_prepared(&self, p: &mut Prepared, chunks: &[Chunk<'_>]) -> Result<usize, WriteError> {
+        let mut path = if self.proc_mem {
+            Path::Mem
+        } else {
+            Path::Protect
+        };
+        let mut protection_changes = 0;
+        for i in 0..p.runs.len() {
+            match self.write_run(p, &p.runs[i], chunks, false, path) {
+                Ok((used, changes)) => {
+                    // Once the kernel refused to make text writable, it will refuse again.
+                    path = used;
+                    p.via_mem[i] = used == Path::Mem;
+                    protection_changes += changes;
+                }
+                Err((mut e, touched)) => {
+                    // A run that may be partly written is restored too, by either path.
+                    p.via_mem[i] = path == Path::Mem;
+                    let upto = if touched { i + 1 } else { i };
+                    e.text_changed = !self.roll_back(p, chunks, upto);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(protection_changes)
+    }
+
+    /// Restores the runs `0..upto` from the saved originals, by the path that wrote each.
+    fn roll_back(&self, p: &Prepared, chunks: &[Chunk<'_>], upto: usize) -> bool {
+        let mut ok = true;
+        for i in (0..upto).rev() {
+            let path = if p.via_mem[i] {
+                Path::Mem
+            } else {
+                Path::Protect
+            };
+            ok &= self.write_run(p, &p.runs[i], chunks, true, path).is_ok();
+        }
+        ok
+    }
+}
+
+/// The mapping holding the page at `start`, if it may be written.
+fn mapping_of(maps: &[Mapping], start: u64) -> Result<&Mapping, WriteError> {
+    let m = maps
+        .iter()
+        .find(|m| m.range.contains(&start))
+        .ok_or(WriteError::unchanged(start, "page is not mapped", None))?;
+    if m.shared {
+        return Err(WriteError::unchanged(
+            start,
+            "page is in a shared mapping: writing it would change the file or another process",
+            None,
+        ));
+    }
+    Ok(m)
+}
+
+impl<S: TextSys> Memory for MprotectWriter<S> {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        self.sys.read(addr, buf).map_err(|_| MemoryError { addr })
+    }
+
+    fn read_each(&self, ranges: &[(u64, usize)], out: &mut [u8]) -> Result<(), MemoryError> {
+        self.sys
+            .read_each(ranges, out)
+            .map_err(|(addr, _)| MemoryError { addr })
+    }
+}
+
+impl<S: TextSys> Writer for MprotectWriter<S> {
+    fn prepare(&mut self, chunks: &[Chunk<'_>]) -> Result<(), WriteError> {
+        self.prepared = None;
+        self.prepared = Some(self.prepare_batch(chunks)?);
+        Ok(())
+    }
+
+    unsafe fn write(&mut self, chunks: &[Chunk<'_>]) -> Result<WriteStats, WriteError> {
+        let same = |p: &Prepared| {
+            p.batch.len() == chunks.len()
+                && p.batch
+                    .iter()
+                    .zip(chunks)
+                    .all(|(&(a, n), c)| a == c.addr && n == c.bytes.len())
+        };
+        let mut p = match self.prepared.take() {
+            Some(p) if same(&p) => p,
+            _ => self.prepare_batch(chunks)?,
+        };
+        if !p.fresh {
+            let Prepared {
+                batch, originals, ..
+            } = &mut p;
+            if let Err((addr, e)) = self.sys.read_each(batch, originals) {
+                let reason = "cannot read the text to be overwritten";
+                self.prepared = Some(p);
+                return Err(WriteError::unchanged(addr, reason, Some(e)));
+            }
+        }
+        p.fresh = false;
+        let result = self.write_prepared(&mut p, chunks);
+        // Kept: writing the same chunks again (such as the originals, to undo) needs no
+        // preparing, so it allocates nothing.
+        self.prepared = Some(p);
+        let protection_changes = result?;
+        Ok(WriteStats {
+            pages: pages_touched(chunks),
+            protection_changes,
+        })
+    }
+}

@@ -1,0 +1,426 @@
+//! All or nothing under faults: the hosted writer's operating-system calls fail one at a time
+//! (fault injection at the `TextSys` seam), and after every single failure the text is byte for
+//! byte what it was, or the error hands back a record that restores it exactly; no page is ever
+//! left writable and executable, and every page keeps its protection. The same for revert.
+//!
+//! The fixture has sites on three text pages in two runs (pages 0, and 2-3), so that a failure
+//! can come after an earlier run was written. Each kind of call (maps, mprotect, copy,
+//! `/proc/self/mem`, read) fails at its first, second, ... call, until a pass makes fewer calls
+//! than that, with each kind of fault (refused, other error, half done, silently not done).
+
+#![cfg(all(feature = "std", target_os = "linux", target_arch = "x86_64"))]
+
+mod common;
+
+use alt_runtime::driver::{Patched, Prepared};
+use alt_runtime::os::linux::{read_maps, Call, Fault, FaultInjector, LinuxSys, MprotectWriter};
+use alt_runtime::plan::Plan;
+use alt_runtime::{CapabilitySet, Errata, Features};
+use common::*;
+
+struct Fixture {
+    buf: Buf,
+    table: Vec<alt_runtime::plan::TableEntry>,
+}
+
+/// Four sites: two on text page 0, one at the end of page 2 running into page 3, one on page 3.
+fn fixture() -> Fixture {
+    let mut buf = Buf::new();
+    let sites = [
+        buf.text(0x100),
+        buf.text(0x200),
+        buf.text(2 * PAGE + 0xffc),
+        buf.text(3 * PAGE + 0x400),
+    ];
+    let mut specs = Vec::new();
+    for (i, &site) in sites.iter().enumerate() {
+        buf.put(site, &cat(&[&mov_eax(1), &[0x90, 0x90, 0x90, 0xc3]]));
+        let repl = buf.repl(0x10 * i as u64);
+        buf.put(repl, &mov_eax(10 + i as u32));
+        specs.push(Spec::inline(site, 8, repl, 5, feature(Features::POPCNT)));
+    }
+    buf.seal();
+    let table = buf.table(0, &specs);
+    Fixture { buf, table }
+}
+
+fn plan(f: &Fixture) -> Plan {
+    f.buf
+        .plan(&f.table, &caps(Features::POPCNT, Errata::empty()))
+        .unwrap()
+}
+
+/// Protections of every page of the buffer, and that no mapping anywhere is W+X.
+fn protections(buf: &Buf) -> Vec<String> {
+    let maps = read_maps().unwrap();
+    let wx: Vec<_> = maps
+        .iter()
+        .filter(|m| m.is_writable_and_executable())
+        .collect();
+    assert!(wx.is_empty(), "writable and executable: {wx:#x?}");
+    (0..PAGES)
+        .map(|i| {
+            let a = buf.base + i * PAGE;
+            maps.iter()
+                .find(|m| m.range.contains(&a))
+                .map_or(String::from("unmapped"), |m| m.perms.clone())
+        })
+        .collect()
+}
+
+fn faulty(target: (Call, usize, Fault), proc_mem: bool) -> MprotectWriter<FaultInjector> {
+    let w = MprotectWriter::with_sys(FaultInjector::new(LinuxSys::default(), Some(target)));
+    if proc_mem {
+        w.through_proc_self_mem()
+    } else {
+        w
+    }
+}
+
+fn revert_clean(p: Patched) {
+    if let Err((_, e)) = p.revert(&mut writer(), &mut alone()) {
+        panic!("clean revert: {e}");
+    }
+}
+
+/// The faults worth injecting into each kind of call. A lying `mprotect` would make the copy
+/// fault, and a lying read would make the writer restore zeros: neither is an error the
+/// kernel can report, so neither is injected.
+fn faults(call: Call) -> &'static [Fault] {
+    const REFUSED: Fault = Fault::Fail(libc::EACCES);
+    const OTHER: Fault = Fault::Fail(libc::ENOMEM);
+    const HALF: Fault = Fault::Partial(libc::EIO);
+    match call {
+        Call::Maps => &[OTHER, Fault::Lie],
+        Call::Protect => &[REFUSED, OTHER],
+        Call::Copy | Call::MemWrite => &[OTHER, HALF, Fault::Lie],
+        Call::Read => &[Fault::Fail(libc::EFAULT)],
+    }
+}
+
+const CALLS: [Call; 5] = [
+    Call::Maps,
+    Call::Protect,
+    Call::Copy,
+    Call::MemWrite,
+    Call::Read,
+];
+
+#[test]
+fn every_single_fault_while_patching_leaves_the_text_as_it_was_or_a_record_that_restores_it() {
+    let _g = lock();
+    let f = fixture();
+    let pristine = f.buf.snapshot();
+    let perms = protections(&f.buf);
+    let mut outcomes = std::collections::BTreeMap::new();
+    for proc_mem in [false, true] {
+        for call in CALLS {
+            for &fault in faults(call) {
+                for k in 1.. {
+                    let mut w = faulty((call, k, fault), proc_mem);
+                    // SAFETY: as `common::apply`.
+                    let prepared: Prepared = unsafe { Prepared::from_alternatives(plan(&f)) };
+                    let result = prepared.apply(&mut w, &mut alone());
+                    let fired = w.sys().fired();
+                    let what = format!("{call:?} #{k} {fault:?} proc_mem={proc_mem}");
+                    let outcome = match result {
+                        Ok(p) => {
+                            // The fault was absorbed (a refused mprotect falls back to
+                            // /proc/self/mem; a failed restore is retried): fully patched.
+                            for s in &p.report().sites {
+                                assert_eq!(f.buf.read(s.addr, 8), s.after, "{what}");
+                            }
+                            assert_eq!(protections(&f.buf), perms, "{what}");
+                            revert_clean(p);
+                            "patched"
+                        }
+                        Err(e) => {
+                            let leftover = e.leftover.is_some();
+                            if let Some(p) = e.leftover {
+                                revert_clean(*p);
+                            }
+                            if leftover {
+                                "left a record"
+                            } else {
+                                "nothing changed"
+                            }
+                        }
+                    };
+                    assert_eq!(f.buf.snapshot(), pristine, "{what}: {outcome}");
+                    assert_eq!(protections(&f.buf), perms, "{what}: {outcome}");
+                    if !fired {
+                        break;
+                    }
+                    *outcomes.entry((format!("{call:?}"), outcome)).or_insert(0) += 1;
+                }
+            }
+        }
+    }
+    eprintln!("{outcomes:#?}");
+    // Every kind of call was made and failed at least once, in both modes.
+    for call in CALLS {
+        let name = format!("{call:?}");
+        assert!(
+            outcomes.keys().any(|(c, _)| *c == name),
+            "{name} never failed: {outcomes:?}"
+        );
+    }
+}
+
+#[test]
+fn every_single_fault_while_reverting_leaves_a_record_that_still_reverts() {
+    let _g = lock();
+    let f = fixture();
+    let pristine = f.buf.snapshot();
+    let perms = protections(&f.buf);
+    let mut faults_seen = 0;
+    for proc_mem in [false, true] {
+        for call in CALLS {
+            for &fault in faults(call) {
+                for k in 1.. {
+                    let p = apply(plan(&f)).expect("clean patch");
+                    let patched = f.buf.snapshot();
+                    let mut w = faulty((call, k, fault), proc_mem);
+                    let result = p.revert(&mut w, &mut alone());
+                    let fired = w.sys().fired();
+                    let what = format!("{call:?} #{k} {fault:?} proc_mem={proc_mem}");
+                    match result {
+                        Ok(_) => assert_eq!(f.buf.snapshot(), pristine, "{what}"),
+                        Err((p, _)) => {
+                            // The sites are as patched, or some already restored: the record
+                            // handed back reverts the rest.
+                            assert!(f.buf.snapshot() == patched || fired, "{what}");
+                            revert_clean(p);
+                            assert_eq!(f.buf.snapshot(), pristine, "{what}");
+                        }
+                    }
+                    assert_eq!(protections(&f.buf), perms, "{what}");
+                    if !fired {
+                        break;
+                    }
+                    faults_seen += 1;
+                }
+            }
+        }
+    }
+    assert!(faults_seen > 20, "{faults_seen} faults injected");
+}
+
+#[test]
+fn a_revert_that_failed_part_way_can_be_retried() {
+    let _g = lock();
+    let f = fixture();
+    let pristine = f.buf.snapshot();
+    let p = apply(plan(&f)).expect("patch");
+    // Restore the sites of page 0 behind the record's back, as a revert that failed after its
+    // first run would have left them.
+    for s in &p.report().sites[..2] {
+        f.buf.put(s.addr, &s.before);
+    }
+    let stats = p
+        .revert(&mut writer(), &mut alone())
+        .map_err(|(_, e)| e)
+        .expect("the restored site is skipped, the others reverted");
+    assert_eq!(f.buf.snapshot(), pristine);
+    // Sites on pages 2 and 3 only: page 0 was not written again.
+    assert_eq!(stats.pages, 2);
+}
+
+#[test]
+fn text_in_a_shared_mapping_is_refused_and_the_file_is_unchanged() {
+    use std::io::Write;
+    let _g = lock();
+    let path = std::env::temp_dir().join(format!("alt-shared-text-{}", std::process::id()));
+    let code = cat(&[&mov_eax(1), &[0xc3]]);
+    let mut page = vec![0xcc_u8; PAGE as usize];
+    page[..code.len()].copy_from_slice(&code);
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(&page)
+        .unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: a fresh shared mapping of the file just written; unmapped below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            PAGE as usize,
+            libc::PROT_READ | libc::PROT_EXEC,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    let addr = p as u64;
+    for proc_mem in [false, true] {
+        let mut w = MprotectWriter::new();
+        if proc_mem {
+            w = w.through_proc_self_mem();
+        }
+        // SAFETY: the page is this test's own and runs on no thread.
+        let e = unsafe {
+            alt_runtime::writer::Writer::write(
+                &mut w,
+                &[alt_runtime::writer::Chunk {
+                    addr: addr + 1,
+                    bytes: &[0x42],
+                }],
+            )
+        }
+        .unwrap_err();
+        assert!(e.reason.contains("shared mapping"), "{e}");
+        assert!(!e.text_changed);
+    }
+    // SAFETY: unmapping the mapping made above.
+    unsafe { libc::munmap(p, PAGE as usize) };
+    assert_eq!(std::fs::read(&path).unwrap(), page, "the file is unchanged");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn a_read_of_memory_unmapped_since_is_an_error_not_a_crash() {
+    use alt_runtime::memory::Memory;
+    // Every test here maps under the lock, so no other test reuses the range unmapped below.
+    let _g = lock();
+    let w = MprotectWriter::new();
+    let b = Buf::new();
+    let addr = b.text(0);
+    let mut buf = [0u8; 4];
+    w.read(addr, &mut buf).unwrap();
+    assert_eq!(buf, [0xcc; 4]);
+    drop(b); // unmapped
+    let e = w.read(addr, &mut buf).unwrap_err();
+    assert_eq!(e.addr, addr);
+    // A batch with one unmapped range names it.
+    let ok = [0u8; 4];
+    let ranges = [(ok.as_ptr() as u64, 4), (addr, 4)];
+    let mut out = [0u8; 8];
+    assert_eq!(w.read_each(&ranges, &mut out).unwrap_err().addr, addr);
+}
+
+#[test]
+fn the_injector_counts_the_calls_of_a_clean_pass() {
+    let _g = lock();
+    let f = fixture();
+    let mut w = MprotectWriter::with_sys(FaultInjector::new(LinuxSys::default(), None));
+    // SAFETY: as `common::apply`.
+    let prepared: Prepared = unsafe { Prepared::from_alternatives(plan(&f)) };
+    let p = prepared.apply(&mut w, &mut alone()).unwrap();
+    let s = w.sys();
+    // Two runs: one mprotect to writable and one back for each, one copy per chunk part
+    // (the site across the page 2-3 boundary is one copy: both pages are one run).
+    assert_eq!(s.count(Call::Maps), 1);
+    assert_eq!(s.count(Call::Protect), 4);
+    assert_eq!(s.count(Call::Copy), 4);
+    assert_eq!(s.count(Call::MemWrite), 0);
+    assert!(!s.fired());
+    assert_eq!(p.report().pages, 3);
+    revert_clean(p);
+    let _ = CapabilitySet::default();
+}
+
+/// A rendezvous that records the value of the slot at `.0` when asked to stop, then refuses.
+struct RefuseAndLook(u64, Option<u64>);
+
+fn load(addr: u64) -> u64 {
+    // SAFETY: the slot lies in the test buffer's data page, 8-aligned, alive.
+    unsafe { std::sync::atomic::AtomicU64::from_ptr(addr as *mut u64) }
+        .load(std::sync::atomic::Ordering::SeqCst)
+}
+
+// SAFETY: it never lets anyone write.
+unsafe impl alt_runtime::rendezvous::Rendezvous for RefuseAndLook {
+    fn stop(
+        &mut self,
+        _sites: &[std::ops::Range<u64>],
+    ) -> Result<(), alt_runtime::rendezvous::RendezvousError> {
+        self.1 = Some(load(self.0));
+        Err(alt_runtime::rendezvous::RendezvousError::new("refused"))
+    }
+
+    fn release(&mut self) {
+        panic!("released without a stop");
+    }
+}
+
+#[test]
+fn a_refused_paravirt_install_never_stores_the_new_backend() {
+    use alt_runtime::driver::Patcher;
+    use alt_runtime::paravirt::{Backend, OpChoice, OpDesc, PvTableEntry, TableDesc};
+    use alt_runtime::plan::Layout;
+    use alt_runtime::table::{relative, Clobbers, PvEntry};
+    let _g = lock();
+    let mut buf = Buf::new();
+    let site = buf.text(0x100);
+    let slot = buf.data(0x100);
+    buf.put(slot, &0x1111u64.to_le_bytes());
+    // call qword ptr [rip + SLOT]
+    let disp = (slot as i64 - (site as i64 + 6)) as i32;
+    buf.put(site, &cat(&[&[0xff, 0x15], &disp.to_le_bytes()]));
+    let native = buf.text(0x800);
+    let function = buf.text(0x900);
+    buf.seal();
+    let entry_addr = buf.data(0);
+    let entry = PvEntry {
+        site: relative(entry_addr, site).unwrap(),
+        op: 0,
+        site_len: 6,
+        clobbers: Clobbers::C_ABI.bits(),
+    };
+    let ops = [OpDesc {
+        name: "op",
+        native,
+        native_thunk: None,
+        dispatch_thunk: None,
+        dispatch_slot: 0,
+        inline: None,
+        clobbers: Clobbers::C_ABI,
+        returns: true,
+    }];
+    let choices = [OpChoice::Function(function)];
+    let text = buf.text_ranges();
+    let layout = Layout {
+        text: &text,
+        replacements: buf.repl_range(),
+    };
+    let table = TableDesc {
+        name: "T",
+        table: slot,
+        ops: &ops,
+        entries: 0..0,
+    };
+    let backend = Backend {
+        name: "b",
+        ops: &choices,
+    };
+    // SAFETY: the layout is the test buffer; the table's slot is in its data page, and the
+    // backend's function is never called (the site never runs).
+    let patcher = unsafe {
+        Patcher::new(CapabilitySet::default(), layout).paravirt_entries(
+            table,
+            backend,
+            vec![PvTableEntry {
+                addr: entry_addr,
+                entry,
+            }],
+        )
+    };
+    let prepared = patcher.plan(&writer()).unwrap();
+    assert_eq!(prepared.paravirt()[0].slots[0].value, function);
+    let before = buf.snapshot();
+    let mut r = RefuseAndLook(slot, None);
+    let e = prepared.apply(&mut writer(), &mut r).unwrap_err();
+    assert!(e.leftover.is_none());
+    assert_eq!(
+        r.1,
+        Some(0x1111),
+        "the slot held the old value when the rendezvous ran"
+    );
+    assert_eq!(load(slot), 0x1111);
+    assert_eq!(buf.snapshot(), before);
+}
