@@ -3,7 +3,7 @@
 //!
 //! Patching returns one: [`crate::process::patch_self`] in a hosted process (after its run, so
 //! the report describes text that is already patched), a paravirt table's `install`, or a kernel's
-//! own call of [`crate::patch::apply`]. It is plain data: print it, log it, or keep it; reverting
+//! own call of the [driver](crate::driver). It is plain data: print it, log it, or keep it; reverting
 //! does not need it (the patched state is kept by the patching code).
 //!
 //! [`Report`] implements [`Display`](core::fmt::Display) for people, and
