@@ -15,6 +15,9 @@ use std::hint::black_box;
 use alt::process::{patch_self_with, revert_self_with, PatchOptions};
 use alt::{alternative, CapabilitySet, Features};
 
+// This test patches for capability sets of its own, starting from the defaults.
+alt::no_patch_at_load!();
+
 /// Overwrites every caller-saved register an `extern "C"` function may change.
 #[inline(always)]
 fn trash_caller_saved() {

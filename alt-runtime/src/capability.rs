@@ -107,6 +107,14 @@ mod sets {
             const ARM64_819472 = 1 << 43;
             const ARM64_826319 = 1 << 44;
             const ARM64_827319 = 1 << 45;
+            const ARM64_1530923 = 1 << 46;
+            const ARM64_2441007 = 1 << 47;
+            const ARM64_1742098 = 1 << 48;
+            const ARM64_3194386 = 1 << 49;
+            const ARM64_1542419 = 1 << 50;
+            // Qualcomm (names after Linux's QCOM_FALKOR_ERRATUM_* options).
+            const QCOM_FALKOR_E1003 = 1 << 51;
+            const QCOM_FALKOR_E1009 = 1 << 52;
         }
     }
 }
@@ -177,7 +185,7 @@ const FEATURE_NAMES: [(&str, Features); 39] = [
 
 /// Names of the errata. Each starts with `erratum_` so that it can never be mistaken for a
 /// feature.
-const ERRATUM_NAMES: [(&str, Errata); 23] = [
+const ERRATUM_NAMES: [(&str, Errata); 30] = [
     ("erratum_amd_div0", Errata::AMD_DIV0),
     ("erratum_clflush_monitor", Errata::CLFLUSH_MONITOR),
     ("erratum_monitor", Errata::MONITOR),
@@ -201,6 +209,13 @@ const ERRATUM_NAMES: [(&str, Errata); 23] = [
     ("erratum_arm64_819472", Errata::ARM64_819472),
     ("erratum_arm64_826319", Errata::ARM64_826319),
     ("erratum_arm64_827319", Errata::ARM64_827319),
+    ("erratum_arm64_1530923", Errata::ARM64_1530923),
+    ("erratum_arm64_2441007", Errata::ARM64_2441007),
+    ("erratum_arm64_1742098", Errata::ARM64_1742098),
+    ("erratum_arm64_3194386", Errata::ARM64_3194386),
+    ("erratum_arm64_1542419", Errata::ARM64_1542419),
+    ("erratum_qcom_falkor_e1003", Errata::QCOM_FALKOR_E1003),
+    ("erratum_qcom_falkor_e1009", Errata::QCOM_FALKOR_E1009),
 ];
 
 impl Capability {

@@ -5,8 +5,13 @@
 //! [errata database](crate::errata) says it has. [`crate::policy`] combines the descriptors of
 //! all CPUs into the system's capabilities.
 //!
-//! - **Hosted Linux** (x86-64, `std`): [`probe_online_cpus`] runs the probe on a thread pinned to
-//!   each CPU the process may run on; [`probe_this_cpu`] probes wherever the caller runs.
+//! - **Hosted Linux** (`std`): `probe_online_cpus` returns one descriptor per **online** CPU
+//!   (`/sys/devices/system/cpu/online`), whatever the process's affinity mask, cheaply enough
+//!   for every process start: on AArch64 from each CPU's MIDR_EL1/REVIDR_EL1 in sysfs (no
+//!   thread); on x86-64 one probe stands for every CPU of a core type (one probe in all on a
+//!   part that is not hybrid; one pinned probe per core type on a hybrid part, whose types
+//!   sysfs lists). `probe_every_cpu` (x86-64) probes each online CPU on a thread pinned to it,
+//!   assuming nothing; `probe_this_cpu` probes wherever the caller runs.
 //! - **Bare metal**: each CPU builds its own descriptor as it comes up
 //!   ([`CpuDescriptor::probe_native`] on x86-64, [`CpuDescriptor::arm64`] from MIDR_EL1 and
 //!   REVIDR_EL1) and reports it to a [`CpuRegistry`](crate::policy::CpuRegistry).
@@ -14,7 +19,7 @@
 use core::fmt;
 
 use crate::capability::{CapabilitySet, Errata, Features};
-use crate::errata::{errata_for, Midr};
+use crate::errata::{aarch64_core_name, errata_for, Midr};
 use crate::x86_64::cpuid::{probe, CpuidSource, X86Cpu};
 
 /// The identity of a CPU.
@@ -37,10 +42,14 @@ impl fmt::Display for CpuId {
             CpuId::X86(cpu) => cpu.fmt(f),
             CpuId::Arm64 { midr, revidr } => {
                 let m = Midr::decode(*midr);
+                write!(f, "MIDR {midr:#010x} (")?;
+                if let Some(name) = aarch64_core_name(*midr) {
+                    write!(f, "{name} ")?;
+                }
                 write!(
                     f,
-                    "MIDR {midr:#010x} (implementer {:#04x} part {:#05x} r{}p{}) REVIDR {revidr:#x}",
-                    m.implementer, m.part, m.variant, m.revision
+                    "r{}p{}, implementer {:#04x} part {:#05x}) REVIDR {revidr:#x}",
+                    m.variant, m.revision, m.implementer, m.part
                 )
             }
         }
@@ -136,35 +145,124 @@ impl fmt::Display for CapabilityList {
     }
 }
 
-#[cfg(all(feature = "std", target_os = "linux", target_arch = "x86_64"))]
-pub use hosted::{allowed_cpus, probe_online_cpus, probe_this_cpu, CpuError};
+#[cfg(feature = "std")]
+pub use plan::{x86_probe_plan, X86ProbePlan};
 
-#[cfg(all(feature = "std", target_os = "linux", target_arch = "x86_64"))]
-mod hosted {
-    use std::fmt;
+/// Which CPUs the hosted x86-64 probe runs on: a pure function of what sysfs says, so that
+/// recorded trees can check it.
+#[cfg(feature = "std")]
+mod plan {
     use std::vec::Vec;
 
-    use super::CpuDescriptor;
+    use crate::sysfs::{CoreTypes, CpuList};
+    use crate::x86_64::cpuid::CoreType;
+
+    /// How the hosted x86-64 probe covers every online CPU.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub enum X86ProbePlan {
+        /// Not a hybrid part: one probe, wherever the caller runs, stands for every online CPU.
+        One,
+        /// A hybrid part whose core types sysfs lists: one probe pinned to each kind's online
+        /// CPUs stands for every CPU of that kind.
+        PerCoreType(Vec<(CoreType, CpuList)>),
+        /// A hybrid part without complete core-type lists: a probe pinned to each online CPU.
+        EveryCpu,
+    }
+
+    /// The plan for these online CPUs, the core-type lists sysfs gave (if any) and whether
+    /// CPUID says the part is hybrid (leaf 7 EDX bit 15, the same on every core of a part).
+    ///
+    /// Core-type lists are used only if every online CPU is in exactly one of them; otherwise
+    /// (a CPU in none, or in both) every online CPU is probed on its own.
+    pub fn x86_probe_plan(
+        online: &CpuList,
+        kinds: Option<&CoreTypes>,
+        hybrid: bool,
+    ) -> X86ProbePlan {
+        if !hybrid {
+            return X86ProbePlan::One;
+        }
+        let Some(kinds) = kinds else {
+            return X86ProbePlan::EveryCpu;
+        };
+        let groups: Vec<(CoreType, CpuList)> = kinds
+            .0
+            .iter()
+            .map(|(t, l)| (*t, l.intersection(online)))
+            .filter(|(_, l)| !l.is_empty())
+            .collect();
+        let covered_once = online
+            .cpus()
+            .iter()
+            .all(|&c| groups.iter().filter(|(_, l)| l.contains(c)).count() == 1);
+        if covered_once {
+            X86ProbePlan::PerCoreType(groups)
+        } else {
+            X86ProbePlan::EveryCpu
+        }
+    }
+}
+
+#[cfg(all(feature = "std", target_os = "linux"))]
+pub use hosted::CpuError;
+
+#[cfg(all(feature = "std", target_os = "linux", target_arch = "x86_64"))]
+pub use hosted::{allowed_cpus, probe_every_cpu, probe_online_cpus, probe_this_cpu};
+
+#[cfg(all(feature = "std", target_os = "linux", target_arch = "aarch64"))]
+pub use hosted::probe_online_cpus;
+
+#[cfg(all(feature = "std", target_os = "linux"))]
+mod hosted {
+    use std::fmt;
+    #[cfg(target_arch = "x86_64")]
+    use std::vec::Vec;
+
+    use crate::sysfs::{CpuList, SysfsError};
+    use crate::x86_64::cpuid::CoreType;
+    #[cfg(target_arch = "x86_64")]
+    use {
+        super::{x86_probe_plan, CpuDescriptor, X86ProbePlan},
+        crate::capability::Features,
+        crate::sysfs::Sysfs,
+        crate::x86_64::cpuid::{probe, NativeCpuid, X86Cpu},
+    };
 
     /// Why the CPUs could not all be probed.
     #[derive(Clone, Debug, PartialEq, Eq)]
     pub enum CpuError {
+        /// A sysfs file (the online CPUs, a core-type list, an AArch64 identification
+        /// register) could not be read.
+        Sysfs(SysfsError),
         /// `sched_getaffinity` failed with this errno.
         GetAffinity(i32),
-        /// Pinning the probe thread to `cpu` failed with this errno.
+        /// Pinning a thread to these CPUs failed with this errno (for example a CPU outside
+        /// the process's cpuset).
         Pin {
-            /// The CPU.
-            cpu: u32,
+            /// The CPUs.
+            cpus: CpuList,
             /// The errno.
             errno: i32,
         },
-        /// The probe thread for `cpu` ran elsewhere (`ran_on`) despite being pinned.
+        /// A thread pinned to `cpus` ran elsewhere (`ran_on`).
         NotPinned {
-            /// The CPU asked for.
-            cpu: u32,
+            /// The CPUs asked for.
+            cpus: CpuList,
             /// Where the thread ran.
             ran_on: i32,
         },
+        /// A thread pinned to the CPUs sysfs lists as one core type found another in CPUID
+        /// leaf 0x1A.
+        CoreType {
+            /// The CPUs.
+            cpus: CpuList,
+            /// The core type sysfs gave.
+            expected: CoreType,
+            /// The core type CPUID gave.
+            found: CoreType,
+        },
+        /// The calling thread's affinity could not be restored after probing (errno).
+        RestoreAffinity(i32),
         /// The probe thread for `cpu` could not be started or did not finish.
         Thread {
             /// The CPU.
@@ -174,20 +272,29 @@ mod hosted {
 
     impl fmt::Display for CpuError {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let os = |e: i32| std::io::Error::from_raw_os_error(e);
             match self {
-                CpuError::GetAffinity(e) => write!(
-                    f,
-                    "sched_getaffinity failed: {}",
-                    std::io::Error::from_raw_os_error(*e)
-                ),
-                CpuError::Pin { cpu, errno } => write!(
-                    f,
-                    "cannot pin a thread to CPU {cpu}: {}",
-                    std::io::Error::from_raw_os_error(*errno)
-                ),
-                CpuError::NotPinned { cpu, ran_on } => {
-                    write!(f, "probe thread pinned to CPU {cpu} ran on CPU {ran_on}")
+                CpuError::Sysfs(e) => write!(f, "reading sysfs: {e}"),
+                CpuError::GetAffinity(e) => write!(f, "sched_getaffinity failed: {}", os(*e)),
+                CpuError::Pin { cpus, errno } => {
+                    write!(f, "cannot pin a thread to CPUs {cpus}: {}", os(*errno))
                 }
+                CpuError::NotPinned { cpus, ran_on } => {
+                    write!(f, "probe pinned to CPUs {cpus} ran on CPU {ran_on}")
+                }
+                CpuError::CoreType {
+                    cpus,
+                    expected,
+                    found,
+                } => write!(
+                    f,
+                    "CPUs {cpus} are listed as core type {expected} but CPUID says {found}"
+                ),
+                CpuError::RestoreAffinity(e) => write!(
+                    f,
+                    "cannot restore the calling thread's CPU affinity after probing: {}",
+                    os(*e)
+                ),
                 CpuError::Thread { cpu } => write!(f, "probe thread for CPU {cpu} failed"),
             }
         }
@@ -195,12 +302,23 @@ mod hosted {
 
     impl std::error::Error for CpuError {}
 
+    /// AArch64: one descriptor per online CPU from its MIDR_EL1 and REVIDR_EL1 in sysfs
+    /// ([`crate::sysfs::Sysfs::arm64_cpus`]). No thread and no instruction: Linux keeps every
+    /// online CPU's registers in `/sys/devices/system/cpu/cpuN/regs/identification`.
+    #[cfg(target_arch = "aarch64")]
+    pub fn probe_online_cpus() -> Result<std::vec::Vec<super::CpuDescriptor>, CpuError> {
+        crate::sysfs::Sysfs::system()
+            .arm64_cpus()
+            .map_err(CpuError::Sysfs)
+    }
+
+    #[cfg(target_arch = "x86_64")]
     fn errno() -> i32 {
         std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
     }
 
-    /// The CPUs this process may run on (its `sched_getaffinity` mask), in increasing order.
-    pub fn allowed_cpus() -> Result<Vec<u32>, CpuError> {
+    #[cfg(target_arch = "x86_64")]
+    fn get_affinity() -> Result<libc::cpu_set_t, CpuError> {
         // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
         let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
         // SAFETY: `set` is a valid, writable cpu_set_t of the size passed; pid 0 is this thread.
@@ -209,6 +327,43 @@ mod hosted {
         if rc != 0 {
             return Err(CpuError::GetAffinity(errno()));
         }
+        Ok(set)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn set_affinity(set: &libc::cpu_set_t) -> Result<(), i32> {
+        // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is the calling thread.
+        let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) };
+        if rc != 0 {
+            return Err(errno());
+        }
+        Ok(())
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn cpu_set(cpus: &CpuList) -> libc::cpu_set_t {
+        // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        for &cpu in cpus.cpus() {
+            if (cpu as usize) < libc::CPU_SETSIZE as usize {
+                // SAFETY: `cpu` is below CPU_SETSIZE, so CPU_SET writes inside `set`.
+                unsafe { libc::CPU_SET(cpu as usize, &mut set) };
+            }
+        }
+        set
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn current_cpu() -> i32 {
+        // SAFETY: sched_getcpu has no preconditions.
+        unsafe { libc::sched_getcpu() }
+    }
+
+    /// The CPUs this thread may run on (its `sched_getaffinity` mask), in increasing order.
+    /// This is not the set the probe covers: that is every online CPU.
+    #[cfg(target_arch = "x86_64")]
+    pub fn allowed_cpus() -> Result<Vec<u32>, CpuError> {
+        let set = get_affinity()?;
         let max = u32::try_from(libc::CPU_SETSIZE).unwrap_or(1024);
         Ok((0..max)
             // SAFETY: `cpu` is below CPU_SETSIZE, so CPU_ISSET reads inside `set`.
@@ -216,45 +371,68 @@ mod hosted {
             .collect())
     }
 
-    fn pin_current_thread(cpu: u32) -> Result<(), CpuError> {
-        // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `cpu` came from `allowed_cpus`, so it is below CPU_SETSIZE.
-        unsafe { libc::CPU_SET(cpu as usize, &mut set) };
-        // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is the calling thread,
-        // which is the probe thread created for this purpose, never the caller's thread.
-        let rc =
-            unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-        if rc != 0 {
-            return Err(CpuError::Pin {
-                cpu,
-                errno: errno(),
-            });
+    /// Probes while the calling thread is pinned to each group's CPUs in turn, then restores
+    /// its affinity exactly as it was. One probe per group; checks that the thread ran inside
+    /// the group and, for a known core type, that CPUID agrees.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn probe_pinned_groups(
+        groups: &[(CoreType, CpuList)],
+    ) -> Result<Vec<X86Cpu>, CpuError> {
+        let saved = get_affinity()?;
+        let mut out = Vec::with_capacity(groups.len());
+        let mut failure = None;
+        for (ty, cpus) in groups {
+            if let Err(errno) = set_affinity(&cpu_set(cpus)) {
+                failure = Some(CpuError::Pin {
+                    cpus: cpus.clone(),
+                    errno,
+                });
+                break;
+            }
+            // The kernel moves the calling thread before sched_setaffinity returns.
+            let cpu = probe(&NativeCpuid);
+            let ran_on = current_cpu();
+            if ran_on >= 0 && !cpus.contains(ran_on as u32) {
+                failure = Some(CpuError::NotPinned {
+                    cpus: cpus.clone(),
+                    ran_on,
+                });
+                break;
+            }
+            if *ty != CoreType::Unknown && cpu.core_type != *ty {
+                failure = Some(CpuError::CoreType {
+                    cpus: cpus.clone(),
+                    expected: *ty,
+                    found: cpu.core_type,
+                });
+                break;
+            }
+            out.push(cpu);
         }
-        Ok(())
+        set_affinity(&saved).map_err(CpuError::RestoreAffinity)?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
 
-    fn current_cpu() -> i32 {
-        // SAFETY: sched_getcpu has no preconditions.
-        unsafe { libc::sched_getcpu() }
-    }
-
-    /// Probes every CPU this process may run on, one descriptor per CPU in increasing CPU
-    /// order. Each probe runs on a fresh thread pinned to its CPU, so the calling thread's
-    /// affinity is never changed.
-    ///
-    /// Systems with more than `CPU_SETSIZE` (1024) CPUs are probed only up to CPU 1023.
-    pub fn probe_online_cpus() -> Result<Vec<CpuDescriptor>, CpuError> {
-        let cpus = allowed_cpus()?;
-        let mut out = Vec::with_capacity(cpus.len());
-        for cpu in cpus {
+    /// One probe per CPU, each on a fresh thread pinned to it; the caller's affinity is never
+    /// touched.
+    #[cfg(target_arch = "x86_64")]
+    fn probe_each(cpus: &CpuList) -> Result<Vec<CpuDescriptor>, CpuError> {
+        let mut out = Vec::with_capacity(cpus.cpus().len());
+        for &cpu in cpus.cpus() {
             let handle = std::thread::Builder::new()
                 .name(std::format!("alt-probe-{cpu}"))
                 .spawn(move || -> Result<CpuDescriptor, CpuError> {
-                    pin_current_thread(cpu)?;
+                    let one = CpuList::from_cpus([cpu]);
+                    set_affinity(&cpu_set(&one)).map_err(|errno| CpuError::Pin {
+                        cpus: one.clone(),
+                        errno,
+                    })?;
                     let ran_on = current_cpu();
                     if ran_on >= 0 && ran_on as u32 != cpu {
-                        return Err(CpuError::NotPinned { cpu, ran_on });
+                        return Err(CpuError::NotPinned { cpus: one, ran_on });
                     }
                     Ok(CpuDescriptor::probe_native(cpu))
                 })
@@ -265,8 +443,72 @@ mod hosted {
         Ok(out)
     }
 
+    /// One descriptor per **online** CPU (`/sys/devices/system/cpu/online`), in CPU order,
+    /// cheaply: the process's affinity mask does not matter (a program started under
+    /// `taskset -c 0` decides for every CPU it may later run on).
+    ///
+    /// - Not a hybrid part (CPUID leaf 7 EDX bit 15 clear): one probe, on whichever CPU the
+    ///   caller runs, stands for every online CPU. No thread, no pinning: the cost is the
+    ///   probe's CPUID instructions and one small sysfs read.
+    /// - A hybrid part: one probe per core type, with the calling thread pinned to that
+    ///   type's online CPUs (`/sys/devices/cpu_core/cpus`, `/sys/devices/cpu_atom/cpus`) and
+    ///   its affinity restored exactly afterwards; each probe's CPUID core type must match.
+    ///   Without complete lists, [`probe_every_cpu`].
+    ///
+    /// This assumes that **CPUs of one core type are identical**: same CPUID, same
+    /// family/model/stepping, hence the same features and errata. Linux x86 assumes more: it
+    /// patches its alternatives from the boot CPU alone before bringing up the others. A
+    /// system that mixes steppings of one core type (a multi-socket board with different
+    /// steppings) is decided from the CPU the caller ran on; [`probe_every_cpu`] does not
+    /// assume it.
+    ///
+    /// Without a readable `/sys/devices/system/cpu/online` (no sysfs mounted) this fails with
+    /// [`CpuError::Sysfs`] rather than guess which CPUs exist; patching then keeps every
+    /// default.
+    #[cfg(target_arch = "x86_64")]
+    pub fn probe_online_cpus() -> Result<Vec<CpuDescriptor>, CpuError> {
+        let sysfs = Sysfs::system();
+        let online = sysfs.online_cpus().map_err(CpuError::Sysfs)?;
+        let here = probe(&NativeCpuid);
+        let hybrid = here.features.contains(Features::HYBRID);
+        let kinds = if hybrid {
+            sysfs.core_types().map_err(CpuError::Sysfs)?
+        } else {
+            None
+        };
+        match x86_probe_plan(&online, kinds.as_ref(), hybrid) {
+            X86ProbePlan::One => Ok(online
+                .cpus()
+                .iter()
+                .map(|&i| CpuDescriptor::x86(i, here))
+                .collect()),
+            X86ProbePlan::PerCoreType(groups) => {
+                let probed = probe_pinned_groups(&groups)?;
+                Ok(online
+                    .cpus()
+                    .iter()
+                    .filter_map(|&i| {
+                        let g = groups.iter().position(|(_, l)| l.contains(i))?;
+                        Some(CpuDescriptor::x86(i, probed[g]))
+                    })
+                    .collect())
+            }
+            X86ProbePlan::EveryCpu => probe_each(&online),
+        }
+    }
+
+    /// One descriptor per online CPU, each probed on a thread pinned to that CPU: no
+    /// assumption that CPUs are alike, at the cost of a thread per CPU. Fails with
+    /// [`CpuError::Pin`] for an online CPU the process may not run on (outside its cpuset).
+    #[cfg(target_arch = "x86_64")]
+    pub fn probe_every_cpu() -> Result<Vec<CpuDescriptor>, CpuError> {
+        let online = Sysfs::system().online_cpus().map_err(CpuError::Sysfs)?;
+        probe_each(&online)
+    }
+
     /// Probes the CPU the calling thread is running on now, without pinning (the thread may
     /// move right after). Its index is `sched_getcpu()`, or 0 if that fails.
+    #[cfg(target_arch = "x86_64")]
     pub fn probe_this_cpu() -> CpuDescriptor {
         let index = u32::try_from(current_cpu()).unwrap_or(0);
         CpuDescriptor::probe_native(index)
@@ -287,7 +529,7 @@ mod tests {
         fmt::write(&mut s, format_args!("{d}")).unwrap();
         assert_eq!(
             s.as_str(),
-            "cpu2: MIDR 0x410fd034 (implementer 0x41 part 0xd03 r0p4) REVIDR 0x0; features: -; \
+            "cpu2: MIDR 0x410fd034 (Cortex-A53 r0p4, implementer 0x41 part 0xd03) REVIDR 0x0; features: -; \
              errata: erratum_arm64_835769 erratum_arm64_843419 erratum_arm64_845719"
         );
     }
@@ -322,15 +564,115 @@ mod tests {
             out
         }
 
-        #[test]
-        fn one_descriptor_per_allowed_cpu_and_affinity_unchanged() {
+        fn online() -> Vec<u32> {
+            crate::sysfs::Sysfs::system()
+                .online_cpus()
+                .unwrap()
+                .cpus()
+                .to_vec()
+        }
+
+        fn set_affinity(cpus: &[u32]) {
+            // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
+            let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+            for &c in cpus {
+                // SAFETY: the CPUs come from this machine's lists, far below CPU_SETSIZE.
+                unsafe { libc::CPU_SET(c as usize, &mut set) };
+            }
+            // SAFETY: `set` is valid for its size; pid 0 is this test thread.
+            let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+            assert_eq!(rc, 0);
+        }
+
+        /// Runs `f` with this test thread pinned to CPU 0, as `taskset -c 0` starts a
+        /// program, then restores the affinity.
+        fn pinned_to_cpu0<T>(f: impl FnOnce() -> T) -> T {
             let before = affinity_now();
-            let cpus = probe_online_cpus().unwrap();
-            assert_eq!(affinity_now(), before, "caller's affinity changed");
+            set_affinity(&[0]);
+            assert_eq!(affinity_now(), [0]);
+            let out = f();
+            assert_eq!(
+                affinity_now(),
+                [0],
+                "the probe restores the caller's affinity"
+            );
+            set_affinity(&before);
+            out
+        }
+
+        #[test]
+        fn one_descriptor_per_online_cpu_whatever_the_affinity() {
+            // Regression (issue 14 item 5): probing followed sched_getaffinity, so a thread
+            // pinned to CPU 0 got one descriptor although CPU 1 is online too.
+            let online = online();
+            let cpus = pinned_to_cpu0(probe_online_cpus).unwrap();
             let indices: Vec<u32> = cpus.iter().map(|d| d.index).collect();
-            assert_eq!(indices, before);
+            assert_eq!(indices, online);
+            assert_eq!(affinity_now().len(), allowed_cpus().unwrap().len());
             let this = probe_this_cpu();
-            assert!(before.contains(&this.index));
+            assert!(online.contains(&this.index));
+        }
+
+        #[test]
+        fn the_cheap_probe_agrees_with_a_probe_on_every_cpu() {
+            // The assumption the cheap probe makes (CPUs of one core type are identical) holds
+            // here; probe_every_cpu reaches CPUs outside the caller's affinity too.
+            let before = affinity_now();
+            let cheap = probe_online_cpus().unwrap();
+            let every = pinned_to_cpu0(probe_every_cpu).unwrap();
+            assert_eq!(cheap, every);
+            assert_eq!(
+                affinity_now(),
+                before,
+                "the caller's affinity is never changed"
+            );
+        }
+
+        #[test]
+        fn pinned_groups_run_in_their_group_and_restore_the_affinity_exactly() {
+            use crate::sysfs::CpuList;
+            use crate::x86_64::cpuid::CoreType;
+            let before = affinity_now();
+            let groups: Vec<(CoreType, CpuList)> = online()
+                .into_iter()
+                .map(|c| (CoreType::Unknown, CpuList::from_cpus([c])))
+                .collect();
+            let probed = super::super::hosted::probe_pinned_groups(&groups).unwrap();
+            assert_eq!(probed.len(), groups.len());
+            assert!(
+                probed.iter().all(|c| *c == probed[0]),
+                "identical CPUs here"
+            );
+            assert_eq!(affinity_now(), before);
+            // A CPU that does not exist: refused, and the affinity is restored anyway.
+            let e = super::super::hosted::probe_pinned_groups(&[(
+                CoreType::Unknown,
+                CpuList::from_cpus([1000]),
+            )])
+            .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    CpuError::Pin {
+                        errno: libc::EINVAL,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+            assert_eq!(
+                std::format!("{e}"),
+                "cannot pin a thread to CPUs 1000: Invalid argument (os error 22)"
+            );
+            assert_eq!(affinity_now(), before);
+            // A core type CPUID does not report: refused, affinity restored.
+            let e = super::super::hosted::probe_pinned_groups(&[(
+                CoreType::Atom,
+                CpuList::from_cpus([0]),
+            )])
+            .unwrap_err();
+            assert!(matches!(e, CpuError::CoreType { .. }), "{e}");
+            assert_eq!(affinity_now(), before);
         }
 
         #[test]
@@ -344,6 +686,8 @@ mod tests {
                 ("erms", Features::ERMS),
                 ("sse4_2", Features::SSE4_2),
                 ("hypervisor", Features::HYPERVISOR),
+                // Linux lists fsgsbase only when it enabled it (not with `nofsgsbase`).
+                ("fsgsbase", Features::FSGSBASE),
             ];
             for d in &cpus {
                 let (_, flags) = info

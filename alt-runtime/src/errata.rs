@@ -6,9 +6,28 @@
 //! - **x86-64** ([`X86Match`]): vendor, a family range and a `(model, stepping)` range compared
 //!   as pairs (as Linux's `AMD_MODEL_RANGE`), plus CPUID facts ([`X86Facts`]) that must be present
 //!   (`requires`) or absent (`unless`).
-//! - **AArch64** ([`MidrMatch`]): MIDR implementer and part number, a `(variant, revision)` range
-//!   (as Linux's `MIDR_RANGE` / `ERRATA_MIDR_REV_RANGE`), and REVIDR exclusions: a part at a given
-//!   `rXpY` whose REVIDR has one of the listed bits set carries the fix (as Linux's `MIDR_FIXED`).
+//! - **AArch64** ([`MidrMatch`]): MIDR implementer, architecture (`0xf`) and part number, a
+//!   `(variant, revision)` range (as Linux's `MIDR_RANGE` / `ERRATA_MIDR_REV_RANGE`, which
+//!   compare `MIDR_CPU_MODEL_MASK`: implementer, architecture, part), and REVIDR exclusions: a part
+//!   at a given `rXpY` whose REVIDR has one of the listed bits set carries the fix (as Linux's
+//!   `MIDR_FIXED`). A part number may be matched under a mask (Linux's `is_kryo_midr`).
+//!
+//! # Vendor cores that are Arm designs
+//!
+//! Several SoC vendors ship Arm cores under their own implementer code, and their errata are
+//! the Arm core's: Linux's lists name them beside the Arm part, with their own `rXpY` numbering
+//! (Kryo 4xx Gold `rcpe..rfpf` is Cortex-A76 `r0p0..r3p1`). The database follows Linux's
+//! lists exactly, alias by alias: Broadcom Brahma-B53 (Cortex-A53), Qualcomm Kryo 2xx Silver
+//! (Cortex-A53), Kryo 4xx Gold (Cortex-A76), Kryo 4xx Silver (Cortex-A55; Kryo 5xx Silver
+//! reports the same MIDR). Qualcomm's Kryo 3xx Silver and Kryo 5xx/6xx cores identify
+//! themselves with Arm's own MIDR, so they match the Arm entries directly.
+//!
+//! # What the database does not decide
+//!
+//! Linux's Spectre-v2, -v3a, -v4 and -BHB entries depend on ID registers (CSV2, SSBS, ECBHB)
+//! and on the firmware's answer, not on MIDR and REVIDR, so they are not here. Errata of cores
+//! outside the database (Cortex-A73, A77, A510, A710, ThunderX, ...) are not here either, except
+//! where an entry lists them beside a core it covers (ARM 3194386).
 //!
 //! [`errata_for`] evaluates the table for one CPU. Every entry is a documented erratum; the
 //! `source` field says where its affected range was checked.
@@ -19,7 +38,8 @@
 //!    notice or revision guide, or the Linux file that handles it (`arch/arm64/kernel/cpu_errata.c`,
 //!    `arch/x86/kernel/cpu/{amd,intel,hygon,common}.c`). Read for facts; do not copy code.
 //! 2. Add a bit to [`Errata`] and its `erratum_...` name to `ERRATUM_NAMES` in
-//!    [`crate::capability`] (never renumber existing bits: table entries store them).
+//!    [`crate::capability`] (never renumber existing bits: table entries store them), and its
+//!    `ALT_CAP_ERRATUM_...` id to `include/alt.h`.
 //! 3. Add an [`Erratum`] to [`ERRATA`] with its matches and `source`, and a test below with a
 //!    CPU just inside and just outside the range (and with the REVIDR fix bit, if any).
 //! 4. Add a row to `docs/capabilities.md`.
@@ -97,8 +117,11 @@ pub struct RevidrFix {
 pub struct MidrMatch {
     /// MIDR implementer (bits 31:24), `0x41` for Arm.
     pub implementer: u8,
-    /// MIDR part number (bits 15:4).
+    /// MIDR part number (bits 15:4), compared under `part_mask`.
     pub part: u16,
+    /// The part-number bits compared: `0xfff` for one part, `0xf00` for a family of parts
+    /// (Linux's `is_kryo_midr` matches Qualcomm parts `0x2XX`).
+    pub part_mask: u16,
     /// First `(variant, revision)`, inclusive.
     pub first: (u8, u8),
     /// Last `(variant, revision)`, inclusive.
@@ -144,11 +167,19 @@ impl Midr {
     }
 }
 
+/// MIDR architecture `0xf`: "defined by the ID registers", what every Armv8 and later part
+/// reports. Linux's `MIDR_CPU_MODEL` includes it, so a MIDR with another architecture value
+/// matches no entry.
+pub const MIDR_ARCHITECTURE_ID_REGS: u8 = 0xf;
+
 impl MidrMatch {
     /// Whether the CPU with these MIDR and REVIDR values is affected.
     pub fn matches(&self, midr: u32, revidr: u32) -> bool {
         let m = Midr::decode(midr);
-        if m.implementer != self.implementer || m.part != self.part {
+        if m.implementer != self.implementer
+            || m.architecture != MIDR_ARCHITECTURE_ID_REGS
+            || m.part & self.part_mask != self.part
+        {
             return false;
         }
         let rv = (m.variant, m.revision);
@@ -164,8 +195,16 @@ impl MidrMatch {
 
 /// Arm Ltd. implementer code.
 pub const ARM: u8 = 0x41;
+/// Broadcom implementer code.
+pub const BROADCOM: u8 = 0x42;
+/// Qualcomm implementer code.
+pub const QUALCOMM: u8 = 0x51;
+/// Microsoft implementer code.
+pub const MICROSOFT: u8 = 0x6d;
 /// Cortex-A53 part number.
 pub const CORTEX_A53: u16 = 0xd03;
+/// Cortex-A55 part number.
+pub const CORTEX_A55: u16 = 0xd05;
 /// Cortex-A57 part number.
 pub const CORTEX_A57: u16 = 0xd07;
 /// Cortex-A72 part number.
@@ -174,6 +213,93 @@ pub const CORTEX_A72: u16 = 0xd08;
 pub const CORTEX_A76: u16 = 0xd0b;
 /// Neoverse-N1 part number.
 pub const NEOVERSE_N1: u16 = 0xd0c;
+/// Broadcom Brahma-B53 part number (a Cortex-A53).
+pub const BRAHMA_B53: u16 = 0x100;
+/// Qualcomm Falkor v1 part number (Qualcomm's own design).
+pub const FALKOR_V1: u16 = 0x800;
+/// Qualcomm Kryo parts `0x2XX` (Qualcomm's own design), matched under the mask `0xf00`.
+pub const KRYO: u16 = 0x200;
+/// Qualcomm Kryo 2xx Silver part number (a Cortex-A53).
+pub const KRYO_2XX_SILVER: u16 = 0x801;
+/// Qualcomm Kryo 4xx Gold part number (a Cortex-A76).
+pub const KRYO_4XX_GOLD: u16 = 0x804;
+/// Qualcomm Kryo 4xx Silver part number (a Cortex-A55).
+pub const KRYO_4XX_SILVER: u16 = 0x805;
+
+/// The AArch64 cores the database names, for people: `(implementer, part, name)`. Part
+/// numbers are those of Linux's `arch/arm64/include/asm/cputype.h`.
+pub const AARCH64_CORES: &[(u8, u16, &str)] = &[
+    (ARM, CORTEX_A53, "Cortex-A53"),
+    (ARM, CORTEX_A55, "Cortex-A55"),
+    (ARM, CORTEX_A57, "Cortex-A57"),
+    (ARM, CORTEX_A72, "Cortex-A72"),
+    (ARM, CORTEX_A76, "Cortex-A76"),
+    (ARM, NEOVERSE_N1, "Neoverse-N1"),
+    (ARM, 0xd0d, "Cortex-A77"),
+    (ARM, 0xd41, "Cortex-A78"),
+    (ARM, 0xd4b, "Cortex-A78C"),
+    (ARM, 0xd47, "Cortex-A710"),
+    (ARM, 0xd4d, "Cortex-A715"),
+    (ARM, 0xd81, "Cortex-A720"),
+    (ARM, 0xd87, "Cortex-A725"),
+    (ARM, 0xd44, "Cortex-X1"),
+    (ARM, 0xd4c, "Cortex-X1C"),
+    (ARM, 0xd48, "Cortex-X2"),
+    (ARM, 0xd4e, "Cortex-X3"),
+    (ARM, 0xd82, "Cortex-X4"),
+    (ARM, 0xd85, "Cortex-X925"),
+    (ARM, 0xd49, "Neoverse-N2"),
+    (ARM, 0xd8e, "Neoverse-N3"),
+    (ARM, 0xd40, "Neoverse-V1"),
+    (ARM, 0xd4f, "Neoverse-V2"),
+    (ARM, 0xd84, "Neoverse-V3"),
+    (BROADCOM, BRAHMA_B53, "Brahma-B53"),
+    (QUALCOMM, FALKOR_V1, "Falkor v1"),
+    (QUALCOMM, KRYO_2XX_SILVER, "Kryo 2xx Silver"),
+    (QUALCOMM, KRYO_4XX_GOLD, "Kryo 4xx Gold"),
+    (QUALCOMM, KRYO_4XX_SILVER, "Kryo 4xx Silver"),
+    (MICROSOFT, AZURE_COBALT_100, "Azure Cobalt 100"),
+];
+
+/// The name of the core a MIDR value identifies, if the database knows it (Qualcomm parts
+/// `0x2XX` are "Kryo").
+pub fn aarch64_core_name(midr: u32) -> Option<&'static str> {
+    let m = Midr::decode(midr);
+    if m.architecture != MIDR_ARCHITECTURE_ID_REGS {
+        return None;
+    }
+    AARCH64_CORES
+        .iter()
+        .find(|(i, p, _)| *i == m.implementer && *p == m.part)
+        .map(|(_, _, n)| *n)
+        .or((m.implementer == QUALCOMM && m.part & 0xf00 == KRYO).then_some("Kryo"))
+}
+
+/// Arm parts of Linux's `erratum_spec_ssbs_list` (ARM 3194386), beside Cobalt 100.
+const SSBS_PARTS: [u16; 20] = [
+    CORTEX_A76,
+    0xd0d,
+    0xd41,
+    0xd4b,
+    0xd47,
+    0xd4d,
+    0xd81,
+    0xd87,
+    0xd44,
+    0xd4c,
+    0xd48,
+    0xd4e,
+    0xd82,
+    0xd85,
+    NEOVERSE_N1,
+    0xd49,
+    0xd8e,
+    0xd40,
+    0xd4f,
+    0xd84,
+];
+/// Microsoft Azure Cobalt 100 part number (a Neoverse-N2).
+const AZURE_COBALT_100: u16 = 0xd49;
 
 const ANY: (u32, u32) = (0, u32::MAX);
 const ALL_MODELS: ((u32, u32), (u32, u32)) = ((0, 0), (u32::MAX, u32::MAX));
@@ -218,17 +344,64 @@ const fn intel6(model: u32, requires: X86Facts) -> X86Match {
     }
 }
 
-const fn arm(part: u16, first: (u8, u8), last: (u8, u8)) -> MidrMatch {
+/// `implementer:part` from `rXpY` to `rXpY`, inclusive.
+const fn midr(implementer: u8, part: u16, first: (u8, u8), last: (u8, u8)) -> MidrMatch {
     MidrMatch {
-        implementer: ARM,
+        implementer,
         part,
+        part_mask: 0xfff,
         first,
         last,
         fixed: &[],
     }
 }
 
+const fn arm(part: u16, first: (u8, u8), last: (u8, u8)) -> MidrMatch {
+    midr(ARM, part, first, last)
+}
+
+/// Every revision of a part (Linux's `MIDR_ALL_VERSIONS`).
+const fn all_revs(implementer: u8, part: u16) -> MidrMatch {
+    midr(implementer, part, ALL_REVS.0, ALL_REVS.1)
+}
+
 const ALL_REVS: ((u8, u8), (u8, u8)) = ((0, 0), (0xf, 0xf));
+
+/// Every revision of every Arm part in [`SSBS_PARTS`], then Cobalt 100.
+const SSBS_MATCHES: [MidrMatch; 21] = {
+    let mut m = [all_revs(MICROSOFT, AZURE_COBALT_100); 21];
+    let mut i = 0;
+    while i < SSBS_PARTS.len() {
+        m[i] = all_revs(ARM, SSBS_PARTS[i]);
+        i += 1;
+    }
+    m
+};
+
+/// Falkor v1 r0p0 and every Kryo `0x2XX` part: Linux's `qcom_erratum_1003_list`, and the
+/// Falkor half of `arm64_repeat_tlbi_list`.
+const FALKOR_KRYO: [MidrMatch; 2] = [
+    midr(QUALCOMM, FALKOR_V1, (0, 0), (0, 0)),
+    MidrMatch {
+        implementer: QUALCOMM,
+        part: KRYO,
+        part_mask: 0xf00,
+        first: ALL_REVS.0,
+        last: ALL_REVS.1,
+        fixed: &[],
+    },
+];
+
+/// A source in Linux's `arch/arm64/kernel/cpu_errata.c`, read at commit c771600c6af1 (the
+/// `arm64_errata[]` lists; part numbers from `asm/cputype.h`).
+macro_rules! linux {
+    ($what:literal) => {
+        concat!(
+            "Linux arch/arm64/kernel/cpu_errata.c (c771600c6af1) ",
+            $what
+        )
+    };
+}
 
 /// The database. Order does not matter.
 pub const ERRATA: &[Erratum] = &[
@@ -322,36 +495,45 @@ pub const ERRATA: &[Erratum] = &[
         }]),
     },
     // ---- AArch64 -------------------------------------------------------------------------
+    // Sources name Linux's list (or entry) and option; `linux!` adds the file and commit.
     Erratum {
         erratum: Errata::ARM64_835769,
         id: "ARM 835769",
         description: "Cortex-A53: an AArch64 multiply-accumulate instruction might produce an incorrect result",
-        source: "Linux arch/arm64/Kconfig ARM64_ERRATUM_835769 (build-time -mfix-cortex-a53-835769); Arm TF-A ERRATA_A53_835769: Cortex-A53 up to r0p4",
+        source: "Arm TF-A docs (cpu-specific build macros) ERRATA_A53_835769: Cortex-A53 up to r0p4, a compile- and link-time workaround (-mfix-cortex-a53-835769); Linux has no run-time entry or option for it",
         matches: Matches::Arm64(&[arm(CORTEX_A53, (0, 0), (0, 4))]),
     },
     Erratum {
         erratum: Errata::ARM64_843419,
         id: "ARM 843419",
         description: "Cortex-A53: a load or store might access an incorrect address (ADRP at the end of a 4 KiB page)",
-        source: "Linux arch/arm64/kernel/cpu_errata.c erratum_843419_list, CONFIG_ARM64_ERRATUM_843419: Cortex-A53 r0p0-r0p4, r0p4 fixed when REVIDR bit 8 is set",
-        matches: Matches::Arm64(&[MidrMatch {
-            implementer: ARM,
-            part: CORTEX_A53,
-            first: (0, 0),
-            last: (0, 4),
-            fixed: &[RevidrFix {
-                variant: 0,
-                revision: 4,
-                revidr_mask: 1 << 8,
-            }],
-        }]),
+        source: linux!("erratum_843419_list, CONFIG_ARM64_ERRATUM_843419: Cortex-A53 r0p0-r0p4 (r0p4 fixed when REVIDR bit 8 is set), Brahma-B53 r0p0"),
+        matches: Matches::Arm64(&[
+            MidrMatch {
+                implementer: ARM,
+                part: CORTEX_A53,
+                part_mask: 0xfff,
+                first: (0, 0),
+                last: (0, 4),
+                fixed: &[RevidrFix {
+                    variant: 0,
+                    revision: 4,
+                    revidr_mask: 1 << 8,
+                }],
+            },
+            midr(BROADCOM, BRAHMA_B53, (0, 0), (0, 0)),
+        ]),
     },
     Erratum {
         erratum: Errata::ARM64_845719,
         id: "ARM 845719",
         description: "Cortex-A53: a load might read incorrect data (AArch32 EL0 after a CONTEXTIDR change)",
-        source: "Linux arch/arm64/kernel/cpu_errata.c erratum_845719_list, CONFIG_ARM64_ERRATUM_845719: Cortex-A53 r0p0-r0p4",
-        matches: Matches::Arm64(&[arm(CORTEX_A53, (0, 0), (0, 4))]),
+        source: linux!("erratum_845719_list, CONFIG_ARM64_ERRATUM_845719: Cortex-A53 r0p0-r0p4, Brahma-B53 r0p0, Kryo 2xx Silver rAp4"),
+        matches: Matches::Arm64(&[
+            arm(CORTEX_A53, (0, 0), (0, 4)),
+            midr(BROADCOM, BRAHMA_B53, (0, 0), (0, 0)),
+            midr(QUALCOMM, KRYO_2XX_SILVER, (0xa, 4), (0xa, 4)),
+        ]),
     },
     Erratum {
         erratum: Errata::ARM64_826319,
@@ -378,67 +560,126 @@ pub const ERRATA: &[Erratum] = &[
         erratum: Errata::ARM64_819472,
         id: "ARM 819472",
         description: "Cortex-A53: store-exclusive instructions might cause data corruption",
-        source: "Linux arch/arm64/kernel/cpu_errata.c workaround_clean_cache, CONFIG_ARM64_ERRATUM_819472: Cortex-A53 r0p0-r0p1",
+        source: linux!("workaround_clean_cache, CONFIG_ARM64_ERRATUM_819472: Cortex-A53 r0p0-r0p1"),
         matches: Matches::Arm64(&[arm(CORTEX_A53, (0, 0), (0, 1))]),
     },
     Erratum {
         erratum: Errata::ARM64_832075,
         id: "ARM 832075",
         description: "Cortex-A57: possible deadlock mixing exclusive memory accesses with device load-acquires",
-        source: "Linux arch/arm64/kernel/cpu_errata.c, CONFIG_ARM64_ERRATUM_832075: Cortex-A57 r0p0-r1p2",
+        source: linux!("ARM64_WORKAROUND_DEVICE_LOAD_ACQUIRE, CONFIG_ARM64_ERRATUM_832075: Cortex-A57 r0p0-r1p2"),
         matches: Matches::Arm64(&[arm(CORTEX_A57, (0, 0), (1, 2))]),
     },
     Erratum {
         erratum: Errata::ARM64_834220,
         id: "ARM 834220",
         description: "Cortex-A57: a stage 2 translation fault might be reported in the presence of a stage 1 fault",
-        source: "Linux arch/arm64/kernel/cpu_errata.c, CONFIG_ARM64_ERRATUM_834220: Cortex-A57 r0p0-r1p2",
+        source: linux!("ARM64_WORKAROUND_834220, CONFIG_ARM64_ERRATUM_834220: Cortex-A57 r0p0-r1p2"),
         matches: Matches::Arm64(&[arm(CORTEX_A57, (0, 0), (1, 2))]),
     },
     Erratum {
         erratum: Errata::ARM64_1319367,
         id: "ARM 1319537 (Cortex-A57) / 1319367 (Cortex-A72)",
         description: "Cortex-A57/A72: a speculative AT instruction using an out-of-context translation regime could corrupt later translations",
-        source: "Linux arch/arm64/kernel/cpu_errata.c erratum_speculative_at_list, CONFIG_ARM64_ERRATUM_1319367: Cortex-A57 and Cortex-A72, all revisions",
+        source: linux!("erratum_speculative_at_list, CONFIG_ARM64_ERRATUM_1319367: Cortex-A57 and Cortex-A72, all revisions"),
+        matches: Matches::Arm64(&[all_revs(ARM, CORTEX_A57), all_revs(ARM, CORTEX_A72)]),
+    },
+    Erratum {
+        erratum: Errata::ARM64_1742098,
+        id: "ARM 1742098 (Cortex-A57) / 1655431 (Cortex-A72)",
+        description: "Cortex-A57/A72: ELR recorded incorrectly on an interrupt taken between cryptographic instructions of a sequence (AArch32 AES state corrupted)",
+        source: linux!("broken_aarch32_aes, CONFIG_ARM64_ERRATUM_1742098: Cortex-A57 r0p1-rfpf, Cortex-A72 all revisions"),
         matches: Matches::Arm64(&[
-            arm(CORTEX_A57, ALL_REVS.0, ALL_REVS.1),
-            arm(CORTEX_A72, ALL_REVS.0, ALL_REVS.1),
+            arm(CORTEX_A57, (0, 1), (0xf, 0xf)),
+            all_revs(ARM, CORTEX_A72),
         ]),
+    },
+    Erratum {
+        erratum: Errata::ARM64_1530923,
+        id: "ARM 1530923",
+        description: "Cortex-A55: a speculative AT instruction using an out-of-context translation regime could corrupt later translations",
+        source: linux!("erratum_speculative_at_list, CONFIG_ARM64_ERRATUM_1530923: Cortex-A55 r0p0-r2p0, Kryo 4xx Silver rdpe (Cortex-A55 r1p0)"),
+        matches: Matches::Arm64(&[
+            arm(CORTEX_A55, (0, 0), (2, 0)),
+            midr(QUALCOMM, KRYO_4XX_SILVER, (0xd, 0xe), (0xd, 0xe)),
+        ]),
+    },
+    Erratum {
+        erratum: Errata::ARM64_2441007,
+        id: "ARM 2441007",
+        description: "Cortex-A55: completion of affected memory accesses might not be guaranteed by completion of a TLBI (TLBI repeated)",
+        source: linux!("arm64_repeat_tlbi_list, CONFIG_ARM64_ERRATUM_2441007: Cortex-A55, all revisions"),
+        matches: Matches::Arm64(&[all_revs(ARM, CORTEX_A55)]),
     },
     Erratum {
         erratum: Errata::ARM64_1286807,
         id: "ARM 1286807",
         description: "Cortex-A76: modifying a translation table entry might lead to a read-after-read ordering violation (TLBI repeated)",
-        source: "Linux arch/arm64/kernel/cpu_errata.c arm64_repeat_tlbi_list, CONFIG_ARM64_ERRATUM_1286807: Cortex-A76 r0p0-r3p0",
-        matches: Matches::Arm64(&[arm(CORTEX_A76, (0, 0), (3, 0))]),
+        source: linux!("arm64_repeat_tlbi_list, CONFIG_ARM64_ERRATUM_1286807: Cortex-A76 r0p0-r3p0, Kryo 4xx Gold rcpe-rfpe (Cortex-A76 r0p0-r3p0)"),
+        matches: Matches::Arm64(&[
+            arm(CORTEX_A76, (0, 0), (3, 0)),
+            midr(QUALCOMM, KRYO_4XX_GOLD, (0xc, 0xe), (0xf, 0xe)),
+        ]),
     },
     Erratum {
         erratum: Errata::ARM64_1463225,
         id: "ARM 1463225",
         description: "Cortex-A76: software step might prevent interrupt recognition",
-        source: "Linux arch/arm64/kernel/cpu_errata.c erratum_1463225, CONFIG_ARM64_ERRATUM_1463225: Cortex-A76 r0p0-r3p1 (Linux applies it only when the kernel runs at EL2)",
-        matches: Matches::Arm64(&[arm(CORTEX_A76, (0, 0), (3, 1))]),
+        source: linux!("erratum_1463225, CONFIG_ARM64_ERRATUM_1463225: Cortex-A76 r0p0-r3p1, Kryo 4xx Gold rcpe-rfpf (Linux applies it only when the kernel runs at EL2, which MIDR does not tell)"),
+        matches: Matches::Arm64(&[
+            arm(CORTEX_A76, (0, 0), (3, 1)),
+            midr(QUALCOMM, KRYO_4XX_GOLD, (0xc, 0xe), (0xf, 0xf)),
+        ]),
     },
     Erratum {
         erratum: Errata::ARM64_1165522,
         id: "ARM 1165522",
         description: "Cortex-A76: a speculative AT instruction using an out-of-context translation regime could corrupt later translations",
-        source: "Linux arch/arm64/kernel/cpu_errata.c erratum_speculative_at_list, CONFIG_ARM64_ERRATUM_1165522: Cortex-A76 r0p0-r2p0",
+        source: linux!("erratum_speculative_at_list, CONFIG_ARM64_ERRATUM_1165522: Cortex-A76 r0p0-r2p0"),
         matches: Matches::Arm64(&[arm(CORTEX_A76, (0, 0), (2, 0))]),
     },
     Erratum {
         erratum: Errata::ARM64_1418040,
-        id: "ARM 1418040",
+        id: "ARM 1418040 (and 1188873)",
         description: "Cortex-A76/Neoverse-N1: an AArch32 MRC read after an MRRC read of a generic timer register might be wrong",
-        source: "Linux arch/arm64/kernel/cpu_errata.c erratum_1418040_list, CONFIG_ARM64_ERRATUM_1418040: Cortex-A76 and Neoverse-N1 r0p0-r3p1",
+        source: linux!("erratum_1418040_list, CONFIG_ARM64_ERRATUM_1418040: Cortex-A76 and Neoverse-N1 r0p0-r3p1, Kryo 4xx Gold rcpe-rfpf"),
         matches: Matches::Arm64(&[
             arm(CORTEX_A76, (0, 0), (3, 1)),
             arm(NEOVERSE_N1, (0, 0), (3, 1)),
+            midr(QUALCOMM, KRYO_4XX_GOLD, (0xc, 0xe), (0xf, 0xf)),
         ]),
+    },
+    Erratum {
+        erratum: Errata::ARM64_1542419,
+        id: "ARM 1542419",
+        description: "Neoverse-N1: instruction fetches may be mis-ordered when CTR_EL0.DIC says I-cache invalidation is not needed",
+        source: linux!("has_neoverse_n1_erratum_1542419, CONFIG_ARM64_ERRATUM_1542419: Neoverse-N1, all revisions, when CTR_EL0.DIC is set; MIDR does not tell DIC, so every N1 counts as affected"),
+        matches: Matches::Arm64(&[all_revs(ARM, NEOVERSE_N1)]),
+    },
+    Erratum {
+        erratum: Errata::ARM64_3194386,
+        id: "ARM 3194386 (and the same SSBS erratum of later cores)",
+        description: "MSR SSBS is not self-synchronizing: a speculation barrier is needed after it",
+        source: linux!("erratum_spec_ssbs_list, CONFIG_ARM64_ERRATUM_3194386: Cortex-A76, Cortex-A77, Cortex-A78, Cortex-A78C, Cortex-A710, Cortex-A715, Cortex-A720, Cortex-A725, Cortex-X1, Cortex-X1C, Cortex-X2, Cortex-X3, Cortex-X4, Cortex-X925, Neoverse-N1, Neoverse-N2, Neoverse-N3, Neoverse-V1, Neoverse-V2, Neoverse-V3 and Azure Cobalt 100, all revisions"),
+        matches: Matches::Arm64(&SSBS_MATCHES),
+    },
+    Erratum {
+        erratum: Errata::QCOM_FALKOR_E1003,
+        id: "Qualcomm Falkor E1003",
+        description: "Falkor: an incorrect ASID may be cached in the TLB when ASID and BADDR change together in TTBRx_EL1",
+        source: linux!("qcom_erratum_1003_list, CONFIG_QCOM_FALKOR_ERRATUM_1003: Falkor v1 r0p0 and every Kryo part 0x2XX (is_kryo_midr)"),
+        matches: Matches::Arm64(&FALKOR_KRYO),
+    },
+    Erratum {
+        erratum: Errata::QCOM_FALKOR_E1009,
+        id: "Qualcomm Falkor E1009",
+        description: "Falkor: a DSB after a TLBI might complete prematurely (TLBI repeated)",
+        source: linux!("arm64_repeat_tlbi_list, CONFIG_QCOM_FALKOR_ERRATUM_1009: Falkor v1 r0p0 and every Kryo part 0x2XX (is_kryo_midr)"),
+        matches: Matches::Arm64(&FALKOR_KRYO),
     },
 ];
 
-const CPU_ERRATA_CLEAN_CACHE_012: &str = "Linux arch/arm64/kernel/cpu_errata.c workaround_clean_cache (ARM64_WORKAROUND_CLEAN_CACHE), CONFIG_ARM64_ERRATUM_826319/827319/824069: Cortex-A53 r0p0-r0p2";
+const CPU_ERRATA_CLEAN_CACHE_012: &str = linux!("workaround_clean_cache (ARM64_WORKAROUND_CLEAN_CACHE), CONFIG_ARM64_ERRATUM_826319/827319/824069: Cortex-A53 r0p0-r0p2");
 
 impl Erratum {
     /// Whether the CPU is affected.
@@ -563,38 +804,190 @@ mod tests {
         assert_eq!(errata_for(&a53(1, 0, 0)), Errata::empty());
     }
 
+    fn cpu(implementer: u8, part: u16, variant: u8, revision: u8) -> CpuId {
+        CpuId::Arm64 {
+            midr: Midr::encode(implementer, part, variant, revision),
+            revidr: 0,
+        }
+    }
+
     #[test]
     fn big_cores() {
-        let a57 = Errata::ARM64_832075 | Errata::ARM64_834220 | Errata::ARM64_1319367;
+        let a57 = Errata::ARM64_832075
+            | Errata::ARM64_834220
+            | Errata::ARM64_1319367
+            | Errata::ARM64_1742098;
         assert_eq!(errata_for(&arm_cpu(CORTEX_A57, 1, 2)), a57);
         assert_eq!(
             errata_for(&arm_cpu(CORTEX_A57, 1, 3)),
-            Errata::ARM64_1319367
+            Errata::ARM64_1319367 | Errata::ARM64_1742098
         );
+        // 1742098 starts at Cortex-A57 r0p1.
+        assert!(!errata_for(&arm_cpu(CORTEX_A57, 0, 0)).contains(Errata::ARM64_1742098));
+        assert!(errata_for(&arm_cpu(CORTEX_A57, 0, 1)).contains(Errata::ARM64_1742098));
         assert_eq!(
             errata_for(&arm_cpu(CORTEX_A72, 0, 2)),
-            Errata::ARM64_1319367
+            Errata::ARM64_1319367 | Errata::ARM64_1742098
         );
         let a76_r3p0 = errata_for(&arm_cpu(CORTEX_A76, 3, 0));
         assert_eq!(
             a76_r3p0,
-            Errata::ARM64_1286807 | Errata::ARM64_1463225 | Errata::ARM64_1418040
+            Errata::ARM64_1286807
+                | Errata::ARM64_1463225
+                | Errata::ARM64_1418040
+                | Errata::ARM64_3194386
         );
         let a76_r2p0 = errata_for(&arm_cpu(CORTEX_A76, 2, 0));
         assert!(a76_r2p0.contains(Errata::ARM64_1165522));
+        assert!(!a76_r3p0.contains(Errata::ARM64_1165522));
         let a76_r3p1 = errata_for(&arm_cpu(CORTEX_A76, 3, 1));
-        assert_eq!(a76_r3p1, Errata::ARM64_1463225 | Errata::ARM64_1418040);
-        assert_eq!(errata_for(&arm_cpu(CORTEX_A76, 4, 0)), Errata::empty());
+        assert_eq!(
+            a76_r3p1,
+            Errata::ARM64_1463225 | Errata::ARM64_1418040 | Errata::ARM64_3194386
+        );
+        assert_eq!(
+            errata_for(&arm_cpu(CORTEX_A76, 4, 0)),
+            Errata::ARM64_3194386
+        );
+        let n1 = Errata::ARM64_1542419 | Errata::ARM64_3194386;
         assert_eq!(
             errata_for(&arm_cpu(NEOVERSE_N1, 3, 1)),
-            Errata::ARM64_1418040
+            n1 | Errata::ARM64_1418040
         );
+        assert_eq!(errata_for(&arm_cpu(NEOVERSE_N1, 4, 1)), n1);
         // Another implementer with the same part number is not an Arm core.
-        let other = CpuId::Arm64 {
-            midr: Midr::encode(0x51, CORTEX_A53, 0, 0),
-            revidr: 0,
-        };
-        assert_eq!(errata_for(&other), Errata::empty());
+        assert_eq!(
+            errata_for(&cpu(QUALCOMM, CORTEX_A53, 0, 0)),
+            Errata::empty()
+        );
+    }
+
+    #[test]
+    fn cortex_a55() {
+        let both = Errata::ARM64_1530923 | Errata::ARM64_2441007;
+        assert_eq!(errata_for(&arm_cpu(CORTEX_A55, 0, 0)), both);
+        assert_eq!(errata_for(&arm_cpu(CORTEX_A55, 2, 0)), both);
+        assert_eq!(
+            errata_for(&arm_cpu(CORTEX_A55, 2, 1)),
+            Errata::ARM64_2441007
+        );
+    }
+
+    #[test]
+    fn vendor_cores_that_are_arm_designs() {
+        // Broadcom Brahma-B53 r0p0: 843419 and 845719.
+        let b53 = errata_for(&cpu(BROADCOM, BRAHMA_B53, 0, 0));
+        assert_eq!(b53, Errata::ARM64_843419 | Errata::ARM64_845719);
+        assert_eq!(
+            errata_for(&cpu(BROADCOM, BRAHMA_B53, 0, 1)),
+            Errata::empty()
+        );
+        // Kryo 2xx Silver rAp4 (Snapdragon 835 little cores): 845719 only, as Linux lists it.
+        assert_eq!(
+            errata_for(&cpu(QUALCOMM, KRYO_2XX_SILVER, 0xa, 4)),
+            Errata::ARM64_845719
+        );
+        assert_eq!(
+            errata_for(&cpu(QUALCOMM, KRYO_2XX_SILVER, 0xa, 5)),
+            Errata::empty()
+        );
+        // Kryo 4xx Gold (Snapdragon 855 big cores, a Cortex-A76): rcpe..rfpe / rcpe..rfpf.
+        let gold = |v, r| errata_for(&cpu(QUALCOMM, KRYO_4XX_GOLD, v, r));
+        let all = Errata::ARM64_1286807 | Errata::ARM64_1463225 | Errata::ARM64_1418040;
+        assert_eq!(gold(0xd, 0xe), all);
+        assert_eq!(gold(0xc, 0xe), all);
+        assert_eq!(gold(0xc, 0xd), Errata::empty(), "below rcpe");
+        assert_eq!(
+            gold(0xf, 0xf),
+            Errata::ARM64_1463225 | Errata::ARM64_1418040
+        );
+        // Kryo 4xx Silver rdpe (a Cortex-A55 r1p0): 1530923 only.
+        assert_eq!(
+            errata_for(&cpu(QUALCOMM, KRYO_4XX_SILVER, 0xd, 0xe)),
+            Errata::ARM64_1530923
+        );
+        assert_eq!(
+            errata_for(&cpu(QUALCOMM, KRYO_4XX_SILVER, 0x7, 0xf)),
+            Errata::empty()
+        );
+        // Falkor v1 r0p0 and every Kryo part 0x2XX: E1003 and E1009.
+        let falkor = Errata::QCOM_FALKOR_E1003 | Errata::QCOM_FALKOR_E1009;
+        assert_eq!(errata_for(&cpu(QUALCOMM, FALKOR_V1, 0, 0)), falkor);
+        assert_eq!(errata_for(&cpu(QUALCOMM, FALKOR_V1, 0, 1)), Errata::empty());
+        for part in [0x200, 0x201, 0x205, 0x211, 0x2ff] {
+            assert_eq!(errata_for(&cpu(QUALCOMM, part, 1, 2)), falkor, "{part:#x}");
+        }
+        assert_eq!(errata_for(&cpu(QUALCOMM, 0x300, 0, 0)), Errata::empty());
+        assert_eq!(errata_for(&cpu(ARM, 0x201, 0, 0)), Errata::empty());
+        // Azure Cobalt 100: 3194386.
+        assert_eq!(
+            errata_for(&cpu(MICROSOFT, AZURE_COBALT_100, 0, 0)),
+            Errata::ARM64_3194386
+        );
+    }
+
+    #[test]
+    fn the_midr_architecture_field_is_compared() {
+        // A Cortex-A53 r0p0 MIDR with architecture 0xe instead of 0xf matches nothing, as in
+        // Linux (MIDR_CPU_MODEL_MASK includes the architecture).
+        let good = Midr::encode(ARM, CORTEX_A53, 0, 0);
+        let odd = (good & !0x000f_0000) | 0x000e_0000;
+        assert_ne!(
+            errata_for(&CpuId::Arm64 {
+                midr: good,
+                revidr: 0
+            }),
+            Errata::empty()
+        );
+        assert_eq!(
+            errata_for(&CpuId::Arm64 {
+                midr: odd,
+                revidr: 0
+            }),
+            Errata::empty()
+        );
+        assert_eq!(aarch64_core_name(good), Some("Cortex-A53"));
+        assert_eq!(aarch64_core_name(odd), None);
+        // qemu's `max` CPU (implementer 0, part 0x051): nothing known.
+        assert_eq!(
+            errata_for(&CpuId::Arm64 {
+                midr: 0x000f_0510,
+                revidr: 0
+            }),
+            Errata::empty()
+        );
+    }
+
+    #[test]
+    fn every_arm64_range_names_its_core_in_its_source() {
+        for e in ERRATA {
+            let Matches::Arm64(ranges) = e.matches else {
+                continue;
+            };
+            for r in ranges {
+                let name = if r.part_mask == 0xfff {
+                    AARCH64_CORES
+                        .iter()
+                        .find(|(i, p, _)| *i == r.implementer && *p == r.part)
+                        .map(|(_, _, n)| *n)
+                        .unwrap_or_else(|| panic!("{}: part {:#x} has no name", e.id, r.part))
+                } else {
+                    "Kryo part 0x2XX"
+                };
+                assert!(
+                    e.source.contains(name),
+                    "{}: source does not name {name}",
+                    e.id
+                );
+                assert!(r.first <= r.last, "{}: empty range", e.id);
+            }
+            assert!(
+                e.source.starts_with("Linux arch/arm64/kernel/cpu_errata.c")
+                    || e.source.starts_with("Arm TF-A"),
+                "{}",
+                e.id
+            );
+        }
     }
 
     #[test]

@@ -35,6 +35,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod aarch64;
+pub mod c_header;
 pub mod capability;
 pub mod cpu;
 #[cfg(feature = "alloc")]
@@ -59,6 +60,8 @@ pub mod process;
 pub mod rendezvous;
 #[cfg(feature = "alloc")]
 pub mod report;
+#[cfg(feature = "std")]
+pub mod sysfs;
 pub mod table;
 pub mod writer;
 pub mod x86_64;

@@ -299,7 +299,7 @@ fn fill_keeps_a_boundary_where_a_call_returns_and_a_straddling_replacement_is_re
     let got = buf.read(site, 11);
     assert_eq!(
         got,
-        cat(&[&[0x31, 0xc0, 0x90], &[0x66, 0x90], &LINUX_NOPS[6]])
+        cat(&[&[0x31, 0xc0, 0x90], &[0x66, 0x90], LINUX_NOPS[6]])
     );
     let ends: Vec<u64> = decode_whole(&got, site)
         .iter()

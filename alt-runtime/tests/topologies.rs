@@ -4,7 +4,7 @@
 use alt_runtime::cpu::CpuDescriptor;
 use alt_runtime::errata::{Midr, ARM, CORTEX_A53, CORTEX_A72};
 use alt_runtime::policy::{CpuRegistry, LateCpuError, LateCpuPolicy, RegistryError, SystemCaps};
-use alt_runtime::x86_64::cpuid::{probe, CoreType, CpuidDump};
+use alt_runtime::x86_64::cpuid::{probe, CoreType, CpuidDump, OsEnabled};
 use alt_runtime::{Capability, CapabilitySet, Errata, Features};
 
 /// Cortex-A53 r0p4 (MIDR 0x410fd034, TRM) little cores 0-3, Cortex-A72 r0p2 (0x410fd082) big
@@ -35,21 +35,20 @@ const INTEL: [u32; 4] = [0x20, 0x756e_6547, 0x6c65_746e, 0x4965_6e69];
 /// the E-cores do not; leaf 0x1A gives the core type.
 fn hybrid_dump(p_core: bool) -> CpuidDump {
     let mut d = CpuidDump::new();
-    d.set(0, 0, INTEL).unwrap();
-    d.set(1, 0, [0x0009_0672, 0x0080_0800, 0x7ffa_fbff, 0xbfeb_fbff])
-        .unwrap();
+    d.set(0, 0, INTEL);
+    d.set(1, 0, [0x0009_0672, 0x0080_0800, 0x7ffa_fbff, 0xbfeb_fbff]);
     // FSGSBASE BMI1 AVX2 BMI2 ERMS RDSEED ADX CLFLUSHOPT CLWB SHA (+ SMEP, INVPCID, ...).
     let common = 0x239c_27ab;
     let avx512 = (1 << 16) | (1 << 17) | (1 << 28) | (1 << 30) | (1 << 31);
     let ebx = if p_core { common | avx512 } else { common };
     // ECX: RDPID (22). EDX: FSRM (4), SERIALIZE (14), HYBRID (15).
-    d.set(7, 0, [0, ebx, 1 << 22, (1 << 4) | (1 << 14) | (1 << 15)])
-        .unwrap();
+    d.set(7, 0, [0, ebx, 1 << 22, (1 << 4) | (1 << 14) | (1 << 15)]);
     let core = if p_core { 0x4000_0001 } else { 0x2000_0001 };
-    d.set(0x1a, 0, [core, 0, 0, 0]).unwrap();
-    d.set(0x8000_0000, 0, [0x8000_0008, 0, 0, 0]).unwrap();
-    d.set(0x8000_0001, 0, [0, 0, 0x121, 0x2c10_0800]).unwrap();
+    d.set(0x1a, 0, [core, 0, 0, 0]);
+    d.set(0x8000_0000, 0, [0x8000_0008, 0, 0, 0]);
+    d.set(0x8000_0001, 0, [0, 0, 0x121, 0x2c10_0800]);
     d.set_xcr0(0xe7);
+    d.set_os_enabled(OsEnabled::FSGSBASE);
     d
 }
 
@@ -139,7 +138,7 @@ fn erratum_only_little_cores_have_is_worked_around_everywhere() {
     let big = cpus[4].errata;
     assert!(little.contains(Errata::ARM64_843419 | Errata::ARM64_835769));
     assert!(!big.contains(Errata::ARM64_843419));
-    assert_eq!(big, Errata::ARM64_1319367);
+    assert_eq!(big, Errata::ARM64_1319367 | Errata::ARM64_1742098);
     let sys = SystemCaps::from_cpus(&cpus).capabilities();
     assert_eq!(sys.errata, little | big);
 }

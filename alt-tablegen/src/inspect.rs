@@ -11,7 +11,7 @@ use alt_runtime::table::{
     AltEntry, AltFlags, PvEntry, ALT_ENTRY_SIZE, ALT_INSTR_SECTION, ALT_REPLACEMENT_SECTION,
     KEY_RESERVED_MASK, PV_ENTRY_SIZE, PV_SECTION_PREFIX,
 };
-use alt_runtime::{Capability, CapabilitySet, Clobbers};
+use alt_runtime::{Capability, Clobbers};
 use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
 use object::elf;
 use object::read::elf::SectionHeader;
@@ -530,72 +530,7 @@ pub fn verify(obj: &Object<'_>, tables: &Tables) -> Vec<Problem> {
     problems
 }
 
-/// What the CPU looks like, for [`plan`].
-///
-/// Today a set of capabilities given by name. **Hook:** a `Model(name)` variant (`Haswell`,
-/// `Nehalem`, ...) and a CPUID-dump variant come with the CPU model tables of
-/// `alt_runtime::x86_64::cpuid`; [`CpuSpec::capabilities`] is the one place that turns a spec
-/// into a [`CapabilitySet`], so adding them touches nothing else.
-#[derive(Clone, Debug)]
-pub enum CpuSpec {
-    /// These capabilities are present (features usable, errata needing their workaround).
-    Capabilities(CapabilitySet),
-}
-
-impl CpuSpec {
-    /// Parses a comma-separated list of capability names (`popcnt,avx2,erratum_amd_div0`).
-    pub fn from_names(list: &str) -> Result<Self, String> {
-        let mut set = CapabilitySet::default();
-        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let cap = Capability::from_name(name).ok_or_else(|| {
-                let hint = Capability::suggest(name)
-                    .map(|c| format!("; did you mean `{c}`?"))
-                    .unwrap_or_default();
-                format!(
-                    "unknown capability name {name:?}{hint} (capabilities: {})",
-                    alt_runtime::capability::CapabilityNames
-                )
-            })?;
-            set.set(cap);
-        }
-        Ok(Self::Capabilities(set))
-    }
-
-    /// A CPU by QEMU model name (`qemu64`, `Nehalem`, `Haswell`, `max`, ... as recorded in
-    /// [`alt_runtime::x86_64::cpuid::CPU_MODELS`]), or the path of a CPUID dump in the text
-    /// format of [`alt_runtime::x86_64::cpuid::CpuidDump::from_text`] (what
-    /// `cargo run --example cpus -- --cpuid` prints). Features and errata come from the same probe
-    /// and errata database the runtime uses.
-    pub fn from_model(model: &str) -> Result<Self, String> {
-        use alt_runtime::cpu::CpuDescriptor;
-        use alt_runtime::x86_64::cpuid::{cpu_model_dump, CpuidDump, CPU_MODELS};
-        let dump = match cpu_model_dump(model) {
-            Some(d) => d,
-            None if std::path::Path::new(model).is_file() => {
-                let text = std::fs::read_to_string(model)
-                    .map_err(|e| format!("--cpu {model}: cannot read the CPUID dump: {e}"))?;
-                CpuidDump::from_text(&text)
-                    .map_err(|e| format!("--cpu {model}: not a CPUID dump: {e}"))?
-            }
-            None => {
-                return Err(format!(
-                    "--cpu {model}: unknown CPU model and no such CPUID dump file; models: {}",
-                    CPU_MODELS.join(", ")
-                ))
-            }
-        };
-        Ok(Self::Capabilities(
-            CpuDescriptor::from_source(0, &dump).capabilities(),
-        ))
-    }
-
-    /// The capabilities this CPU has.
-    pub fn capabilities(&self) -> CapabilitySet {
-        match self {
-            Self::Capabilities(c) => *c,
-        }
-    }
-}
+pub use crate::cpuspec::CpuSpec;
 
 /// The decision for one alternative site.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

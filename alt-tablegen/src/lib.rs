@@ -16,6 +16,9 @@
 //! - [`inspect`]: `inspect`, `verify` and `plan` on a linked binary.
 //! - [`effects`]: the register-effects half of `verify`: every variant of every site changes
 //!   only what the site declares to the compiler.
+//! - [`cpuspec`]: what `--cpu` describes (QEMU models, AArch64 cores and MIDRs, sysfs trees,
+//!   CPUID dumps with every logical CPU), decided by the runtime's per-CPU policy.
+//! - [`apply`]: a patched copy of a linked image for a CPU, planned by the runtime's planner.
 //! - [`build`]: the build-script flow ([`build::Build`]).
 //!
 //! ## `scan` JSON schema
@@ -68,11 +71,13 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod apply;
 pub mod build;
+pub mod cpuspec;
 pub mod effects;
 pub mod emit;
 pub mod inspect;
 pub mod read;
 pub mod scan;
 
-pub use read::{Error, ErrorKind, Input, Location, Object, ObjectKind};
+pub use read::{Error, ErrorKind, Input, Location, Machine, Object, ObjectKind};

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use alt_tablegen::inspect::{self, CpuSpec, Tables};
-use alt_tablegen::{Error, ErrorKind, Input, Location};
+use alt_tablegen::{Error, ErrorKind, Input, Location, Machine};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -70,20 +70,63 @@ enum Command {
         /// A linked executable, shared object or kernel image.
         file: PathBuf,
     },
-    /// Print which entry each alternative site would use on a CPU.
+    /// Print which entry each alternative site would use on a CPU or a recorded system.
     Plan {
         /// Capabilities the CPU has, by name: `popcnt,avx2,erratum_amd_div0`.
         #[arg(long, value_name = "LIST", required_unless_present = "cpu")]
         cpu_features: Option<String>,
-        /// A CPU model by name (`Haswell`); not available until the CPU model tables land.
-        #[arg(long, value_name = "MODEL", conflicts_with = "cpu_features")]
+        /// The CPU or system: a QEMU model (`Haswell`, `cortex-a53`), `CORE:rXpY`
+        /// (`cortex-a72:r0p2`), a MIDR (`0x410fd034[/REVIDR]`), a comma-separated list of
+        /// AArch64 CPUs, a sysfs tree (directory), or a CPUID dump file (this tool's text form
+        /// or AIDA64 / InstLatx64, every logical CPU).
+        #[arg(long, value_name = "SYSTEM", conflicts_with = "cpu_features")]
         cpu: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
-        /// A linked executable, shared object or kernel image.
+        /// A linked executable, shared object or kernel image (x86-64 or AArch64).
         file: PathBuf,
     },
+    /// Write a copy of a linked image with its alternatives applied for a CPU or system, as
+    /// the runtime would patch it (the runtime's planner and validator).
+    Apply {
+        /// Capabilities the CPU has, by name.
+        #[arg(long, value_name = "LIST", required_unless_present = "cpu")]
+        cpu_features: Option<String>,
+        /// The CPU or system, as for `plan`.
+        #[arg(long, value_name = "SYSTEM", conflicts_with = "cpu_features")]
+        cpu: Option<String>,
+        /// Print what was done as JSON.
+        #[arg(long)]
+        json: bool,
+        /// A linked executable, shared object or kernel image (x86-64 or AArch64).
+        input: PathBuf,
+        /// Where to write the patched copy.
+        output: PathBuf,
+    },
+}
+
+/// The `--cpu-features` / `--cpu` spec, for an image of instruction set `machine`.
+fn cpu_spec(
+    cpu_features: Option<String>,
+    cpu: Option<String>,
+    machine: Option<Machine>,
+) -> Result<CpuSpec, Error> {
+    match (cpu_features, cpu) {
+        (Some(list), _) => CpuSpec::from_names(&list),
+        (None, Some(model)) => CpuSpec::for_image(&model, machine),
+        (None, None) => CpuSpec::from_names(""),
+    }
+    .map_err(|e| Error::new(Location::default(), ErrorKind::Other(e)))
+}
+
+/// The instruction set of the image at `file`, if it is one ELF image plan and apply read.
+fn image_machine(file: &std::path::Path) -> Option<Machine> {
+    let input = Input::open(file).ok()?;
+    let objects = input
+        .objects_for(&[Machine::X86_64, Machine::Aarch64])
+        .ok()?;
+    objects.first().map(|o| o.machine)
 }
 
 fn main() -> ExitCode {
@@ -222,14 +265,11 @@ fn run(cli: Cli) -> Result<ExitCode, alt_tablegen::Error> {
             json,
             file,
         } => {
-            let spec = match (cpu_features, cpu) {
-                (Some(list), _) => CpuSpec::from_names(&list),
-                (None, Some(model)) => CpuSpec::from_model(&model),
-                (None, None) => CpuSpec::from_names(""),
-            }
-            .map_err(|e| Error::new(Location::default(), ErrorKind::Other(e)))?;
+            let spec = cpu_spec(cpu_features, cpu, image_machine(&file))?;
             let input = Input::open(&file)?;
-            for obj in input.objects()? {
+            for obj in input.objects_for(&[Machine::X86_64, Machine::Aarch64])? {
+                spec.check_machine(obj.machine, &file)
+                    .map_err(|e| Error::new(obj.location(), ErrorKind::Other(e)))?;
                 let tables = Tables::read(&obj)?;
                 let decisions = inspect::plan(&tables, &spec);
                 if json {
@@ -249,6 +289,40 @@ fn run(cli: Cli) -> Result<ExitCode, alt_tablegen::Error> {
                         ));
                     }
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Apply {
+            cpu_features,
+            cpu,
+            json,
+            input,
+            output,
+        } => {
+            let spec = cpu_spec(cpu_features, cpu, image_machine(&input))?;
+            let applied = alt_tablegen::apply::apply_file(&input, &output, &spec)?;
+            if json {
+                out(&format!("{}\n", applied.to_json()));
+            } else {
+                for s in &applied.sites {
+                    let what = match (s.choice, s.entry, &s.condition) {
+                        ("call", Some(e), Some(c)) => {
+                            format!("call {:#x} (alt_instr[{e}], {c})", s.target.unwrap_or(0))
+                        }
+                        (_, Some(e), Some(c)) => format!("replacement (alt_instr[{e}], {c})"),
+                        _ => "default code".to_string(),
+                    };
+                    out(&format!(
+                        "site {:#x} len {}: {what}: {} -> {}\n",
+                        s.site, s.len, s.before, s.after
+                    ));
+                }
+                eprintln!(
+                    "alt-tablegen: wrote {} ({} of {} sites changed)",
+                    output.display(),
+                    applied.changed().count(),
+                    applied.sites.len()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

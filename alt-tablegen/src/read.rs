@@ -217,8 +217,42 @@ impl Input {
     }
 
     /// The ELF objects in the file: the file itself, or the ELF members of an archive.
+    /// x86-64 only.
     pub fn objects(&self) -> Result<Vec<Object<'_>>, Error> {
         objects(&self.path, self.data())
+    }
+
+    /// [`Input::objects`] for the instruction sets in `accepted` (`plan` and `apply` read
+    /// AArch64 images too; scanning and emitting are x86-64 only).
+    pub fn objects_for(&self, accepted: &[Machine]) -> Result<Vec<Object<'_>>, Error> {
+        objects_for(&self.path, self.data(), accepted)
+    }
+}
+
+/// The instruction set of an ELF object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Machine {
+    /// `EM_X86_64`.
+    X86_64,
+    /// `EM_AARCH64`.
+    Aarch64,
+}
+
+impl Machine {
+    /// `x86-64` or `AArch64`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Machine::X86_64 => "x86-64",
+            Machine::Aarch64 => "AArch64",
+        }
+    }
+
+    fn from_e_machine(m: u16) -> Option<Self> {
+        match m {
+            elf::EM_X86_64 => Some(Machine::X86_64),
+            elf::EM_AARCH64 => Some(Machine::Aarch64),
+            _ => None,
+        }
     }
 }
 
@@ -233,6 +267,8 @@ pub struct Object<'d> {
     pub data: &'d [u8],
     /// Its ELF type.
     pub kind: ObjectKind,
+    /// Its instruction set.
+    pub machine: Machine,
     pub(crate) header: &'d Elf64,
     pub(crate) sections: SectionTable<'d, Elf64>,
     pub(crate) symbols: SymbolTable<'d, Elf64>,
@@ -243,19 +279,32 @@ const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 /// The ELF objects in `data` (the contents of `file`): the file itself if it is an ELF file,
 /// or every ELF member of an archive (other members, such as rlib metadata, are skipped).
 pub fn objects<'d>(file: &'d Path, data: &'d [u8]) -> Result<Vec<Object<'d>>, Error> {
+    objects_for(file, data, &[Machine::X86_64])
+}
+
+/// [`objects`] for the instruction sets in `accepted`.
+pub fn objects_for<'d>(
+    file: &'d Path,
+    data: &'d [u8],
+    accepted: &[Machine],
+) -> Result<Vec<Object<'d>>, Error> {
     if data.is_empty() {
         return Err(Error::new(Location::file(file), ErrorKind::Empty));
     }
     if data.starts_with(b"!<arch>\n") || data.starts_with(b"!<thin>\n") {
-        return archive_objects(file, data);
+        return archive_objects(file, data, accepted);
     }
     if !data.starts_with(ELF_MAGIC) {
         return Err(Error::new(Location::file(file), ErrorKind::NotElf));
     }
-    Ok(vec![Object::parse(file, None, data)?])
+    Ok(vec![Object::parse_for(file, None, data, accepted)?])
 }
 
-fn archive_objects<'d>(file: &'d Path, data: &'d [u8]) -> Result<Vec<Object<'d>>, Error> {
+fn archive_objects<'d>(
+    file: &'d Path,
+    data: &'d [u8],
+    accepted: &[Machine],
+) -> Result<Vec<Object<'d>>, Error> {
     let loc = Location::file(file);
     let archive = ArchiveFile::parse(data)
         .map_err(|e| Error::malformed(loc.clone(), format!("archive: {e}")))?;
@@ -276,7 +325,7 @@ fn archive_objects<'d>(file: &'d Path, data: &'d [u8]) -> Result<Vec<Object<'d>>
             Error::malformed(l, format!("archive member data: {e}"))
         })?;
         if mdata.starts_with(ELF_MAGIC) {
-            out.push(Object::parse(file, Some(name), mdata)?);
+            out.push(Object::parse_for(file, Some(name), mdata, accepted)?);
         }
     }
     Ok(out)
@@ -303,6 +352,17 @@ impl<'d> Object<'d> {
     /// Parses one ELF file (or archive member) and checks that it is 64-bit little-endian
     /// x86-64.
     pub fn parse(file: &'d Path, member: Option<String>, data: &'d [u8]) -> Result<Self, Error> {
+        Self::parse_for(file, member, data, &[Machine::X86_64])
+    }
+
+    /// [`Object::parse`] for 64-bit little-endian objects of the instruction sets in
+    /// `accepted`.
+    pub fn parse_for(
+        file: &'d Path,
+        member: Option<String>,
+        data: &'d [u8],
+        accepted: &[Machine],
+    ) -> Result<Self, Error> {
         let loc = Location {
             file: file.to_path_buf(),
             member: member.clone(),
@@ -325,7 +385,8 @@ impl<'d> Object<'d> {
         } else {
             u16::from_be_bytes([data[18], data[19]])
         };
-        if class != elf::ELFCLASS64 || !little || machine != elf::EM_X86_64 {
+        let arch = Machine::from_e_machine(machine).filter(|m| accepted.contains(m));
+        let Some(arch) = arch.filter(|_| class == elf::ELFCLASS64 && little) else {
             let bits = if class == elf::ELFCLASS64 { 64 } else { 32 };
             let order = if little {
                 "little-endian"
@@ -339,7 +400,7 @@ impl<'d> Object<'d> {
                     machine_name(machine)
                 )),
             ));
-        }
+        };
         let header = Elf64::parse(data)
             .map_err(|e| Error::malformed(loc.clone().at(0), format!("ELF header: {e}")))?;
         let kind = match header.e_type(LE) {
@@ -365,6 +426,7 @@ impl<'d> Object<'d> {
             member,
             data,
             kind,
+            machine: arch,
             header,
             sections,
             symbols,

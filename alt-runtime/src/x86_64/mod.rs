@@ -4,6 +4,8 @@
 //! use it on any machine.
 
 pub mod cpuid;
+#[cfg(feature = "alloc")]
+pub mod dump;
 pub mod hypervisor;
 pub mod insn;
 #[cfg(feature = "alloc")]

@@ -26,6 +26,27 @@ pub fn thread_count() -> Result<usize, WriteError> {
         .map_err(|e| WriteError::unchanged(0, "cannot list /proc/self/task", e.raw_os_error()))
 }
 
+/// The file name of the loaded object (executable or shared library) that contains `addr`, as
+/// the dynamic loader knows it (`?` where it does not).
+pub fn object_name_containing(addr: u64) -> alloc::string::String {
+    let mut info = core::mem::MaybeUninit::<libc::Dl_info>::zeroed();
+    // SAFETY: dladdr only reads the loader's tables and fills `info`.
+    let found = unsafe { libc::dladdr(addr as usize as *const libc::c_void, info.as_mut_ptr()) };
+    // SAFETY: zero-initialised, and filled by dladdr when it returns non-zero.
+    let info = unsafe { info.assume_init() };
+    if found == 0 || info.dli_fname.is_null() {
+        return alloc::string::String::from("?");
+    }
+    // SAFETY: dli_fname is a NUL-terminated string owned by the loader.
+    let name = unsafe { core::ffi::CStr::from_ptr(info.dli_fname) };
+    match name.to_string_lossy() {
+        n if n.is_empty() => std::env::current_exe()
+            .map(|p| alloc::format!("{}", p.display()))
+            .unwrap_or_else(|_| alloc::string::String::from("?")),
+        n => n.into_owned(),
+    }
+}
+
 /// The executable segments of the loaded object (executable or shared library) that contains
 /// `addr`, from the dynamic loader's program headers.
 pub fn executable_segments_containing(addr: u64) -> Vec<Range<u64>> {

@@ -8,50 +8,13 @@
 //! // ... start threads, run.
 //! ```
 //!
-//! # Who calls what
-//!
-//! The **program** calls [`patch_self`] (or [`patch_self_with`]) once, early in `main`. Nothing
-//! calls it for you: until it runs, and in programs that never call it, every site runs its
-//! default (through its thunk), which computes the same results, only slower. Libraries with
-//! `#[alternative]` sites should not call it themselves; their sites are patched by the program's
-//! call, since they are linked into the same executable. A second call returns
-//! [`ProcessError::AlreadyPatched`]; [`revert_self`] restores every site's original bytes, after
-//! which the process may be patched again. A paravirt table's generated `install` (through
-//! [`install_paravirt`]) patches that table's sites, separately.
-//!
-//! One call does all of it, in this order: probe every online CPU (a thread pinned to each) and
-//! combine them (features every CPU has, errata any has); apply `ALT_CLEARCPUID`
-//! ([`crate::overrides`]); read this program's tables; validate every entry and plan every site
-//! (nothing is written if any entry is wrong: the error names it); write the sites through
-//! [`MprotectWriter`]; serialise; return the [`Report`] (per site what was chosen and why, bytes
-//! before and after).
-//!
-//! # Threads
-//!
-//! Patching rewrites code that may be running, so it refuses while the process has other threads
-//! (it counts `/proc/self/task`, waiting a few milliseconds for threads just joined): patch
-//! first, then start threads. [`PatchOptions::allow_other_threads`] overrides that, `unsafe`: the
-//! caller promises that no other thread executes a site while patching runs and that each
-//! serialises before it next runs patched code (qemu-user's own helper thread is such a thread:
-//! it never runs guest code). Calls from several threads are serialised by a lock; the second
-//! one sees [`ProcessError::AlreadyPatched`].
-//!
-//! # Shared libraries
-//!
-//! The tables are found through section bounds that are hidden symbols of the ELF object the
-//! runtime is linked into, so [`patch_self`] patches the sites of **its own object**: the
-//! executable, with every Rust library statically linked into it. A shared library (`cdylib`) is
-//! another object with its own copy of the runtime and its own tables: its sites keep their
-//! defaults unless code in that library calls its copy's `patch_self` (once, while no other
-//! thread runs its sites, for example from its initialisation function). The executable's call
-//! does not patch libraries, and a library's call does not patch the executable.
-//!
-//! # Writing
-//!
-//! The writer makes one page run at a time writable (keeping execute: code on the same page may
-//! be running) and restores the exact original protection, leaving no page writable and
-//! executable; with [`PatchOptions::strict_wx`] (or when the kernel refuses writable text) it
-//! changes no protection and writes through `/proc/self/mem`.
+//! Nobody has to call anything: every object that links the runtime patches its own sites when
+//! it is loaded ([`load`]: an ELF constructor; `ALT_PATCH=off|report`; [`report`] says what it
+//! did). [`patch_self`] is idempotent: after load-time patching it returns the same report, so a
+//! library and its application may both call it. [`revert_self`] restores every site's original
+//! bytes, after which [`patch_self_with`] may patch again, for other capabilities. All of them
+//! refuse while the process has other threads unless the options say otherwise (see
+//! [`PatchOptions::allow_other_threads`]). Everything goes through the [driver](crate::driver).
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -71,10 +34,14 @@ use crate::plan::Layout;
 use crate::rendezvous::{Alone, Rendezvous, RendezvousError};
 use crate::report::Report;
 
+pub mod load;
+
+pub use load::{report, LoadOutcome, ALT_PATCH};
+
 /// Why patching the process failed.
 #[derive(Debug)]
 pub enum ProcessError {
-    /// [`patch_self`] already ran.
+    /// The sites are patched already and the options ask for other capabilities.
     AlreadyPatched,
     /// [`revert_self`] found nothing patched.
     NotPatched,
@@ -93,7 +60,9 @@ pub enum ProcessError {
 impl fmt::Display for ProcessError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ProcessError::AlreadyPatched => f.write_str("this process is already patched"),
+            ProcessError::AlreadyPatched => f.write_str(
+                "this object is already patched; revert it before patching for other capabilities",
+            ),
             ProcessError::NotPatched => f.write_str("this process is not patched"),
             ProcessError::Probe(e) => write!(f, "probing the CPUs failed: {e}"),
             ProcessError::Override(e) => f.write_str(e),
@@ -251,19 +220,27 @@ impl PatchOptions {
     }
 }
 
-/// Probes every online CPU, applies the environment overrides (`ALT_CLEARCPUID`), and patches
-/// every site of this program (the ELF object this runtime is linked into), once.
-///
-/// Call it first thing in `main`, before starting threads: it refuses while other threads exist
-/// (see the [module documentation](self) for threads and shared libraries). Returns the report
-/// of what was chosen at each site and why; errors name what failed (an invalid entry, an
-/// unknown override name, a refused write) and leave every site as it was.
+/// Probes, applies the environment overrides, and patches every site of this program; if the
+/// sites are patched already (at load, or by an earlier call), returns that report.
 pub fn patch_self() -> Result<Report, ProcessError> {
     patch_self_with(&PatchOptions::new())
 }
 
-/// Patches every site of this program as the options say; otherwise as [`patch_self`].
+/// Patches every site of this program as the options say. If the sites are patched already,
+/// returns that report, unless the options name capabilities of their own: then
+/// [`ProcessError::AlreadyPatched`] (revert first).
 pub fn patch_self_with(options: &PatchOptions) -> Result<Report, ProcessError> {
+    if let Some(p) = PATCHED.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        return match options.capabilities {
+            None => Ok(p.report().clone()),
+            Some(_) => Err(ProcessError::AlreadyPatched),
+        };
+    }
+    patch_now(options)
+}
+
+/// Patches now (nothing is patched yet).
+fn patch_now(options: &PatchOptions) -> Result<Report, ProcessError> {
     let caps = options.decide()?;
     let mut guard = PATCHED.lock().unwrap_or_else(|p| p.into_inner());
     if guard.is_some() {
