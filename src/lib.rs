@@ -28,9 +28,9 @@
 //! }
 //!
 //! fn main() {
-//!     assert_eq!(popcount(0xff), 8); // before patching: the default, through a thunk
+//!     // Hosted Linux patches every site at load; patch_self returns that report.
 //!     let report = alt::process::patch_self().expect("patching");
-//!     assert_eq!(popcount(0xff), 8); // now whatever this CPU runs best
+//!     assert_eq!(popcount(0xff), 8); // whatever this CPU runs best
 //!     assert_eq!(double(21), 42);
 //!     // A bare instruction swap: nothing, or an lfence where it serialises dispatch.
 //!     // SAFETY: no operands; either sequence is harmless.
@@ -50,8 +50,8 @@
 //! - [`paravirt_ops!`]: an operations table whose calls are patched for a backend chosen at
 //!   start-up, callable from C.
 //! - [`capabilities`]: every capability name, generated from the table.
-//! - [`process::patch_self`]: patching a hosted process (who calls it, threads, shared
-//!   libraries); [`process::PatchOptions`]; [`report`].
+//! - [`process`]: patching a hosted process (at load, who calls what, threads, shared
+//!   libraries); [`process::patch_self`], [`process::PatchOptions`]; [`report`].
 //! - Kernels: [`plan`], [`patch`], [`linker`] and `docs/kernel.md`.
 //! - `alt-tablegen verify BINARY` checks a build: valid tables, and every variant of every site
 //!   changes only what the site declares.
