@@ -22,8 +22,8 @@
 //!   to the stack and loaded back) counts as saved. A register another instruction writes is
 //!   reported with the first instruction that wrote it.
 //! - A `call` to a known address is followed (the callee decoded the same way, up to its `ret`);
-//!   a callee with branches, an indirect call, or a jump out of the code is an `extern "C"`
-//!   function: it may change every caller-saved register (System V), the vector registers
+//!   a callee with any branch (a loop, a jump table, a tail call) or an indirect call is an
+//!   `extern "C"` function: it may change every caller-saved register (System V), the vector registers
 //!   `xmm0`-`xmm15`, the flags and memory. (As the thunks, this judges vector registers by number,
 //!   not width: a saved `xmm0` counts for `ymm0`; see `docs/patching.md`.)
 //! - Stack use is `push`/`pop`/`call`, an access based on `rsp`, or `sub`/`add rsp, imm`; the
@@ -438,6 +438,18 @@ impl Runner<'_, '_> {
                 let c = c_abi_outcome(&me);
                 st.apply(&c, &me);
                 return st.finish(&me);
+            }
+            if callee
+                && matches!(
+                    insn.flow_control(),
+                    FlowControl::UnconditionalBranch
+                        | FlowControl::ConditionalBranch
+                        | FlowControl::IndirectBranch
+                )
+            {
+                // A function with control flow (loops, jump tables, tail calls): judge it as the
+                // extern "C" function it is, whatever it did before the branch.
+                return c_abi_outcome(&me);
             }
             match insn.flow_control() {
                 FlowControl::Return => {
