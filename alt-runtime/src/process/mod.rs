@@ -1,8 +1,11 @@
-//! Patching the running process (hosted Linux): probe, override, plan, write, report, revert.
+//! Patching the running process (hosted Linux x86-64): probe, override, plan, write, report,
+//! revert. Everything goes through the [driver](crate::driver).
 //!
 //! ```no_run
+//! // First thing in main, before any thread starts.
 //! let report = alt_runtime::process::patch_self().expect("patching");
 //! println!("{report}");
+//! // ... start threads, run.
 //! ```
 //!
 //! Nobody has to call anything: every object that links the runtime patches its own sites when
@@ -105,7 +108,16 @@ pub fn process_text() -> (Vec<Range<u64>>, Range<u64>) {
     object_text(sections().alt_instr.0 as u64)
 }
 
-/// How [`patch_self_with`] patches.
+/// How [`patch_self_with`] patches: which capabilities (probed, or given), whether other threads
+/// are allowed, and how text is written.
+///
+/// ```no_run
+/// use alt_runtime::process::{patch_self_with, PatchOptions};
+///
+/// let options = PatchOptions::new().strict_wx(); // never make a page writable
+/// let report = patch_self_with(&options).expect("patching");
+/// assert!(report.sites_changed() <= report.sites.len());
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct PatchOptions {
     capabilities: Option<CapabilitySet>,
