@@ -43,7 +43,7 @@ fn main() {
         _ => usage(),
     };
     let (cpus, json) = match mode {
-        Mode::Sysfs { dir, json } => match alt::sysfs::Sysfs::at(dir).arm64_cpus() {
+        Mode::Sysfs { dir, json } => match alt::cpu::arm64_cpus(&alt::sysfs::Sysfs::at(dir)) {
             Ok(c) => (c, json),
             Err(e) => fail(&format!("{e}")),
         },

@@ -98,8 +98,10 @@ pub mod __private {
     /// The hosted installer of `paravirt_ops!` tables, its options, result and error.
     #[cfg(all(feature = "std", target_os = "linux", target_arch = "x86_64"))]
     pub use alt_runtime::{
-        paravirt::{patch_self_with, PvPatchError, PvPatched},
-        process::PatchOptions,
+        driver::Patched as PvPatched,
+        process::{
+            install_paravirt as patch_self_with, PatchOptions, ProcessError as PvPatchError,
+        },
     };
 
     pub use crate::__if_hosted as if_hosted;

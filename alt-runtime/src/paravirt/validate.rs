@@ -139,7 +139,7 @@ impl fmt::Display for PvErrorKind {
                 write!(
                     f,
                     "site does not begin with a call or tail jump through the slot at {expected:#x} (found {}",
-                    crate::report::Hex(bytes)
+                    crate::bytes::Hex(bytes)
                 )?;
                 if let Some(t) = found {
                     write!(f, ", through {t:#x}")?;
