@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example paravirt [-- --backend native|counting|auto] [--json]
-//! qemu-x86_64 -cpu Haswell target/release/examples/paravirt --backend counting --allow-threads
+//! qemu-x86_64 -cpu Haswell target/release/examples/paravirt --backend counting --blocking-threads-run-no-sites
 //! ```
 //!
 //! The table holds interrupt-flag style operations emulated in user space (the "IF" bit lives
@@ -174,15 +174,14 @@ fn main() {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--json" => json = true,
-            "--allow-threads" => {
-                // SAFETY: this program patches before it starts any thread; the flag is for
-                // qemu-user, whose own helper thread shows in /proc/self/task but never runs
-                // guest code.
-                options = unsafe { options.allow_other_threads() };
+            "--blocking-threads-run-no-sites" => {
+                // SAFETY: the flag is for qemu-user, whose helper thread blocks every signal
+                // and never runs guest code; this program starts no thread of its own.
+                options = unsafe { options.assume_blocking_threads_run_no_sites() };
             }
             "--backend" => backend_arg = args.next().unwrap_or_default(),
             other => {
-                eprintln!("usage: paravirt [--backend native|counting|auto] [--json] [--allow-threads] (got {other:?})");
+                eprintln!("usage: paravirt [--backend native|counting|auto] [--json] [--blocking-threads-run-no-sites] (got {other:?})");
                 std::process::exit(2);
             }
         }

@@ -134,7 +134,12 @@ fn every_model_gets_the_code_its_cpuid_offers_and_the_same_results() {
     let bin = example("quickstart");
     let reference = unpatched_checksum();
     for m in &MODELS {
-        let out = run_on_model(m.name, &bin, &["--json", "--allow-threads"], &[]);
+        let out = run_on_model(
+            m.name,
+            &bin,
+            &["--json", "--blocking-threads-run-no-sites"],
+            &[],
+        );
         let v = json(&out, &format!("quickstart on {}", m.name));
         assert_eq!(checksum(&v), reference, "checksum on {}", m.name);
         check_decodes(&v, m.name);
@@ -183,7 +188,12 @@ fn a_masked_feature_is_never_used() {
     let reference = unpatched_checksum();
     let env = [("ALT_CLEARCPUID", "popcnt,avx2,erms")];
     let v = json(
-        &run_on_model("Haswell", &bin, &["--json", "--allow-threads"], &env),
+        &run_on_model(
+            "Haswell",
+            &bin,
+            &["--json", "--blocking-threads-run-no-sites"],
+            &env,
+        ),
         "quickstart on Haswell with ALT_CLEARCPUID",
     );
     assert_eq!(checksum(&v), reference);

@@ -225,7 +225,7 @@ fn run_c(rounds: u64) -> u64 {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: pv-c [--backend native|counting] [--rounds N] [--json] [--allow-threads]");
+    eprintln!("usage: pv-c [--backend native|counting] [--rounds N] [--json] [--blocking-threads-run-no-sites]");
     std::process::exit(2);
 }
 
@@ -245,11 +245,10 @@ fn main() {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--json" => json = true,
-            "--allow-threads" => {
-                // SAFETY: this program patches before it starts any thread; the flag is for
-                // qemu-user, whose own helper thread shows in /proc/self/task but never runs
-                // guest code.
-                options = unsafe { options.allow_other_threads() };
+            "--blocking-threads-run-no-sites" => {
+                // SAFETY: the flag is for qemu-user, whose helper thread blocks every signal
+                // and never runs guest code; this program starts no thread of its own.
+                options = unsafe { options.assume_blocking_threads_run_no_sites() };
             }
             "--backend" => {
                 backend = match args.next().as_deref() {
