@@ -42,7 +42,7 @@ extern "C" fn native_cycles() -> u64 {
     // SAFETY: rdtsc exists on every x86-64 CPU.
     unsafe { core::arch::x86_64::_rdtsc() }
 }
-extern "C" fn native_hypercall(nr: u64, arg: u64) -> u64 {
+pub extern "C" fn native_hypercall(nr: u64, arg: u64) -> u64 {
     nr.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17) ^ arg
 }
 extern "C" fn native_io_delay() {}
@@ -119,7 +119,7 @@ unsafe extern "C" fn counting_hypercall(nr: u64, arg: u64) -> u64 {
 
 /// Counts flag operations, cycle reads and hypercalls; the I/O delay does nothing; `halt` is
 /// left unset.
-const COUNTING: PvOpsBackend = PvOpsBackend {
+pub const COUNTING: PvOpsBackend = PvOpsBackend {
     name: "counting",
     save_flags: OpImpl::Function(counting_save_flags),
     restore_flags: OpImpl::Function(counting_restore_flags),
@@ -137,7 +137,7 @@ const ROUNDS: u64 = 100_000;
 /// live in registers across the operations, so a site that changed a register it promised to
 /// keep would change the checksum.
 #[inline(never)]
-fn workload(rounds: u64) -> u64 {
+pub fn workload(rounds: u64) -> u64 {
     let mut acc: u64 = 0xcbf2_9ce4_8422_2325;
     let mut monotonic = true;
     for i in 0..rounds {

@@ -39,9 +39,15 @@
 //! 5. It lists `/proc/self/task` again and stops any thread created meanwhile, until a listing
 //!    shows no thread it has not stopped. Once every listed thread waits in the handler, nothing
 //!    is left that could create one.
-//! 6. It checks each stopped thread's instruction pointer against the forbidden ranges. If one is
-//!    inside, everybody is released, the thread runs on for a moment, and the whole rendezvous is
-//!    tried again, up to [`StopOptions::max_tries`] times ([`StopError::InsideForbidden`]).
+//! 6. It checks each stopped thread's instruction pointer against the forbidden ranges. A thread
+//!    inside one is told to leave the handler and run on (the others stay stopped), is signalled
+//!    again a moment later (10 us, doubling up to 1.28 ms), and checked again; threads it created
+//!    meanwhile are stopped too. After 8 looks everyone is released for a moment (the thread may
+//!    wait for one that was stopped) and the whole rendezvous starts again; up to
+//!    [`StopOptions::max_tries`] looks in all ([`StopError::InsideForbidden`]). Only releasing
+//!    everyone and starting over would not do: a long instruction at a site's start (`rdtsc`,
+//!    an interrupted `rep movsb`) is where a thread calling the site in a loop is most often
+//!    interrupted, try after try.
 //! 7. [`Stopped::release`] calls `membarrier(..SYNC_CORE)` if registered, serialises the caller,
 //!    and wakes everyone; each handler executes a serialising instruction (`cpuid`) after it sees
 //!    the release and before it returns. Returning from a signal handler is not enough by itself:
@@ -150,10 +156,11 @@ impl Default for StopOptions {
 impl StopOptions {
     /// How long a signalled thread may take to arrive, by default.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
-    /// How many times the rendezvous is tried when a thread is inside a forbidden range.
-    pub const DEFAULT_MAX_TRIES: u32 = 16;
+    /// How many times the stopped threads are looked at when one is inside a forbidden range
+    /// (each time, those inside run on for a moment and are stopped again).
+    pub const DEFAULT_MAX_TRIES: u32 = 100;
 
-    /// The default signal, a one-second timeout, 16 tries, blocking threads refused.
+    /// The first free signal, a one-second timeout, 100 tries, blocking threads refused.
     pub fn new() -> Self {
         Self {
             signal: None,
@@ -178,8 +185,9 @@ impl StopOptions {
         self
     }
 
-    /// How many times the whole rendezvous is tried while some thread is stopped inside a
-    /// forbidden range (at least once).
+    /// How many times the stopped threads are looked at while some thread is stopped inside a
+    /// forbidden range (at least once): each time, the threads inside are let run on for a
+    /// moment (10 us, doubling up to 1.28 ms; the others stay stopped) and stopped again.
     pub fn max_tries(mut self, tries: u32) -> Self {
         self.max_tries = tries.max(1);
         self
@@ -338,8 +346,9 @@ impl fmt::Display for StopError {
             ),
             Self::InsideForbidden { tid, ip, tries } => write!(
                 f,
-                "thread {tid} was stopped at {ip:#x}, inside code being rewritten, on each of {tries} \
-                 tries; no thread was left stopped"
+                "thread {tid} was stopped at {ip:#x}, inside code being rewritten, at the last of \
+                 {tries} tries (a thread stopped inside is let run on and stopped again); no \
+                 thread was left stopped"
             ),
             Self::Unstable { listings } => write!(
                 f,
@@ -419,8 +428,8 @@ impl Stopped {
         self.skipped
     }
 
-    /// How many times the rendezvous was tried (more than 1 when a thread was inside a
-    /// forbidden range).
+    /// How many times the stopped threads were looked at (more than 1 when a thread was inside
+    /// a forbidden range and was let run on).
     pub fn tries(&self) -> u32 {
         self.tries
     }
@@ -518,13 +527,28 @@ pub fn stop_other_threads(
     // Everything that allocates happens here, before any thread is stopped.
     let mut capacity = (count_threads()? * 2 + 16).max(64);
     let mut plan = Plan::new(capacity, signal, pid, options);
-    let mut tries = 0;
-    let mut inside = StoppedThread { tid: 0, ip: 0 };
-    while tries < options.max_tries {
+    let (mut tries, mut attempts) = (0, 0);
+    loop {
         let gen = NEXT_GEN.fetch_add(1, Relaxed) & GEN_MASK;
         let _unwinding = ReleaseOnUnwind(gen);
-        match plan.stop_all(gen) {
-            Ok(()) => {}
+        let budget = (options.max_tries - tries).min(LOOKS_PER_ATTEMPT);
+        let stopped = plan
+            .stop_all(gen)
+            .and_then(|()| plan.move_out_of(gen, forbidden, budget));
+        match stopped {
+            Ok(looks) => {
+                return Ok(Stopped {
+                    gen,
+                    arena: Some(plan.arena),
+                    used: plan.used,
+                    skipped: plan.skipped,
+                    tries: tries + looks,
+                    listings: plan.listings,
+                    _busy: busy,
+                    _mask: mask,
+                    _not_send: PhantomData,
+                })
+            }
             Err(Failure::NeedCapacity) => {
                 plan.release(gen, false);
                 capacity *= 2;
@@ -534,40 +558,32 @@ pub fn stop_other_threads(
                 plan = Plan::new(capacity, signal, pid, options);
                 continue;
             }
+            Err(Failure::Inside { thread, looks }) => {
+                plan.release(gen, false);
+                tries += looks;
+                if tries >= options.max_tries {
+                    return Err(StopError::InsideForbidden {
+                        tid: thread.tid,
+                        ip: thread.ip,
+                        tries,
+                    });
+                }
+                // It may wait for a thread that was stopped: let everyone run for a moment.
+                std::thread::sleep(Duration::from_micros(50u64 << attempts.min(6)));
+                attempts += 1;
+            }
             Err(Failure::Error(e)) => {
                 plan.release(gen, false);
                 return Err(e);
             }
         }
-        tries += 1;
-        match plan.first_inside(forbidden) {
-            None => {
-                return Ok(Stopped {
-                    gen,
-                    arena: Some(plan.arena),
-                    used: plan.used,
-                    skipped: plan.skipped,
-                    tries,
-                    listings: plan.listings,
-                    _busy: busy,
-                    _mask: mask,
-                    _not_send: PhantomData,
-                })
-            }
-            Some(thread) => {
-                inside = thread;
-                plan.release(gen, false);
-                // Let it run on out of the range before the next try.
-                std::thread::sleep(Duration::from_micros(50u64 << (tries - 1).min(6)));
-            }
-        }
     }
-    Err(StopError::InsideForbidden {
-        tid: inside.tid,
-        ip: inside.ip,
-        tries,
-    })
 }
+
+/// How many times one attempt looks at the stopped threads, letting those inside a forbidden
+/// range run on, before it releases everyone (a thread may not leave the range before a
+/// stopped thread does something) and starts again.
+const LOOKS_PER_ATTEMPT: u32 = 8;
 
 // ---------------------------------------------------------------------------------------------
 // Shared state between the caller and the handler: atomics only.
@@ -591,6 +607,9 @@ static CHOSEN: AtomicI32 = AtomicI32::new(0);
 static RELEASED: AtomicU32 = AtomicU32::new(0);
 /// Futex: how many times a thread has arrived, ever. The caller waits on it for arrivals.
 static ARRIVALS: AtomicU32 = AtomicU32::new(0);
+/// Futex: bumped on every release and every kick. Handlers wait on it, and look again at
+/// [`RELEASED`] and their slot each time it moves.
+static WAKE: AtomicU32 = AtomicU32::new(0);
 /// The last released attempt (caller only, under [`BUSY`]): its arena, slots used, generation.
 static LAST_ARENA: AtomicPtr<Arena> = AtomicPtr::new(core::ptr::null_mut());
 static LAST_USED: AtomicUsize = AtomicUsize::new(0);
@@ -615,9 +634,11 @@ fn remembered(list: &[AtomicI32; 8], tid: i32) -> bool {
 }
 
 /// A slot's word: `SENT | generation` while a thread has been signalled and has not arrived,
-/// `ARRIVED | ip` once it waits in the handler, 0 when unused.
+/// `ARRIVED | ip` once it waits in the handler, `KICKED` once it was told to run on (it was
+/// inside a forbidden range; it is signalled again in another slot), 0 when unused.
 const SENT: u64 = 1 << 63;
 const ARRIVED: u64 = 1 << 62;
+const KICKED: u64 = 1 << 61;
 /// The signal's value carries `generation << INDEX_BITS | slot`.
 const INDEX_BITS: u32 = 24;
 const GEN_MASK: u64 = (1 << 40) - 1;
@@ -654,7 +675,7 @@ impl Drop for ReleaseOnUnwind {
     fn drop(&mut self) {
         if std::thread::panicking() {
             RELEASED.store(self.0 as u32, Release);
-            futex_wake(&RELEASED, i32::MAX);
+            wake_handlers();
         }
     }
 }
@@ -819,6 +840,11 @@ impl Drop for CallerMask {
 enum Failure {
     /// More threads than slots: grow (allocating) and try again.
     NeedCapacity,
+    /// A thread was still inside a forbidden range at the last of `looks`.
+    Inside {
+        thread: StoppedThread,
+        looks: u32,
+    },
     Error(StopError),
 }
 
@@ -839,6 +865,8 @@ struct Plan {
     inside_before: Vec<i32>,
     /// Threads seen blocking the signal in this attempt.
     blocked: Vec<Blocked>,
+    /// Threads told to run on out of a forbidden range, to be signalled again.
+    rerun: Vec<i32>,
     used: usize,
     skipped: usize,
     listings: u32,
@@ -892,6 +920,7 @@ impl Plan {
             known: Vec::with_capacity(capacity),
             inside_before: Vec::with_capacity(capacity),
             blocked: Vec::with_capacity(capacity),
+            rerun: Vec::with_capacity(capacity),
             used: 0,
             skipped: 0,
             listings: 0,
@@ -917,6 +946,12 @@ impl Plan {
         self.used = 0;
         self.skipped = 0;
         self.listings = 0;
+        self.stop_new_threads(gen)
+    }
+
+    /// Lists `/proc/self/task` and stops every thread not yet known, until a listing shows
+    /// none.
+    fn stop_new_threads(&mut self, gen: u64) -> Result<(), Failure> {
         loop {
             if self.listings == MAX_LISTINGS {
                 return Err(StopError::Unstable {
@@ -1236,18 +1271,66 @@ impl Plan {
         probe(tid, self.signal, self.libc_internal, self.realtime)
     }
 
-    /// The first stopped thread whose instruction pointer lies in a forbidden range.
-    fn first_inside(&self, forbidden: &[Range<u64>]) -> Option<StoppedThread> {
-        self.arena.slots[..self.used].iter().find_map(|slot| {
-            let word = slot.word.load(Acquire);
-            let ip = word & !ARRIVED;
-            (word & ARRIVED != 0 && forbidden.iter().any(|r| r.contains(&ip))).then(|| {
-                StoppedThread {
-                    tid: slot.tid.load(Relaxed),
-                    ip,
+    /// Gets every stopped thread out of the forbidden ranges: each one stopped inside is told
+    /// to run on (the others stay stopped), signalled again a moment later, and checked again,
+    /// up to `max_tries` looks in all. Threads it creates meanwhile are stopped too. Returns
+    /// how many looks it took, or [`Failure::Inside`].
+    fn move_out_of(
+        &mut self,
+        gen: u64,
+        forbidden: &[Range<u64>],
+        max_tries: u32,
+    ) -> Result<u32, Failure> {
+        let sorted = forbidden.windows(2).all(|w| w[0].start <= w[1].start)
+            && forbidden.windows(2).all(|w| w[0].end <= w[1].start);
+        let inside = |ip: u64| {
+            if sorted {
+                let i = forbidden.partition_point(|r| r.end <= ip);
+                forbidden.get(i).is_some_and(|r| r.contains(&ip))
+            } else {
+                forbidden.iter().any(|r| r.contains(&ip))
+            }
+        };
+        let mut tries = 1;
+        loop {
+            self.rerun.clear();
+            let mut last = None;
+            for slot in &self.arena.slots[..self.used] {
+                let word = slot.word.load(Acquire);
+                let ip = word & !ARRIVED;
+                if word & ARRIVED == 0 || !inside(ip) {
+                    continue;
                 }
-            })
-        })
+                let tid = slot.tid.load(Relaxed);
+                last = Some(StoppedThread { tid, ip });
+                if tries < max_tries {
+                    if self.rerun.len() == self.rerun.capacity() {
+                        return Err(Failure::NeedCapacity);
+                    }
+                    slot.word.store(KICKED, Release);
+                    self.rerun.push(tid);
+                }
+            }
+            let Some(thread) = last else {
+                return Ok(tries);
+            };
+            if tries >= max_tries {
+                return Err(Failure::Inside {
+                    thread,
+                    looks: tries,
+                });
+            }
+            wake_handlers();
+            // Let them run on out of the range: 10 us, doubling up to 1.28 ms.
+            std::thread::sleep(Duration::from_micros(10u64 << (tries - 1).min(7)));
+            tries += 1;
+            let first = self.used;
+            for i in 0..self.rerun.len() {
+                self.signal_thread(gen, self.rerun[i])?;
+            }
+            self.wait_for_arrivals(gen, first)?;
+            self.stop_new_threads(gen)?;
+        }
     }
 
     /// Lets every thread of attempt `gen` run on; `serialize` after text was written.
@@ -1290,7 +1373,13 @@ fn release(arena: &'static Arena, used: usize, gen: u64, serialize: bool) {
     LAST_USED.store(used, Relaxed);
     LAST_GEN.store(gen, Relaxed);
     RELEASED.store(gen as u32, Release);
-    futex_wake(&RELEASED, i32::MAX);
+    wake_handlers();
+}
+
+/// Makes every waiting handler look again at [`RELEASED`] and its slot.
+fn wake_handlers() {
+    WAKE.fetch_add(1, Release);
+    futex_wake(&WAKE, i32::MAX);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1332,7 +1421,7 @@ unsafe fn park(info: *const SigInfo, context: *mut c_void) {
         return;
     };
     // SAFETY: the caller's contract.
-    let ip = unsafe { arch::interrupted_ip(context) } & !(SENT | ARRIVED);
+    let ip = unsafe { arch::interrupted_ip(context) } & !(SENT | ARRIVED | KICKED);
     if slot
         .word
         .compare_exchange(SENT | gen, ARRIVED | ip, AcqRel, Relaxed)
@@ -1343,11 +1432,12 @@ unsafe fn park(info: *const SigInfo, context: *mut c_void) {
     ARRIVALS.fetch_add(1, SeqCst);
     futex_wake(&ARRIVALS, 1);
     loop {
+        let seen = WAKE.load(Acquire);
         let released = RELEASED.load(Acquire);
-        if released.wrapping_sub(gen as u32) as i32 >= 0 {
+        if released.wrapping_sub(gen as u32) as i32 >= 0 || slot.word.load(Acquire) == KICKED {
             break;
         }
-        futex_wait(&RELEASED, released, None);
+        futex_wait(&WAKE, seen, None);
     }
     arch::serialize_instruction_stream();
     slot.left.store(gen, Release);
