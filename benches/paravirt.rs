@@ -22,14 +22,16 @@ alt::paravirt_ops! {
         /// function.
         fn step(x: u64) -> u64 {
             native: native_step,
-            inline: ["lea {ret}, [{x} + {x} * 2 + 1]"],
+            // SAFETY: LEA computes the native function's result into the result register only.
+            unsafe inline: ["lea {ret}, [{x} + {x} * 2 + 1]"],
             clobbers: C,
         }
         /// One step, clobbering only rax: unpatched, the indirect call reaches a
         /// register-saving thunk.
         fn step_rax(x: u64) -> u64 {
             native: native_step,
-            inline: ["lea {ret}, [{x} + {x} * 2 + 1]"],
+            // SAFETY: LEA computes the native function's result into the result register only.
+            unsafe inline: ["lea {ret}, [{x} + {x} * 2 + 1]"],
             clobbers: [rax],
         }
     }

@@ -56,35 +56,41 @@ alt::paravirt_ops! {
         /// The emulated flags word.
         fn save_flags() -> u64 {
             native: native_save_flags,
-            inline: ["mov {ret}, qword ptr [rip + {if_word}]"],
+            // SAFETY: a plain load of the flags word (an AtomicU64: aligned, always valid), as
+            // the native function's relaxed load; only the result register changes.
+            unsafe inline: ["mov {ret}, qword ptr [rip + {if_word}]"],
             clobbers: [rax],
             symbols: { if_word = EMU_FLAGS },
         }
         /// Sets the emulated flags word.
         fn restore_flags(flags: u64) {
             native: native_restore_flags,
-            inline: ["mov qword ptr [rip + {if_word}], {flags}"],
+            // SAFETY: a plain store to the flags word, as the native function's relaxed store.
+            unsafe inline: ["mov qword ptr [rip + {if_word}], {flags}"],
             clobbers: [rax],
             symbols: { if_word = EMU_FLAGS },
         }
         /// Clears the emulated interrupt flag.
         fn irq_disable() {
             native: native_irq_disable,
-            inline: ["mov qword ptr [rip + {if_word}], 0"],
+            // SAFETY: a plain store to the flags word, as the native function's relaxed store.
+            unsafe inline: ["mov qword ptr [rip + {if_word}], 0"],
             clobbers: [rax],
             symbols: { if_word = EMU_FLAGS },
         }
         /// Sets the emulated interrupt flag.
         fn irq_enable() {
             native: native_irq_enable,
-            inline: ["mov qword ptr [rip + {if_word}], 0x200"],
+            // SAFETY: a plain store to the flags word, as the native function's relaxed store.
+            unsafe inline: ["mov qword ptr [rip + {if_word}], 0x200"],
             clobbers: [rax],
             symbols: { if_word = EMU_FLAGS },
         }
         /// The time-stamp counter.
         fn cycles() -> u64 {
             native: native_cycles,
-            inline: ["rdtsc", "shl rdx, 32", "or rax, rdx"],
+            // SAFETY: RDTSC writes rdx:rax only, both declared; the result is assembled in rax.
+            unsafe inline: ["rdtsc", "shl rdx, 32", "or rax, rdx"],
             clobbers: [rax, rdx],
         }
         /// A "hypercall": a pure function of its arguments.

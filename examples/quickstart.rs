@@ -25,7 +25,10 @@
 use alt::alternative;
 
 /// Number of set bits.
-#[alternative(popcnt => inline("popcnt {ret}, {x}"))]
+#[alternative(
+    // SAFETY: POPCNT writes only its destination (the result) and the flags.
+    popcnt => unsafe inline("popcnt {ret}, {x}")
+)]
 pub fn popcount(x: u64) -> u64 {
     // Portable: the classic SWAR count, no POPCNT instruction.
     let x = x - ((x >> 1) & 0x5555_5555_5555_5555);
@@ -35,7 +38,11 @@ pub fn popcount(x: u64) -> u64 {
 }
 
 /// Leading zero bits (64 for 0).
-#[alternative(lzcnt => inline("lzcnt {ret}, {x}"))]
+#[alternative(
+    // SAFETY: LZCNT writes only its destination (the result) and the flags; it gives 64 for 0,
+    // as the default does.
+    lzcnt => unsafe inline("lzcnt {ret}, {x}")
+)]
 pub fn leading_zeros(x: u64) -> u64 {
     if x == 0 {
         return 64;
@@ -50,7 +57,11 @@ pub fn leading_zeros(x: u64) -> u64 {
 }
 
 /// Trailing zero bits (64 for 0).
-#[alternative(bmi1 => inline("tzcnt {ret}, {x}"))]
+#[alternative(
+    // SAFETY: TZCNT writes only its destination (the result) and the flags; it gives 64 for 0,
+    // as the default does.
+    bmi1 => unsafe inline("tzcnt {ret}, {x}")
+)]
 pub fn trailing_zeros(x: u64) -> u64 {
     if x == 0 {
         return 64;
@@ -71,8 +82,12 @@ pub fn trailing_zeros(x: u64) -> u64 {
 ///
 /// `dst` and `src` must be valid for `len` bytes and must not overlap.
 #[alternative(
-    fsrm => inline("mov rcx, rdx", "rep movsb"),
-    erms => inline("mov rcx, rdx", "rep movsb"),
+    // SAFETY: `rep movsb` copies rcx bytes from [rsi] to [rdi], which the caller's contract makes
+    // valid and disjoint; it changes rcx, rsi and rdi, declared in `clobber`, and the direction
+    // flag is clear as the ABI requires.
+    fsrm => unsafe inline("mov rcx, rdx", "rep movsb"),
+    // SAFETY: as above.
+    erms => unsafe inline("mov rcx, rdx", "rep movsb"),
     clobber(rcx, rdi, rsi)
 )]
 pub unsafe fn copy_bytes(dst: *mut u8, src: *const u8, len: usize) {

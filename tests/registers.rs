@@ -55,7 +55,11 @@ fn soft_popcount(x: u64) -> u64 {
 
 /// The site under test: popcnt inline (priority), or a direct call keyed by AVX2 to a function
 /// that trashes registers; the default trashes them too.
-#[alternative(popcnt => inline("popcnt {ret}, {x}"), avx2 => popcount_trashing)]
+#[alternative(
+    // SAFETY: POPCNT writes only its destination (the result) and the flags.
+    popcnt => unsafe inline("popcnt {ret}, {x}"),
+    avx2 => popcount_trashing
+)]
 fn popcount(x: u64) -> u64 {
     trash_caller_saved();
     soft_popcount(x)
@@ -63,7 +67,12 @@ fn popcount(x: u64) -> u64 {
 
 /// The same site with `preserve_vectors`: its thunks save the vector registers instead of the
 /// site declaring them clobbered.
-#[alternative(popcnt => inline("popcnt {ret}, {x}"), avx2 => popcount_trashing, preserve_vectors)]
+#[alternative(
+    // SAFETY: POPCNT writes only its destination (the result) and the flags.
+    popcnt => unsafe inline("popcnt {ret}, {x}"),
+    avx2 => popcount_trashing,
+    preserve_vectors
+)]
 fn popcount_preserving(x: u64) -> u64 {
     trash_caller_saved();
     soft_popcount(x)

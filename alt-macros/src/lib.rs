@@ -1,81 +1,24 @@
 //! Macros of **alt**: patchable call sites from Rust.
 //!
-//! Use them through the `alt` crate: `alt::alternative` (the attribute) and
-//! `alt::asm::alternative!` (bare instruction swaps). Rust has one namespace for attribute and
-//! function-like macros, so the two cannot share a path; the bare form lives in `alt::asm`.
+//! Use them through the facade (crate `alternatives`, library `alt`), whose pages are the
+//! reference: `alt::alternative` (the attribute), `alt::asm::alternative!` (bare instruction
+//! swaps) and `alt::paravirt_ops!` (operations tables). Rust has one namespace for attribute and
+//! function-like macros, so the bare form lives in `alt::asm`.
 //!
-//! # `#[alternative(...)]` on a function
+//! The generated code reaches the facade only through its hidden `__private` module (at `::alt`,
+//! or the path given with `crate = path` / `#[alt(crate = path)]`), and the table layouts come
+//! from `alt-runtime` at expansion time; the three crates are released together.
 //!
-//! The function's body is the portable default. The arguments list replacements in priority
-//! order, each keyed by a capability (a CPU feature or an erratum, `!` to negate) and each either
-//! an inline instruction sequence or another function with the same signature:
-//!
-//! ```ignore
-//! use alt::alternative;
-//!
-//! /// Number of set bits.
-//! #[alternative(popcnt => inline("popcnt {ret}, {x}"))]
-//! pub fn popcount(x: u64) -> u64 {
-//!     x.count_ones() as u64
-//! }
-//!
-//! #[alternative(avx2 => sum_avx2)]
-//! pub unsafe fn sum(ptr: *const u8, len: usize) -> u64 {
-//!     /* SSE2 default */
-//! #   0
-//! }
-//!
-//! #[target_feature(enable = "avx2")]
-//! unsafe fn sum_avx2(ptr: *const u8, len: usize) -> u64 {
-//! #   0
-//! }
-//! ```
-//!
-//! The function becomes an `#[inline(always)]` wrapper whose body is one `asm!` block, so every
-//! call in your code is its own fixed-size site: a hand-encoded `call rel32` to the default,
-//! padded with NOPs to the longest inline replacement, plus one table entry per replacement (the
-//! entry order is the priority order). At start-up the runtime rewrites each site once: the
-//! first replacement whose key holds is copied in (inline) or called directly (function); if none
-//! holds the default call stays.
-//!
-//! **Templates** name arguments and the result as `{x}` and `{ret}`, with `asm!`'s width
-//! modifiers (`{x:e}` is the 32-bit register). Values live in the System V registers: arguments
-//! in `rdi`, `rsi`, `rdx`, `rcx`, `r8`, `r9`, the result in `rax`. An inline replacement may
-//! change only `rax` and the flags, plus registers listed in `clobber(...)`:
-//!
-//! ```ignore
-//! #[alternative(erms => inline("mov rcx, rdx", "rep movsb"), clobber(rcx, rdi, rsi))]
-//! pub unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) { /* byte loop */ }
-//! ```
-//!
-//! **Register discipline.** With inline replacements, the site promises the compiler that only
-//! `rax`, the flags, the listed clobbers and the vector registers change, so the native
-//! instruction costs nothing around it in integer code; calls (the default and function
-//! replacements) then go through generated thunks that save every other caller-saved
-//! general-purpose register. With `preserve_vectors` the site promises the vector registers too
-//! and the thunks save them (for sites in vector-heavy code). Without inline replacements, or
-//! with the `clobber_abi` option, the site instead declares everything a C call clobbers and
-//! calls the implementation directly.
-//!
-//! **Signatures**: up to six arguments and a result, each an integer of up to 64 bits, `bool`,
-//! `usize`/`isize` or a raw pointer. Generics, `self`, `async`, `const`, floats, references and
-//! structs are compile errors that point at the offending token.
-//!
-//! # `alt::asm::alternative!` for bare instruction swaps
-//!
-//! ```ignore
-//! // A speculation barrier only where lfence serialises dispatch.
-//! unsafe { alt::asm::alternative!("", lfence_serializing => "lfence") };
-//! // clflushopt where available, with an operand as in asm!.
-//! unsafe { alt::asm::alternative!("clflush [{0}]", clflushopt => "clflushopt [{0}]", in(reg) p) };
-//! ```
-//!
-//! The first string is the default sequence (may be empty), then `key => "replacement"` pairs in
-//! priority order, then `asm!` operands and options, which every sequence shares. Like `asm!`, it
-//! must be used inside `unsafe`.
+//! Modules: `args` (parsing the attribute and capability names), `sig` (signatures and
+//! registers), `template` (`{x}`/`{ret}` substitution), `site` (the assembly of one site, its
+//! table entries, names and effects records), `thunk` (register-saving thunks), `features`
+//! (the target features a capability guarantees), `bare` (`alternative!`), `paravirt`
+//! (`paravirt_ops!`), `docs` (the generated capability reference).
 
 mod args;
 mod bare;
+mod docs;
+mod features;
 mod paravirt;
 mod sig;
 mod site;
@@ -88,12 +31,13 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{parse_macro_input, ItemFn};
 
+use alt_runtime::table::Effects;
 use args::{AttrArgs, Body};
-use sig::{ValueKind, ARG_REGS, CLOBBERABLE};
-use site::{DefaultCode, EntrySpec, EntryTarget, SiteSpec};
+use sig::{gpr_bit, ValueKind, ARG_REGS, CLOBBERABLE, C_ABI_GPRS};
+use site::{Declared, DefaultCode, EntrySpec, EntryTarget, SiteSpec};
 use thunk::{thunk_lines, VectorState};
 
-/// Makes a function a patchable site with alternatives. See the [crate documentation](crate).
+/// (Defined in the `alt-macros` crate.)
 #[proc_macro_attribute]
 pub fn alternative(attr: TokenStream, item: TokenStream) -> TokenStream {
     let args = parse_macro_input!(attr as AttrArgs);
@@ -103,7 +47,7 @@ pub fn alternative(attr: TokenStream, item: TokenStream) -> TokenStream {
         .into()
 }
 
-/// Swaps bare instruction sequences. See the [crate documentation](crate).
+/// (Defined in the `alt-macros` crate.)
 #[proc_macro]
 pub fn alternative_asm(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as bare::BareInput);
@@ -112,7 +56,7 @@ pub fn alternative_asm(input: TokenStream) -> TokenStream {
         .into()
 }
 
-/// Declares a paravirt operations table. See `docs/paravirt.md` and the `alt` crate.
+/// (Defined in the `alt-macros` crate.)
 #[proc_macro]
 pub fn paravirt_ops(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as paravirt::TableInput);
@@ -121,13 +65,31 @@ pub fn paravirt_ops(input: TokenStream) -> TokenStream {
         .into()
 }
 
+/// The capability reference, generated from the capability table: a Markdown string for
+/// `#[doc = ...]`. For the `alt` crate's documentation.
+#[doc(hidden)]
+#[proc_macro]
+pub fn __capability_reference(input: TokenStream) -> TokenStream {
+    let _ = input;
+    let text = docs::capability_reference();
+    quote!(#text).into()
+}
+
+/// The path generated code reaches the facade through: `crate = path`, or `::alt`.
+pub(crate) fn facade(krate: Option<&syn::Path>) -> TokenStream2 {
+    match krate {
+        Some(p) => quote!(#p),
+        None => quote!(::alt),
+    }
+}
+
 fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
     let checked = sig::check(&func.sig)?;
     if args.replacements.is_empty() {
         return Err(syn::Error::new(
             Span::call_site(),
             "#[alternative] needs at least one replacement, e.g. \
-             #[alternative(popcnt => inline(\"popcnt {ret}, {x}\"))]",
+             #[alternative(popcnt => unsafe inline(\"popcnt {ret}, {x}\"))]",
         ));
     }
     for r in &args.clobbers {
@@ -141,10 +103,13 @@ fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
             ));
         }
     }
-    let has_inline = args
-        .replacements
-        .iter()
-        .any(|r| matches!(r.body, Body::Inline(_)));
+    // The first `unsafe inline` acknowledges the site's assembly: the site's `unsafe` block
+    // carries its span, so that the `unsafe_code` lint (and `#![forbid(unsafe_code)]`) sees it.
+    let inline_unsafety = args.replacements.iter().find_map(|r| match &r.body {
+        Body::Inline { unsafety, .. } => Some(*unsafety),
+        Body::Function(_) => None,
+    });
+    let has_inline = inline_unsafety.is_some();
     let thunks = has_inline && args.clobber_abi.is_none();
     if let (Some(span), Some(_)) = (args.preserve_vectors, args.clobber_abi) {
         return Err(syn::Error::new(
@@ -154,6 +119,9 @@ fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
         ));
     }
     let save_vectors = args.preserve_vectors.is_some();
+    // Nothing the attribute emits names the facade today (only `core`); `crate = path` is
+    // accepted so that code written for a renamed facade keeps working when it does.
+    let _ = facade(args.krate.as_ref());
 
     let ItemFn {
         attrs,
@@ -165,8 +133,12 @@ fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
     let unsafety = &fsig.unsafety;
     let inputs = &fsig.inputs;
     let output = &fsig.output;
-    let arg_names: Vec<&syn::Ident> = checked.args.iter().map(|a| &a.name).collect();
     let arg_types: Vec<&syn::Type> = checked.args.iter().map(|a| &a.ty).collect();
+    // The shims' own argument names: call-site spans, so that the compiler's help for a
+    // variant with another signature never suggests editing the user's signature.
+    let shim_args: Vec<syn::Ident> = (0..checked.args.len())
+        .map(|i| format_ident!("__alt_a{}", i))
+        .collect();
     let attrs: Vec<&syn::Attribute> = attrs
         .iter()
         .filter(|a| !a.path().is_ident("inline"))
@@ -186,7 +158,7 @@ fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
         let variant_static = format_ident!("__ALT_VARIANT_{}", i);
         let variant_op = format!("alt_v{i}");
         let variant_name = match &r.body {
-            Body::Inline(lines) => lines
+            Body::Inline { lines, .. } => lines
                 .iter()
                 .map(|l| l.value().trim().to_string())
                 .collect::<Vec<_>>()
@@ -199,7 +171,7 @@ fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
         let vop = format_ident!("{}", variant_op);
         operands.push(quote!(#vop = sym #variant_static));
         match &r.body {
-            Body::Inline(lines) => {
+            Body::Inline { lines, .. } => {
                 let mut text = Vec::new();
                 for l in lines {
                     text.push(template::substitute(&l.value(), l.span(), &checked)?);
@@ -212,13 +184,15 @@ fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
             }
             Body::Function(path) => {
                 let shim = format_ident!("__alt_shim_{}", i);
-                let call = quote_spanned!(path.span()=> #path(#(#arg_names),*));
-                items.push(quote! {
-                    #[allow(clippy::missing_safety_doc, clippy::too_many_arguments, unused_unsafe)]
-                    extern "C" fn #shim(#(#arg_names: #arg_types),*) #output {
-                        unsafe { #call }
-                    }
-                });
+                items.push(direct_call_shim(
+                    &shim,
+                    path,
+                    &r.key,
+                    unsafety.is_some(),
+                    &shim_args,
+                    &arg_types,
+                    output,
+                ));
                 let op = format!("alt_t{i}");
                 let target = if thunks {
                     let t = format_ident!("__alt_thunk_{}", i);
@@ -259,14 +233,37 @@ fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
         });
     }
 
+    // What the site tells the compiler, recorded for `alt-tablegen verify`: the result
+    // register, the clobbers (everything a C call changes without thunks), the flags, memory,
+    // the stack, and the vector registers unless the thunks save them.
+    let clobbered: Vec<String> = args.clobbers.iter().map(|c| c.to_string()).collect();
+    let mut gprs = gpr_bit("rax").unwrap_or(0);
+    for c in &clobbered {
+        gprs |= gpr_bit(c).unwrap_or(0);
+    }
+    let mut effects =
+        Effects::FLAGS | Effects::MEMORY_READ | Effects::MEMORY_WRITE | Effects::STACK;
+    if !thunks {
+        for r in C_ABI_GPRS {
+            gprs |= gpr_bit(r).unwrap_or(0);
+        }
+    }
+    if !thunks || !save_vectors {
+        effects |= Effects::VECTORS;
+    }
+
     let lines = site::template(&SiteSpec {
         default: DefaultCode::Call("alt_default".into()),
         entries,
         name_operand: Some("alt_fname".into()),
+        effects: Declared {
+            gprs,
+            effects: effects.bits(),
+            probes: Vec::new(),
+        },
     });
 
     // Register operands.
-    let clobbered: Vec<String> = args.clobbers.iter().map(|c| c.to_string()).collect();
     let RegisterOperands {
         regs,
         ret_decl,
@@ -274,20 +271,22 @@ fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
         ret_value,
     } = register_operands(&checked, &clobbered);
     let site = |extra: TokenStream2| {
-        quote! {
-            #[allow(unused_unsafe)]
-            // SAFETY: the site calls the default through a register-preserving thunk (or
-            // declares the C ABI's clobbers); the runtime only rewrites it with replacements
-            // whose capability holds on every CPU.
-            unsafe {
-                ::core::arch::asm!(
-                    #(#lines,)*
-                    #(#operands,)*
-                    #(#regs,)*
-                    #ret_out,
-                    #extra
-                );
-            }
+        let asm = quote! {
+            ::core::arch::asm!(
+                #(#lines,)*
+                #(#operands,)*
+                #(#regs,)*
+                #ret_out,
+                #extra
+            );
+        };
+        // An inline template is the user's unsafe code: the block carries their `unsafe`
+        // token's span. A site with only function variants is the macro's own: it calls the
+        // default through a register-preserving thunk (or declares the C ABI's clobbers), and
+        // the runtime only rewrites it with a direct call whose capability holds.
+        match inline_unsafety {
+            Some(span) => quote_spanned!(span=> #[allow(unused_unsafe)] unsafe { #asm }),
+            None => quote!(#[allow(unused_unsafe)] unsafe { #asm }),
         }
     };
     let asm = if !thunks {
@@ -321,6 +320,84 @@ fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
             #ret_value
         }
     })
+}
+
+/// The `extern "C"` shim a direct-call variant is reached through.
+///
+/// The shim is compiled with the target features the capability guarantees and takes the
+/// variant as a function pointer of the function's own signature: a safe `fn` pointer for a
+/// safe function, which a safe `#[target_feature]` function coerces to there (Rust allows it
+/// where its features are enabled) and an `unsafe fn` refuses to (its contract is not the
+/// function's); an `unsafe fn` pointer for an `unsafe fn`, whose callers keep its contract. A
+/// variant with another signature is one `expected fn pointer ..., found fn item ...` error at
+/// its path.
+fn direct_call_shim(
+    shim: &syn::Ident,
+    path: &syn::Path,
+    key: &args::Key,
+    unsafe_site: bool,
+    args: &[syn::Ident],
+    types: &[&syn::Type],
+    output: &syn::ReturnType,
+) -> TokenStream2 {
+    let features: Vec<&str> = if key.negated {
+        Vec::new()
+    } else {
+        features::target_features(key.capability).to_vec()
+    };
+    let target_feature = if features.is_empty() {
+        quote!()
+    } else {
+        let list = features.join(",");
+        quote!(#[target_feature(enable = #list)])
+    };
+    let span = path.span();
+    let ret = match output {
+        syn::ReturnType::Default => quote!(),
+        syn::ReturnType::Type(_, ty) => {
+            let ty = respan(quote!(#ty), span);
+            quote_spanned!(span=> -> #ty)
+        }
+    };
+    let types_at_path: Vec<TokenStream2> = types.iter().map(|t| respan(quote!(#t), span)).collect();
+    let (unsafety, pointer, call) = if unsafe_site {
+        (
+            quote!(unsafe),
+            quote_spanned!(span=> unsafe fn(#(#types_at_path),*) #ret),
+            quote!(unsafe { __alt_variant(#(#args),*) }),
+        )
+    } else {
+        (
+            quote!(),
+            quote_spanned!(span=> fn(#(#types_at_path),*) #ret),
+            quote!(__alt_variant(#(#args),*)),
+        )
+    };
+    quote! {
+        #[allow(clippy::missing_safety_doc, clippy::too_many_arguments, unused_unsafe)]
+        #target_feature
+        #unsafety extern "C" fn #shim(#(#args: #types),*) #output {
+            let __alt_variant: #pointer = #path;
+            #call
+        }
+    }
+}
+
+/// The tokens with every span set to `span` (so that an error about them points there).
+fn respan(tokens: TokenStream2, span: Span) -> TokenStream2 {
+    tokens
+        .into_iter()
+        .map(|mut tt| {
+            if let proc_macro2::TokenTree::Group(g) = &tt {
+                let mut ng = proc_macro2::Group::new(g.delimiter(), respan(g.stream(), span));
+                ng.set_span(span);
+                tt = proc_macro2::TokenTree::Group(ng);
+            } else {
+                tt.set_span(span);
+            }
+            tt
+        })
+        .collect()
 }
 
 /// A naked thunk saving the caller-saved general-purpose registers (but `rax`) around a call of

@@ -351,36 +351,13 @@ impl<I: Isa> Prepared<I> {
 
     /// What [`Prepared::apply`] would report, without writing (`pages` is 0).
     pub fn preview(&self) -> Report {
-        self.report(self.alt.clone(), self.pv.clone(), WriteStats::default())
-    }
-
-    fn report(&self, alt: Plan, pv: Vec<PvPlan>, stats: WriteStats) -> Report {
-        let mut sites: Vec<SiteReport> = alt.sites.into_iter().map(SiteReport::from_plan).collect();
-        for s in &mut sites {
-            s.function = self.site_names.site(s.addr);
-            s.variants = s
-                .candidates
-                .iter()
-                .map(|c| self.entry_names.get(c.entry).copied().flatten())
-                .collect();
-        }
-        let mut paravirt: Vec<PvSiteReport> = pv
-            .into_iter()
-            .flat_map(|p| {
-                let (table, backend) = (p.table, p.backend);
-                p.sites
-                    .into_iter()
-                    .map(move |s| PvSiteReport::from_plan(s, table, backend))
-            })
-            .collect();
-        paravirt.sort_by_key(|s| s.addr);
-        Report {
-            capabilities: alt.capabilities,
-            sites,
-            paravirt,
-            pages: stats.pages,
-            elapsed_ns: None,
-        }
+        report_of(
+            self.alt.clone(),
+            self.pv.clone(),
+            &self.site_names,
+            &self.entry_names,
+            WriteStats::default(),
+        )
     }
 
     /// Writes every changed site of every table, and the paravirt slots, all or nothing (see
@@ -390,19 +367,6 @@ impl<I: Isa> Prepared<I> {
         writer: &mut W,
         rendezvous: &mut R,
     ) -> Result<Patched<I>, ApplyError<I>> {
-        let mut writes: Vec<&SiteWrite> = self
-            .alt
-            .sites
-            .iter()
-            .map(|s| &s.write)
-            .chain(
-                self.pv
-                    .iter()
-                    .flat_map(|p| p.sites.iter().map(|s| &s.write)),
-            )
-            .filter(|w| w.changed())
-            .collect();
-        writes.sort_unstable_by_key(|w| w.addr);
         let slots: Vec<SlotWrite> = self
             .pv
             .iter()
@@ -415,32 +379,38 @@ impl<I: Isa> Prepared<I> {
             })
             .filter(|s| s.old != s.new)
             .collect();
-        // SAFETY: `Patcher::new`'s contract (the sites are this program's, the bytes planned
-        // from trusted tables), `Patcher::paravirt`'s (the slots are live) and the unsafe
-        // `Rendezvous` trait's (it really stops everyone).
-        let done = unsafe {
-            carry_out::<I, W, R>(&writes, &slots, Direction::Forward, writer, rendezvous)
+        let done = {
+            let mut writes: Vec<&SiteWrite> = self
+                .alt
+                .sites
+                .iter()
+                .map(|s| &s.write)
+                .chain(
+                    self.pv
+                        .iter()
+                        .flat_map(|p| p.sites.iter().map(|s| &s.write)),
+                )
+                .filter(|w| w.changed())
+                .collect();
+            writes.sort_unstable_by_key(|w| w.addr);
+            // SAFETY: `Patcher::new`'s contract (the sites are this program's, the bytes
+            // planned from trusted tables), `Patcher::paravirt`'s (the slots are live) and the
+            // unsafe `Rendezvous` trait's (it really stops everyone).
+            unsafe { carry_out::<I, W, R>(&writes, &slots, Direction::Forward, writer, rendezvous) }
         };
         match done {
-            Ok(stats) => {
-                let report = self.report(self.alt.clone(), self.pv.clone(), stats);
-                Ok(Patched {
-                    report,
-                    slots,
-                    isa: PhantomData,
-                })
-            }
+            Ok(stats) => Ok(Patched {
+                report: self.into_report(stats),
+                slots,
+                isa: PhantomData,
+            }),
             Err(Failure {
                 error,
                 text_changed,
             }) => {
                 let leftover = text_changed.then(|| {
                     alloc::boxed::Box::new(Patched {
-                        report: self.report(
-                            self.alt.clone(),
-                            self.pv.clone(),
-                            WriteStats::default(),
-                        ),
+                        report: self.into_report(WriteStats::default()),
                         slots: Vec::new(),
                         isa: PhantomData,
                     })
@@ -448,6 +418,51 @@ impl<I: Isa> Prepared<I> {
                 Err(ApplyError { error, leftover })
             }
         }
+    }
+
+    fn into_report(self, stats: WriteStats) -> Report {
+        let Prepared {
+            alt,
+            pv,
+            site_names,
+            entry_names,
+            ..
+        } = self;
+        report_of(alt, pv, &site_names, &entry_names, stats)
+    }
+}
+
+/// The report of a plan carried out with `stats`, with the sites named.
+fn report_of(
+    alt: Plan,
+    pv: Vec<PvPlan>,
+    site_names: &Names,
+    entry_names: &[Option<&'static str>],
+    stats: WriteStats,
+) -> Report {
+    let mut sites: Vec<SiteReport> = alt.sites.into_iter().map(SiteReport::from_plan).collect();
+    for s in &mut sites {
+        s.function = site_names.site(s.addr);
+        for (v, c) in s.variants.iter_mut().zip(&s.candidates) {
+            *v = entry_names.get(c.entry).copied().flatten();
+        }
+    }
+    let mut paravirt: Vec<PvSiteReport> = pv
+        .into_iter()
+        .flat_map(|p| {
+            let (table, backend) = (p.table, p.backend);
+            p.sites
+                .into_iter()
+                .map(move |s| PvSiteReport::from_plan(s, table, backend))
+        })
+        .collect();
+    paravirt.sort_by_key(|s| s.addr);
+    Report {
+        capabilities: alt.capabilities,
+        sites,
+        paravirt,
+        pages: stats.pages,
+        elapsed_ns: None,
     }
 }
 

@@ -76,7 +76,41 @@ impl Offsets {
 
     /// The offsets, in increasing order.
     pub fn iter(self) -> impl Iterator<Item = usize> {
-        (0..256).filter(move |&o| self.contains(o))
+        let mut words = self.0;
+        let mut w = 0;
+        core::iter::from_fn(move || {
+            while w < words.len() {
+                if words[w] != 0 {
+                    let bit = words[w].trailing_zeros() as usize;
+                    words[w] &= words[w] - 1;
+                    return Some(w * 64 + bit);
+                }
+                w += 1;
+            }
+            None
+        })
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0 == [0; 4]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_iterate_in_order() {
+        let mut o = Offsets::EMPTY;
+        assert!(o.is_empty());
+        for x in [255, 0, 64, 63, 5, 128, 300] {
+            o.insert(x);
+        }
+        assert_eq!(o.iter().collect::<Vec<_>>(), [0, 5, 63, 64, 128, 255]);
+        assert!(o.contains(63) && !o.contains(62) && !o.contains(300));
+        assert!(!o.is_empty());
     }
 }
 

@@ -11,6 +11,7 @@
 //! | `alt_site_names`   | `__start_alt_site_names`, `__stop_alt_site_names`   | [`NameEntry`], 8 bytes |
 //! | `alt_entry_names`  | `__start_alt_entry_names`, `__stop_alt_entry_names` | [`NameEntry`], 8 bytes |
 //! | `alt_pv_<TABLE>`   | `__start_alt_pv_<TABLE>`, `__stop_alt_pv_<TABLE>`   | [`crate::PvEntry`], 8 bytes, one section per operations table |
+//! | `alt_site_effects` | `__start_alt_site_effects`, `__stop_alt_site_effects` | [`crate::table::EffectsEntry`], 16 bytes |
 //!
 //! An empty table must still exist or its bounds symbols are undefined, so this module emits a
 //! placeholder into each section: an all-zero [`AltEntry`] (skipped by the planner), an `int3`
@@ -21,6 +22,11 @@
 //! The name tables are optional side tables the macros emit for reports: a [`NameEntry`] maps a
 //! site address (in `alt_site_names`) or an alternative entry's address (in `alt_entry_names`)
 //! to a `&'static str`.
+//!
+//! `alt_site_effects` is a side table for tools: what each site declares to the compiler it may
+//! change (`alt-tablegen verify` checks every variant against it). The runtime never reads it,
+//! so it needs no placeholder and [`sections`] does not return its bounds; kernels still keep
+//! and bound it with the fragment so that the checker sees the same image.
 
 use crate::table::AltEntry;
 
@@ -68,6 +74,8 @@ pub const ALT_REPLACEMENT_PUSHSECTION: &str = ".pushsection alt_replacement,\"ax
 pub const SITE_NAMES_PUSHSECTION: &str = ".pushsection alt_site_names,\"aR\",@progbits";
 /// The directive that opens the `alt_entry_names` section.
 pub const ENTRY_NAMES_PUSHSECTION: &str = ".pushsection alt_entry_names,\"aR\",@progbits";
+/// The directive that opens the `alt_site_effects` section ([`crate::table::EffectsEntry`]).
+pub const SITE_EFFECTS_PUSHSECTION: &str = ".pushsection alt_site_effects,\"aR\",@progbits";
 
 /// Flags and type of every paravirt entry section `alt_pv_<TABLE>`: every emitter opens it as
 /// `.pushsection alt_pv_<TABLE>,` followed by this (the flags must agree). Its bounds are

@@ -660,10 +660,11 @@ fn encode<I: Isa>(
     match choice {
         Choice::Default => {
             let kept = I::keep_default(&g.original);
-            // Merged NOP padding must not swallow a return boundary.
-            let keeps = I::shape(g.site.start, &kept)
-                .map(|s| returns.iter().all(|r| s.boundaries.contains(r)))
-                .unwrap_or(false);
+            // Merged NOP padding must not swallow a return boundary (the site's end is one).
+            let keeps = returns.iter().all(|r| r >= len)
+                || I::shape(g.site.start, &kept)
+                    .map(|s| returns.iter().all(|r| s.boundaries.contains(r)))
+                    .unwrap_or(false);
             Ok(if keeps { kept } else { g.original.clone() })
         }
         Choice::Inline { entry } => {

@@ -1,6 +1,11 @@
 //! The report: per site what was chosen and why, the bytes before and after, totals per
 //! capability, pages touched and time taken.
 //!
+//! Patching returns one: [`crate::process::patch_self`] in a hosted process (after its run, so
+//! the report describes text that is already patched), a paravirt table's `install`, or a kernel's
+//! own call of the [driver](crate::driver). It is plain data: print it, log it, or keep it; reverting
+//! does not need it (the patched state is kept by the patching code).
+//!
 //! [`Report`] implements [`Display`](core::fmt::Display) for people, and
 //! [`Report::to_json`] gives one JSON object for programs:
 //!

@@ -59,8 +59,15 @@ impl CpuSpec {
     pub fn from_names(list: &str) -> Result<Self, String> {
         let mut set = CapabilitySet::default();
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let cap = Capability::from_name(name)
-                .ok_or_else(|| format!("unknown capability name {name:?}"))?;
+            let cap = Capability::from_name(name).ok_or_else(|| {
+                let hint = Capability::suggest(name)
+                    .map(|c| format!("; did you mean `{c}`?"))
+                    .unwrap_or_default();
+                format!(
+                    "unknown capability name {name:?}{hint} (capabilities: {})",
+                    alt_runtime::capability::CapabilityNames
+                )
+            })?;
             set.set(cap);
         }
         Ok(Self::Capabilities(set))

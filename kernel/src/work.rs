@@ -9,7 +9,10 @@ use alt::alternative;
 pub static RUNS: AtomicU32 = AtomicU32::new(0);
 
 /// Number of set bits.
-#[alternative(popcnt => inline("popcnt {ret}, {x}"))]
+#[alternative(
+    // SAFETY: POPCNT writes only its destination (the result) and the flags.
+    popcnt => unsafe inline("popcnt {ret}, {x}")
+)]
 pub fn popcount(x: u64) -> u64 {
     let x = x - ((x >> 1) & 0x5555_5555_5555_5555);
     let x = (x & 0x3333_3333_3333_3333) + ((x >> 2) & 0x3333_3333_3333_3333);
@@ -18,7 +21,11 @@ pub fn popcount(x: u64) -> u64 {
 }
 
 /// Leading zero bits (64 for 0).
-#[alternative(lzcnt => inline("lzcnt {ret}, {x}"))]
+#[alternative(
+    // SAFETY: LZCNT writes only its destination (the result) and the flags; 64 for 0, as the
+    // default.
+    lzcnt => unsafe inline("lzcnt {ret}, {x}")
+)]
 pub fn leading_zeros(x: u64) -> u64 {
     let mut n = 0;
     let mut v = x;
@@ -30,7 +37,11 @@ pub fn leading_zeros(x: u64) -> u64 {
 }
 
 /// Trailing zero bits (64 for 0).
-#[alternative(bmi1 => inline("tzcnt {ret}, {x}"))]
+#[alternative(
+    // SAFETY: TZCNT writes only its destination (the result) and the flags; 64 for 0, as the
+    // default.
+    bmi1 => unsafe inline("tzcnt {ret}, {x}")
+)]
 pub fn trailing_zeros(x: u64) -> u64 {
     let mut n = 0;
     let mut v = x;
@@ -46,7 +57,12 @@ pub fn trailing_zeros(x: u64) -> u64 {
 /// # Safety
 ///
 /// `dst` and `src` must be valid for `len` bytes and must not overlap.
-#[alternative(erms => inline("mov rcx, rdx", "rep movsb"), clobber(rcx, rdi, rsi))]
+#[alternative(
+    // SAFETY: `rep movsb` copies rcx bytes from [rsi] to [rdi], valid and disjoint by the
+    // caller's contract; it changes rcx, rsi and rdi, declared in `clobber`.
+    erms => unsafe inline("mov rcx, rdx", "rep movsb"),
+    clobber(rcx, rdi, rsi)
+)]
 pub unsafe fn copy_bytes(dst: *mut u8, src: *const u8, len: usize) {
     let mut i = 0;
     while i < len {

@@ -1,4 +1,5 @@
-//! Patching the running process (hosted Linux): probe, override, plan, write, report, revert.
+//! Patching the running process (hosted Linux x86-64): probe, override, plan, write, report,
+//! revert. Everything goes through the [driver](crate::driver).
 //!
 //! # Who calls what
 //!
@@ -23,7 +24,7 @@
 //!
 //! [`revert_self`] restores every site's original bytes, after which [`patch_self_with`] may
 //! patch again, for other capabilities; [`install_paravirt`] patches an operations table for a
-//! backend at run time. Everything goes through the [driver](crate::driver).
+//! backend at run time.
 //!
 //! # Other threads
 //!
@@ -133,7 +134,16 @@ pub fn process_text() -> (Vec<Range<u64>>, Range<u64>) {
     object_text(sections().alt_instr.0 as u64)
 }
 
-/// How [`patch_self_with`] patches.
+/// How [`patch_self_with`] patches: which capabilities (probed, or given), whether other threads
+/// are allowed, and how text is written.
+///
+/// ```no_run
+/// use alt_runtime::process::{patch_self_with, PatchOptions};
+///
+/// let options = PatchOptions::new().strict_wx(); // never make a page writable
+/// let report = patch_self_with(&options).expect("patching");
+/// assert!(report.sites_changed() <= report.sites.len());
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct PatchOptions {
     capabilities: Option<CapabilitySet>,
@@ -275,7 +285,8 @@ fn patch_now(options: &PatchOptions) -> Result<Report, ProcessError> {
     // emitted by the macros.
     let patcher = unsafe { Patcher::new(caps, layout) }.sections(&s);
     let prepared = patcher.plan(&mem).map_err(ProcessError::Plan)?;
-    let mut writer = options.writer();
+    // SAFETY: as for `mem`: this object's own text and replacement section.
+    let mut writer = unsafe { options.writer().reading_directly(readable.clone()) };
     let mut threads = options.rendezvous();
     let applied = prepared.apply(&mut writer, &mut threads);
     note_stop(&threads);
@@ -296,7 +307,10 @@ pub fn revert_self() -> Result<(), ProcessError> {
 pub fn revert_self_with(options: &PatchOptions) -> Result<(), ProcessError> {
     let mut guard = PATCHED.lock().unwrap_or_else(|p| p.into_inner());
     let patched = guard.take().ok_or(ProcessError::NotPatched)?;
-    let mut writer = options.writer();
+    let (mut readable, replacements) = process_text();
+    readable.push(replacements);
+    // SAFETY: this object's own text and replacement section, mapped for its lifetime.
+    let mut writer = unsafe { options.writer().reading_directly(readable) };
     let mut threads = options.rendezvous();
     let reverted = patched.revert(&mut writer, &mut threads);
     note_stop(&threads);
@@ -342,7 +356,8 @@ pub unsafe fn install_paravirt(
     let patcher =
         unsafe { Patcher::new(CapabilitySet::default(), layout).paravirt(table.clone(), *backend) };
     let prepared = patcher.plan(&mem).map_err(ProcessError::Plan)?;
-    let mut writer = options.writer();
+    // SAFETY: as for `mem`.
+    let mut writer = unsafe { options.writer().reading_directly(readable.clone()) };
     let mut threads = options.rendezvous();
     let applied = prepared.apply(&mut writer, &mut threads);
     note_stop(&threads);
