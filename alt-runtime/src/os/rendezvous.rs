@@ -17,9 +17,13 @@
 //! # How
 //!
 //! 1. The calling thread takes the process-wide rendezvous (a second call while one is in
-//!    progress, or while a [`Stopped`] guard lives, gets [`StopError::Busy`]), checks that the
-//!    signal (default [`default_signal`], `SIGRTMAX - 3`) has no handler but ours and installs
-//!    ours once (it stays installed), and registers for
+//!    progress, or while a [`Stopped`] guard lives, gets [`StopError::Busy`]) and blocks every
+//!    signal but the synchronous ones until the guard is dropped. If it is the only thread of
+//!    the process, that is all: nothing is signalled ([`Stopped::alone`]). Otherwise it takes
+//!    the signal the options name, or the first free one from [`default_signal`]
+//!    (`SIGRTMAX - 3`) down (no handler but ours, not blocked by the caller; each copy of the
+//!    runtime in a process takes its own, [`chosen_signal`]), installs its handler once (it
+//!    stays installed), and registers for
 //!    `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE)` once where the kernel has it.
 //!    Everything that may allocate happens here, before any thread is stopped.
 //! 2. It lists `/proc/self/task` and sends every thread but itself the signal with
@@ -60,7 +64,8 @@
 //!
 //! # What a program must allow
 //!
-//! - The signal must be free: no handler of the program's own, not ignored. Choose another with
+//! - A signal must be free: one from `SIGRTMAX - 3` down to `SIGRTMIN + 4` with no handler of
+//!   the program's own, not ignored, not blocked by the caller; or name one with
 //!   [`StopOptions::signal`] (a real-time signal; the two highest cannot be delivered under
 //!   qemu-user 7.2).
 //! - Its threads must not keep the signal blocked (a moment is fine); a thread that does is named.
@@ -80,10 +85,10 @@
 //! thread's, and `stat` holds nothing that tells it apart. No reliable test separates it from a
 //! program thread that blocks every signal (worker threads of many libraries do), nor from a
 //! guest thread for which qemu blocks every host signal while it creates a thread. So it is not
-//! guessed: the rendezvous refuses it like any thread that blocks the signal, and a program that
-//! knows better says so with the `unsafe` [`StopOptions::assume_blocking_threads_run_no_sites`],
-//! which leaves running a thread that has kept the signal blocked for the whole timeout (and,
-//! in later calls, at once if it still blocks it). Also under qemu, `SigBlk` shows the host's
+//! guessed: the rendezvous refuses it like any thread that blocks the signal (after 10 ms: it
+//! sleeps with every real-time signal blocked), and a program that knows better says so with
+//! the `unsafe` [`StopOptions::assume_blocking_threads_run_no_sites`], which leaves it running
+//! then (and, in later calls, at once if it still blocks the signal). Also under qemu, `SigBlk` shows the host's
 //! numbering of the signals (qemu 7.2 delivers guest signal 61 as host signal 63), so a guest
 //! thread that blocks the signal is not seen as such; it is named when the timeout expires
 //! ([`StopError::Timeout`]).

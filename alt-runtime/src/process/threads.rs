@@ -1,21 +1,4 @@
-//! The hosted [`Rendezvous`]: every other thread of the process waits in a signal handler
-//! ([`crate::os::rendezvous`]) while the driver writes a batch, none of them strictly inside a
-//! site being rewritten; when the caller is the only thread, nothing is signalled at all.
-//!
-//! Every function of [`crate::process`] uses it; a program that drives the
-//! [driver](crate::driver) itself can too:
-//!
-//! ```no_run
-//! # fn demo(prepared: alt_runtime::driver::Prepared) -> Result<(), Box<dyn std::error::Error>> {
-//! use alt_runtime::os::linux::MprotectWriter;
-//! use alt_runtime::os::rendezvous::StopOptions;
-//! use alt_runtime::process::Threads;
-//!
-//! let mut threads = Threads::new(StopOptions::new());
-//! let patched = prepared.apply(&mut MprotectWriter::new(), &mut threads)?;
-//! println!("{:?}", threads.last()); // how long the others were stopped
-//! # drop(patched); Ok(()) }
-//! ```
+//! The hosted [`Rendezvous`]: [`Threads`].
 
 use core::ops::Range;
 use std::time::Instant;
@@ -23,8 +6,24 @@ use std::time::Instant;
 use crate::os::rendezvous::{stop_other_threads, StopError, StopOptions, Stopped};
 use crate::rendezvous::{Rendezvous, RendezvousError};
 
-/// Stops every other thread of this process around each batch (see the
-/// [module documentation](self)).
+/// The hosted [`Rendezvous`]: every other thread of the process waits in a signal handler
+/// ([`crate::os::rendezvous`]) while the driver writes a batch, none of them strictly inside a
+/// site being rewritten; when the caller is the only thread, nothing is signalled at all.
+///
+/// Every function of [`crate::process`] uses it; a program that drives the
+/// [driver](crate::driver) itself can too:
+///
+/// ```no_run
+/// # fn demo(prepared: alt_runtime::driver::Prepared) -> Result<(), Box<dyn std::error::Error>> {
+/// use alt_runtime::os::linux::MprotectWriter;
+/// use alt_runtime::os::rendezvous::StopOptions;
+/// use alt_runtime::process::Threads;
+///
+/// let mut threads = Threads::new(StopOptions::new());
+/// let patched = prepared.apply(&mut MprotectWriter::new(), &mut threads)?;
+/// println!("{:?}", threads.last()); // how long the others were stopped
+/// # drop(patched); Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Threads {
     options: StopOptions,
@@ -197,7 +196,8 @@ mod tests {
         assert!(pid >= 0);
         if pid == 0 {
             let mut t = Threads::new(StopOptions::new());
-            let ok = t.stop(&[0..1]).is_ok();
+            let site = 0..1;
+            let ok = t.stop(core::slice::from_ref(&site)).is_ok();
             t.release();
             let last = t.last().unwrap_or_default();
             let code = if ok
