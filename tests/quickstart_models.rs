@@ -284,3 +284,37 @@ fn strict_wx_patches_the_same_sites_without_making_text_writable() {
         "something was patched"
     );
 }
+
+#[test]
+fn alt_patch_off_keeps_every_default_from_the_start() {
+    let bin = example("quickstart");
+    let v = json(
+        &run_native(&bin, &["--json"], &[("ALT_PATCH", "off")]),
+        "ALT_PATCH=off quickstart",
+    );
+    assert_eq!(v["patched"], Value::Bool(false), "{v}");
+    assert_eq!(v["report"], Value::Null, "{v}");
+    assert_eq!(checksum(&v), unpatched_checksum());
+    // Even when asked to patch again: off is off.
+    let v = json(
+        &run_native(&bin, &["--json", "--strict-wx"], &[("ALT_PATCH", "off")]),
+        "ALT_PATCH=off quickstart --strict-wx",
+    );
+    assert_eq!(v["patched"], Value::Bool(false), "{v}");
+}
+
+#[test]
+fn under_qemu_patching_at_load_is_refused_naming_the_helper_and_the_option() {
+    // qemu-user's helper thread blocks every signal: patching at load cannot stop it. Without
+    // the flag the demo says so and fails; the sites kept their defaults.
+    let bin = example("quickstart");
+    let out = run_on_model("Haswell", &bin, &["--json"], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not patched at load"), "{err}");
+    assert!(
+        err.contains("PatchOptions::assume_blocking_threads_run_no_sites"),
+        "{err}"
+    );
+    assert!(err.contains("(thread "), "names the thread: {err}");
+}

@@ -41,8 +41,9 @@
 //!    library creating a thread or spawning a process, for a moment: not a refusal. A thread
 //!    still on its way out of the handler of the previous attempt is not asked either.
 //! 5. It lists `/proc/self/task` again and stops any thread created meanwhile, until a listing
-//!    shows no thread it has not stopped. Once every listed thread waits in the handler, nothing
-//!    is left that could create one.
+//!    shows no thread it has not stopped and has as many entries as the kernel's thread count
+//!    read before it (a listing can end early when a thread exits during it). Once every listed
+//!    thread waits in the handler, nothing is left that could create one.
 //! 6. It checks each stopped thread's instruction pointer against the forbidden ranges. A thread
 //!    inside one is told to leave the handler and run on (the others stay stopped), is signalled
 //!    again a moment later (10 us, doubling up to 1.28 ms), and checked again; threads it created
@@ -88,7 +89,9 @@
 //! guessed: the rendezvous refuses it like any thread that blocks the signal (after 10 ms: it
 //! sleeps with every real-time signal blocked), and a program that knows better says so with
 //! the `unsafe` [`StopOptions::assume_blocking_threads_run_no_sites`], which leaves it running
-//! then (and, in later calls, at once if it still blocks the signal). Also under qemu, `SigBlk` shows the host's
+//! once it has kept the signal blocked for the whole timeout (and, in later calls, at once if
+//! it still blocks it). Not earlier: under qemu a guest thread creating a thread shows the same
+//! mask as the helper and sleeps while it waits for its child. Also under qemu, `SigBlk` shows the host's
 //! numbering of the signals (qemu 7.2 delivers guest signal 61 as host signal 63), so a guest
 //! thread that blocks the signal is not seen as such; it is named when the timeout expires
 //! ([`StopError::Timeout`]).
@@ -198,12 +201,11 @@ impl StopOptions {
         self
     }
 
-    /// Leaves running, instead of refusing, every thread that keeps the signal blocked: one that
-    /// blocks every real-time signal and has slept so for 10 ms (qemu-user's helper thread
-    /// does, whatever the numbering of its mask), or one that keeps the signal blocked for the
-    /// whole timeout (its `SigBlk` holds it at every look); in later calls such a thread is
-    /// left running at once if it still blocks the signal. [`Stopped::skipped_count`] says how
-    /// many were left running.
+    /// Leaves running, instead of refusing, every thread that keeps the signal blocked for the
+    /// whole timeout (its `SigBlk` holds it, or every real-time signal, at every look); in later
+    /// calls such a thread is left running at once if it still blocks the signal.
+    /// [`Stopped::skipped_count`] says how many were left running. The first call waits the
+    /// whole timeout for each such thread.
     ///
     /// This exists for qemu-user, whose helper thread blocks every signal and never runs guest
     /// code (see the module documentation).
@@ -507,7 +509,13 @@ pub fn stop_other_threads(
 ) -> Result<Stopped, StopError> {
     let busy = BusyGuard::take()?;
     let mask = CallerMask::block_all()?;
-    if count_threads()? <= 1 {
+    // The kernel's count, which a listing cut short cannot fool; the listing where it is
+    // unreadable.
+    let alone = match threads_in_group() {
+        Some(n) => n <= 1,
+        None => count_threads()? <= 1,
+    };
+    if alone {
         // Nobody else can run, or create a thread: this one is busy here.
         membarrier_registered(); // cheap now, slow once threads exist
         return Ok(Stopped {
@@ -880,8 +888,6 @@ struct Plan {
     /// block them through the C library, which blocks them only for a moment of its own
     /// (creating a thread, `posix_spawn`).
     libc_internal: u64,
-    /// `SigBlk` bits of every real-time signal.
-    realtime: u64,
     pid: i32,
     uid: u32,
     me: i32,
@@ -904,11 +910,8 @@ enum Probe {
     /// It exited, or is a zombie: it runs nothing.
     Gone,
     Live {
-        /// `SigBlk` holds the signal (or every real-time signal).
+        /// `SigBlk` holds the signal.
         blocks_signal: bool,
-        /// `SigBlk` holds every real-time signal (`SIGRTMIN()..=SIGRTMAX()`): a test that does
-        /// not depend on how the signals are numbered (qemu-user shows host numbers).
-        all_realtime: bool,
         /// `SigBlk` holds the C library's own signals: inside the C library for a moment.
         libc_internal: bool,
         /// The state letter (`R`, `S`, `D`, ...).
@@ -919,7 +922,6 @@ enum Probe {
 impl Plan {
     fn new(capacity: usize, signal: i32, pid: i32, options: &StopOptions) -> Self {
         let internal = (32..libc::SIGRTMIN()).fold(0u64, |m, s| m | 1 << (s - 1));
-        let realtime = (libc::SIGRTMIN()..=libc::SIGRTMAX()).fold(0u64, |m, s| m | 1 << (s - 1));
         Self {
             arena: arena_with(capacity),
             known: Vec::with_capacity(capacity),
@@ -931,7 +933,6 @@ impl Plan {
             listings: 0,
             signal,
             libc_internal: internal,
-            realtime,
             pid,
             // SAFETY: getuid has no preconditions.
             uid: unsafe { libc::getuid() },
@@ -967,7 +968,13 @@ impl Plan {
             self.listings += 1;
             let first = self.used;
             let mut new = 0;
+            let mut listed = 0;
+            // Read before the listing: the kernel's walk of the thread list ends early when the
+            // thread it stands on exits meanwhile, leaving out the newest threads; such a
+            // listing has fewer entries than the process had threads when it began.
+            let expected = threads_in_group();
             for_each_thread(|tid| {
+                listed += 1;
                 let Err(at) = self.known.binary_search(&tid) else {
                     return Ok(());
                 };
@@ -979,7 +986,10 @@ impl Plan {
                 self.stop_one(gen, tid)
             })?;
             if new == 0 {
-                return Ok(());
+                if expected.is_none_or(|t| listed >= t) {
+                    return Ok(());
+                }
+                continue; // cut short, or threads left meanwhile: list again
             }
             self.wait_for_arrivals(gen, first)?;
         }
@@ -1144,17 +1154,13 @@ impl Plan {
                     }
                     false
                 }
-                Probe::Live {
-                    state,
-                    all_realtime,
-                    ..
-                } => {
-                    // Refused early if asleep with it blocked past the grace period. Skipped
-                    // early only if it blocks every real-time signal (as qemu-user's helper
-                    // does), otherwise once it has kept it blocked for the whole timeout.
+                Probe::Live { state, .. } => {
+                    // Refused early if asleep with it blocked past the grace period; skipped
+                    // only once it has kept it blocked for the whole timeout. (Not earlier:
+                    // under qemu-user a guest thread creating a thread shows the same mask as
+                    // qemu's helper and sleeps while it waits for its child.)
                     let asleep = state != b'R';
-                    let long = asleep && since.elapsed() >= grace;
-                    let early = long && (!self.skip_blocking || all_realtime);
+                    let early = !self.skip_blocking && asleep && since.elapsed() >= grace;
                     if !(at_deadline || early) {
                         i += 1;
                         continue;
@@ -1273,7 +1279,7 @@ impl Plan {
     }
 
     fn probe(&self, tid: i32) -> Probe {
-        probe(tid, self.signal, self.libc_internal, self.realtime)
+        probe(tid, self.signal, self.libc_internal)
     }
 
     /// Gets every stopped thread out of the forbidden ranges: each one stopped inside is told
@@ -1727,7 +1733,7 @@ fn count_threads() -> Result<usize, StopError> {
 
 /// Reads `/proc/self/task/TID/status`: whether the thread is gone or a zombie, its state letter,
 /// and whether its `SigBlk` holds `signal` or any of the bits `libc_internal`.
-fn probe(tid: i32, signal: i32, libc_internal: u64, realtime: u64) -> Probe {
+fn probe(tid: i32, signal: i32, libc_internal: u64) -> Probe {
     let mut path = [0u8; 48];
     let mut len = 0;
     let mut push = |s: &[u8]| {
@@ -1749,6 +1755,28 @@ fn probe(tid: i32, signal: i32, libc_internal: u64, realtime: u64) -> Probe {
     push(&digits[d..]);
     push(b"/status\0");
     let mut buf = [0u8; 4096];
+    match read_proc(&path[..len], &mut buf) {
+        Some(n) => parse_status(&buf[..n], signal, libc_internal),
+        None => Probe::Gone,
+    }
+}
+
+/// How many threads the process has, from `/proc/self/status` (`Threads:`, the kernel's count,
+/// which includes threads on their way out), if it can be read.
+fn threads_in_group() -> Option<usize> {
+    let mut buf = [0u8; 4096];
+    let n = read_proc(b"/proc/self/status\0", &mut buf)?;
+    let v = status_field(&buf[..n], b"Threads:")?;
+    let digits = v
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(v.len());
+    parse_decimal(&v[..digits]).map(|t| t as usize)
+}
+
+/// Reads the file at the NUL-terminated `path` into `buf` (as much as fits); its length, or
+/// `None` if it cannot be opened.
+fn read_proc(path: &[u8], buf: &mut [u8]) -> Option<usize> {
     // SAFETY: `path` is NUL-terminated.
     let fd = unsafe {
         libc::open(
@@ -1757,7 +1785,7 @@ fn probe(tid: i32, signal: i32, libc_internal: u64, realtime: u64) -> Probe {
         )
     };
     if fd < 0 {
-        return Probe::Gone;
+        return None;
     }
     let mut filled = 0;
     while filled < buf.len() {
@@ -1776,11 +1804,11 @@ fn probe(tid: i32, signal: i32, libc_internal: u64, realtime: u64) -> Probe {
     }
     // SAFETY: our own descriptor.
     unsafe { libc::close(fd) };
-    parse_status(&buf[..filled], signal, libc_internal, realtime)
+    Some(filled)
 }
 
 /// The part of [`probe`] that reads the text.
-fn parse_status(text: &[u8], signal: i32, libc_internal: u64, realtime: u64) -> Probe {
+fn parse_status(text: &[u8], signal: i32, libc_internal: u64) -> Probe {
     let state = status_field(text, b"State:")
         .and_then(|v| v.first().copied())
         .unwrap_or(b'?');
@@ -1795,10 +1823,8 @@ fn parse_status(text: &[u8], signal: i32, libc_internal: u64, realtime: u64) -> 
         })
         .unwrap_or(0);
     let bit = (signal as u32).wrapping_sub(1);
-    let all_realtime = realtime != 0 && blocked & realtime == realtime;
     Probe::Live {
-        blocks_signal: all_realtime || (bit < 64 && blocked & (1 << bit) != 0),
-        all_realtime,
+        blocks_signal: bit < 64 && blocked & (1 << bit) != 0,
         libc_internal: blocked & libc_internal != 0,
         state,
     }
@@ -1863,7 +1889,7 @@ mod tests {
                      SigBlk:\t1000000000000000\nSigIgn:\t0000000000000000\n";
         // Bit 60 is signal 61.
         assert!(matches!(
-            parse_status(text, 61, GLIBC_INTERNAL, REALTIME),
+            parse_status(text, 61, GLIBC_INTERNAL),
             Probe::Live {
                 blocks_signal: true,
                 libc_internal: false,
@@ -1872,7 +1898,7 @@ mod tests {
             }
         ));
         assert!(matches!(
-            parse_status(text, 60, GLIBC_INTERNAL, REALTIME),
+            parse_status(text, 60, GLIBC_INTERNAL),
             Probe::Live {
                 blocks_signal: false,
                 ..
@@ -1882,42 +1908,27 @@ mod tests {
 
     /// glibc's 32 and 33.
     const GLIBC_INTERNAL: u64 = 3 << 31;
-    /// Signals 34 to 64.
-    const REALTIME: u64 = !0 << 33;
-
     #[test]
-    fn blocking_every_real_time_signal_is_seen_whatever_the_numbering() {
+    fn qemus_helper_blocks_the_signal_whatever_the_numbering() {
         // qemu-user's helper thread as a guest reads it (host numbers): everything blocked but
-        // SIGILL, SIGFPE, SIGSEGV and the host C library's two.
+        // SIGILL, SIGFPE, SIGSEGV and the host C library's two, so every real-time signal.
         let helper = b"State:\tS (sleeping)\nSigBlk:\tfffffffe7ffbfa77\n";
         for signal in [61, 50, 40] {
             assert!(matches!(
-                parse_status(helper, signal, GLIBC_INTERNAL, REALTIME),
+                parse_status(helper, signal, GLIBC_INTERNAL),
                 Probe::Live {
                     blocks_signal: true,
-                    all_realtime: true,
                     libc_internal: false,
                     ..
                 }
             ));
         }
-        // One real-time signal short of all (bit 40 is signal 41): not all of them.
-        let most = b"State:\tS (sleeping)\nSigBlk:\tfffffefe7ffbfa77\n";
-        assert!(matches!(
-            parse_status(most, 61, GLIBC_INTERNAL, REALTIME),
-            Probe::Live {
-                blocks_signal: true,
-                all_realtime: false,
-                ..
-            }
-        ));
         // A thread that blocks only signal 63 (guest 61 under qemu) does not block 61.
         let one = b"State:\tS (sleeping)\nSigBlk:\t4000000000000000\n";
         assert!(matches!(
-            parse_status(one, 61, GLIBC_INTERNAL, REALTIME),
+            parse_status(one, 61, GLIBC_INTERNAL),
             Probe::Live {
                 blocks_signal: false,
-                all_realtime: false,
                 ..
             }
         ));
@@ -1930,7 +1941,7 @@ mod tests {
         let creating = b"State:\tR (running)\nSigBlk:\tfffffffffffbfeff\n";
         let program = b"State:\tS (sleeping)\nSigBlk:\tfffffffe7ffbfeff\n";
         assert!(matches!(
-            parse_status(creating, 61, GLIBC_INTERNAL, REALTIME),
+            parse_status(creating, 61, GLIBC_INTERNAL),
             Probe::Live {
                 blocks_signal: true,
                 libc_internal: true,
@@ -1938,7 +1949,7 @@ mod tests {
             }
         ));
         assert!(matches!(
-            parse_status(program, 61, GLIBC_INTERNAL, REALTIME),
+            parse_status(program, 61, GLIBC_INTERNAL),
             Probe::Live {
                 blocks_signal: true,
                 libc_internal: false,
@@ -1950,18 +1961,10 @@ mod tests {
     #[test]
     fn zombies_and_unreadable_threads_are_gone() {
         assert!(matches!(
-            parse_status(
-                b"State:\tZ (zombie)\nSigBlk:\t0\n",
-                61,
-                GLIBC_INTERNAL,
-                REALTIME
-            ),
+            parse_status(b"State:\tZ (zombie)\nSigBlk:\t0\n", 61, GLIBC_INTERNAL),
             Probe::Gone
         ));
-        assert!(matches!(
-            parse_status(b"", 61, GLIBC_INTERNAL, REALTIME),
-            Probe::Gone
-        ));
+        assert!(matches!(parse_status(b"", 61, GLIBC_INTERNAL), Probe::Gone));
     }
 
     #[test]

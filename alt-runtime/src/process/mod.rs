@@ -179,15 +179,15 @@ impl PatchOptions {
         self
     }
 
-    /// Leave running, instead of refusing, a thread that keeps the rendezvous signal blocked
-    /// (one that blocks every real-time signal and has slept so for 10 ms, or one that blocks
-    /// the signal for the whole one-second wait): see
+    /// Leave running, instead of refusing, a thread that keeps the rendezvous signal blocked for
+    /// the whole one-second wait (and, in later calls, at once if it still blocks it): see
     /// [`StopOptions::assume_blocking_threads_run_no_sites`].
     ///
     /// The case for it is qemu-user: its own helper thread shows in `/proc/self/task`, blocks
     /// every signal for its whole life and never runs guest code. Nothing the guest can read
     /// tells it from a program thread that blocks every signal, so without this option
-    /// patching under qemu-user is refused (in about 10 ms, naming the helper).
+    /// patching under qemu-user is refused (in about 10 ms, naming the helper); with it, the
+    /// first call waits one second for the helper.
     ///
     /// # Safety
     ///
