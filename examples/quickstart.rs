@@ -274,7 +274,8 @@ fn main() {
         if report.is_some() {
             revert_self_with(&options).unwrap_or_else(|e| fail("revert", &e));
         }
-        report = Some(patch_self_with(&options).unwrap_or_else(|e| fail("patch", &e)));
+        let repatched = patch_self_with(&options).unwrap_or_else(|e| fail("patch", &e));
+        report = Some(alt::report::Report::clone(&repatched));
     }
     if has("--no-patch") && report.take().is_some() {
         revert_self_with(&options).unwrap_or_else(|e| fail("revert", &e));
