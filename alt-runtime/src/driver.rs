@@ -143,6 +143,16 @@ type PvTable<'a> = (
     Option<Range<u64>>,
 );
 
+/// The first two sites that overlap, by start address (the ranges are sorted in place): the
+/// check across tables, which each table's own validation cannot make.
+pub fn first_overlap(sites: &mut [Range<u64>]) -> Option<(u64, u64)> {
+    sites.sort_unstable_by_key(|r| r.start);
+    sites
+        .windows(2)
+        .find(|w| w[0].end > w[1].start)
+        .map(|w| (w[0].start, w[1].start))
+}
+
 /// What to patch: the capabilities, the text, and the tables.
 #[derive(Debug)]
 pub struct Patcher<'a, I: Isa = X86_64> {

@@ -102,8 +102,13 @@ impl fmt::Display for PvError {
         if let Some((index, addr, site)) = self.entry {
             write!(f, " entry {index} at {addr:#x} (site {site:#x})")?;
         }
-        f.write_str(": ")?;
-        match &self.kind {
+        write!(f, ": {}", self.kind)
+    }
+}
+
+impl fmt::Display for PvErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
             PvErrorKind::BackendOpCount { table, backend } => {
                 write!(f, "the backend has {backend} operations, the table {table}")
             }
