@@ -42,7 +42,12 @@ fn static_plan_matches_the_decisions_made_under_each_model() {
             *planned.entry(key).or_default() += 1;
         }
         let v = json(
-            &run_on_model(model, &bin, &["--json", "--allow-threads"], &[]),
+            &run_on_model(
+                model,
+                &bin,
+                &["--json", "--blocking-threads-run-no-sites"],
+                &[],
+            ),
             model,
         );
         let mut ran = Tally::new();
