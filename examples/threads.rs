@@ -202,7 +202,7 @@ fn main() {
         }
     };
     let mut patched = false;
-    let mut pv: Option<alt::paravirt::PvPatched> = None;
+    let mut pv: Option<alt::driver::Patched> = None;
     let backends: [Option<&PvOpsBackend>; 3] = [None, Some(&PvOpsBackend::NATIVE), Some(&COUNTING)];
     let (mut switches, mut reverts, mut patches) = (0u64, 0u64, 0u64);
     for cycle in 0..c.cycles {
