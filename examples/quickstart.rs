@@ -181,7 +181,7 @@ impl Checksum {
 }
 
 /// Runs every function on fixed inputs; returns the checksum of the results and a summary.
-fn run() -> (u64, Vec<(&'static str, u64)>) {
+pub fn run() -> (u64, Vec<(&'static str, u64)>) {
     let mut sum = Checksum(0xcbf2_9ce4_8422_2325);
     let values: [u64; 8] = [
         0,

@@ -134,6 +134,15 @@ impl fmt::Display for PlanError {
 #[cfg(feature = "std")]
 impl std::error::Error for PlanError {}
 
+/// An operations table to patch: its descriptor, its backend, its entries, and where its
+/// operations' inline sequences lie if not in the layout's replacement section.
+type PvTable<'a> = (
+    TableDesc<'a>,
+    Backend<'a>,
+    Vec<PvTableEntry>,
+    Option<Range<u64>>,
+);
+
 /// What to patch: the capabilities, the text, and the tables.
 #[derive(Debug)]
 pub struct Patcher<'a, I: Isa = X86_64> {
@@ -141,14 +150,7 @@ pub struct Patcher<'a, I: Isa = X86_64> {
     layout: Layout<'a>,
     alternatives: Vec<TableEntry>,
     names: Names,
-    /// Each operations table, its backend, its entries, and where its operations' inline
-    /// sequences lie if not in the layout's replacement section.
-    paravirt: Vec<(
-        TableDesc<'a>,
-        Backend<'a>,
-        Vec<PvTableEntry>,
-        Option<Range<u64>>,
-    )>,
+    paravirt: Vec<PvTable<'a>>,
     isa: PhantomData<I>,
 }
 
@@ -400,7 +402,7 @@ impl<I: Isa> Prepared<I> {
         };
         match done {
             Ok(stats) => Ok(Patched {
-                report: self.into_report(stats),
+                report: alloc::sync::Arc::new(self.into_report(stats)),
                 slots,
                 isa: PhantomData,
             }),
@@ -410,7 +412,7 @@ impl<I: Isa> Prepared<I> {
             }) => {
                 let leftover = text_changed.then(|| {
                     alloc::boxed::Box::new(Patched {
-                        report: self.into_report(WriteStats::default()),
+                        report: alloc::sync::Arc::new(self.into_report(WriteStats::default())),
                         slots: Vec::new(),
                         isa: PhantomData,
                     })
@@ -443,8 +445,8 @@ fn report_of(
     let mut sites: Vec<SiteReport> = alt.sites.into_iter().map(SiteReport::from_plan).collect();
     for s in &mut sites {
         s.function = site_names.site(s.addr);
-        for (v, c) in s.variants.iter_mut().zip(&s.candidates) {
-            *v = entry_names.get(c.entry).copied().flatten();
+        for c in &mut s.candidates {
+            c.name = entry_names.get(c.entry).copied().flatten();
         }
     }
     let mut paravirt: Vec<PvSiteReport> = pv
@@ -470,7 +472,7 @@ fn report_of(
 /// which revert every change exactly.
 #[derive(Clone, Debug)]
 pub struct Patched<I: Isa = X86_64> {
-    report: Report,
+    report: alloc::sync::Arc<Report>,
     slots: Vec<SlotWrite>,
     isa: PhantomData<I>,
 }
@@ -481,9 +483,14 @@ impl<I: Isa> Patched<I> {
         &self.report
     }
 
-    /// Mutable access to the report, to attach timing.
+    /// Mutable access to the report, to attach timing (copied first if shared).
     pub fn report_mut(&mut self) -> &mut Report {
-        &mut self.report
+        alloc::sync::Arc::make_mut(&mut self.report)
+    }
+
+    /// The report, shared: handing it out copies nothing.
+    pub fn shared_report(&self) -> alloc::sync::Arc<Report> {
+        self.report.clone()
     }
 
     /// The slots that were stored.
@@ -579,7 +586,7 @@ fn still_patched<M: Memory>(mem: &M, sites: &[SiteWrite]) -> Result<Vec<usize>, 
         } else if found != &s.original[..] {
             return Err(PatchError::UnexpectedBytes {
                 addr: s.addr,
-                expected: s.new.clone(),
+                expected: s.new.to_vec(),
                 found: found.to_vec(),
             });
         }

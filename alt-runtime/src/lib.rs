@@ -35,6 +35,8 @@ extern crate alloc;
 extern crate std;
 
 pub mod aarch64;
+#[cfg(feature = "alloc")]
+pub mod bytes;
 pub mod c_header;
 pub mod capability;
 pub mod cpu;

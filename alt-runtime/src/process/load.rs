@@ -21,7 +21,7 @@ use crate::report::Report;
 #[derive(Debug)]
 pub enum LoadOutcome {
     /// The sites were patched; the report says how.
-    Patched(Report),
+    Patched(alloc::sync::Arc<Report>),
     /// Not attempted, and why (`ALT_PATCH=off`, the application opted out, no sites).
     Skipped(&'static str),
     /// It failed; every site keeps its default.

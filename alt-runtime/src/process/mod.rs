@@ -33,6 +33,7 @@ use crate::patch::PatchError;
 use crate::plan::Layout;
 use crate::rendezvous::{Alone, Rendezvous, RendezvousError};
 use crate::report::Report;
+use alloc::sync::Arc;
 
 pub mod load;
 
@@ -222,17 +223,17 @@ impl PatchOptions {
 
 /// Probes, applies the environment overrides, and patches every site of this program; if the
 /// sites are patched already (at load, or by an earlier call), returns that report.
-pub fn patch_self() -> Result<Report, ProcessError> {
+pub fn patch_self() -> Result<Arc<Report>, ProcessError> {
     patch_self_with(&PatchOptions::new())
 }
 
 /// Patches every site of this program as the options say. If the sites are patched already,
 /// returns that report, unless the options name capabilities of their own: then
 /// [`ProcessError::AlreadyPatched`] (revert first).
-pub fn patch_self_with(options: &PatchOptions) -> Result<Report, ProcessError> {
+pub fn patch_self_with(options: &PatchOptions) -> Result<Arc<Report>, ProcessError> {
     if let Some(p) = PATCHED.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
         return match options.capabilities {
-            None => Ok(p.report().clone()),
+            None => Ok(p.shared_report()),
             Some(_) => Err(ProcessError::AlreadyPatched),
         };
     }
@@ -240,7 +241,7 @@ pub fn patch_self_with(options: &PatchOptions) -> Result<Report, ProcessError> {
 }
 
 /// Patches now (nothing is patched yet).
-fn patch_now(options: &PatchOptions) -> Result<Report, ProcessError> {
+fn patch_now(options: &PatchOptions) -> Result<Arc<Report>, ProcessError> {
     let caps = options.decide()?;
     let mut guard = PATCHED.lock().unwrap_or_else(|p| p.into_inner());
     if guard.is_some() {
@@ -268,7 +269,7 @@ fn patch_now(options: &PatchOptions) -> Result<Report, ProcessError> {
         .apply(&mut writer, &mut *options.rendezvous())
         .map_err(|e| ProcessError::Patch(alloc::boxed::Box::new(e)))?;
     patched.report_mut().elapsed_ns = Some(started.elapsed().as_nanos() as u64);
-    let report = patched.report().clone();
+    let report = patched.shared_report();
     *guard = Some(patched);
     Ok(report)
 }
