@@ -112,7 +112,7 @@ fn arms() -> (u64, Vec<(&'static str, &'static str)>) {
     let words: Vec<u64> = (0..1000u64)
         .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
         .collect();
-    let bytes: Vec<u8> = (0..4099u32).map(|i| (i * 7 ^ (i >> 3)) as u8).collect();
+    let bytes: Vec<u8> = (0..4099u32).map(|i| ((i * 7) ^ (i >> 3)) as u8).collect();
     let (bits, bits_arm) = has!(popcnt => count_popcnt(&words), _ => count_portable(&words));
     let (sum, sum_arm) = has!(
         avx2 => sum_avx2(&bytes),

@@ -150,9 +150,12 @@ impl Parse for HasInput {
                 call,
                 path,
             });
-            if input.is_empty() {
-                return Err(input
-                    .error("has! with arms needs a last arm for when no key holds: `_ => expr`"));
+            if input.is_empty() || (input.peek(Token![,]) && input.peek2(syn::parse::End)) {
+                return Err(syn::Error::new(
+                    body.span(),
+                    "has! with arms needs a last arm for when no key holds: `_ => expr` after \
+                     this one",
+                ));
             }
             input.parse::<Token![,]>()?;
             if input.peek(Token![_]) {
