@@ -216,33 +216,57 @@ fn test(key: &Key, key_text: &str, layout: Layout) -> TokenStream2 {
     }
 }
 
+/// How one `has!` site is laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shape {
+    /// The expression's answer before patching.
+    unpatched: bool,
+    /// The answer that falls through (the code right after the site).
+    falls_through: bool,
+    /// The default is the `jmp` (the entry writes NOPs); otherwise a NOP (the entry writes the
+    /// `jmp`).
+    default_jumps: bool,
+    /// The entry is keyed `!cap` (an erratum: it holds where the erratum is absent).
+    entry_negated: bool,
+}
+
+impl Shape {
+    fn of(erratum: bool, negated: bool, layout: Layout) -> Shape {
+        // Unpatched, a feature is absent and an erratum present; `!` inverts the expression.
+        let unpatched = erratum != negated;
+        let falls_through = match layout {
+            // The answer patching makes common falls through.
+            Layout::Auto => !unpatched,
+            Layout::Likely => true,
+            Layout::Unlikely => false,
+        };
+        Shape {
+            unpatched,
+            falls_through,
+            default_jumps: unpatched != falls_through,
+            // The entry holds where the capability's answer differs from its unpatched one: a
+            // feature present, an erratum absent.
+            entry_negated: erratum,
+        }
+    }
+}
+
 /// The site: a labelled block whose `asm!` falls through to one answer or jumps to the other.
 fn site(key: &Key, key_text: &str, layout: Layout) -> TokenStream2 {
     let erratum = matches!(key.capability.kind(), CapabilityKind::Erratum(_));
-    // The capability's unpatched answer, and the expression's.
-    let unpatched_cap = erratum;
-    let unpatched = unpatched_cap != key.negated;
-    let patched = !unpatched;
-    let falls_through = match layout {
-        Layout::Auto => patched,
-        Layout::Likely => true,
-        Layout::Unlikely => false,
-    };
-    let jump = [
+    let shape = Shape::of(erratum, key.negated, layout);
+    let jump = vec![
         ".byte 0xe9".to_string(),
         ".long {alt_jump} - . - 4".to_string(),
     ];
     let nop5 = vec![".byte 0x0f, 0x1f, 0x44, 0x00, 0x00".to_string()];
-    // The default jumps when its answer is not the one that falls through; the entry swaps.
-    let (default, replacement) = if unpatched == falls_through {
-        (nop5, jump.to_vec())
+    let (default, replacement) = if shape.default_jumps {
+        (jump, Vec::new())
     } else {
-        (jump.to_vec(), Vec::new())
+        (nop5, jump)
     };
-    // The entry holds when the capability's answer differs from its unpatched one: a feature
-    // present, an erratum absent.
     let entry_key = Key {
-        negated: erratum,
+        negated: shape.entry_negated,
         capability: key.capability,
     };
     let lines = crate::site::template(&SiteSpec {
@@ -261,8 +285,9 @@ fn site(key: &Key, key_text: &str, layout: Layout) -> TokenStream2 {
         },
     });
     let label = syn::Lifetime::new("'__alt_has", Span::mixed_site());
+    let falls_through = shape.falls_through;
     let other = !falls_through;
-    let variant = patched.to_string();
+    let variant = (!shape.unpatched).to_string();
     let site_name = format!(":has!({key_text})");
     quote!(#label: {
         static __ALT_SITE_NAME: &str = concat!(module_path!(), ":", line!(), #site_name);
@@ -333,4 +358,39 @@ fn run_arm(arm: &Arm) -> TokenStream2 {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_answer_false_for_a_feature_and_true_for_an_erratum_until_patched() {
+        // (erratum, negated, layout) -> (unpatched, falls through, default jumps, entry !cap)
+        let table = [
+            ((false, false, Layout::Auto), (false, true, true, false)),
+            ((true, false, Layout::Auto), (true, false, true, true)),
+            ((false, true, Layout::Auto), (true, false, true, false)),
+            ((true, true, Layout::Auto), (false, true, true, true)),
+            (
+                (false, false, Layout::Unlikely),
+                (false, false, false, false),
+            ),
+            ((true, false, Layout::Likely), (true, true, false, true)),
+            ((false, false, Layout::Likely), (false, true, true, false)),
+            ((true, false, Layout::Unlikely), (true, false, true, true)),
+        ];
+        for ((erratum, negated, layout), (u, f, j, n)) in table {
+            assert_eq!(
+                Shape::of(erratum, negated, layout),
+                Shape {
+                    unpatched: u,
+                    falls_through: f,
+                    default_jumps: j,
+                    entry_negated: n
+                },
+                "erratum {erratum}, negated {negated}"
+            );
+        }
+    }
 }
