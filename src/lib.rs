@@ -68,7 +68,8 @@
 //! - **One operation at many call sites** (a popcount, a copy, a fence): [`#[alternative]`](alternative)
 //!   or [`asm::alternative!`](asm::alternative). Every call becomes the instruction itself, with
 //!   no branch at all; inside a hot loop, though, a site per element keeps the compiler from
-//!   unrolling across it (about 1.7x the loop chosen by `has!` in `cargo bench --bench has`).
+//!   unrolling or vectorising across it and fixes its registers (`cargo bench --bench has`
+//!   compares both).
 //! - Where the build's target features guarantee a capability (`-C target-cpu=native`), all
 //!   three emit the code for it directly: no site, nothing to patch.
 //!
