@@ -82,9 +82,10 @@ fn measure(f: fn(u64) -> u64) -> (f64, u64) {
 }
 
 fn main() {
-    let options = if std::env::args().any(|a| a == "--allow-threads") {
-        // SAFETY: this benchmark patches before starting threads; the flag is for qemu-user.
-        unsafe { alt::process::PatchOptions::new().allow_other_threads() }
+    let options = if std::env::args().any(|a| a == "--blocking-threads-run-no-sites") {
+        // SAFETY: the flag is for qemu-user, whose helper thread blocks every signal and never
+        // runs guest code; this benchmark starts no thread of its own.
+        unsafe { alt::process::PatchOptions::new().assume_blocking_threads_run_no_sites() }
     } else {
         alt::process::PatchOptions::new()
     };

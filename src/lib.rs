@@ -91,7 +91,28 @@ pub use alt_macros::alternative;
 pub use alt_macros::has;
 #[doc = include_str!("docs/paravirt_ops.md")]
 pub use alt_macros::paravirt_ops;
-pub use alt_runtime::*;
+// The runtime, as users name it: the modules a program, a library or a kernel uses. The
+// instruction decoders, relocators and recorded CPU models stay in `alt_runtime`.
+pub use alt_runtime::{
+    capability, cpu, driver, errata, identity, isa, linker, memory, overrides, policy, rendezvous,
+    table, writer, Capability, CapabilityKind, CapabilitySet, Errata, Features,
+};
+#[cfg(all(feature = "std", target_os = "linux", target_arch = "x86_64"))]
+pub use alt_runtime::{no_patch_at_load, os, process};
+#[cfg(feature = "alloc")]
+pub use alt_runtime::{paravirt, patch, plan, report};
+
+/// x86-64 pieces a kernel or a backend chooser needs: serialising the instruction stream and
+/// detecting the hypervisor. The decoder and relocator are `alt_runtime::x86_64`'s.
+pub mod x86_64 {
+    pub use alt_runtime::x86_64::{hypervisor, serialize};
+}
+
+/// AArch64 pieces a kernel needs: the cache maintenance after writing instructions. The
+/// relocator is `alt_runtime::aarch64`'s.
+pub mod aarch64 {
+    pub use alt_runtime::aarch64::cache;
+}
 
 /// Bare instruction swaps: [`alt::asm::alternative!`](crate::asm::alternative). (Rust has one
 /// namespace for attribute and function-like macros, so this cannot live beside the
@@ -117,8 +138,10 @@ pub mod __private {
     /// The hosted installer of `paravirt_ops!` tables, its options, result and error.
     #[cfg(all(feature = "std", target_os = "linux", target_arch = "x86_64"))]
     pub use alt_runtime::{
-        paravirt::{patch_self_with, PvPatchError, PvPatched},
-        process::PatchOptions,
+        driver::Patched as PvPatched,
+        process::{
+            install_paravirt as patch_self_with, PatchOptions, ProcessError as PvPatchError,
+        },
     };
 
     pub use crate::__if_hosted as if_hosted;

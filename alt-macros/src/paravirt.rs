@@ -783,7 +783,7 @@ pub fn expand(input: TableInput) -> syn::Result<TokenStream2> {
                     unsafe { self.install_with(backend, &#private::PatchOptions::new()) }
                 }
 
-                /// [`Self::install`] with options (`allow_other_threads` for qemu-user).
+                /// [`Self::install`] with options (`assume_blocking_threads_run_no_sites` for qemu-user).
                 ///
                 /// # Safety
                 ///

@@ -1,5 +1,5 @@
 //! Small inline storage for what every site has a little of: its bytes ([`SiteBytes`]) and its
-//! entries ([`Candidates`]). A program can have a hundred thousand sites, each a few bytes with
+//! entries ([`Candidates`](crate::plan::Candidates)). A program can have a hundred thousand sites, each a few bytes with
 //! one or two entries; a heap allocation for each would cost more than the rest of patching it.
 
 use alloc::vec::Vec;
@@ -226,6 +226,18 @@ impl<T: Copy + Default + PartialEq, const N: usize> PartialEq<SmallVec<T, N>> fo
 impl<T: Copy + Default + PartialEq, const N: usize> PartialEq<SmallVec<T, N>> for &[T] {
     fn eq(&self, other: &SmallVec<T, N>) -> bool {
         **self == **other
+    }
+}
+
+/// Bytes shown as lower-case hex without separators.
+pub struct Hex<'a>(pub &'a [u8]);
+
+impl fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
     }
 }
 

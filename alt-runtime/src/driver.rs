@@ -33,7 +33,7 @@ use core::ops::Range;
 
 use crate::capability::CapabilitySet;
 use crate::isa::{Isa, X86_64};
-use crate::linker::NameEntry;
+use crate::linker::Names;
 use crate::memory::Memory;
 use crate::paravirt::{plan_paravirt, Backend, PvError, PvPlan, PvTableEntry, TableDesc};
 use crate::patch::{carry_out, Direction, Failure, PatchError, SiteWrite, SlotWrite};
@@ -41,66 +41,6 @@ use crate::plan::{plan_alternatives_for, Layout, Plan, TableEntry, TableError};
 use crate::rendezvous::Rendezvous;
 use crate::report::{PvSiteReport, Report, SiteReport};
 use crate::writer::{WriteStats, Writer};
-
-/// Names of sites and entries for reports, sorted for lookup.
-#[derive(Clone, Debug, Default)]
-pub struct Names {
-    sites: Vec<(u64, &'static str)>,
-    entries: Vec<(u64, &'static str)>,
-}
-
-impl Names {
-    /// The names of two name tables (`alt_site_names`, `alt_entry_names`); placeholders are
-    /// skipped.
-    ///
-    /// # Safety
-    ///
-    /// Every non-placeholder entry's `name` field must point at a live `&'static str` (as the
-    /// macros emit them).
-    pub unsafe fn new(sites: &'static [NameEntry], entries: &'static [NameEntry]) -> Self {
-        // SAFETY: the caller's contract.
-        unsafe {
-            Names {
-                sites: sorted(sites),
-                entries: sorted(entries),
-            }
-        }
-    }
-
-    fn find(list: &[(u64, &'static str)], addr: u64) -> Option<&'static str> {
-        let i = list.binary_search_by_key(&addr, |e| e.0).ok()?;
-        Some(list[i].1)
-    }
-
-    /// The name of the function holding the site at `addr`.
-    pub fn site(&self, addr: u64) -> Option<&'static str> {
-        Self::find(&self.sites, addr)
-    }
-
-    /// The name of the variant of the alternative entry at `addr`.
-    pub fn entry(&self, addr: u64) -> Option<&'static str> {
-        Self::find(&self.entries, addr)
-    }
-}
-
-/// # Safety
-///
-/// As for [`Names::new`].
-unsafe fn sorted(table: &'static [NameEntry]) -> Vec<(u64, &'static str)> {
-    let mut v: Vec<(u64, &'static str)> = table
-        .iter()
-        .filter(|n| !(n.target == 0 && n.name == 0))
-        .map(|n| {
-            let base = n as *const NameEntry as u64;
-            let target = crate::table::resolve(base, n.target);
-            let name = crate::table::resolve(base + 4, n.name) as usize as *const &'static str;
-            // SAFETY: the caller's contract.
-            (target, unsafe { *name })
-        })
-        .collect();
-    v.sort_unstable_by_key(|e| e.0);
-    v
-}
 
 /// Why planning failed. Nothing was written.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,6 +82,16 @@ type PvTable<'a> = (
     Vec<PvTableEntry>,
     Option<Range<u64>>,
 );
+
+/// The first two sites that overlap, by start address (the ranges are sorted in place): the
+/// check across tables, which each table's own validation cannot make.
+pub fn first_overlap(sites: &mut [Range<u64>]) -> Option<(u64, u64)> {
+    sites.sort_unstable_by_key(|r| r.start);
+    sites
+        .windows(2)
+        .find(|w| w[0].end > w[1].start)
+        .map(|w| (w[0].start, w[1].start))
+}
 
 /// What to patch: the capabilities, the text, and the tables.
 #[derive(Debug)]

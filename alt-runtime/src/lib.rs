@@ -43,6 +43,7 @@ pub mod cpu;
 #[cfg(feature = "alloc")]
 pub mod driver;
 pub mod errata;
+pub mod identity;
 #[cfg(feature = "alloc")]
 pub mod isa;
 pub mod linker;

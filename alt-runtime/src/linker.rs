@@ -193,9 +193,9 @@ impl Sections {
 
     /// The site and entry names of this program, sorted for lookup.
     #[cfg(feature = "alloc")]
-    pub fn names(&self) -> crate::driver::Names {
+    pub fn names(&self) -> Names {
         // SAFETY: the name entries are emitted by the macros and point at `&'static str`s.
-        unsafe { crate::driver::Names::new(self.site_names(), self.entry_names()) }
+        unsafe { Names::new(self.site_names(), self.entry_names()) }
     }
 }
 
@@ -209,6 +209,69 @@ unsafe fn slice_between<T>((start, end): (usize, usize)) -> &'static [T] {
     }
     // SAFETY: the caller's contract; the length is rounded down to whole entries.
     unsafe { core::slice::from_raw_parts(start as *const T, (end - start) / size) }
+}
+
+/// Names of sites and entries for reports, sorted for lookup.
+#[cfg(feature = "alloc")]
+#[derive(Clone, Debug, Default)]
+pub struct Names {
+    sites: alloc::vec::Vec<(u64, &'static str)>,
+    entries: alloc::vec::Vec<(u64, &'static str)>,
+}
+
+#[cfg(feature = "alloc")]
+impl Names {
+    /// The names of two name tables (`alt_site_names`, `alt_entry_names`); placeholders are
+    /// skipped.
+    ///
+    /// # Safety
+    ///
+    /// Every non-placeholder entry's `name` field must point at a live `&'static str` (as the
+    /// macros emit them).
+    pub unsafe fn new(sites: &'static [NameEntry], entries: &'static [NameEntry]) -> Self {
+        // SAFETY: the caller's contract.
+        unsafe {
+            Names {
+                sites: sorted(sites),
+                entries: sorted(entries),
+            }
+        }
+    }
+
+    fn find(list: &[(u64, &'static str)], addr: u64) -> Option<&'static str> {
+        let i = list.binary_search_by_key(&addr, |e| e.0).ok()?;
+        Some(list[i].1)
+    }
+
+    /// The name of the function holding the site at `addr`.
+    pub fn site(&self, addr: u64) -> Option<&'static str> {
+        Self::find(&self.sites, addr)
+    }
+
+    /// The name of the variant of the alternative entry at `addr`.
+    pub fn entry(&self, addr: u64) -> Option<&'static str> {
+        Self::find(&self.entries, addr)
+    }
+}
+
+/// # Safety
+///
+/// As for [`Names::new`].
+#[cfg(feature = "alloc")]
+unsafe fn sorted(table: &'static [NameEntry]) -> alloc::vec::Vec<(u64, &'static str)> {
+    let mut v: alloc::vec::Vec<(u64, &'static str)> = table
+        .iter()
+        .filter(|n| !(n.target == 0 && n.name == 0))
+        .map(|n| {
+            let base = n as *const NameEntry as u64;
+            let target = crate::table::resolve(base, n.target);
+            let name = crate::table::resolve(base + 4, n.name) as usize as *const &'static str;
+            // SAFETY: the caller's contract.
+            (target, unsafe { *name })
+        })
+        .collect();
+    v.sort_unstable_by_key(|e| e.0);
+    v
 }
 
 /// Looks a name up in a name table: the name whose target is `addr`.

@@ -108,8 +108,8 @@ impl fmt::Display for PatchError {
             } => write!(
                 f,
                 "site at {addr:#x} holds unexpected bytes (expected {}, found {})",
-                crate::report::Hex(expected),
-                crate::report::Hex(found)
+                crate::bytes::Hex(expected),
+                crate::bytes::Hex(found)
             ),
             PatchError::UnexpectedSlot {
                 addr,

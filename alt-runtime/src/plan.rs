@@ -176,10 +176,15 @@ impl fmt::Display for TableError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "alternative entry {} at {:#x} (site {:#x}): ",
-            self.index, self.entry_addr, self.site
-        )?;
-        match &self.kind {
+            "alternative entry {} at {:#x} (site {:#x}): {}",
+            self.index, self.entry_addr, self.site, self.kind
+        )
+    }
+}
+
+impl fmt::Display for TableErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
             TableErrorKind::ReservedFlags(b) => write!(f, "reserved flag bits {b:#06x} are set"),
             TableErrorKind::UnknownCapability(id) => write!(f, "unknown capability id {id:#05x}"),
             TableErrorKind::EmptySite => f.write_str("site length is zero"),

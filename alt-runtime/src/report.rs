@@ -368,17 +368,7 @@ pub fn json_str(s: &str) -> String {
     out
 }
 
-/// Bytes shown as lower-case hex without separators.
-pub struct Hex<'a>(pub &'a [u8]);
-
-impl fmt::Display for Hex<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
+pub use crate::bytes::Hex;
 
 /// Bytes shown as spaced hex (`e8 12 34 56 78`).
 struct SpacedHex<'a>(&'a [u8]);

@@ -106,8 +106,7 @@ impl CpuSpec {
         }
         let path = Path::new(spec);
         if path.is_dir() {
-            let cpus = Sysfs::at(path)
-                .arm64_cpus()
+            let cpus = alt_runtime::cpu::arm64_cpus(&Sysfs::at(path))
                 .map_err(|e| format!("--cpu {spec}: not a sysfs tree of AArch64 CPUs: {e}"))?;
             if cpus.is_empty() {
                 return Err(format!("--cpu {spec}: the sysfs tree has no online CPU"));

@@ -271,7 +271,12 @@ fn run(cli: Cli) -> Result<ExitCode, alt_tablegen::Error> {
                 spec.check_machine(obj.machine, &file)
                     .map_err(|e| Error::new(obj.location(), ErrorKind::Other(e)))?;
                 let tables = Tables::read(&obj)?;
-                let decisions = inspect::plan(&tables, &spec);
+                let decisions = inspect::plan(&obj, &tables, &spec).map_err(|e| {
+                    Error::new(
+                        obj.location(),
+                        ErrorKind::Other(format!("the runtime would refuse this table: {e}")),
+                    )
+                })?;
                 if json {
                     let v = serde_json::json!({ "sites": decisions });
                     out(&format!("{v:#}\n"));

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p alt-example-pv-c -- [--backend native|counting] [--rounds N] [--json]
-//! qemu-x86_64 -cpu qemu64 target/release/pv-c --backend counting --allow-threads
+//! qemu-x86_64 -cpu qemu64 target/release/pv-c --backend counting --blocking-threads-run-no-sites
 //! ```
 //!
 //! `csrc/ops_user.c` calls the operations of `PV_OPS` as plain C function pointers
@@ -232,7 +232,7 @@ fn run_c(rounds: u64) -> u64 {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: pv-c [--backend native|counting] [--rounds N] [--json] [--allow-threads]");
+    eprintln!("usage: pv-c [--backend native|counting] [--rounds N] [--json] [--blocking-threads-run-no-sites]");
     std::process::exit(2);
 }
 
@@ -252,11 +252,10 @@ fn main() {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--json" => json = true,
-            "--allow-threads" => {
-                // SAFETY: this program patches before it starts any thread; the flag is for
-                // qemu-user, whose own helper thread shows in /proc/self/task but never runs
-                // guest code.
-                options = unsafe { options.allow_other_threads() };
+            "--blocking-threads-run-no-sites" => {
+                // SAFETY: the flag is for qemu-user, whose helper thread blocks every signal
+                // and never runs guest code; this program starts no thread of its own.
+                options = unsafe { options.assume_blocking_threads_run_no_sites() };
             }
             "--backend" => {
                 backend = match args.next().as_deref() {

@@ -57,10 +57,8 @@ mod tests {
         assert_eq!(double(21), 42);
         assert_eq!(RENAMED_OPS.cycles(), 7);
         assert_eq!(RENAMED_OPS.add(2, 3), 5);
-        // SAFETY: the test patches before it starts threads of its own; the harness's other
-        // threads never run these sites while this runs (each test is one thread, and this is
-        // the only test).
-        let options = unsafe { altx::process::PatchOptions::new().allow_other_threads() };
+        // Patched at load already (this returns that report); other threads would be stopped.
+        let options = altx::process::PatchOptions::new();
         let report = altx::process::patch_self_with(&options).expect("patching");
         assert!(report
             .sites
@@ -68,7 +66,7 @@ mod tests {
             .any(|s| s.function.is_some_and(|f| f.ends_with("popcount"))));
         assert_eq!(popcount(0xff), 8);
         assert_eq!(double(21), 42);
-        // SAFETY: as above; the native backend's functions are sound for any arguments.
+        // SAFETY: the native backend's functions are sound for any arguments.
         let patched = unsafe { RENAMED_OPS.install_with(&RenamedOpsBackend::NATIVE, &options) }
             .expect("paravirt patching");
         assert!(!patched.report().to_string().is_empty());
