@@ -47,6 +47,9 @@
 //!   reference (syntax, `{ret}` and operands, `clobber(...)`, `clobber_abi`, `preserve_vectors`,
 //!   priority, `!cap`, direct calls, `unsafe inline`).
 //! - [`asm::alternative!`](asm::alternative): a bare instruction swap inside a function.
+//! - [`has!`]: a capability as a `bool`, one patched jump: `if alt::has!(avx2) { ... }`, or
+//!   `alt::has!(avx2 => sum_avx2(&xs), _ => sum(&xs))` to run a safe `#[target_feature]`
+//!   function where its capability holds.
 //! - [`paravirt_ops!`]: an operations table whose calls are patched for a backend chosen at
 //!   start-up, callable from C.
 //! - [`capabilities`]: every capability name, generated from the table.
@@ -55,6 +58,20 @@
 //! - Kernels: [`plan`], [`patch`], [`linker`] and `docs/kernel.md`.
 //! - `alt-tablegen verify BINARY` checks a build: valid tables, and every variant of every site
 //!   changes only what the site declares.
+//!
+//! # Which tool
+//!
+//! - A **block or a loop** that depends on the CPU: [`has!`]. The branch is decided once per
+//!   entry into the block and the code inside is ordinary code, unrolled and vectorised, or a
+//!   `#[target_feature]` function an arm calls: a POPCNT loop chosen by `has!` runs at the speed
+//!   of the loop compiled with POPCNT.
+//! - **One operation at many call sites** (a popcount, a copy, a fence): [`#[alternative]`](alternative)
+//!   or [`asm::alternative!`](asm::alternative). Every call becomes the instruction itself, with
+//!   no branch at all; inside a hot loop, though, a site per element keeps the compiler from
+//!   unrolling or vectorising across it and fixes its registers (`cargo bench --bench has`
+//!   compares both).
+//! - Where the build's target features guarantee a capability (`-C target-cpu=native`), all
+//!   three emit the code for it directly: no site, nothing to patch.
 //!
 //! The crate is published as `alternatives`; its library is `alt`:
 //!
@@ -70,6 +87,8 @@
 
 #[doc = include_str!("docs/alternative.md")]
 pub use alt_macros::alternative;
+#[doc = include_str!("docs/has.md")]
+pub use alt_macros::has;
 #[doc = include_str!("docs/paravirt_ops.md")]
 pub use alt_macros::paravirt_ops;
 // The runtime, as users name it: the modules a program, a library or a kernel uses. The

@@ -4,14 +4,15 @@
 //! that `unsafe` block is the user's acknowledgement of the templates, and the `unsafe_code`
 //! lint sees it. What the operands and options declare is recorded for `alt-tablegen verify`.
 
-use proc_macro2::{TokenStream as TokenStream2, TokenTree};
+use proc_macro2::{Span, TokenStream as TokenStream2, TokenTree};
 use quote::{format_ident, quote};
 use syn::parse::{Parse, ParseStream};
-use syn::{LitStr, Token};
+use syn::{Ident, LitStr, Token};
 
 use alt_runtime::table::Effects;
 
 use crate::args::{peek_key, Key};
+use crate::certain;
 use crate::sig::{gpr_bit, C_ABI_GPRS};
 use crate::site::{Declared, DefaultCode, EntrySpec, EntryTarget, SiteSpec};
 
@@ -151,12 +152,79 @@ fn declare_trailing(tokens: &TokenStream2, d: &mut Declared, fx: &mut Effects) {
     }
 }
 
-/// Expands to an `asm!` invocation (to be used inside `unsafe`).
+/// Expands to an `asm!` invocation (to be used inside `unsafe`). Where the build's target
+/// features guarantee a replacement ([`crate::certain`]), one `asm!` per class of builds under
+/// `cfg`: the first replacement guaranteed is the whole block (no site, nothing to patch); a
+/// later one keeps a site with the replacements up to it. (Not for `options(noreturn)` blocks,
+/// whose value the `cfg` selection could not pass on.)
 pub fn expand(input: BareInput) -> syn::Result<TokenStream2> {
+    let keys: Vec<&Key> = input.replacements.iter().map(|(k, _)| k).collect();
+    let arms = certain::arms(&keys);
+    let noreturn = input
+        .trailing
+        .iter()
+        .any(|t| t.to_string().contains("noreturn"));
+    if arms.len() == 1 || noreturn {
+        return Ok(site(&input, input.replacements.len()));
+    }
+    let value = Ident::new("__alt_asm", Span::mixed_site());
+    let mut out = TokenStream2::new();
+    for arm in &arms {
+        let asm = match arm.first {
+            Some(0) => direct(&input, 0),
+            Some(i) => site(&input, i + 1),
+            None => site(&input, input.replacements.len()),
+        };
+        let cfg = &arm.cfg;
+        out.extend(quote! {
+            #[cfg(#cfg)]
+            let #value = #asm;
+        });
+    }
+    Ok(quote!({
+        #out
+        #value
+    }))
+}
+
+/// The sequences left out of an `asm!` block, inside `.if 0`: never assembled, but they keep
+/// every operand used, as in the site.
+fn unassembled<'a>(texts: impl Iterator<Item = &'a LitStr>) -> Vec<String> {
+    let mut out = vec![".if 0".to_string()];
+    for t in texts {
+        out.extend(lines(t));
+    }
+    out.push(".endif".to_string());
+    out
+}
+
+/// The block when the build guarantees replacement `i`, the first: that sequence alone.
+fn direct(input: &BareInput, i: usize) -> TokenStream2 {
+    let mut text = lines(&input.replacements[i].1);
+    let others = input
+        .replacements
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != i)
+        .map(|(_, (_, t))| t);
+    text.extend(unassembled(std::iter::once(&input.default).chain(others)));
+    let operands = &input.operands;
+    let trailing = &input.trailing;
+    quote! {
+        ::core::arch::asm!(
+            #(#text,)*
+            #(#operands,)*
+            #(#trailing,)*
+        )
+    }
+}
+
+/// The site with the first `n` replacements.
+fn site(input: &BareInput, n: usize) -> TokenStream2 {
     let mut statics = Vec::new();
     let mut named = Vec::new();
     let mut entries = Vec::new();
-    for (i, (key, text)) in input.replacements.iter().enumerate() {
+    for (i, (key, text)) in input.replacements[..n].iter().enumerate() {
         let st = format_ident!("__ALT_VARIANT_{}", i);
         let op = format_ident!("alt_v{}", i);
         let name = text.value().trim().to_string();
@@ -185,15 +253,18 @@ pub fn expand(input: BareInput) -> syn::Result<TokenStream2> {
     }
     declared.effects = fx.bits();
 
-    let lines = crate::site::template(&SiteSpec {
+    let mut lines = crate::site::template(&SiteSpec {
         default: DefaultCode::Inline(lines(&input.default)),
         entries,
         name_operand: Some("alt_sname".into()),
         effects: declared,
     });
+    if n < input.replacements.len() {
+        lines.extend(unassembled(input.replacements[n..].iter().map(|(_, t)| t)));
+    }
     let operands = &input.operands;
     let trailing = &input.trailing;
-    Ok(quote! {{
+    quote! {{
         static __ALT_SITE_NAME: &str = concat!(module_path!(), ":", line!());
         #(#statics)*
         ::core::arch::asm!(
@@ -202,5 +273,5 @@ pub fn expand(input: BareInput) -> syn::Result<TokenStream2> {
             #(#named,)*
             #(#trailing,)*
         )
-    }})
+    }}
 }

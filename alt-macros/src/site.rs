@@ -71,6 +71,8 @@ pub struct Declared {
     /// Output operands in registers the compiler chooses, as template references (`{0:r}`,
     /// `{x:r}`, `{b}` for `reg_byte`): each gets a probe record naming the register.
     pub probes: Vec<String>,
+    /// Label operands a variant may jump to (`{alt_jump}`): each gets a jump-target record.
+    pub jump_targets: Vec<String>,
 }
 
 /// The lines of one [`alt_runtime::table::EffectsEntry`] for the site at label reference `site`
@@ -234,6 +236,15 @@ pub fn template(spec: &SiteSpec) -> Vec<String> {
         d.effects,
         None,
     ));
+    for target in &d.jump_targets {
+        out.extend(effects_record(
+            &site,
+            EffectsKind::JumpTarget,
+            0,
+            0,
+            Some((target, "0")),
+        ));
+    }
     for probe in &d.probes {
         let (a, b) = (labels.next(), labels.next());
         out.push(ALT_REPLACEMENT_PUSHSECTION.to_string());
@@ -277,6 +288,7 @@ mod tests {
                 gprs: 0b1,
                 effects: 0x1f,
                 probes: vec!["{0:r}".into()],
+                jump_targets: Vec::new(),
             },
         });
         let text = t.join("\n");

@@ -287,6 +287,11 @@ pub enum EffectsKind {
     /// register the compiler chose for an output operand (`mov {out:r}, {out:r}`): that
     /// register is declared changed too. Never executed.
     OperandProbe = 3,
+    /// `code` is where a variant of the site may jump to leave it: a label operand of the
+    /// site's `asm!` block (`alt::has!`'s other arm). The compiler knows that edge, so a jump
+    /// there ends the variant as reaching the site's end does, and the declaration is judged
+    /// at that point.
+    JumpTarget = 4,
 }
 
 impl EffectsKind {
@@ -297,6 +302,7 @@ impl EffectsKind {
             1 => Some(Self::InlineVariant),
             2 => Some(Self::CallVariant),
             3 => Some(Self::OperandProbe),
+            4 => Some(Self::JumpTarget),
             _ => None,
         }
     }

@@ -26,6 +26,9 @@
 //!   `extern "C"` function: it may change every caller-saved register (System V), the vector registers
 //!   `xmm0`-`xmm15`, the flags and memory. (As the thunks, this judges vector registers by number,
 //!   not width: a saved `xmm0` counts for `ymm0`; see `docs/patching.md`.)
+//! - An unconditional jump to a label the site's records declare (an `asm!` label operand:
+//!   `alt::has!`'s other arm) ends the variant there, as reaching the site's end does; any
+//!   other jump out of the code is a tail call of an `extern "C"` function.
 //! - Stack use is `push`/`pop`/`call`, an access based on `rsp`, or `sub`/`add rsp, imm`; the
 //!   stack must end balanced, and any other write of `rsp` is an error.
 
@@ -106,6 +109,8 @@ struct Declaration {
     effects: Effects,
     inline_variants: Vec<(u64, u8)>,
     call_variants: Vec<u64>,
+    /// Labels of the site's `asm!` block a variant may jump to (`alt::has!`'s other arm).
+    jump_targets: Vec<u64>,
 }
 
 /// Reads `alt_site_effects`: declarations by site address. Malformed records are ignored here
@@ -139,6 +144,7 @@ fn declarations(obj: &Object<'_>, problems: &mut Vec<String>) -> BTreeMap<u64, D
                 Some(EffectsKind::Declaration) => {}
                 Some(EffectsKind::InlineVariant) => d.inline_variants.push((code, e.code_len)),
                 Some(EffectsKind::CallVariant) => d.call_variants.push(code),
+                Some(EffectsKind::JumpTarget) => d.jump_targets.push(code),
                 Some(EffectsKind::OperandProbe) => {
                     match code_at(obj, code, e.code_len.into()).and_then(probe_register) {
                         Some(bit) => d.gprs |= bit,
@@ -417,6 +423,8 @@ struct Runner<'o, 'd> {
     /// An indirect call in this code stands for these checked call variants (a paravirt site's
     /// call through its table slot): it is not judged as an `extern "C"` call.
     indirect_is_checked: bool,
+    /// Labels the site's variants may jump to: an unconditional jump there ends the variant.
+    jump_targets: Vec<u64>,
 }
 
 impl Runner<'_, '_> {
@@ -485,6 +493,14 @@ impl Runner<'_, '_> {
                             self.effects(&insn, &mut st, &me);
                         }
                         continue;
+                    }
+                    if !callee
+                        && insn.flow_control() == FlowControl::UnconditionalBranch
+                        && self.jump_targets.contains(&t)
+                    {
+                        // To a label of the site's asm! block: the compiler knows this edge,
+                        // so the variant ends here, as at the site's end.
+                        return st.finish(&me);
                     }
                     // Leaving the code: a tail call of an extern "C" function.
                     st.apply(&c_abi_outcome(&me), &me);
@@ -863,6 +879,7 @@ pub fn check(obj: &Object<'_>, tables: &Tables) -> EffectsReport {
             obj,
             info: InstructionInfoFactory::new(),
             indirect_is_checked: paravirt && !decl.call_variants.is_empty(),
+            jump_targets: decl.jump_targets.clone(),
         };
         for v in &variants {
             let (vname, outcome) = match v {
