@@ -7,7 +7,7 @@
 //! ALT_PATCH=off cargo run --release --example has       # unpatched: features false, errata true
 //! cargo run --release --example has -- --revert         # also the answers after revert_self()
 //! cargo run --release --example has -- --add erratum_amd_div0   # patch as if the CPU had it
-//! qemu-x86_64 -cpu Nehalem target/release/examples/has --allow-threads
+//! qemu-x86_64 -cpu Nehalem target/release/examples/has --blocking-threads-run-no-sites
 //! ```
 //!
 //! Each answer is one 5-byte site: a `jmp` to the other arm or a NOP. Until patching (and where
@@ -158,10 +158,10 @@ fn main() {
         .position(|a| a == "--add")
         .and_then(|i| args.get(i + 1));
     let mut options = alt::process::PatchOptions::new();
-    if args.iter().any(|a| a == "--allow-threads") {
-        // SAFETY: this program patches before it starts any thread; the flag is for qemu-user,
-        // whose own helper thread shows in /proc/self/task but never runs guest code.
-        options = unsafe { options.allow_other_threads() };
+    if args.iter().any(|a| a == "--blocking-threads-run-no-sites") {
+        // SAFETY: the flag is for qemu-user, whose helper thread blocks every signal and never
+        // runs guest code; this program starts no thread of its own.
+        options = unsafe { options.assume_blocking_threads_run_no_sites() };
     }
     let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
         eprintln!("has: {what}: {e}");
@@ -169,7 +169,7 @@ fn main() {
     };
 
     // Patched at load, unless ALT_PATCH=off (or qemu-user's helper thread kept the defaults,
-    // and --allow-threads patches now).
+    // and --blocking-threads-run-no-sites patches now).
     let off = std::env::var("ALT_PATCH").is_ok_and(|v| v == "off" || v == "0");
     let mut report = if off {
         None

@@ -125,7 +125,7 @@ fn unpatched_arms() -> Value {
 
 fn run(model: &str, args: &[&str], env: &[(&str, &str)]) -> Value {
     let bin = example("has");
-    let mut all = vec!["--json", "--allow-threads"];
+    let mut all = vec!["--json", "--blocking-threads-run-no-sites"];
     all.extend_from_slice(args);
     json(
         &run_on_model(model, &bin, &all, env),
@@ -223,7 +223,9 @@ fn alt_tablegen_plans_every_has_site_as_the_run_decides() {
     for m in ["qemu64", "Nehalem", "Haswell"] {
         let mut planned: BTreeMap<u64, Option<usize>> = BTreeMap::new();
         let base = tables.alt.iter().map(|a| a.site).min().unwrap();
-        for d in plan(&tables, &CpuSpec::from_model(m).unwrap()) {
+        for d in plan(&objects[0], &tables, &CpuSpec::from_model(m).unwrap())
+            .expect("the runtime's planner accepts the table")
+        {
             planned.insert(d.site - base, d.chosen);
         }
         let v = run(m, &[], &[]);

@@ -116,7 +116,7 @@ fn inspect(bin: &PathBuf) -> Built {
         ));
     }
     let run = json(
-        &run_on_model("Haswell", bin, &["--allow-threads"], &[]),
+        &run_on_model("Haswell", bin, &["--blocking-threads-run-no-sites"], &[]),
         &format!("{} under Haswell", bin.display()),
     );
     Built {

@@ -146,10 +146,10 @@ static T_HAS: extern "C" fn() -> bool = t_has_popcnt;
 
 fn main() {
     let mut options = alt::process::PatchOptions::new();
-    if std::env::args().any(|a| a == "--allow-threads") {
-        // SAFETY: this program patches before it starts any thread; the flag is for qemu-user,
-        // whose own helper thread shows in /proc/self/task but never runs guest code.
-        options = unsafe { options.allow_other_threads() };
+    if std::env::args().any(|a| a == "--blocking-threads-run-no-sites") {
+        // SAFETY: the flag is for qemu-user, whose helper thread blocks every signal and never
+        // runs guest code; this program starts no thread of its own.
+        options = unsafe { options.assume_blocking_threads_run_no_sites() };
     }
     let report = alt::process::patch_self_with(&options).expect("patching");
     let values = [
