@@ -217,4 +217,24 @@ fn live_registers_survive_every_state_of_a_site() {
         revert_self_with(&options(features)).expect("revert");
     }
     check("reverted");
+
+    // Capabilities given can only take features away: one this CPU lacks is refused, naming it,
+    // and nothing is patched.
+    match (Features::all() - host).iter().next() {
+        None => eprintln!("skipping the refusal: this CPU has every feature alt knows"),
+        Some(missing) => {
+            let e =
+                patch_self_with(&options(host | missing)).expect_err("a feature this CPU lacks");
+            assert!(
+                matches!(e, alt::process::ProcessError::Unavailable(f) if f == missing),
+                "{e}"
+            );
+            let name = alt::Capability::feature(missing).unwrap().to_string();
+            assert!(e.to_string().contains(&name), "{e} names {name}");
+            assert!(matches!(
+                revert_self_with(&options(host)),
+                Err(alt::process::ProcessError::NotPatched)
+            ));
+        }
+    }
 }

@@ -112,7 +112,10 @@ impl<'a> Patcher<'a, X86_64> {
     /// `layout` must describe code of this program (its text ranges and its replacement
     /// section), and every table given to the patcher must be one the `alt` macros, `alt.h` or
     /// `alt-tablegen` generated for that code: the planner trusts a valid entry's replacement
-    /// to be correct code for its site.
+    /// to be correct code for its site. Every feature in `caps` must be usable on every CPU
+    /// that will run the patched code (the probed features, or fewer): a variant chosen for a
+    /// feature runs its instructions, and direct calls and `has!` arms call `#[target_feature]`
+    /// functions on its word. Errata may be added or left out freely.
     pub unsafe fn new(caps: CapabilitySet, layout: Layout<'a>) -> Self {
         // SAFETY: the caller's contract.
         unsafe { Self::for_isa(caps, layout) }

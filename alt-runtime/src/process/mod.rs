@@ -46,7 +46,7 @@ use core::ops::Range;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::capability::CapabilitySet;
+use crate::capability::{CapabilitySet, Errata, Features};
 use crate::driver::{ApplyError, Patched, Patcher, PlanError};
 use crate::linker::sections;
 use crate::memory::LiveMemory;
@@ -82,6 +82,9 @@ pub enum ProcessError {
     Patch(alloc::boxed::Box<ApplyError>),
     /// Reverting failed; the record is kept and the revert may be retried.
     Revert(PatchError),
+    /// [`PatchOptions::capabilities`] names features some online CPU lacks (listed); nothing
+    /// was written.
+    Unavailable(Features),
 }
 
 impl fmt::Display for ProcessError {
@@ -96,6 +99,13 @@ impl fmt::Display for ProcessError {
             ProcessError::Plan(e) => write!(f, "{e}; nothing written"),
             ProcessError::Patch(e) => write!(f, "patching failed: {e}"),
             ProcessError::Revert(e) => write!(f, "reverting failed: {e}; the sites stay patched"),
+            ProcessError::Unavailable(missing) => {
+                f.write_str("the capabilities given name features some online CPU lacks:")?;
+                for cap in CapabilitySet::new(*missing, Errata::empty()).iter() {
+                    write!(f, " {cap}")?;
+                }
+                f.write_str("; nothing written")
+            }
         }
     }
 }
@@ -174,7 +184,18 @@ impl PatchOptions {
         Self::default()
     }
 
-    /// Patch for these capabilities instead of probing (the environment overrides still apply).
+    /// Patch for these capabilities instead of the probed ones (the environment overrides still
+    /// apply): fewer features than the system has, or errata it does not have (their
+    /// workarounds applied anyway), or errata left out (like [`ALT_CLEARCPUID`]).
+    ///
+    /// Features can only be taken away: a variant chosen for a feature runs that feature's
+    /// instructions, and `#[alternative]` direct calls and `has!` arms call `#[target_feature]`
+    /// functions from safe code on its word. So the CPUs are still probed, and a feature some
+    /// online CPU lacks makes patching fail with [`ProcessError::Unavailable`], nothing
+    /// written. (To see a program decide for another CPU, run it under `qemu-x86_64 -cpu
+    /// MODEL`, or plan it offline with `alt-tablegen plan --cpu`.)
+    ///
+    /// [`ALT_CLEARCPUID`]: crate::overrides::ENV_VAR
     pub fn capabilities(mut self, caps: CapabilitySet) -> Self {
         self.capabilities = Some(caps);
         self
@@ -235,9 +256,16 @@ impl PatchOptions {
     }
 
     fn decide(&self) -> Result<CapabilitySet, ProcessError> {
+        let system = system_capabilities()?;
         let mut caps = match self.capabilities {
-            Some(c) => c,
-            None => system_capabilities()?,
+            Some(c) => {
+                let missing = c.features - system.features;
+                if !missing.is_empty() {
+                    return Err(ProcessError::Unavailable(missing));
+                }
+                c
+            }
+            None => system,
         };
         env_overrides()?.apply(&mut caps);
         Ok(caps)
