@@ -23,6 +23,10 @@ use std::hint::black_box;
 
 use alt::alternative;
 
+mod common;
+
+use common::Interleaved;
+
 const WORDS: usize = 8192;
 const PASSES: usize = 100;
 const SAMPLES: usize = 101;
@@ -79,74 +83,36 @@ fn loop_site(xs: &[u64]) -> u64 {
     xs.iter().map(|&x| popcount_site(x)).sum()
 }
 
-/// This thread's CPU time, in nanoseconds.
-fn thread_cpu_ns() -> f64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is a valid timespec for the call to fill.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-    t.tv_sec as f64 * 1e9 + t.tv_nsec as f64
-}
-
-struct Variant {
-    name: &'static str,
-    run: fn(&[u64]) -> u64,
-    samples: Vec<f64>,
-    result: u64,
-}
-
 fn main() {
     let popcnt = std::is_x86_feature_detected!("popcnt");
     let xs: Vec<u64> = (0..WORDS as u64)
         .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (i << 7))
         .collect();
+    let xs = &xs[..];
 
-    let native: fn(&[u64]) -> u64 = |xs| {
-        // SAFETY: only run where the CPU has POPCNT (see below).
-        unsafe { loop_popcnt(xs) }
-    };
-    let mut variants: Vec<Variant> = Vec::new();
-    let mut add = |name, run| {
-        variants.push(Variant {
-            name,
-            run,
-            samples: Vec::new(),
-            result: 0,
-        })
-    };
+    let mut b = Interleaved::new(WORDS, PASSES);
     if popcnt {
-        add("native: loop compiled with POPCNT", native);
+        // SAFETY: the CPU has POPCNT.
+        b.add("native: loop compiled with POPCNT", || unsafe {
+            loop_popcnt(black_box(xs))
+        });
     }
-    add("has!(popcnt => loop) once per loop", loop_has);
-    add("is_x86_feature_detected! once per loop", loop_detected_once);
-    add(
-        "is_x86_feature_detected! per element",
-        loop_detected_per_element,
-    );
-    add("#[alternative] site per element", loop_site);
-    add("portable loop (baseline x86-64)", loop_portable);
-
-    for _ in 0..SAMPLES {
-        for v in &mut variants {
-            let t = thread_cpu_ns();
-            let mut r = 0;
-            for _ in 0..PASSES {
-                r = (v.run)(black_box(&xs));
-                black_box(r);
-            }
-            v.samples
-                .push((thread_cpu_ns() - t) / (WORDS * PASSES) as f64);
-            v.result = r;
-        }
-    }
-    let first = variants[0].result;
-    assert!(
-        variants.iter().all(|v| v.result == first),
-        "variants disagree"
-    );
+    b.add("has!(popcnt => loop) once per loop", || {
+        loop_has(black_box(xs))
+    });
+    b.add("is_x86_feature_detected! once per loop", || {
+        loop_detected_once(black_box(xs))
+    });
+    b.add("is_x86_feature_detected! per element", || {
+        loop_detected_per_element(black_box(xs))
+    });
+    b.add("#[alternative] site per element", || {
+        loop_site(black_box(xs))
+    });
+    b.add("portable loop (baseline x86-64)", || {
+        loop_portable(black_box(xs))
+    });
+    b.run(SAMPLES);
 
     let decision = alt::process::patch_self()
         .ok()
@@ -157,23 +123,9 @@ fn main() {
                 .map(|s| s.decision())
         })
         .unwrap_or("?");
-    let median = |v: &Variant| {
-        let mut s = v.samples.clone();
-        s.sort_by(f64::total_cmp);
-        s[s.len() / 2]
-    };
-    let reference = median(&variants[0]);
     println!(
         "popcount of {WORDS} words, {PASSES} passes per sample, median of {SAMPLES} in thread \
-         CPU time (has!(popcnt) site decision: {decision})"
+         CPU time (has!(popcnt) site decision: {decision}); ratios to the first:"
     );
-    for v in &variants {
-        let ns = median(v);
-        println!(
-            "{:<42} {ns:>7.4} ns/element  {:>6.3}x {}",
-            v.name,
-            ns / reference,
-            variants[0].name.split(':').next().unwrap_or("")
-        );
-    }
+    b.print("element");
 }

@@ -24,22 +24,11 @@ use std::process::Command;
 #[path = "../examples/quickstart.rs"]
 mod quickstart;
 
+mod common;
+
+use common::{median, process_cpu_ns};
+
 const CHILD: &str = "ALT_BENCH_CHILD";
-
-fn cpu_time_ns() -> u64 {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-}
-
-fn median(mut v: Vec<u64>) -> u64 {
-    v.sort_unstable();
-    v[v.len() / 2]
-}
 
 /// Runs `exe` (with `env`) `runs` times with patching on and off, alternately; each run prints
 /// its CPU time in ns as its last line. Returns the medians (on, off).
@@ -66,7 +55,7 @@ fn on_off(exe: &Path, env: &[(&str, &str)], runs: usize) -> (u64, u64) {
         on.push(once("on"));
         off.push(once("off"));
     }
-    (median(on), median(off))
+    (median(&on), median(&off))
 }
 
 fn runs() -> usize {
@@ -147,7 +136,7 @@ fn main() {
     if std::env::var_os(CHILD).is_some() {
         // The child: the quickstart's work once, then its own CPU time.
         std::hint::black_box(quickstart::run());
-        println!("{}", cpu_time_ns());
+        println!("{}", process_cpu_ns());
         return;
     }
     let runs = runs();
