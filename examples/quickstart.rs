@@ -70,7 +70,8 @@ fn main() {
     let patched = report.is_some();
     let mut sum = alt_demo::Checksum::new();
     let done = alt_demo::run(&mut sum);
-    alt_demo::flush_line(std::hint::black_box(&done as *const _ as *const u8));
+    let line = std::hint::black_box([0u8; 64]);
+    alt_demo::flush_line(&line[0]);
     let checksum = sum.value();
 
     if json {

@@ -157,10 +157,13 @@ pub fn speculation_barrier() {
     unsafe { alt::asm::alternative!("", lfence_serializing => "lfence", options(nostack)) };
 }
 
-/// Flushes the cache line holding `p`: `clflushopt` where available, `clflush` otherwise.
+/// Flushes the cache line holding `byte`: `clflushopt` where available, `clflush` otherwise.
+/// (A reference, not a raw pointer: flushing an unmapped address faults.)
 #[inline(always)]
-pub fn flush_line(p: *const u8) {
-    // SAFETY: flushing a line of memory the caller can read has no other effect.
+pub fn flush_line(byte: &u8) {
+    let p: *const u8 = byte;
+    // SAFETY: `p` points at a byte the caller can read, so its line is mapped; flushing it
+    // writes it back if dirty and has no other effect.
     unsafe {
         alt::asm::alternative!(
             "clflush byte ptr [{0}]",
