@@ -15,17 +15,10 @@
 //! table switches between no backend, the native one and the counting one. Meanwhile the workers
 //! run the quickstart's functions (`run()`, whose checksum covers every result), the paravirt
 //! workload (one worker: the emulated flags are one global) and the table's pure operations, and
-//! compare every result with the one computed before any thread started. It prints what it did:
+//! compare every result with the one computed before any thread started. The functions, the
+//! workloads and the table are the demo crate's (`alt_demo`, `alt_demo::pv`). It prints what it did:
 //! cycles, calls checked, wrong results (0), and the median cost of one stop and release of the
 //! workers. The process exits 1 on any wrong result; a crash is a crash.
-
-#[allow(dead_code)]
-#[path = "quickstart.rs"]
-mod quickstart;
-
-#[allow(dead_code)]
-#[path = "paravirt.rs"]
-mod paravirt;
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -34,13 +27,16 @@ use std::time::Instant;
 
 use alt::capability::{Capability, CapabilitySet};
 use alt::process::{PatchOptions, StopRecord};
-use paravirt::{PvOpsBackend, COUNTING, PV_OPS};
+use alt_demo::pv::{native, workload, PvOpsBackend, COUNTING, PV_OPS};
 
 /// Rounds of the paravirt workload per check (10 operation calls each).
 const PV_ROUNDS: u64 = 64;
-/// Site calls whose results one `quickstart::run()` checks: popcount, leading and trailing
-/// zeros of 8 values, 6 copies, 6 sums (its barriers and flush have no result).
-const QUICKSTART_CALLS: u64 = 8 * 3 + 6 + 6;
+/// The quickstart's workload: its checksum covers every result.
+fn quickstart() -> u64 {
+    let mut sum = alt_demo::Checksum::new();
+    alt_demo::run(&mut sum);
+    sum.value()
+}
 
 struct Config {
     cycles: u64,
@@ -111,16 +107,16 @@ fn worker(work: Work, expected: Expected, tally: &Tally, cycling: &AtomicBool, s
     let mut i = 0u64;
     while !stop.load(Relaxed) {
         let (calls, ok) = match work {
-            Work::Quickstart => (QUICKSTART_CALLS, quickstart::run().0 == expected.quickstart),
+            Work::Quickstart => (alt_demo::RUN_CALLS, quickstart() == expected.quickstart),
             Work::Paravirt => (
                 10 * PV_ROUNDS,
-                paravirt::workload(black_box(PV_ROUNDS)) == expected.paravirt,
+                workload(black_box(PV_ROUNDS)) == expected.paravirt,
             ),
             Work::PureOps => {
                 let mut ok = true;
                 for _ in 0..64 {
                     i = i.wrapping_add(0x9e37_79b9);
-                    ok &= PV_OPS.hypercall(i, !i) == paravirt::native_hypercall(i, !i);
+                    ok &= PV_OPS.hypercall(i, !i) == native::hypercall(i, !i);
                     let now = PV_OPS.cycles();
                     ok &= now >= last_cycles;
                     last_cycles = now;
@@ -170,8 +166,8 @@ fn main() {
         alt::process::revert_self_with(&c.options).unwrap_or_else(|e| fail("revert", &e));
     }
     let expected = Expected {
-        quickstart: quickstart::run().0,
-        paravirt: paravirt::workload(PV_ROUNDS),
+        quickstart: quickstart(),
+        paravirt: workload(PV_ROUNDS),
     };
 
     let stop = Arc::new(AtomicBool::new(false));

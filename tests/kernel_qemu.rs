@@ -212,8 +212,11 @@ fn expected(function: &str, m: &Model) -> (&'static str, &'static str) {
             ("default", "-")
         }
     };
+    // The demo crate's functions and fence (`alt_demo::NAME`, `alt_demo:LINE`), the kernel's
+    // own `has!` branches (`alt_test_kernel::work:LINE:has!(cap)`).
     let name = function
-        .strip_prefix("alt_test_kernel::work")
+        .strip_prefix("alt_demo")
+        .or_else(|| function.strip_prefix("alt_test_kernel::work"))
         .unwrap_or_else(|| panic!("unexpected site function {function}"));
     match name {
         "::popcount" => on(m.popcnt, "inline", "popcnt"),

@@ -765,8 +765,9 @@ pub fn expand(input: TableInput) -> syn::Result<TokenStream2> {
 
             #private::if_hosted! {
                 /// Patches every call site of this table in this process for `backend` and
-                /// stores the backend's functions in the table (hosted Linux). Refuses while
-                /// the process has other threads; see `install_with`.
+                /// stores the backend's functions in the table (hosted Linux), through
+                /// `alt::process::install_paravirt`: the process's other threads are stopped
+                /// while the sites are written; under qemu-user see `install_with`.
                 ///
                 /// # Safety
                 ///

@@ -60,7 +60,7 @@ const MAX_CALLEE_INSTRUCTIONS: usize = 256;
 pub struct EffectsProblem {
     /// The site's address.
     pub site: u64,
-    /// The site's function (`quickstart::copy_bytes`), or a description of the site.
+    /// The site's function (`alt_demo::copy_bytes`), or a description of the site.
     pub function: String,
     /// The variant: `default`, `alt_instr[i] (erms)`, `paravirt native inline`...
     pub variant: String,

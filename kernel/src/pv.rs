@@ -1,6 +1,6 @@
-//! A paravirt operations table of the kernel's own, declared with `alt::paravirt_ops!`, its two
-//! backends, and the boot-time patching of its call sites through the no_std API
-//! (`plan_paravirt` + `paravirt::apply` with the kernel's alias writer).
+//! A paravirt operations table of the kernel's own, declared with `alt::paravirt_ops!`, and its
+//! two backends; `kmain` hands it to the patching driver (`Patcher::paravirt`) with the
+//! alternatives.
 //!
 //! The operations act on the real machine: `irq_save`/`irq_restore` read and write RFLAGS (IF
 //! included) with `pushfq`/`popfq`, `cycles` reads the time-stamp counter, `io_delay` writes to
@@ -13,6 +13,8 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use alt::paravirt::OpImpl;
+// The native cycle counter and halt are the demo crate's, as in the hosted paravirt example.
+use alt_demo::pv::native::{cycles as native_cycles, halt as native_halt};
 
 extern "C" fn native_irq_save() -> u64 {
     let flags: u64;
@@ -27,21 +29,12 @@ extern "C" fn native_irq_restore(flags: u64) {
     unsafe { core::arch::asm!("push {}", "popfq", in(reg) flags) };
 }
 
-extern "C" fn native_cycles() -> u64 {
-    // SAFETY: rdtsc exists on every x86-64 CPU and has no side effects.
-    unsafe { core::arch::x86_64::_rdtsc() }
-}
-
 extern "C" fn native_io_delay() {
     // SAFETY: a write to the POST diagnostic port 0x80, which nothing in this machine decodes
     // (the classic I/O delay); no effect on memory.
     unsafe {
         core::arch::asm!("out 0x80, al", in("al") 0u8, options(nomem, nostack, preserves_flags))
     };
-}
-
-extern "C" fn native_halt() {
-    core::hint::spin_loop()
 }
 
 alt::paravirt_ops! {
