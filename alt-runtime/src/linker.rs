@@ -215,8 +215,8 @@ unsafe fn slice_between<T>((start, end): (usize, usize)) -> &'static [T] {
 #[cfg(feature = "alloc")]
 #[derive(Clone, Debug, Default)]
 pub struct Names {
-    sites: alloc::sync::Arc<[(u64, &'static str)]>,
-    entries: alloc::sync::Arc<[(u64, &'static str)]>,
+    sites: alloc::sync::Arc<alloc::vec::Vec<(u64, &'static str)>>,
+    entries: alloc::sync::Arc<alloc::vec::Vec<(u64, &'static str)>>,
 }
 
 #[cfg(feature = "alloc")]
@@ -232,8 +232,8 @@ impl Names {
         // SAFETY: the caller's contract.
         unsafe {
             Names {
-                sites: sorted(sites).into(),
-                entries: sorted(entries).into(),
+                sites: alloc::sync::Arc::new(sorted(sites)),
+                entries: alloc::sync::Arc::new(sorted(entries)),
             }
         }
     }

@@ -397,11 +397,14 @@ pub fn plan_alternatives_for<I: Isa, M: Memory>(
     let mut sites = Vec::with_capacity(groups.len());
     for g in groups {
         let returns = check_returns::<I>(entries, &parsed, &order, &g)?;
-        let candidates: Candidates = g
-            .entries(&order)
-            .iter()
-            .map(|&i| parsed[i].candidate(i, caps))
-            .collect();
+        let candidates: Candidates = match *g.entries(&order) {
+            // The common case, without growing a vector one entry at a time.
+            [i] => Candidates::from([parsed[i].candidate(i, caps)]),
+            ref several => several
+                .iter()
+                .map(|&i| parsed[i].candidate(i, caps))
+                .collect(),
+        };
         let choice = decide(&parsed, &candidates);
         let new = encode::<I>(entries, &parsed, &arena, &g, choice, returns)?;
         sites.push(SitePlan {
