@@ -20,6 +20,7 @@ enum Repr<T: Copy + Default, const N: usize> {
 
 impl<T: Copy + Default, const N: usize> SmallVec<T, N> {
     /// An empty one.
+    #[inline]
     pub fn new() -> Self {
         SmallVec {
             repr: Repr::Inline {
@@ -30,6 +31,7 @@ impl<T: Copy + Default, const N: usize> SmallVec<T, N> {
     }
 
     /// `len` copies of `value`.
+    #[inline]
     pub fn filled(value: T, len: usize) -> Self {
         if len <= N {
             SmallVec {
@@ -46,6 +48,7 @@ impl<T: Copy + Default, const N: usize> SmallVec<T, N> {
     }
 
     /// Appends `value`.
+    #[inline]
     pub fn push(&mut self, value: T) {
         match &mut self.repr {
             Repr::Inline { len, items } if usize::from(*len) < N => {
@@ -89,6 +92,7 @@ impl<T: Copy + Default, const N: usize> Default for SmallVec<T, N> {
 impl<T: Copy + Default, const N: usize> Deref for SmallVec<T, N> {
     type Target = [T];
 
+    #[inline]
     fn deref(&self) -> &[T] {
         match &self.repr {
             Repr::Inline { len, items } => &items[..usize::from(*len)],
@@ -98,6 +102,7 @@ impl<T: Copy + Default, const N: usize> Deref for SmallVec<T, N> {
 }
 
 impl<T: Copy + Default, const N: usize> DerefMut for SmallVec<T, N> {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [T] {
         match &mut self.repr {
             Repr::Inline { len, items } => &mut items[..usize::from(*len)],

@@ -211,26 +211,25 @@ impl<'a, I: Isa> Patcher<'a, I> {
             pv.push(p);
         }
         // Tables are validated one by one; their sites must not overlap one another either.
-        let mut all: Vec<Range<u64>> = alt
-            .sites
-            .iter()
-            .map(|s| s.write.range())
-            .chain(
-                pv.iter()
-                    .flat_map(|p| p.sites.iter().map(|s| s.write.range())),
-            )
-            .collect();
-        all.sort_unstable_by_key(|r| r.start);
-        if let Some(w) = all.windows(2).find(|w| w[0].end > w[1].start) {
-            return Err(PlanError::SitesOverlap {
-                first: w[0].start,
-                second: w[1].start,
-            });
+        // (With the alternatives table alone there is nothing to add: its planner refuses
+        // sites that overlap.)
+        if !pv.is_empty() {
+            let mut all: Vec<Range<u64>> = Vec::with_capacity(
+                alt.sites.len() + pv.iter().map(|p| p.sites.len()).sum::<usize>(),
+            );
+            all.extend(alt.sites.iter().map(|s| s.write.range()));
+            for p in &pv {
+                all.extend(p.sites.iter().map(|s| s.write.range()));
+            }
+            if let Some((first, second)) = first_overlap(&mut all) {
+                return Err(PlanError::SitesOverlap { first, second });
+            }
         }
+        let mut hint = 0;
         let entry_names = self
             .alternatives
             .iter()
-            .map(|t| self.names.entry(t.addr))
+            .map(|t| self.names.entry_from(&mut hint, t.addr))
             .collect();
         Ok(Prepared {
             alt,
@@ -335,18 +334,20 @@ impl<I: Isa> Prepared<I> {
             .filter(|s| s.old != s.new)
             .collect();
         let done = {
-            let mut writes: Vec<&SiteWrite> = self
-                .alt
-                .sites
-                .iter()
-                .map(|s| &s.write)
-                .chain(
-                    self.pv
-                        .iter()
-                        .flat_map(|p| p.sites.iter().map(|s| &s.write)),
-                )
-                .filter(|w| w.changed())
-                .collect();
+            let pv_sites: usize = self.pv.iter().map(|p| p.sites.len()).sum();
+            let mut writes: Vec<&SiteWrite> = Vec::with_capacity(self.alt.sites.len() + pv_sites);
+            writes.extend(
+                self.alt
+                    .sites
+                    .iter()
+                    .map(|s| &s.write)
+                    .chain(
+                        self.pv
+                            .iter()
+                            .flat_map(|p| p.sites.iter().map(|s| &s.write)),
+                    )
+                    .filter(|w| w.changed()),
+            );
             writes.sort_unstable_by_key(|w| w.addr);
             // SAFETY: `Patcher::new`'s contract (the sites are this program's, the bytes
             // planned from trusted tables), `Patcher::paravirt`'s (the slots are live) and the
@@ -395,12 +396,15 @@ fn report_of(
     entry_names: &[Option<&'static str>],
     stats: WriteStats,
 ) -> Report {
-    let mut sites: Vec<SiteReport> = alt.sites.into_iter().map(SiteReport::from_plan).collect();
-    for s in &mut sites {
-        s.function = site_names.site(s.addr);
+    let mut sites: Vec<SiteReport> = Vec::with_capacity(alt.sites.len());
+    let mut hint = 0;
+    for plan in alt.sites {
+        let mut s = SiteReport::from_plan(plan);
+        s.function = site_names.site_from(&mut hint, s.addr);
         for c in &mut s.candidates {
             c.name = entry_names.get(c.entry).copied().flatten();
         }
+        sites.push(s);
     }
     let mut paravirt: Vec<PvSiteReport> = pv
         .into_iter()

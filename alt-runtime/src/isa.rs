@@ -67,11 +67,17 @@ impl Offsets {
 
     /// Every offset of `self` or `other`.
     pub fn union(self, other: Offsets) -> Offsets {
-        let mut u = self;
-        for (a, b) in u.0.iter_mut().zip(other.0) {
-            *a |= b;
+        let (a, b) = (self.0, other.0);
+        Offsets([a[0] | b[0], a[1] | b[1], a[2] | b[2], a[3] | b[3]])
+    }
+
+    /// Whether some offset of the set is below `end`.
+    pub(crate) fn any_below(&self, end: usize) -> bool {
+        let full = (end / 64).min(4);
+        if self.0[..full].iter().any(|&w| w != 0) {
+            return true;
         }
-        u
+        full < 4 && self.0[full] & ((1u64 << (end % 64)) - 1) != 0
     }
 
     /// The offsets, in increasing order.
@@ -119,6 +125,11 @@ mod tests {
         assert_eq!(o.last(), Some(255));
         assert_eq!(Offsets::EMPTY.last(), None);
         assert!(!o.is_empty());
+        assert!(o.any_below(1) && !o.any_below(0));
+        let mut high = Offsets::EMPTY;
+        high.insert(130);
+        assert!(!high.any_below(130) && high.any_below(131) && high.any_below(256));
+        assert!(!Offsets::EMPTY.any_below(256));
     }
 }
 
@@ -171,8 +182,11 @@ pub trait Isa {
 /// Fills `buf[from..]` with NOPs, keeping an instruction boundary at every offset of `keep`
 /// (offsets relative to the start of `buf`), so that a return address there stays valid.
 pub fn fill_keeping<I: Isa>(buf: &mut [u8], from: usize, keep: Offsets) {
-    let mut start = from;
     let len = buf.len();
+    if from >= len {
+        return;
+    }
+    let mut start = from;
     for k in keep.iter().filter(|&k| k > from && k < len) {
         I::fill(&mut buf[start..k]);
         start = k;

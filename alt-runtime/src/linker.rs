@@ -211,12 +211,12 @@ unsafe fn slice_between<T>((start, end): (usize, usize)) -> &'static [T] {
     unsafe { core::slice::from_raw_parts(start as *const T, (end - start) / size) }
 }
 
-/// Names of sites and entries for reports, sorted for lookup.
+/// Names of sites and entries for reports, sorted for lookup. Cloning shares them.
 #[cfg(feature = "alloc")]
 #[derive(Clone, Debug, Default)]
 pub struct Names {
-    sites: alloc::vec::Vec<(u64, &'static str)>,
-    entries: alloc::vec::Vec<(u64, &'static str)>,
+    sites: alloc::sync::Arc<alloc::vec::Vec<(u64, &'static str)>>,
+    entries: alloc::sync::Arc<alloc::vec::Vec<(u64, &'static str)>>,
 }
 
 #[cfg(feature = "alloc")]
@@ -232,8 +232,8 @@ impl Names {
         // SAFETY: the caller's contract.
         unsafe {
             Names {
-                sites: sorted(sites),
-                entries: sorted(entries),
+                sites: alloc::sync::Arc::new(sorted(sites)),
+                entries: alloc::sync::Arc::new(sorted(entries)),
             }
         }
     }
@@ -243,9 +243,38 @@ impl Names {
         Some(list[i].1)
     }
 
+    /// Like `find`, for lookups that mostly come in increasing address order: `hint` is where
+    /// the previous lookup ended. Linear in the names and lookups together when the addresses
+    /// increase; a lookup that goes back searches from scratch.
+    fn find_from(
+        list: &[(u64, &'static str)],
+        hint: &mut usize,
+        addr: u64,
+    ) -> Option<&'static str> {
+        let mut i = *hint;
+        if i > list.len() || (i > 0 && list[i - 1].0 >= addr) {
+            i = list.partition_point(|e| e.0 < addr);
+        }
+        while i < list.len() && list[i].0 < addr {
+            i += 1;
+        }
+        *hint = i;
+        list.get(i).filter(|e| e.0 == addr).map(|e| e.1)
+    }
+
     /// The name of the function holding the site at `addr`.
     pub fn site(&self, addr: u64) -> Option<&'static str> {
         Self::find(&self.sites, addr)
+    }
+
+    /// [`Names::site`] for sites looked up in increasing address order (`hint` starts at 0).
+    pub(crate) fn site_from(&self, hint: &mut usize, addr: u64) -> Option<&'static str> {
+        Self::find_from(&self.sites, hint, addr)
+    }
+
+    /// [`Names::entry`] for entries looked up in increasing address order (`hint` starts at 0).
+    pub(crate) fn entry_from(&self, hint: &mut usize, addr: u64) -> Option<&'static str> {
+        Self::find_from(&self.entries, hint, addr)
     }
 
     /// The name of the variant of the alternative entry at `addr`.
@@ -259,18 +288,20 @@ impl Names {
 /// As for [`Names::new`].
 #[cfg(feature = "alloc")]
 unsafe fn sorted(table: &'static [NameEntry]) -> alloc::vec::Vec<(u64, &'static str)> {
-    let mut v: alloc::vec::Vec<(u64, &'static str)> = table
-        .iter()
-        .filter(|n| !(n.target == 0 && n.name == 0))
-        .map(|n| {
-            let base = n as *const NameEntry as u64;
-            let target = crate::table::resolve(base, n.target);
-            let name = crate::table::resolve(base + 4, n.name) as usize as *const &'static str;
-            // SAFETY: the caller's contract.
-            (target, unsafe { *name })
-        })
-        .collect();
-    v.sort_unstable_by_key(|e| e.0);
+    let mut v: alloc::vec::Vec<(u64, &'static str)> = alloc::vec::Vec::with_capacity(table.len());
+    let mut sorted = true;
+    for n in table.iter().filter(|n| !(n.target == 0 && n.name == 0)) {
+        let base = n as *const NameEntry as u64;
+        let target = crate::table::resolve(base, n.target);
+        let name = crate::table::resolve(base + 4, n.name) as usize as *const &'static str;
+        sorted &= v.last().is_none_or(|l: &(u64, &str)| l.0 <= target);
+        // SAFETY: the caller's contract.
+        v.push((target, unsafe { *name }));
+    }
+    // The linker usually keeps them in address order already.
+    if !sorted {
+        v.sort_unstable_by_key(|e| e.0);
+    }
     v
 }
 
@@ -292,4 +323,31 @@ pub unsafe fn lookup_name(table: &'static [NameEntry], addr: u64) -> Option<&'st
         // SAFETY: the caller's contract.
         Some(unsafe { *name })
     })
+}
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_from_a_hint_agree_with_binary_search_in_any_order() {
+        let names = Names {
+            sites: alloc::vec![(0x10, "a"), (0x20, "b"), (0x30, "c"), (0x50, "e")].into(),
+            entries: alloc::vec![(0x20, "x")].into(),
+        };
+        let mut hint = 0;
+        for addr in [
+            0x0, 0x10, 0x18, 0x20, 0x50, 0x60, 0x30, 0x10, 0x10, 0x40, 0x50, 0x0,
+        ] {
+            assert_eq!(
+                names.site_from(&mut hint, addr),
+                names.site(addr),
+                "{addr:#x}"
+            );
+        }
+        let mut hint = 0;
+        assert_eq!(names.entry_from(&mut hint, 0x20), Some("x"));
+        assert_eq!(names.entry_from(&mut hint, 0x21), None);
+        assert_eq!(names.entry_from(&mut hint, 0x20), Some("x"));
+    }
 }

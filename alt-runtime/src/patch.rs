@@ -177,6 +177,7 @@ pub enum Direction {
 }
 
 impl Direction {
+    #[inline]
     fn bytes(self, s: &SiteWrite) -> (&[u8], &[u8]) {
         match self {
             Direction::Forward => (&s.original, &s.new),
@@ -184,6 +185,7 @@ impl Direction {
         }
     }
 
+    #[inline]
     fn slot(self, s: &SlotWrite) -> (u64, u64) {
         match self {
             Direction::Forward => (s.old, s.new),
@@ -246,21 +248,21 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized>(
     }
 
     // 2. Everything that allocates or may fail, before anyone is stopped.
-    let chunks: Vec<Chunk<'_>> = sites
-        .iter()
-        .map(|s| Chunk {
+    let mut chunks: Vec<Chunk<'_>> = Vec::with_capacity(sites.len());
+    let mut undo: Vec<Chunk<'_>> = Vec::with_capacity(sites.len());
+    let mut site_ranges: Vec<Range<u64>> = Vec::with_capacity(sites.len());
+    for s in sites {
+        let (from, to) = direction.bytes(s);
+        chunks.push(Chunk {
             addr: s.addr,
-            bytes: direction.bytes(s).1,
-        })
-        .collect();
-    let undo: Vec<Chunk<'_>> = sites
-        .iter()
-        .map(|s| Chunk {
+            bytes: to,
+        });
+        undo.push(Chunk {
             addr: s.addr,
-            bytes: direction.bytes(s).0,
-        })
-        .collect();
-    let site_ranges: Vec<Range<u64>> = sites.iter().map(|s| s.range()).collect();
+            bytes: from,
+        });
+        site_ranges.push(s.range());
+    }
     writer.prepare(&chunks).map_err(PatchError::Write)?;
 
     // 3. Stop the others.

@@ -87,7 +87,9 @@ impl TableEntry {
 
     /// Whether this is a placeholder: every field zero.
     pub fn is_placeholder(&self) -> bool {
-        self.entry.to_bytes() == [0; crate::table::ALT_ENTRY_SIZE]
+        let e = &self.entry;
+        // Field by field: the same as all 12 bytes zero, without building them.
+        e.site == 0 && e.replacement == 0 && e.key == 0 && e.site_len == 0 && e.replacement_len == 0
     }
 
     /// The site's address range.
@@ -295,9 +297,13 @@ pub struct Candidate {
 impl Default for Candidate {
     /// A placeholder (unused slots of [`Candidates`]).
     fn default() -> Self {
+        const FIRST: Capability = match Capability::from_id(0) {
+            Some(c) => c,
+            None => panic!("capability id 0 exists"),
+        };
         Candidate {
             entry: 0,
-            capability: Capability::from_id(0).expect("capability id 0 exists"),
+            capability: FIRST,
             negated: false,
             direct_call: false,
             held: false,
@@ -391,11 +397,14 @@ pub fn plan_alternatives_for<I: Isa, M: Memory>(
     let mut sites = Vec::with_capacity(groups.len());
     for g in groups {
         let returns = check_returns::<I>(entries, &parsed, &order, &g)?;
-        let candidates: Candidates = g
-            .entries(&order)
-            .iter()
-            .map(|&i| parsed[i].candidate(i, caps))
-            .collect();
+        let candidates: Candidates = match *g.entries(&order) {
+            // The common case, without growing a vector one entry at a time.
+            [i] => Candidates::from([parsed[i].candidate(i, caps)]),
+            ref several => several
+                .iter()
+                .map(|&i| parsed[i].candidate(i, caps))
+                .collect(),
+        };
         let choice = decide(&parsed, &candidates);
         let new = encode::<I>(entries, &parsed, &arena, &g, choice, returns)?;
         sites.push(SitePlan {
@@ -481,30 +490,31 @@ impl MovesUnchanged {
         }
     }
 
-    fn slot(code: &[u8]) -> Option<usize> {
-        if code.len() > 16 {
-            return None;
-        }
-        // FNV-1a.
-        let mut h: u32 = 0x811c_9dc5;
-        for &b in code {
-            h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
-        }
-        Some(h as usize % Self::SLOTS)
+    /// Longest code cached, and the length of a key: the code padded with zeros.
+    const KEY: usize = 16;
+
+    fn slot(key: &[u8; Self::KEY], n: usize) -> usize {
+        let k = u128::from_le_bytes(*key);
+        let (lo, hi) = (k as u64, (k >> 64) as u64);
+        // A multiplicative hash of both halves and the length; the top bits pick the slot.
+        let h = (lo ^ hi.rotate_left(29) ^ n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (h >> 58) as usize % Self::SLOTS
     }
 
-    fn get(&self, code: &[u8]) -> Option<Shape> {
-        match &self.slots[Self::slot(code)?] {
-            Some((n, bytes, shape)) if bytes[..usize::from(*n)] == *code => Some(*shape),
+    /// The shape of the `n` bytes of `key` (`n <= KEY`, the rest zero), if cached.
+    fn get(&self, key: &[u8; Self::KEY], n: usize) -> Option<Shape> {
+        match &self.slots[Self::slot(key, n)] {
+            Some((len, b, shape)) if usize::from(*len) == n && b == key => Some(*shape),
             _ => None,
         }
     }
 
     fn put(&mut self, code: &[u8], shape: Shape) {
-        if let Some(i) = Self::slot(code) {
-            let mut bytes = [0; 16];
-            bytes[..code.len()].copy_from_slice(code);
-            self.slots[i] = Some((code.len() as u8, bytes, shape));
+        if code.len() <= Self::KEY {
+            let mut key = [0; Self::KEY];
+            key[..code.len()].copy_from_slice(code);
+            let slot = Self::slot(&key, code.len());
+            self.slots[slot] = Some((code.len() as u8, key, shape));
         }
     }
 }
@@ -579,27 +589,39 @@ fn check_entry<I: Isa, M: Memory>(
         }));
     }
     let n = usize::from(e.replacement_len);
-    let mut src = [0u8; 255];
-    mem.read(repl.start, &mut src[..n])
-        .map_err(|e| err(TableErrorKind::Unreadable(e)))?;
     let at = arena.len();
-    let src = &src[..n];
-    let shape = match unchanged.get(src) {
-        Some(shape) => {
-            arena.extend_from_slice(src);
-            shape
+    // A short replacement is read into its cache key directly: one seen before (by its bytes)
+    // is then done.
+    let mut key = [0u8; MovesUnchanged::KEY];
+    let short = n <= MovesUnchanged::KEY;
+    if short {
+        mem.read(repl.start, &mut key[..n])
+            .map_err(|e| err(TableErrorKind::Unreadable(e)))?;
+        if let Some(shape) = unchanged.get(&key, n) {
+            arena.extend_from_slice(&key[..n]);
+            return Ok(Parsed {
+                capability: Some(capability),
+                negated,
+                variant: Variant::Inline { at, len: n, shape },
+            });
         }
-        None => {
-            arena.resize(at + n, 0);
-            let shape = I::relocate(src, repl.start, site.start, &mut arena[at..])
-                .map_err(|e| err(TableErrorKind::Replacement(e)))?;
-            // Moved elsewhere and still the same bytes: nothing in it depends on where it is.
-            if repl.start != site.start && arena[at..] == *src {
-                unchanged.put(src, shape);
-            }
-            shape
-        }
-    };
+    }
+    // Not seen before: relocate it from a copy of its bytes.
+    let mut src = [0u8; 255];
+    let src = &mut src[..n];
+    if short {
+        src.copy_from_slice(&key[..n]);
+    } else {
+        mem.read(repl.start, src)
+            .map_err(|e| err(TableErrorKind::Unreadable(e)))?;
+    }
+    arena.resize(at + n, 0);
+    let shape = I::relocate(src, repl.start, site.start, &mut arena[at..])
+        .map_err(|e| err(TableErrorKind::Replacement(e)))?;
+    // Moved elsewhere and still the same bytes: nothing in it depends on where it is.
+    if repl.start != site.start && arena[at..] == *src {
+        unchanged.put(src, shape);
+    }
     Ok(Parsed {
         capability: Some(capability),
         negated,
@@ -629,11 +651,23 @@ fn group_sites<I: Isa, M: Memory>(
     entries: &[TableEntry],
     mem: &M,
 ) -> Result<(Vec<usize>, Vec<Group>), TableError> {
-    let mut order: Vec<usize> = (0..entries.len())
-        .filter(|&i| !entries[i].is_placeholder())
-        .collect();
-    order.sort_by_key(|&i| (entries[i].site().start, i));
-    let mut groups: Vec<Group> = Vec::new();
+    let mut order: Vec<usize> = Vec::with_capacity(entries.len());
+    let mut sorted = true;
+    let mut last = 0;
+    for (i, t) in entries.iter().enumerate() {
+        if !t.is_placeholder() {
+            let start = t.entry.site_addr(t.addr);
+            sorted &= start >= last;
+            last = start;
+            order.push(i);
+        }
+    }
+    // Tables usually come in address order already (the linker keeps the order of the code):
+    // then the stable sort below would not move anything.
+    if !sorted {
+        order.sort_by_key(|&i| (entries[i].site().start, i));
+    }
+    let mut groups: Vec<Group> = Vec::with_capacity(order.len());
     for (k, &i) in order.iter().enumerate() {
         let t = &entries[i];
         let site = t.site();
@@ -708,6 +742,10 @@ fn check_returns<I: Isa>(
         }
     }
     let len = g.original.len();
+    if !returns.any_below(len) {
+        // Every call returns to the site's end (or there is none): fine in every variant.
+        return Ok(returns);
+    }
     // A return to the site's end is fine in every variant: each ends there.
     for r in returns.iter().take_while(|&r| r < len) {
         let offset = r as u8;

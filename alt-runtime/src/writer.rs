@@ -131,12 +131,13 @@ pub fn pages_touched(chunks: &[Chunk<'_>]) -> usize {
         }
         let first = c.addr / PAGE_SIZE;
         let end = (c.addr + c.bytes.len() as u64 - 1) / PAGE_SIZE;
-        for page in first..=end {
-            if last.is_none_or(|l| page > l) {
-                count += 1;
-                last = Some(page);
-            }
-        }
+        let from = match last {
+            Some(l) if end <= l => continue,
+            Some(l) => first.max(l + 1),
+            None => first,
+        };
+        count += (end - from + 1) as usize;
+        last = Some(end);
     }
     count
 }

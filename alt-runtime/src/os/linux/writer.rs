@@ -155,6 +155,14 @@ impl<S: TextSys> MprotectWriter<S> {
                 ));
             }
             last_end = end;
+            if let Some(r) = runs.last_mut() {
+                if end <= r.range.end {
+                    // Every page of the chunk is in the last run already (the common case:
+                    // many sites share a page).
+                    r.chunks.end = i + 1;
+                    continue;
+                }
+            }
             for page in c.addr / PAGE_SIZE..=(end - 1) / PAGE_SIZE {
                 let start = page * PAGE_SIZE;
                 if let Some(r) = runs.last_mut() {
@@ -356,12 +364,23 @@ impl<S: TextSys> Memory for MprotectWriter<S> {
     }
 
     fn read_each(&self, ranges: &[(u64, usize)], out: &mut [u8]) -> Result<(), MemoryError> {
-        if ranges.iter().all(|&(a, n)| self.direct(a, n)) {
-            let mut at = 0;
-            for &(addr, len) in ranges {
-                self.read(addr, &mut out[at..at + len])?;
-                at += len;
+        // One pass: plain copies while every range is read directly; at the first that is
+        // not, the whole batch goes through the system call instead.
+        let mut at = 0;
+        let mut direct = true;
+        for &(addr, len) in ranges {
+            if !self.direct(addr, len) {
+                direct = false;
+                break;
             }
+            let buf = out.get_mut(at..at + len).ok_or(MemoryError { addr })?;
+            // SAFETY: inside the ranges the creator vouched stay mapped and readable.
+            unsafe {
+                core::ptr::copy_nonoverlapping(addr as usize as *const u8, buf.as_mut_ptr(), len)
+            };
+            at += len;
+        }
+        if direct {
             return Ok(());
         }
         self.sys
