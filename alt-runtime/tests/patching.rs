@@ -170,6 +170,28 @@ fn absent_feature_keeps_the_default_with_its_nop_run_optimised() {
 }
 
 #[test]
+fn only_one_byte_nops_are_merged_in_a_default_not_other_one_byte_instructions() {
+    let _g = lock();
+    let mut buf = Buf::new();
+    // nop; nop; cld; nop; nop; nop | mov eax, 1; ret. `cld` is one byte too, and must stay.
+    let site = buf.text(0x100);
+    buf.put(
+        site,
+        &cat(&[&[0x90, 0x90, 0xfc, 0x90, 0x90, 0x90], &mov_eax(1), &[0xc3]]),
+    );
+    buf.seal();
+    let table = buf.table(0, &[Spec::inline(site, 6, buf.repl(0), 0, popcnt())]);
+    let p = patch(buf.plan(&table, &CapabilitySet::default()).unwrap());
+    assert_eq!(
+        buf.read(site, 6),
+        [0x66, 0x90, 0xfc, 0x0f, 0x1f, 0x00],
+        "each run of 0x90s becomes one NOP; the cld between them stays"
+    );
+    assert_eq!(run(site, 0), 1);
+    revert(p);
+}
+
+#[test]
 fn not_flag_patches_when_the_capability_is_absent() {
     let _g = lock();
     let mut buf = Buf::new();
@@ -949,6 +971,50 @@ fn overlapping_sites_are_refused() {
 }
 
 #[test]
+fn sites_that_touch_each_other_or_the_replacement_section_are_patched() {
+    let _g = lock();
+    let mut buf = Buf::new();
+    let default = cat(&[&mov_eax(1), &[0x90; 3]]);
+    // Two sites back to back, and one that ends where the replacement section begins.
+    let first = buf.text(0x400);
+    let second = first + 8;
+    let last = buf.text(TEXT_LEN - 8);
+    for s in [first, second, last] {
+        buf.put(s, &default);
+    }
+    let repl = buf.repl(0);
+    buf.put(repl, &mov_eax(7));
+    // A site that begins where the replacement section ends (in the data page, which this
+    // test's layout counts as text): planned only.
+    let after = buf.data(0);
+    buf.put(after, &default);
+    buf.seal();
+    let specs = [
+        Spec::inline(second, 8, repl, 5, popcnt()),
+        Spec::inline(first, 8, repl, 5, popcnt()),
+        Spec::inline(last, 8, repl, 5, popcnt()),
+    ];
+    let table = buf.table(1, &specs);
+    let set = caps(Features::POPCNT, Errata::empty());
+    let p = patch(buf.plan(&table, &set).unwrap());
+    let patched = cat(&[&mov_eax(7), &[0x0f, 0x1f, 0x00]]);
+    for s in [first, second, last] {
+        assert_eq!(buf.read(s, 8), patched, "site {s:#x}");
+    }
+    revert(p);
+
+    let text = buf.base..buf.base + NONE;
+    let layout = alt_runtime::plan::Layout {
+        text: std::slice::from_ref(&text),
+        replacements: buf.repl_range(),
+    };
+    let table = buf.table(2, &[Spec::inline(after, 8, repl, 5, popcnt())]);
+    let plan = alt_runtime::plan::plan_alternatives(&table, &layout, &set, &writer()).unwrap();
+    assert_eq!(plan.sites[0].write.addr, after);
+    assert_eq!(plan.sites[0].write.new, patched);
+}
+
+#[test]
 fn sites_that_are_not_whole_instructions_are_refused() {
     let _g = lock();
     let b = bad_fixture();
@@ -1393,4 +1459,366 @@ fn report_json_and_text_describe_every_site() {
         "two sites applied an entry, one kept its default"
     );
     revert(p);
+}
+
+// --- 9. Tables together ------------------------------------------------------------------------
+
+/// A rendezvous that records what it was asked to keep the others out of, and how often it
+/// released them.
+#[derive(Default)]
+struct Recording {
+    stops: Vec<Vec<std::ops::Range<u64>>>,
+    releases: usize,
+}
+
+// SAFETY: the tests that use it run their sites on their own thread only, after the write.
+unsafe impl Rendezvous for Recording {
+    fn stop(&mut self, sites: &[std::ops::Range<u64>]) -> Result<(), RendezvousError> {
+        self.stops.push(sites.to_vec());
+        Ok(())
+    }
+
+    fn release(&mut self) {
+        self.releases += 1;
+    }
+}
+
+/// A paravirt table of one operation (C ABI, no inline sequence) whose slot is at data 0xe00,
+/// the backend `Function(target)`, and one entry at data 0xf00 for a 6-byte site at `site`
+/// holding `call qword ptr [rip + slot]`.
+struct OneOp {
+    ops: [alt_runtime::paravirt::OpDesc; 1],
+    choices: [alt_runtime::paravirt::OpChoice; 1],
+    slot: u64,
+    entry: alt_runtime::paravirt::PvTableEntry,
+}
+
+fn one_op(buf: &Buf, site: u64, native: u64, target: u64) -> OneOp {
+    use alt_runtime::paravirt::{OpChoice, OpDesc, PvTableEntry};
+    use alt_runtime::table::{relative, Clobbers, PvEntry};
+    let slot = buf.data(0xe00);
+    buf.put(slot, &native.to_le_bytes());
+    let entry_addr = buf.data(0xf00);
+    OneOp {
+        ops: [OpDesc {
+            name: "op",
+            native,
+            native_thunk: None,
+            dispatch_thunk: None,
+            dispatch_slot: 0,
+            inline: None,
+            clobbers: Clobbers::C_ABI,
+            returns: true,
+        }],
+        choices: [OpChoice::Function(target)],
+        slot,
+        entry: PvTableEntry {
+            addr: entry_addr,
+            entry: PvEntry {
+                site: relative(entry_addr, site).unwrap(),
+                op: 0,
+                site_len: 6,
+                clobbers: Clobbers::C_ABI.bits(),
+            },
+        },
+    }
+}
+
+/// `call qword ptr [rip + slot]` placed at `at`.
+fn call_slot(at: u64, slot: u64) -> [u8; 6] {
+    let d = ((slot as i64 - (at as i64 + 6)) as i32).to_le_bytes();
+    [0xff, 0x15, d[0], d[1], d[2], d[3]]
+}
+
+/// Plans the alternatives `table` together with the paravirt table `pv` over `buf`.
+fn plan_both(
+    buf: &Buf,
+    table: &[TableEntry],
+    set: CapabilitySet,
+    pv: &OneOp,
+) -> Result<alt_runtime::driver::Prepared, alt_runtime::driver::PlanError> {
+    use alt_runtime::paravirt::{Backend, TableDesc};
+    let text = buf.text_ranges();
+    let layout = alt_runtime::plan::Layout {
+        text: &text,
+        replacements: buf.repl_range(),
+    };
+    let desc = TableDesc {
+        name: "T",
+        table: pv.slot,
+        ops: &pv.ops,
+        entries: 0..0,
+    };
+    let backend = Backend {
+        name: "b",
+        ops: &pv.choices,
+    };
+    // SAFETY: the layout is the test buffer; the table's slot is in its data page and its
+    // functions lie in its text; the sites run only on this thread, after the write.
+    let patcher = unsafe {
+        alt_runtime::driver::Patcher::new(set, layout)
+            .alternatives(table.iter().copied())
+            .paravirt_entries(desc, backend, vec![pv.entry], None)
+    };
+    patcher.plan(&writer())
+}
+
+#[test]
+fn sites_of_two_tables_may_touch_but_not_overlap() {
+    use alt_runtime::driver::PlanError;
+    let _g = lock();
+    let mut buf = Buf::new();
+    let alt_site = buf.text(0x100);
+    let native = buf.text(0x800);
+    let function = buf.text(0x900);
+    let repl = buf.repl(0);
+    // Text 0x100: `mov eax, 1; nop x3` (an 8-byte alternative site), then at 0x108 the 6-byte
+    // paravirt site: the two touch.
+    buf.put(alt_site, &cat(&[&mov_eax(1), &[0x90; 3]]));
+    let pv_site = alt_site + 8;
+    let slot = buf.data(0xe00);
+    buf.put(pv_site, &call_slot(pv_site, slot));
+    // Text 0x200: `xchg ax, ax` then the indirect call (8 bytes, whole instructions), the
+    // paravirt site starting inside it, at 0x202.
+    let wide = buf.text(0x200);
+    buf.put(wide, &cat(&[&[0x66, 0x90], &call_slot(wide + 2, slot)]));
+    buf.put(repl, &mov_eax(2));
+    buf.seal();
+    let set = caps(Features::POPCNT, Errata::empty());
+
+    let table = buf.table(0, &[Spec::inline(alt_site, 8, repl, 5, popcnt())]);
+    let pv = one_op(&buf, pv_site, native, function);
+    let prepared = plan_both(&buf, &table, set, &pv).expect("touching sites are fine");
+    let p = prepared.apply(&mut writer(), &mut alone()).expect("apply");
+    assert_eq!(
+        buf.read(alt_site, 8),
+        cat(&[&mov_eax(2), &[0x0f, 0x1f, 0x00]])
+    );
+    // The direct call ends where the indirect call ended: a one-byte NOP first.
+    assert_eq!(
+        buf.read(pv_site, 6),
+        cat(&[&[0x90], &call_to(pv_site + 1, function)])
+    );
+    revert(p);
+
+    let table = buf.table(1, &[Spec::inline(wide, 8, repl, 5, popcnt())]);
+    let pv = one_op(&buf, wide + 2, native, function);
+    let before = buf.snapshot();
+    let err = plan_both(&buf, &table, set, &pv).unwrap_err();
+    assert_eq!(
+        err,
+        PlanError::SitesOverlap {
+            first: wide,
+            second: wide + 2
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "the site at {:#x} begins inside the site at {wide:#x} of another table",
+            wide + 2
+        )
+    );
+    assert!(buf.snapshot() == before, "nothing written");
+}
+
+#[test]
+fn the_rendezvous_keeps_the_others_out_of_exactly_the_sites_that_change() {
+    let _g = lock();
+    let b = bad_fixture();
+    // Three sites: two change (popcnt holds), the third keeps its default, already optimal.
+    let third = b.buf.text(0x300);
+    b.buf.put(third + 5, &[0x0f, 0x1f, 0x00]);
+    let table = b.buf.table(
+        0,
+        &[
+            b.good,
+            Spec::inline(b.site, 8, b.repl, 5, popcnt()),
+            Spec::inline(third, 8, b.repl, 5, feature(Features::AVX2)),
+        ],
+    );
+    let plan = b
+        .buf
+        .plan(&table, &caps(Features::POPCNT, Errata::empty()))
+        .unwrap();
+    let mut r = Recording::default();
+    // SAFETY: as `common::apply`.
+    let prepared: alt_runtime::driver::Prepared =
+        unsafe { alt_runtime::driver::Prepared::from_alternatives(plan) };
+    let p = prepared.apply(&mut writer(), &mut r).expect("apply");
+    let sites = vec![b.good.site..b.good.site + 8, b.site..b.site + 8];
+    assert_eq!(r.stops, std::slice::from_ref(&sites));
+    assert_eq!(r.releases, 1);
+    let mut r = Recording::default();
+    p.revert(&mut writer(), &mut r).map_err(|(_, e)| e).unwrap();
+    assert_eq!(r.stops, [sites]);
+    assert_eq!(r.releases, 1);
+}
+
+/// Writes a name table of `(target, name)` pairs at data offset `at` (the `&'static str`s at
+/// `at + 0x40`), as the macros emit `alt_site_names` and `alt_entry_names`, and returns it.
+fn name_table(
+    buf: &Buf,
+    at: u64,
+    names: &[(u64, &'static str)],
+) -> &'static [alt_runtime::linker::NameEntry] {
+    use alt_runtime::linker::NameEntry;
+    use alt_runtime::table::relative;
+    assert!(names.len() <= 4);
+    let table = buf.data(at);
+    for (i, &(target, name)) in names.iter().enumerate() {
+        let entry = table + 8 * i as u64;
+        let holder = buf.data(at + 0x40 + 16 * i as u64);
+        // SAFETY: `holder` is 8-aligned, in the buffer's data page (read-write) and no other
+        // reference to it exists.
+        unsafe { std::ptr::write(holder as *mut &'static str, name) };
+        let n = NameEntry {
+            target: relative(entry, target).unwrap(),
+            name: relative(entry + 4, holder).unwrap(),
+        };
+        // SAFETY: as above, 4-aligned.
+        unsafe { std::ptr::write(entry as *mut NameEntry, n) };
+    }
+    // SAFETY: the entries were just written; `Names::new` copies what it reads (the `&'static
+    // str`s point at string literals), so the slice is not used after this test's buffer goes.
+    unsafe { std::slice::from_raw_parts(table as *const NameEntry, names.len()) }
+}
+
+#[test]
+fn the_report_names_each_site_s_function_and_each_entry_s_variant() {
+    use alt_runtime::driver::{Names, Patcher};
+    let _g = lock();
+    let b = bad_fixture();
+    let third = b.buf.text(0x300);
+    let specs = [
+        b.good,
+        Spec::inline(b.site, 8, b.repl, 5, feature(Features::AVX2)),
+        Spec::inline(b.site, 8, b.repl, 5, popcnt()),
+        Spec::inline(third, 8, b.repl, 5, popcnt()),
+    ];
+    let table = b.buf.table(0, &specs);
+    // Names for the first two sites (not the third), and for entries 0 and 2 (not 1 or 3).
+    let sites = name_table(&b.buf, 0xc00, &[(b.site, "second"), (b.good.site, "first")]);
+    let entries = name_table(
+        &b.buf,
+        0xd00,
+        &[
+            (table[2].addr, "popcnt_inline"),
+            (table[0].addr, "good_one"),
+        ],
+    );
+    // SAFETY: the name tables were just written and point at string literals.
+    let names = unsafe { Names::new(sites, entries) };
+    let text = b.buf.text_ranges();
+    let layout = alt_runtime::plan::Layout {
+        text: &text,
+        replacements: b.buf.repl_range(),
+    };
+    // SAFETY: the layout and the table are the test buffer's.
+    let patcher = unsafe { Patcher::new(caps(Features::POPCNT, Errata::empty()), layout) }
+        .alternatives(table.iter().copied())
+        .names(names);
+    let prepared = patcher.plan(&writer()).unwrap();
+    let preview = prepared.preview();
+    let named: Vec<_> = preview
+        .sites
+        .iter()
+        .map(|s| (s.addr, s.function, s.variants.clone(), s.variant()))
+        .collect();
+    assert_eq!(
+        named,
+        [
+            (
+                b.good.site,
+                Some("first"),
+                vec![Some("good_one")],
+                String::from("good_one")
+            ),
+            (
+                b.site,
+                Some("second"),
+                vec![None, Some("popcnt_inline")],
+                String::from("popcnt_inline")
+            ),
+            (third, None, vec![None], String::from("entry 3")),
+        ]
+    );
+    assert_eq!(preview.pages, 0, "a preview writes nothing");
+    let p = prepared.apply(&mut writer(), &mut alone()).unwrap();
+    assert_eq!(
+        *p.report(),
+        alt_runtime::report::Report {
+            pages: 1,
+            ..preview
+        },
+        "apply reports what the preview showed, and the page it wrote"
+    );
+    revert(p);
+}
+
+#[test]
+fn the_record_says_which_capabilities_patching_used_and_holds_the_time_taken() {
+    let _g = lock();
+    let b = bad_fixture();
+    // POPCNT holds at the first site; AVX2 (absent) and the DIV0 erratum (absent) are
+    // considered at the second, which keeps its default.
+    let table = b.buf.table(
+        0,
+        &[
+            b.good,
+            Spec::inline(b.site, 8, b.repl, 5, feature(Features::AVX2)),
+            Spec::inline(b.site, 8, b.repl, 5, erratum(Errata::AMD_DIV0)),
+        ],
+    );
+    let set = caps(Features::POPCNT | Features::SSE3, Errata::ZENBLEED);
+    let plan = b.buf.plan(&table, &set).unwrap();
+    let used = caps(Features::POPCNT | Features::AVX2, Errata::AMD_DIV0);
+    assert_eq!(plan.used(), used);
+    // SAFETY: as `common::apply`.
+    let prepared: alt_runtime::driver::Prepared =
+        unsafe { alt_runtime::driver::Prepared::from_alternatives(plan.clone()) };
+    assert_eq!(*prepared.alternatives(), plan);
+    assert!(prepared.paravirt().is_empty());
+    let mut p = prepared.apply(&mut writer(), &mut alone()).unwrap();
+    assert_eq!(p.used(), used);
+    assert!(p.slots().is_empty());
+    assert_eq!(p.report().elapsed_ns, None);
+    p.report_mut().elapsed_ns = Some(1234);
+    assert_eq!(p.report().elapsed_ns, Some(1234));
+    revert(p);
+}
+
+#[test]
+fn a_paravirt_install_records_each_slot_it_stored_and_revert_restores_it() {
+    use alt_runtime::patch::SlotWrite;
+    let _g = lock();
+    let mut buf = Buf::new();
+    let site = buf.text(0x100);
+    let native = buf.text(0x800);
+    let function = buf.text(0x900);
+    let slot = buf.data(0xe00);
+    buf.put(site, &call_slot(site, slot));
+    buf.seal();
+    let pv = one_op(&buf, site, native, function);
+    let load = || buf.read(slot, 8);
+    let prepared = plan_both(&buf, &[], CapabilitySet::default(), &pv).unwrap();
+    assert_eq!(prepared.paravirt().len(), 1);
+    assert_eq!(prepared.paravirt()[0].slots.len(), 1);
+    let p = prepared.apply(&mut writer(), &mut alone()).unwrap();
+    assert_eq!(
+        p.slots(),
+        [SlotWrite {
+            addr: slot,
+            old: native,
+            new: function
+        }]
+    );
+    assert_eq!(load(), function.to_le_bytes());
+    assert_eq!(
+        buf.read(site, 6),
+        cat(&[&[0x90], &call_to(site + 1, function)])
+    );
+    revert(p);
+    assert_eq!(load(), native.to_le_bytes());
+    assert_eq!(buf.read(site, 6), call_slot(site, slot));
 }
