@@ -1822,3 +1822,44 @@ fn a_paravirt_install_records_each_slot_it_stored_and_revert_restores_it() {
     assert_eq!(load(), native.to_le_bytes());
     assert_eq!(buf.read(site, 6), call_slot(site, slot));
 }
+
+#[test]
+fn revert_skips_a_slot_already_restored_and_refuses_one_changed_behind_its_back() {
+    let _g = lock();
+    let mut buf = Buf::new();
+    let site = buf.text(0x100);
+    let native = buf.text(0x800);
+    let function = buf.text(0x900);
+    let slot = buf.data(0xe00);
+    buf.put(site, &call_slot(site, slot));
+    buf.seal();
+    let pv = one_op(&buf, site, native, function);
+    let p = plan_both(&buf, &[], CapabilitySet::default(), &pv)
+        .unwrap()
+        .apply(&mut writer(), &mut alone())
+        .unwrap();
+    // Someone else stores a third value: the revert refuses, writes nothing, and hands the
+    // record back.
+    buf.put(slot, &0x4242u64.to_le_bytes());
+    let patched = buf.snapshot();
+    let (p, e) = match p.revert(&mut writer(), &mut alone()) {
+        Ok(_) => panic!("revert over a changed slot succeeded"),
+        Err(x) => x,
+    };
+    assert_eq!(
+        e,
+        PatchError::UnexpectedSlot {
+            addr: slot,
+            expected: function,
+            found: 0x4242
+        }
+    );
+    assert!(buf.snapshot() == patched, "nothing written");
+    // The slot already holds its old value: it is skipped, the site is reverted.
+    buf.put(slot, &native.to_le_bytes());
+    p.revert(&mut writer(), &mut alone())
+        .map_err(|(_, e)| e)
+        .unwrap();
+    assert_eq!(buf.read(site, 6), call_slot(site, slot));
+    assert_eq!(buf.read(slot, 8), native.to_le_bytes());
+}
