@@ -3,7 +3,8 @@
 //! `cargo bench --bench alternative` counts bits in a dependent chain of 20M values, seven runs
 //! each, and prints the median ns/call and each variant's ratio to the patched site:
 //!
-//! - patched site: `#[alternative(popcnt => inline("popcnt {ret}, {x}"))]` after `patch_self()`;
+//! - patched site: `#[alternative(popcnt => unsafe inline("popcnt {ret}, {x}"))]` after
+//!   `patch_self()`;
 //! - the same site before patching (a call to the portable default through the register-saving
 //!   thunk);
 //! - a run-time branch: `is_x86_feature_detected!("popcnt")` (a cached flag) then a
@@ -19,7 +20,10 @@ use std::time::Instant;
 
 use alt::alternative;
 
-#[alternative(popcnt => inline("popcnt {ret}, {x}"))]
+#[alternative(
+    // SAFETY: POPCNT writes only its destination (the result) and the flags.
+    popcnt => unsafe inline("popcnt {ret}, {x}")
+)]
 fn popcount_site(x: u64) -> u64 {
     x.count_ones() as u64
 }

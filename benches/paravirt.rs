@@ -22,14 +22,16 @@ alt::paravirt_ops! {
         /// function.
         fn step(x: u64) -> u64 {
             native: native_step,
-            inline: ["lea {ret}, [{x} + {x} * 2 + 1]"],
+            // SAFETY: LEA computes the native function's result into the result register only.
+            unsafe inline: ["lea {ret}, [{x} + {x} * 2 + 1]"],
             clobbers: C,
         }
         /// One step, clobbering only rax: unpatched, the indirect call reaches a
         /// register-saving thunk.
         fn step_rax(x: u64) -> u64 {
             native: native_step,
-            inline: ["lea {ret}, [{x} + {x} * 2 + 1]"],
+            // SAFETY: LEA computes the native function's result into the result register only.
+            unsafe inline: ["lea {ret}, [{x} + {x} * 2 + 1]"],
             clobbers: [rax],
         }
     }
@@ -80,9 +82,10 @@ fn measure(f: fn(u64) -> u64) -> (f64, u64) {
 }
 
 fn main() {
-    let options = if std::env::args().any(|a| a == "--allow-threads") {
-        // SAFETY: this benchmark patches before starting threads; the flag is for qemu-user.
-        unsafe { alt::process::PatchOptions::new().allow_other_threads() }
+    let options = if std::env::args().any(|a| a == "--blocking-threads-run-no-sites") {
+        // SAFETY: the flag is for qemu-user, whose helper thread blocks every signal and never
+        // runs guest code; this benchmark starts no thread of its own.
+        unsafe { alt::process::PatchOptions::new().assume_blocking_threads_run_no_sites() }
     } else {
         alt::process::PatchOptions::new()
     };

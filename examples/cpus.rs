@@ -9,7 +9,7 @@
 //! cargo run --release --example cpus -- --bench [RUNS]  # x86: what probing costs, medians
 //! ```
 //!
-//! The `--cpuid` output is the text format of `alt::x86_64::cpuid::CpuidDump`; run under
+//! The `--cpuid` output is the text format of `alt_runtime::x86_64::cpuid::CpuidDump`; run under
 //! `qemu-x86_64 -cpu MODEL` it records what that emulated model reports.
 //!
 //! `--sysfs DIR` reads the CPUs from a copy of an AArch64 machine's sysfs (`DIR` stands for
@@ -43,10 +43,12 @@ fn main() {
         _ => usage(),
     };
     let (cpus, json) = match mode {
-        Mode::Sysfs { dir, json } => match alt::sysfs::Sysfs::at(dir).arm64_cpus() {
-            Ok(c) => (c, json),
-            Err(e) => fail(&format!("{e}")),
-        },
+        Mode::Sysfs { dir, json } => {
+            match alt::cpu::arm64_cpus(&alt_runtime::sysfs::Sysfs::at(dir)) {
+                Ok(c) => (c, json),
+                Err(e) => fail(&format!("{e}")),
+            }
+        }
         Mode::Probe { json } => (hosted::online().unwrap_or_else(|e| fail(&e)), json),
         Mode::Each { json } => (hosted::each().unwrap_or_else(|e| fail(&e)), json),
         Mode::Cpuid => {
@@ -120,7 +122,7 @@ mod hosted {
     }
 
     pub fn cpuid() {
-        use alt::x86_64::cpuid::{CpuidDump, NativeCpuid};
+        use alt_runtime::x86_64::cpuid::{CpuidDump, NativeCpuid};
         print!("{}", CpuidDump::capture(&NativeCpuid));
     }
 
@@ -146,7 +148,9 @@ mod hosted {
             std::hint::black_box(alt::cpu::probe_every_cpu().unwrap());
         });
         let one = median_ns(runs, || {
-            std::hint::black_box(alt::x86_64::cpuid::probe(&alt::x86_64::cpuid::NativeCpuid));
+            std::hint::black_box(alt_runtime::x86_64::cpuid::probe(
+                &alt_runtime::x86_64::cpuid::NativeCpuid,
+            ));
         });
         println!(
             "probing {} online CPUs, median of {runs} runs each:",

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example paravirt [-- --backend native|counting|auto] [--json]
-//! qemu-x86_64 -cpu Haswell target/release/examples/paravirt --backend counting --allow-threads
+//! qemu-x86_64 -cpu Haswell target/release/examples/paravirt --backend counting --blocking-threads-run-no-sites
 //! ```
 //!
 //! The table holds interrupt-flag style operations emulated in user space (the "IF" bit lives
@@ -42,7 +42,7 @@ extern "C" fn native_cycles() -> u64 {
     // SAFETY: rdtsc exists on every x86-64 CPU.
     unsafe { core::arch::x86_64::_rdtsc() }
 }
-extern "C" fn native_hypercall(nr: u64, arg: u64) -> u64 {
+pub extern "C" fn native_hypercall(nr: u64, arg: u64) -> u64 {
     nr.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17) ^ arg
 }
 extern "C" fn native_io_delay() {}
@@ -56,35 +56,41 @@ alt::paravirt_ops! {
         /// The emulated flags word.
         fn save_flags() -> u64 {
             native: native_save_flags,
-            inline: ["mov {ret}, qword ptr [rip + {if_word}]"],
+            // SAFETY: a plain load of the flags word (an AtomicU64: aligned, always valid), as
+            // the native function's relaxed load; only the result register changes.
+            unsafe inline: ["mov {ret}, qword ptr [rip + {if_word}]"],
             clobbers: [rax],
             symbols: { if_word = EMU_FLAGS },
         }
         /// Sets the emulated flags word.
         fn restore_flags(flags: u64) {
             native: native_restore_flags,
-            inline: ["mov qword ptr [rip + {if_word}], {flags}"],
+            // SAFETY: a plain store to the flags word, as the native function's relaxed store.
+            unsafe inline: ["mov qword ptr [rip + {if_word}], {flags}"],
             clobbers: [rax],
             symbols: { if_word = EMU_FLAGS },
         }
         /// Clears the emulated interrupt flag.
         fn irq_disable() {
             native: native_irq_disable,
-            inline: ["mov qword ptr [rip + {if_word}], 0"],
+            // SAFETY: a plain store to the flags word, as the native function's relaxed store.
+            unsafe inline: ["mov qword ptr [rip + {if_word}], 0"],
             clobbers: [rax],
             symbols: { if_word = EMU_FLAGS },
         }
         /// Sets the emulated interrupt flag.
         fn irq_enable() {
             native: native_irq_enable,
-            inline: ["mov qword ptr [rip + {if_word}], 0x200"],
+            // SAFETY: a plain store to the flags word, as the native function's relaxed store.
+            unsafe inline: ["mov qword ptr [rip + {if_word}], 0x200"],
             clobbers: [rax],
             symbols: { if_word = EMU_FLAGS },
         }
         /// The time-stamp counter.
         fn cycles() -> u64 {
             native: native_cycles,
-            inline: ["rdtsc", "shl rdx, 32", "or rax, rdx"],
+            // SAFETY: RDTSC writes rdx:rax only, both declared; the result is assembled in rax.
+            unsafe inline: ["rdtsc", "shl rdx, 32", "or rax, rdx"],
             clobbers: [rax, rdx],
         }
         /// A "hypercall": a pure function of its arguments.
@@ -119,7 +125,7 @@ unsafe extern "C" fn counting_hypercall(nr: u64, arg: u64) -> u64 {
 
 /// Counts flag operations, cycle reads and hypercalls; the I/O delay does nothing; `halt` is
 /// left unset.
-const COUNTING: PvOpsBackend = PvOpsBackend {
+pub const COUNTING: PvOpsBackend = PvOpsBackend {
     name: "counting",
     save_flags: OpImpl::Function(counting_save_flags),
     restore_flags: OpImpl::Function(counting_restore_flags),
@@ -137,7 +143,7 @@ const ROUNDS: u64 = 100_000;
 /// live in registers across the operations, so a site that changed a register it promised to
 /// keep would change the checksum.
 #[inline(never)]
-fn workload(rounds: u64) -> u64 {
+pub fn workload(rounds: u64) -> u64 {
     let mut acc: u64 = 0xcbf2_9ce4_8422_2325;
     let mut monotonic = true;
     for i in 0..rounds {
@@ -174,15 +180,14 @@ fn main() {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--json" => json = true,
-            "--allow-threads" => {
-                // SAFETY: this program patches before it starts any thread; the flag is for
-                // qemu-user, whose own helper thread shows in /proc/self/task but never runs
-                // guest code.
-                options = unsafe { options.allow_other_threads() };
+            "--blocking-threads-run-no-sites" => {
+                // SAFETY: the flag is for qemu-user, whose helper thread blocks every signal
+                // and never runs guest code; this program starts no thread of its own.
+                options = unsafe { options.assume_blocking_threads_run_no_sites() };
             }
             "--backend" => backend_arg = args.next().unwrap_or_default(),
             other => {
-                eprintln!("usage: paravirt [--backend native|counting|auto] [--json] [--allow-threads] (got {other:?})");
+                eprintln!("usage: paravirt [--backend native|counting|auto] [--json] [--blocking-threads-run-no-sites] (got {other:?})");
                 std::process::exit(2);
             }
         }

@@ -5,20 +5,30 @@
 //! cargo run --release --example quickstart -- --json  # one JSON object
 //! cargo run --release --example quickstart -- --no-patch
 //! cargo run --release --example quickstart -- --strict-wx   # no page ever writable
-//! qemu-x86_64 -cpu Nehalem target/release/examples/quickstart --allow-threads
+//! qemu-x86_64 -cpu Nehalem target/release/examples/quickstart --blocking-threads-run-no-sites
 //! ALT_CLEARCPUID=popcnt,avx2 cargo run --release --example quickstart
+//! ALT_PATCH=off cargo run --release --example quickstart     # every default
 //! ```
 //!
-//! Each function's body is its portable default. At start-up `alt::process::patch_self()`
-//! probes every CPU and rewrites each call site once: the POPCNT/LZCNT/TZCNT instruction inline,
-//! `rep movsb` inline where ERMS/FSRM say it is fast, a direct call to the AVX2 sum, an `lfence`
-//! only where it serialises dispatch. The results (and their checksum) are the same whatever was
-//! chosen; what changes is the code that computes them.
+//! Each function's body is its portable default. The program calls nothing to patch: when it is
+//! loaded, before `main`, the runtime probes every CPU and rewrites each call site once: the
+//! POPCNT/LZCNT/TZCNT instruction inline, `rep movsb` inline where ERMS/FSRM say it is fast, a
+//! direct call to the AVX2 sum, an `lfence` only where it serialises dispatch;
+//! `alt::process::report()` says what it did. The results (and their checksum) are the same
+//! whatever was chosen; what changes is the code that computes them.
+//!
+//! `--no-patch` reverts every site to its default; `--strict-wx` patches again without making a
+//! page writable; `--blocking-threads-run-no-sites` patches again leaving running the threads
+//! that block every signal (under qemu-user its helper thread, which keeps patching at load from
+//! stopping it, and runs no guest code).
 
 use alt::alternative;
 
 /// Number of set bits.
-#[alternative(popcnt => inline("popcnt {ret}, {x}"))]
+#[alternative(
+    // SAFETY: POPCNT writes only its destination (the result) and the flags.
+    popcnt => unsafe inline("popcnt {ret}, {x}")
+)]
 pub fn popcount(x: u64) -> u64 {
     // Portable: the classic SWAR count, no POPCNT instruction.
     let x = x - ((x >> 1) & 0x5555_5555_5555_5555);
@@ -28,7 +38,11 @@ pub fn popcount(x: u64) -> u64 {
 }
 
 /// Leading zero bits (64 for 0).
-#[alternative(lzcnt => inline("lzcnt {ret}, {x}"))]
+#[alternative(
+    // SAFETY: LZCNT writes only its destination (the result) and the flags; it gives 64 for 0,
+    // as the default does.
+    lzcnt => unsafe inline("lzcnt {ret}, {x}")
+)]
 pub fn leading_zeros(x: u64) -> u64 {
     if x == 0 {
         return 64;
@@ -43,7 +57,11 @@ pub fn leading_zeros(x: u64) -> u64 {
 }
 
 /// Trailing zero bits (64 for 0).
-#[alternative(bmi1 => inline("tzcnt {ret}, {x}"))]
+#[alternative(
+    // SAFETY: TZCNT writes only its destination (the result) and the flags; it gives 64 for 0,
+    // as the default does.
+    bmi1 => unsafe inline("tzcnt {ret}, {x}")
+)]
 pub fn trailing_zeros(x: u64) -> u64 {
     if x == 0 {
         return 64;
@@ -64,8 +82,12 @@ pub fn trailing_zeros(x: u64) -> u64 {
 ///
 /// `dst` and `src` must be valid for `len` bytes and must not overlap.
 #[alternative(
-    fsrm => inline("mov rcx, rdx", "rep movsb"),
-    erms => inline("mov rcx, rdx", "rep movsb"),
+    // SAFETY: `rep movsb` copies rcx bytes from [rsi] to [rdi], which the caller's contract makes
+    // valid and disjoint; it changes rcx, rsi and rdi, declared in `clobber`, and the direction
+    // flag is clear as the ABI requires.
+    fsrm => unsafe inline("mov rcx, rdx", "rep movsb"),
+    // SAFETY: as above.
+    erms => unsafe inline("mov rcx, rdx", "rep movsb"),
     clobber(rcx, rdi, rsi)
 )]
 pub unsafe fn copy_bytes(dst: *mut u8, src: *const u8, len: usize) {
@@ -166,7 +188,7 @@ impl Checksum {
 }
 
 /// Runs every function on fixed inputs; returns the checksum of the results and a summary.
-fn run() -> (u64, Vec<(&'static str, u64)>) {
+pub fn run() -> (u64, Vec<(&'static str, u64)>) {
     let mut sum = Checksum(0xcbf2_9ce4_8422_2325);
     let values: [u64; 8] = [
         0,
@@ -221,36 +243,53 @@ fn run() -> (u64, Vec<(&'static str, u64)>) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let json = args.iter().any(|a| a == "--json");
-    let patch = !args.iter().any(|a| a == "--no-patch");
+    use alt::process::{patch_self_with, revert_self_with, LoadOutcome, PatchOptions};
 
-    let mut options = alt::process::PatchOptions::new();
-    if args.iter().any(|a| a == "--strict-wx") {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let has = |flag: &str| args.iter().any(|a| a == flag);
+    let json = has("--json");
+    let mut options = PatchOptions::new();
+    let mut again = false;
+    if has("--strict-wx") {
         // Never make a page writable: write through /proc/self/mem.
         options = options.strict_wx();
+        again = true;
     }
-    if args.iter().any(|a| a == "--allow-threads") {
-        // SAFETY: this program patches before it starts any thread; the flag is for qemu-user,
-        // whose own helper thread shows in /proc/self/task but never runs guest code.
-        options = unsafe { options.allow_other_threads() };
+    if has("--blocking-threads-run-no-sites") {
+        // SAFETY: the flag is for qemu-user, whose helper thread blocks every signal and never
+        // runs guest code; this program starts no thread of its own.
+        options = unsafe { options.assume_blocking_threads_run_no_sites() };
+        again = true;
     }
-    let report = if patch {
-        match alt::process::patch_self_with(&options) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                eprintln!("quickstart: {e}");
-                std::process::exit(1);
-            }
-        }
-    } else {
-        None
+    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
+        eprintln!("quickstart: {what}: {e}");
+        std::process::exit(1);
     };
+
+    // Patched when loaded, before main: nothing to call.
+    let load = alt::process::report();
+    let mut report = load.and_then(LoadOutcome::report).cloned();
+    if again && !matches!(load, Some(LoadOutcome::Skipped(_))) {
+        // Patch again as the options say (ALT_PATCH=off still keeps every default).
+        if report.is_some() {
+            revert_self_with(&options).unwrap_or_else(|e| fail("revert", &e));
+        }
+        let repatched = patch_self_with(&options).unwrap_or_else(|e| fail("patch", &e));
+        report = Some(alt::report::Report::clone(&repatched));
+    }
+    if has("--no-patch") && report.take().is_some() {
+        revert_self_with(&options).unwrap_or_else(|e| fail("revert", &e));
+    }
+    if let (None, Some(LoadOutcome::Failed(e)), false) = (&report, load, has("--no-patch")) {
+        // The process runs on with every default; the demo says why and fails.
+        fail("not patched at load", e);
+    }
+    let patched = report.is_some();
     let (checksum, summary) = run();
 
     if json {
         let report = report.map_or(String::from("null"), |r| r.to_json());
-        println!("{{\"patched\":{patch},\"checksum\":{checksum},\"report\":{report}}}");
+        println!("{{\"patched\":{patched},\"checksum\":{checksum},\"report\":{report}}}");
     } else {
         match &report {
             Some(r) => println!("{r}\n"),

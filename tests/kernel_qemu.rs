@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 /// qemu exits with `(v << 1) | 1` for a value `v` written to isa-debug-exit.
 const EXIT_SUCCESS: i32 = (0x10 << 1) | 1;
+const EXIT_FAILURE: i32 = (0x11 << 1) | 1;
 const EXIT_EXCEPTION: i32 = (0x12 << 1) | 1;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -220,6 +221,15 @@ fn expected(function: &str, m: &Model) -> (&'static str, &'static str) {
         "::trailing_zeros" => on(m.bmi1, "inline", "bmi1"),
         "::copy_bytes" => on(m.erms, "inline", "erms"),
         "::sum_bytes" => on(m.avx2, "direct_call", "avx2"),
+        // `alt::has!` branches, named `:LINE:has!(cap)`: a feature's entry holds where the
+        // model has it; an erratum's (`!erratum_amd_div0`) wherever the model lacks it, which
+        // is every model (the AMD DIV0 erratum is Zen 1's).
+        f if f.contains(":has!(") => match f.rsplit(":has!(").next().unwrap() {
+            "popcnt)" => on(m.popcnt, "inline", "popcnt"),
+            "lzcnt)" => on(m.lzcnt, "inline", "lzcnt"),
+            "erratum_amd_div0)" => ("inline", "erratum_amd_div0"),
+            other => panic!("unexpected has! site {other}"),
+        },
         // The bare `alt::asm::alternative!` fence, named by its line.
         f if f.starts_with(':') => on(m.lfence, "inline", "lfence_serializing"),
         other => panic!("unexpected site function {other}"),
@@ -265,8 +275,32 @@ fn check_model(b: &Boot, m: &Model) -> u64 {
             b.serial
         );
     }
+    for branch in [":has!(popcnt)", ":has!(lzcnt)", ":has!(erratum_amd_div0)"] {
+        assert!(
+            sites.iter().any(|(name, ..)| name.ends_with(branch)),
+            "{}: no site of {branch}",
+            b.what
+        );
+    }
+    assert_eq!(lines_with(b, "has before patching: "), [UNPATCHED_BRANCHES]);
+    assert_eq!(
+        lines_with(b, "has: "),
+        [format!(
+            "has: popcnt={} lzcnt={} erratum_amd_div0=false count={} divide=plain",
+            m.popcnt,
+            m.lzcnt,
+            if m.popcnt { "popcnt" } else { "portable" }
+        )],
+        "{}",
+        b.what
+    );
     b.checksum()
 }
+
+/// The kernel's `alt::has!` branches before patching: every feature false, the erratum true
+/// (its workaround applied until the system is known not to need it).
+const UNPATCHED_BRANCHES: &str = "has before patching: popcnt=false lzcnt=false \
+     erratum_amd_div0=true count=portable divide=workaround";
 
 #[test]
 fn every_model_patches_what_its_cpuid_offers_with_the_same_results() {
@@ -315,6 +349,54 @@ fn clearcpuid_on_the_command_line_keeps_the_default() {
     let reference = boot("qemu64", "");
     reference.assert_exit(EXIT_SUCCESS);
     assert_eq!(b.checksum(), reference.checksum());
+    // The has!(popcnt) branches stay false; lzcnt's is patched.
+    assert_eq!(
+        lines_with(&b, "has: "),
+        ["has: popcnt=false lzcnt=true erratum_amd_div0=false count=portable divide=plain"]
+    );
+}
+
+#[test]
+fn an_erratum_a_cpu_has_keeps_its_workaround_branch() {
+    // No qemu model has the AMD DIV0 erratum; the knob patches as if a CPU had it.
+    let haswell = &MODELS[2];
+    let b = boot(haswell.name, "alt.test=erratum=erratum_amd_div0");
+    b.assert_exit(EXIT_SUCCESS);
+    let mut seen = 0;
+    for (function, decision, cap) in b.sites() {
+        let want = if function.ends_with(":has!(erratum_amd_div0)") {
+            seen += 1;
+            ("default", "-")
+        } else {
+            expected(&function, haswell)
+        };
+        assert_eq!(
+            (decision.as_str(), cap.as_str()),
+            want,
+            "{function}\n{}",
+            b.serial
+        );
+    }
+    assert!(seen >= 1, "no erratum branch\n{}", b.serial);
+    assert_eq!(
+        lines_with(&b, "has before patching: "),
+        [UNPATCHED_BRANCHES]
+    );
+    assert_eq!(
+        lines_with(&b, "has: "),
+        ["has: popcnt=true lzcnt=true erratum_amd_div0=true count=popcnt divide=workaround"]
+    );
+    let reference = boot("qemu64", "");
+    assert_eq!(b.checksum(), reference.checksum());
+    // A feature is refused by the knob: the CPUs lack it, and using it would fault.
+    let bad = boot(haswell.name, "alt.test=erratum=avx512f");
+    bad.assert_exit(EXIT_FAILURE);
+    assert!(
+        bad.serial
+            .contains("error: alt.test=erratum=: \"avx512f\" is not an erratum"),
+        "{}",
+        bad.serial
+    );
 }
 
 #[test]
@@ -435,7 +517,7 @@ fn a_late_cpu_lacking_a_patched_in_feature_is_refused_and_parked() {
 }
 
 #[test]
-fn a_late_cpu_needing_an_unapplied_erratum_workaround_is_refused_unless_optional() {
+fn a_late_cpu_needing_an_unapplied_erratum_workaround_is_refused_unless_optional_and_unused() {
     let haswell = &MODELS[2];
     let knob = "alt.test=late-cpu-needs=erratum_amd_div0";
     let b = boot_smp(haswell.name, 3, knob);
@@ -450,11 +532,29 @@ fn a_late_cpu_needing_an_unapplied_erratum_workaround_is_refused_unless_optional
         "{}",
         b.serial
     );
-    // No site is keyed by that erratum: under the optional policy it does not matter.
+    // The kernel's `has!(erratum_amd_div0)` branches are keyed by it (and patched to skip the
+    // workaround): the optional policy refuses the CPU too.
     let b = boot_smp(
         haswell.name,
         3,
         &format!("{knob} alt.late-cpu-policy=optional"),
+    );
+    b.assert_exit(EXIT_SUCCESS);
+    assert_eq!(
+        lines_with(&b, "late cpu2: ")[1..],
+        [
+            "late cpu2: refused: CPU 2 refused: it needs the workaround for erratum_amd_div0, \
+             which was not applied",
+            "late cpu2: parked, ran no patched code (workload runs: 0)",
+        ],
+        "{}",
+        b.serial
+    );
+    // No site is keyed by Zenbleed: under the optional policy it does not matter.
+    let b = boot_smp(
+        haswell.name,
+        3,
+        "alt.test=late-cpu-needs=erratum_zenbleed alt.late-cpu-policy=optional",
     );
     let checksum = check_model(&b, haswell);
     assert_eq!(

@@ -18,7 +18,12 @@ fn run(backend: &str, qemu_cpu: Option<&str>) -> Value {
         Some(cpu) => run_on_model(
             cpu,
             &bin,
-            &["--backend", backend, "--json", "--allow-threads"],
+            &[
+                "--backend",
+                backend,
+                "--json",
+                "--blocking-threads-run-no-sites",
+            ],
             &[],
         ),
     };

@@ -134,7 +134,12 @@ fn every_model_gets_the_code_its_cpuid_offers_and_the_same_results() {
     let bin = example("quickstart");
     let reference = unpatched_checksum();
     for m in &MODELS {
-        let out = run_on_model(m.name, &bin, &["--json", "--allow-threads"], &[]);
+        let out = run_on_model(
+            m.name,
+            &bin,
+            &["--json", "--blocking-threads-run-no-sites"],
+            &[],
+        );
         let v = json(&out, &format!("quickstart on {}", m.name));
         assert_eq!(checksum(&v), reference, "checksum on {}", m.name);
         check_decodes(&v, m.name);
@@ -183,7 +188,12 @@ fn a_masked_feature_is_never_used() {
     let reference = unpatched_checksum();
     let env = [("ALT_CLEARCPUID", "popcnt,avx2,erms")];
     let v = json(
-        &run_on_model("Haswell", &bin, &["--json", "--allow-threads"], &env),
+        &run_on_model(
+            "Haswell",
+            &bin,
+            &["--json", "--blocking-threads-run-no-sites"],
+            &env,
+        ),
         "quickstart on Haswell with ALT_CLEARCPUID",
     );
     assert_eq!(checksum(&v), reference);
@@ -273,4 +283,38 @@ fn strict_wx_patches_the_same_sites_without_making_text_writable() {
         sites(&strict).iter().any(|s| s["before"] != s["after"]),
         "something was patched"
     );
+}
+
+#[test]
+fn alt_patch_off_keeps_every_default_from_the_start() {
+    let bin = example("quickstart");
+    let v = json(
+        &run_native(&bin, &["--json"], &[("ALT_PATCH", "off")]),
+        "ALT_PATCH=off quickstart",
+    );
+    assert_eq!(v["patched"], Value::Bool(false), "{v}");
+    assert_eq!(v["report"], Value::Null, "{v}");
+    assert_eq!(checksum(&v), unpatched_checksum());
+    // Even when asked to patch again: off is off.
+    let v = json(
+        &run_native(&bin, &["--json", "--strict-wx"], &[("ALT_PATCH", "off")]),
+        "ALT_PATCH=off quickstart --strict-wx",
+    );
+    assert_eq!(v["patched"], Value::Bool(false), "{v}");
+}
+
+#[test]
+fn under_qemu_patching_at_load_is_refused_naming_the_helper_and_the_option() {
+    // qemu-user's helper thread blocks every signal: patching at load cannot stop it. Without
+    // the flag the demo says so and fails; the sites kept their defaults.
+    let bin = example("quickstart");
+    let out = run_on_model("Haswell", &bin, &["--json"], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not patched at load"), "{err}");
+    assert!(
+        err.contains("PatchOptions::assume_blocking_threads_run_no_sites"),
+        "{err}"
+    );
+    assert!(err.contains("(thread "), "names the thread: {err}");
 }

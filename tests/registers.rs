@@ -55,7 +55,11 @@ fn soft_popcount(x: u64) -> u64 {
 
 /// The site under test: popcnt inline (priority), or a direct call keyed by AVX2 to a function
 /// that trashes registers; the default trashes them too.
-#[alternative(popcnt => inline("popcnt {ret}, {x}"), avx2 => popcount_trashing)]
+#[alternative(
+    // SAFETY: POPCNT writes only its destination (the result) and the flags.
+    popcnt => unsafe inline("popcnt {ret}, {x}"),
+    avx2 => popcount_trashing
+)]
 fn popcount(x: u64) -> u64 {
     trash_caller_saved();
     soft_popcount(x)
@@ -63,7 +67,12 @@ fn popcount(x: u64) -> u64 {
 
 /// The same site with `preserve_vectors`: its thunks save the vector registers instead of the
 /// site declaring them clobbered.
-#[alternative(popcnt => inline("popcnt {ret}, {x}"), avx2 => popcount_trashing, preserve_vectors)]
+#[alternative(
+    // SAFETY: POPCNT writes only its destination (the result) and the flags.
+    popcnt => unsafe inline("popcnt {ret}, {x}"),
+    avx2 => popcount_trashing,
+    preserve_vectors
+)]
 fn popcount_preserving(x: u64) -> u64 {
     trash_caller_saved();
     soft_popcount(x)
@@ -165,13 +174,8 @@ fn check(state: &str) {
 }
 
 fn options(features: Features) -> PatchOptions {
-    // SAFETY: this file has one test; the harness's main thread only waits for it and runs no
-    // site while it patches.
-    unsafe {
-        PatchOptions::new()
-            .capabilities(CapabilitySet::new(features, Default::default()))
-            .allow_other_threads()
-    }
+    // The harness's main thread, which waits for this test, is stopped while sites are written.
+    PatchOptions::new().capabilities(CapabilitySet::new(features, Default::default()))
 }
 
 fn decision_of_popcount_sites(report: &alt::report::Report) -> Vec<&'static str> {

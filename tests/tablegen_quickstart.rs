@@ -31,7 +31,7 @@ fn static_plan_matches_the_decisions_made_under_each_model() {
 
     for model in ["qemu64", "Nehalem", "Haswell"] {
         let mut planned = Tally::new();
-        for d in plan(&tables, &CpuSpec::from_model(model).unwrap()) {
+        for d in plan(&objects[0], &tables, &CpuSpec::from_model(model).unwrap()).expect("plan") {
             let key = match d.chosen {
                 Some(i) => {
                     let rec = tables.alt.iter().find(|a| a.index == i).unwrap();
@@ -42,7 +42,12 @@ fn static_plan_matches_the_decisions_made_under_each_model() {
             *planned.entry(key).or_default() += 1;
         }
         let v = json(
-            &run_on_model(model, &bin, &["--json", "--allow-threads"], &[]),
+            &run_on_model(
+                model,
+                &bin,
+                &["--json", "--blocking-threads-run-no-sites"],
+                &[],
+            ),
             model,
         );
         let mut ran = Tally::new();

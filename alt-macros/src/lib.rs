@@ -1,81 +1,30 @@
 //! Macros of **alt**: patchable call sites from Rust.
 //!
-//! Use them through the `alt` crate: `alt::alternative` (the attribute) and
-//! `alt::asm::alternative!` (bare instruction swaps). Rust has one namespace for attribute and
-//! function-like macros, so the two cannot share a path; the bare form lives in `alt::asm`.
+//! Use them through the facade (crate `alternatives`, library `alt`), whose pages are the
+//! reference: `alt::alternative` (the attribute), `alt::asm::alternative!` (bare instruction
+//! swaps), `alt::has!` (a capability as a patched branch) and `alt::paravirt_ops!` (operations
+//! tables). Rust has one namespace for attribute and
+//! function-like macros, so the bare form lives in `alt::asm`.
 //!
-//! # `#[alternative(...)]` on a function
+//! The generated code reaches the facade only through its hidden `__private` module (at `::alt`,
+//! or the path given with `crate = path` / `#[alt(crate = path)]`), and the table layouts come
+//! from `alt-runtime` at expansion time; the three crates are released together.
 //!
-//! The function's body is the portable default. The arguments list replacements in priority
-//! order, each keyed by a capability (a CPU feature or an erratum, `!` to negate) and each either
-//! an inline instruction sequence or another function with the same signature:
-//!
-//! ```ignore
-//! use alt::alternative;
-//!
-//! /// Number of set bits.
-//! #[alternative(popcnt => inline("popcnt {ret}, {x}"))]
-//! pub fn popcount(x: u64) -> u64 {
-//!     x.count_ones() as u64
-//! }
-//!
-//! #[alternative(avx2 => sum_avx2)]
-//! pub unsafe fn sum(ptr: *const u8, len: usize) -> u64 {
-//!     /* SSE2 default */
-//! #   0
-//! }
-//!
-//! #[target_feature(enable = "avx2")]
-//! unsafe fn sum_avx2(ptr: *const u8, len: usize) -> u64 {
-//! #   0
-//! }
-//! ```
-//!
-//! The function becomes an `#[inline(always)]` wrapper whose body is one `asm!` block, so every
-//! call in your code is its own fixed-size site: a hand-encoded `call rel32` to the default,
-//! padded with NOPs to the longest inline replacement, plus one table entry per replacement (the
-//! entry order is the priority order). At start-up the runtime rewrites each site once: the
-//! first replacement whose key holds is copied in (inline) or called directly (function); if none
-//! holds the default call stays.
-//!
-//! **Templates** name arguments and the result as `{x}` and `{ret}`, with `asm!`'s width
-//! modifiers (`{x:e}` is the 32-bit register). Values live in the System V registers: arguments
-//! in `rdi`, `rsi`, `rdx`, `rcx`, `r8`, `r9`, the result in `rax`. An inline replacement may
-//! change only `rax` and the flags, plus registers listed in `clobber(...)`:
-//!
-//! ```ignore
-//! #[alternative(erms => inline("mov rcx, rdx", "rep movsb"), clobber(rcx, rdi, rsi))]
-//! pub unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) { /* byte loop */ }
-//! ```
-//!
-//! **Register discipline.** With inline replacements, the site promises the compiler that only
-//! `rax`, the flags, the listed clobbers and the vector registers change, so the native
-//! instruction costs nothing around it in integer code; calls (the default and function
-//! replacements) then go through generated thunks that save every other caller-saved
-//! general-purpose register. With `preserve_vectors` the site promises the vector registers too
-//! and the thunks save them (for sites in vector-heavy code). Without inline replacements, or
-//! with the `clobber_abi` option, the site instead declares everything a C call clobbers and
-//! calls the implementation directly.
-//!
-//! **Signatures**: up to six arguments and a result, each an integer of up to 64 bits, `bool`,
-//! `usize`/`isize` or a raw pointer. Generics, `self`, `async`, `const`, floats, references and
-//! structs are compile errors that point at the offending token.
-//!
-//! # `alt::asm::alternative!` for bare instruction swaps
-//!
-//! ```ignore
-//! // A speculation barrier only where lfence serialises dispatch.
-//! unsafe { alt::asm::alternative!("", lfence_serializing => "lfence") };
-//! // clflushopt where available, with an operand as in asm!.
-//! unsafe { alt::asm::alternative!("clflush [{0}]", clflushopt => "clflushopt [{0}]", in(reg) p) };
-//! ```
-//!
-//! The first string is the default sequence (may be empty), then `key => "replacement"` pairs in
-//! priority order, then `asm!` operands and options, which every sequence shares. Like `asm!`, it
-//! must be used inside `unsafe`.
+//! Modules: `args` (parsing the attribute and capability names), `sig` (signatures and
+//! registers), `template` (`{x}`/`{ret}` substitution), `site` (the assembly of one site, its
+//! table entries, names and effects records), `thunk` (register-saving thunks), `features`
+//! (the target features a capability guarantees), `certain` (capabilities the build's target
+//! features guarantee: the `cfg` arms), `attribute` (`#[alternative]`), `bare`
+//! (`alternative!`), `has` (`has!`), `paravirt` (`paravirt_ops!`), `docs` (the generated
+//! capability reference).
 
 mod args;
+mod attribute;
 mod bare;
+mod certain;
+mod docs;
+mod features;
+mod has;
 mod paravirt;
 mod sig;
 mod site;
@@ -83,27 +32,25 @@ mod template;
 mod thunk;
 
 use proc_macro::TokenStream;
-use proc_macro2::{Span, TokenStream as TokenStream2};
-use quote::{format_ident, quote, quote_spanned};
-use syn::spanned::Spanned;
+use proc_macro2::TokenStream as TokenStream2;
+use quote::quote;
 use syn::{parse_macro_input, ItemFn};
 
-use args::{AttrArgs, Body};
-use sig::{ValueKind, ARG_REGS, CLOBBERABLE};
-use site::{DefaultCode, EntrySpec, EntryTarget, SiteSpec};
+use args::AttrArgs;
+use sig::{ValueKind, ARG_REGS};
 use thunk::{thunk_lines, VectorState};
 
-/// Makes a function a patchable site with alternatives. See the [crate documentation](crate).
+/// (Defined in the `alt-macros` crate.)
 #[proc_macro_attribute]
 pub fn alternative(attr: TokenStream, item: TokenStream) -> TokenStream {
     let args = parse_macro_input!(attr as AttrArgs);
     let func = parse_macro_input!(item as ItemFn);
-    expand_fn(args, func)
+    attribute::expand(args, func)
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
 }
 
-/// Swaps bare instruction sequences. See the [crate documentation](crate).
+/// (Defined in the `alt-macros` crate.)
 #[proc_macro]
 pub fn alternative_asm(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as bare::BareInput);
@@ -112,7 +59,16 @@ pub fn alternative_asm(input: TokenStream) -> TokenStream {
         .into()
 }
 
-/// Declares a paravirt operations table. See `docs/paravirt.md` and the `alt` crate.
+/// (Defined in the `alt-macros` crate.)
+#[proc_macro]
+pub fn has(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as has::HasInput);
+    has::expand(input)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// (Defined in the `alt-macros` crate.)
 #[proc_macro]
 pub fn paravirt_ops(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as paravirt::TableInput);
@@ -121,217 +77,21 @@ pub fn paravirt_ops(input: TokenStream) -> TokenStream {
         .into()
 }
 
-fn expand_fn(args: AttrArgs, func: ItemFn) -> syn::Result<TokenStream2> {
-    let checked = sig::check(&func.sig)?;
-    if args.replacements.is_empty() {
-        return Err(syn::Error::new(
-            Span::call_site(),
-            "#[alternative] needs at least one replacement, e.g. \
-             #[alternative(popcnt => inline(\"popcnt {ret}, {x}\"))]",
-        ));
-    }
-    for r in &args.clobbers {
-        if !CLOBBERABLE.contains(&r.to_string().as_str()) {
-            return Err(syn::Error::new(
-                r.span(),
-                format!(
-                    "`{r}` cannot be clobbered; a site may clobber the caller-saved registers {}",
-                    CLOBBERABLE.join(", ")
-                ),
-            ));
-        }
-    }
-    let has_inline = args
-        .replacements
-        .iter()
-        .any(|r| matches!(r.body, Body::Inline(_)));
-    let thunks = has_inline && args.clobber_abi.is_none();
-    if let (Some(span), Some(_)) = (args.preserve_vectors, args.clobber_abi) {
-        return Err(syn::Error::new(
-            span,
-            "`preserve_vectors` and `clobber_abi` contradict each other: clobber_abi declares \
-             every vector register clobbered",
-        ));
-    }
-    let save_vectors = args.preserve_vectors.is_some();
-
-    let ItemFn {
-        attrs,
-        vis,
-        sig: fsig,
-        block,
-    } = func;
-    let name = &fsig.ident;
-    let unsafety = &fsig.unsafety;
-    let inputs = &fsig.inputs;
-    let output = &fsig.output;
-    let arg_names: Vec<&syn::Ident> = checked.args.iter().map(|a| &a.name).collect();
-    let arg_types: Vec<&syn::Type> = checked.args.iter().map(|a| &a.ty).collect();
-    let attrs: Vec<&syn::Attribute> = attrs
-        .iter()
-        .filter(|a| !a.path().is_ident("inline"))
-        .collect();
-
-    // The default, as an extern "C" function with the original body.
-    let mut items = vec![quote! {
-        #[allow(clippy::missing_safety_doc, clippy::too_many_arguments, unused_unsafe)]
-        #unsafety extern "C" fn __alt_default(#inputs) #output #block
-    }];
-
-    // Function replacements: extern "C" shims that call the user's function.
-    let mut entries = Vec::new();
-    let mut operands = Vec::new();
-    let mut call_targets: Vec<(syn::Ident, syn::Ident)> = Vec::new(); // (thunk, implementation)
-    for (i, r) in args.replacements.iter().enumerate() {
-        let variant_static = format_ident!("__ALT_VARIANT_{}", i);
-        let variant_op = format!("alt_v{i}");
-        let variant_name = match &r.body {
-            Body::Inline(lines) => lines
-                .iter()
-                .map(|l| l.value().trim().to_string())
-                .collect::<Vec<_>>()
-                .join("; "),
-            Body::Function(path) => quote!(#path).to_string().replace(' ', ""),
-        };
-        items.push(quote! {
-            static #variant_static: &str = #variant_name;
-        });
-        let vop = format_ident!("{}", variant_op);
-        operands.push(quote!(#vop = sym #variant_static));
-        match &r.body {
-            Body::Inline(lines) => {
-                let mut text = Vec::new();
-                for l in lines {
-                    text.push(template::substitute(&l.value(), l.span(), &checked)?);
-                }
-                entries.push(EntrySpec {
-                    key: r.key.encode(false),
-                    target: EntryTarget::Inline(text),
-                    name_operand: Some(variant_op),
-                });
-            }
-            Body::Function(path) => {
-                let shim = format_ident!("__alt_shim_{}", i);
-                let call = quote_spanned!(path.span()=> #path(#(#arg_names),*));
-                items.push(quote! {
-                    #[allow(clippy::missing_safety_doc, clippy::too_many_arguments, unused_unsafe)]
-                    extern "C" fn #shim(#(#arg_names: #arg_types),*) #output {
-                        unsafe { #call }
-                    }
-                });
-                let op = format!("alt_t{i}");
-                let target = if thunks {
-                    let t = format_ident!("__alt_thunk_{}", i);
-                    call_targets.push((t.clone(), shim.clone()));
-                    t
-                } else {
-                    shim
-                };
-                let opi = format_ident!("{}", op);
-                operands.push(quote!(#opi = sym #target));
-                entries.push(EntrySpec {
-                    key: r.key.encode(true),
-                    target: EntryTarget::Call(op),
-                    name_operand: Some(variant_op),
-                });
-            }
-        }
-    }
-    let default_impl = format_ident!("__alt_default");
-    let default_target = if thunks {
-        let t = format_ident!("__alt_thunk_default");
-        call_targets.push((t.clone(), default_impl));
-        t
-    } else {
-        default_impl
-    };
-    operands.insert(0, quote!(alt_default = sym #default_target));
-    items.push(quote! {
-        static __ALT_FN_NAME: &str = concat!(module_path!(), "::", stringify!(#name));
-    });
-    operands.push(quote!(alt_fname = sym __ALT_FN_NAME));
-
-    for (thunk_name, target) in &call_targets {
-        items.push(if save_vectors {
-            thunk_items(thunk_name, target)
-        } else {
-            gpr_thunk_item(thunk_name, target)
-        });
-    }
-
-    let lines = site::template(&SiteSpec {
-        default: DefaultCode::Call("alt_default".into()),
-        entries,
-        name_operand: Some("alt_fname".into()),
-    });
-
-    // Register operands.
-    let clobbered: Vec<String> = args.clobbers.iter().map(|c| c.to_string()).collect();
-    let RegisterOperands {
-        regs,
-        ret_decl,
-        ret_out,
-        ret_value,
-    } = register_operands(&checked, &clobbered);
-    let site = |extra: TokenStream2| {
-        quote! {
-            #[allow(unused_unsafe)]
-            // SAFETY: the site calls the default through a register-preserving thunk (or
-            // declares the C ABI's clobbers); the runtime only rewrites it with replacements
-            // whose capability holds on every CPU.
-            unsafe {
-                ::core::arch::asm!(
-                    #(#lines,)*
-                    #(#operands,)*
-                    #(#regs,)*
-                    #ret_out,
-                    #extra
-                );
-            }
-        }
-    };
-    let asm = if !thunks {
-        site(quote!(clobber_abi("C"),))
-    } else if save_vectors {
-        site(quote!())
-    } else {
-        // The vector registers are declared clobbered; asm! operands cannot carry `cfg`, so
-        // the AVX-512 variant (which adds zmm16-31 and the opmask registers) is a second copy.
-        let xmm: Vec<String> = (0..16).map(|i| format!("xmm{i}")).collect();
-        let base = quote!(#(out(#xmm) _,)*);
-        let zmm: Vec<String> = (16..32).map(|i| format!("zmm{i}")).collect();
-        let k: Vec<String> = (1..8).map(|i| format!("k{i}")).collect();
-        let plain = site(base.clone());
-        let avx512 = site(quote!(#base #(out(#zmm) _,)* #(out(#k) _,)*));
-        quote! {
-            #[cfg(not(target_feature = "avx512f"))]
-            #plain
-            #[cfg(target_feature = "avx512f")]
-            #avx512
-        }
-    };
-
-    Ok(quote! {
-        #(#attrs)*
-        #[inline(always)]
-        #vis #unsafety fn #name(#inputs) #output {
-            #(#items)*
-            #ret_decl
-            #asm
-            #ret_value
-        }
-    })
+/// The capability reference, generated from the capability table: a Markdown string for
+/// `#[doc = ...]`. For the `alt` crate's documentation.
+#[doc(hidden)]
+#[proc_macro]
+pub fn __capability_reference(input: TokenStream) -> TokenStream {
+    let _ = input;
+    let text = docs::capability_reference();
+    quote!(#text).into()
 }
 
-/// A naked thunk saving the caller-saved general-purpose registers (but `rax`) around a call of
-/// `target`; the site declares the vector registers clobbered.
-fn gpr_thunk_item(name: &syn::Ident, target: &syn::Ident) -> TokenStream2 {
-    let lines = thunk_lines(VectorState::None);
-    quote! {
-        #[unsafe(naked)]
-        unsafe extern "C" fn #name() {
-            ::core::arch::naked_asm!(#(#lines,)* target = sym #target)
-        }
+/// The path generated code reaches the facade through: `crate = path`, or `::alt`.
+pub(crate) fn facade(krate: Option<&syn::Path>) -> TokenStream2 {
+    match krate {
+        Some(p) => quote!(#p),
+        None => quote!(::alt),
     }
 }
 
@@ -401,14 +161,7 @@ pub(crate) fn register_operands(checked: &sig::Checked, clobbered: &[String]) ->
     }
 }
 
-/// A naked thunk saving the caller-saved registers around a call of `target`, in one variant
-/// per vector-state configuration.
-fn thunk_items(name: &syn::Ident, target: &syn::Ident) -> TokenStream2 {
-    let target: syn::Path = target.clone().into();
-    thunk_items_with(name, &target, false, quote!(), quote!(), quote!())
-}
-
-/// A naked thunk as [`thunk_items`]; with `indirect`, `target` is a static holding the function
+/// A naked thunk as `attribute::thunk_items`; with `indirect`, `target` is a static holding the function
 /// pointer to call (`call qword ptr [rip + target]`). `params` and `output` give the thunk the
 /// signature of the function it stands for (it ignores them: the registers pass through).
 pub(crate) fn thunk_items_with(

@@ -3,11 +3,12 @@
 //! ```text
 //! paravirt_ops! {
 //!     /// docs
+//!     [#[alt(crate = path)]]                     // optional: the facade's path, default ::alt
 //!     pub table PV_OPS [: PvOps] {
 //!         /// docs
 //!         [unsafe] fn op(args) [-> ret] {
 //!             native: path,                      // required: the native implementation
-//!             inline: ["insn {ret}, {arg}", ..], // optional: native inline sequence
+//!             unsafe inline: ["insn {ret}, {arg}", ..], // optional: native inline sequence
 //!             clobbers: [rax, rdx] | C,          // optional, default C
 //!             symbols: { name = path, .. },      // optional: `{name}` in inline lines
 //!         }
@@ -27,16 +28,18 @@
 //!   module sees through `use super::*`.
 
 use proc_macro2::TokenStream as TokenStream2;
-use quote::{format_ident, quote};
+use quote::{format_ident, quote, quote_spanned};
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::{braced, bracketed, Attribute, Ident, LitStr, Path, Signature, Token, Visibility};
 
 use alt_runtime::linker::{ALT_REPLACEMENT_PUSHSECTION, PV_SECTION_FLAGS};
-use alt_runtime::table::{Clobbers, PV_SECTION_PREFIX};
+use alt_runtime::table::{Clobbers, Effects, EffectsKind, PV_SECTION_PREFIX};
 
-use crate::sig::{self, CLOBBERABLE};
-use crate::{register_operands, template, thunk_items_with, RegisterOperands};
+use crate::args::INLINE_NEEDS_UNSAFE;
+use crate::sig::{self, gpr_bit, CLOBBERABLE};
+use crate::site::effects_record;
+use crate::{facade, register_operands, template, thunk_items_with, RegisterOperands};
 
 /// Names the macro generates on the table type; operations may not use them.
 const RESERVED: [&str; 4] = ["op_descs", "descriptor", "install", "install_with"];
@@ -44,6 +47,8 @@ const RESERVED: [&str; 4] = ["op_descs", "descriptor", "install", "install_with"
 /// The whole input.
 pub struct TableInput {
     attrs: Vec<Attribute>,
+    /// `#[alt(crate = path)]`.
+    krate: Option<Path>,
     vis: Visibility,
     name: Ident,
     ty: Option<Ident>,
@@ -60,13 +65,32 @@ struct OpInput {
     sig: Signature,
     native: Path,
     inline: Vec<LitStr>,
+    /// The `unsafe` of `unsafe inline: [...]`.
+    inline_unsafety: Option<proc_macro2::Span>,
     clobbers: ClobberSpec,
     symbols: Vec<(Ident, Path)>,
 }
 
 impl Parse for TableInput {
     fn parse(input: ParseStream) -> syn::Result<Self> {
-        let attrs = input.call(Attribute::parse_outer)?;
+        let mut attrs = input.call(Attribute::parse_outer)?;
+        let mut krate = None;
+        let mut kept = Vec::new();
+        for a in attrs.drain(..) {
+            if a.path().is_ident("alt") {
+                a.parse_nested_meta(|m| {
+                    if m.path.is_ident("crate") {
+                        krate = Some(m.value()?.parse::<Path>()?);
+                        Ok(())
+                    } else {
+                        Err(m.error("expected `#[alt(crate = path::to::alt)]`"))
+                    }
+                })?;
+            } else {
+                kept.push(a);
+            }
+        }
+        let attrs = kept;
         let vis: Visibility = input.parse()?;
         let kw: Ident = input.parse()?;
         if kw != "table" {
@@ -93,6 +117,7 @@ impl Parse for TableInput {
         }
         Ok(TableInput {
             attrs,
+            krate,
             vis,
             name,
             ty,
@@ -109,11 +134,23 @@ impl Parse for OpInput {
         let brace = braced!(content in input);
         let mut native = None;
         let mut inline = Vec::new();
+        let mut inline_unsafety = None;
         let mut clobbers = ClobberSpec::C;
         let mut symbols = Vec::new();
         while !content.is_empty() {
+            let unsafety = if content.peek(Token![unsafe]) {
+                Some(content.parse::<Token![unsafe]>()?.span)
+            } else {
+                None
+            };
             let key: Ident = content.parse()?;
             content.parse::<Token![:]>()?;
+            if unsafety.is_some() && key != "inline" {
+                return Err(syn::Error::new(
+                    key.span(),
+                    "`unsafe` acknowledges an inline sequence only: `unsafe inline: [\"...\"]`",
+                ));
+            }
             match key.to_string().as_str() {
                 "native" => native = Some(content.parse::<Path>()?),
                 "inline" => {
@@ -126,6 +163,13 @@ impl Parse for OpInput {
                             "inline: [...] needs at least one instruction string",
                         ));
                     }
+                    let Some(u) = unsafety else {
+                        return Err(syn::Error::new(
+                            key.span(),
+                            INLINE_NEEDS_UNSAFE.replace("unsafe inline(...)", "unsafe inline: [...]"),
+                        ));
+                    };
+                    inline_unsafety = Some(u);
                     inline = list.into_iter().collect();
                 }
                 "clobbers" => {
@@ -191,6 +235,7 @@ impl Parse for OpInput {
             sig,
             native,
             inline,
+            inline_unsafety,
             clobbers,
             symbols,
         })
@@ -245,11 +290,14 @@ fn symbol_operands(op: &OpInput) -> Vec<TokenStream2> {
 pub fn expand(input: TableInput) -> syn::Result<TokenStream2> {
     let TableInput {
         attrs,
+        krate,
         vis,
         name,
         ty,
         ops,
     } = input;
+    let alt = facade(krate.as_ref());
+    let private = quote!(#alt::__private);
     let name_str = name.to_string();
     if !name_str
         .chars()
@@ -348,10 +396,18 @@ pub fn expand(input: TableInput) -> syn::Result<TokenStream2> {
         // The native shim.
         let native_fn = format_ident!("__alt_native_{}", op_name);
         let native_path = &op.native;
+        // A safe operation's native function must be safe to call: its shim calls it without
+        // `unsafe`. An `unsafe fn` operation's callers keep its contract.
+        let native_call = quote!(#native_path(#(#arg_names),*));
+        let native_call = if unsafety.is_some() {
+            quote!(unsafe { #native_call })
+        } else {
+            native_call
+        };
         hidden_items.push(quote! {
             #[allow(clippy::missing_safety_doc, clippy::too_many_arguments, unused_unsafe)]
             pub(super) extern "C" fn #native_fn(#(#arg_names: #arg_types),*) #output {
-                unsafe { #native_path(#(#arg_names),*) }
+                #native_call
             }
         });
 
@@ -395,8 +451,8 @@ pub fn expand(input: TableInput) -> syn::Result<TokenStream2> {
             ));
             hidden_items.push(quote! {
                 #[allow(non_upper_case_globals)]
-                pub(super) static #slot: ::alt::paravirt::OpsCell<#fn_ty> =
-                    ::alt::paravirt::OpsCell::new(#native_fn as #fn_ty);
+                pub(super) static #slot: #private::OpsCell<#fn_ty> =
+                    #private::OpsCell::new(#native_fn as #fn_ty);
             });
             (
                 quote!(#hidden::#nt),
@@ -415,28 +471,33 @@ pub fn expand(input: TableInput) -> syn::Result<TokenStream2> {
             quote!(None)
         } else {
             let f = format_ident!("__alt_inline_{}", op_name);
+            // The asm only places the inline sequence in the replacement section and computes
+            // the addresses of its bounds; the sequence itself is the user's unsafe code, so the
+            // block carries their `unsafe` token.
+            let place = quote! {
+                ::core::arch::asm!(
+                    #ALT_REPLACEMENT_PUSHSECTION,
+                    "2:",
+                    #(#inline_lines,)*
+                    "3:",
+                    ".popsection",
+                    "lea {start}, [rip + 2b]",
+                    "lea {end}, [rip + 3b]",
+                    #(#sym_ops,)*
+                    start = out(reg) start,
+                    end = out(reg) end,
+                    options(nomem, nostack, preserves_flags)
+                );
+            };
+            let span = op
+                .inline_unsafety
+                .unwrap_or_else(proc_macro2::Span::call_site);
+            let place_inline = quote_spanned!(span=> unsafe { #place });
             hidden_items.push(quote! {
                 #[inline(never)]
                 pub(super) fn #f() -> (u64, u8) {
                     let (start, end): (usize, usize);
-                    // SAFETY: the asm only places the inline sequence in the replacement
-                    // section and computes the addresses of its bounds; it reads and writes
-                    // no memory.
-                    unsafe {
-                        ::core::arch::asm!(
-                            #ALT_REPLACEMENT_PUSHSECTION,
-                            "2:",
-                            #(#inline_lines,)*
-                            "3:",
-                            ".popsection",
-                            "lea {start}, [rip + 2b]",
-                            "lea {end}, [rip + 3b]",
-                            #(#sym_ops,)*
-                            start = out(reg) start,
-                            end = out(reg) end,
-                            options(nomem, nostack, preserves_flags)
-                        );
-                    }
+                    #place_inline
                     (start as u64, (end - start) as u8)
                 }
             });
@@ -444,14 +505,14 @@ pub fn expand(input: TableInput) -> syn::Result<TokenStream2> {
         };
         let returns = checked.ret.is_some();
         op_descs.push(quote! {
-            ::alt::paravirt::OpDesc {
+            #private::OpDesc {
                 name: #op_str,
                 native: #hidden::#native_fn as *const () as usize as u64,
                 native_thunk: #native_thunk,
                 dispatch_thunk: #dispatch_thunk,
                 dispatch_slot: #dispatch_slot,
                 inline: #inline_desc,
-                clobbers: ::alt::Clobbers::from_bits_retain(#clobber_bits),
+                clobbers: #private::Clobbers::from_bits_retain(#clobber_bits),
                 returns: #returns,
             }
         });
@@ -482,6 +543,62 @@ pub fn expand(input: TableInput) -> syn::Result<TokenStream2> {
         lines.push(".byte 5b - 4b".into());
         lines.push(format!(".short {clobber_bits:#06x}"));
         lines.push(".popsection".into());
+        // What the site declares, for `alt-tablegen verify`, with the variants the alternative
+        // tables do not name: the native inline sequence and the thunks backends are reached
+        // through.
+        let mut gprs = 0u16;
+        for (flag, reg) in [
+            (Clobbers::RAX, "rax"),
+            (Clobbers::RCX, "rcx"),
+            (Clobbers::RDX, "rdx"),
+            (Clobbers::RSI, "rsi"),
+            (Clobbers::RDI, "rdi"),
+            (Clobbers::R8, "r8"),
+            (Clobbers::R9, "r9"),
+            (Clobbers::R10, "r10"),
+            (Clobbers::R11, "r11"),
+        ] {
+            if Clobbers::from_bits_retain(clobber_bits).contains(flag) {
+                gprs |= gpr_bit(reg).unwrap_or(0);
+            }
+        }
+        let mut effects =
+            Effects::FLAGS | Effects::MEMORY_READ | Effects::MEMORY_WRITE | Effects::STACK;
+        if c_abi {
+            effects |= Effects::VECTORS;
+        }
+        lines.extend(effects_record(
+            "4b",
+            EffectsKind::Declaration,
+            gprs,
+            effects.bits(),
+            None,
+        ));
+        if !inline_lines.is_empty() {
+            lines.extend(effects_record(
+                "4b",
+                EffectsKind::InlineVariant,
+                0,
+                0,
+                Some(("2b", "3b - 2b")),
+            ));
+        }
+        let mut thunk_ops = Vec::new();
+        if !c_abi {
+            let nt = format_ident!("__alt_thunk_native_{}", op_name);
+            let dt = format_ident!("__alt_thunk_dispatch_{}", op_name);
+            thunk_ops.push(quote!(alt_nthunk = sym #hidden::#nt));
+            thunk_ops.push(quote!(alt_dthunk = sym #hidden::#dt));
+            for t in ["{alt_nthunk}", "{alt_dthunk}"] {
+                lines.extend(effects_record(
+                    "4b",
+                    EffectsKind::CallVariant,
+                    0,
+                    0,
+                    Some((t, "0")),
+                ));
+            }
+        }
         let RegisterOperands {
             regs,
             ret_decl,
@@ -494,27 +611,33 @@ pub fn expand(input: TableInput) -> syn::Result<TokenStream2> {
             quote!()
         };
         let site_sym_ops = symbol_operands(op);
+        // The site calls through the table, whose slots always hold functions with this
+        // operation's signature that change no more than the registers declared here
+        // (register-saving thunks where the set is smaller than the C ABI); the runtime
+        // rewrites it only with code that keeps that promise, or with the native inline
+        // sequence, which is the user's unsafe code: then the block carries their `unsafe`.
+        let asm = quote! {
+            ::core::arch::asm!(
+                #(#lines,)*
+                alt_table = sym #name,
+                #(#site_sym_ops,)*
+                #(#thunk_ops,)*
+                #(#regs,)*
+                #ret_out,
+                #abi
+            );
+        };
+        let site_asm = match op.inline_unsafety {
+            Some(span) => quote_spanned!(span=> #[allow(unused_unsafe)] unsafe { #asm }),
+            None => quote!(#[allow(unused_unsafe)] unsafe { #asm }),
+        };
         methods.push(quote! {
             #(#op_attrs)*
             #[inline(always)]
             #[allow(clippy::too_many_arguments)]
             pub #unsafety fn #op_name(&self, #inputs) #output {
                 #ret_decl
-                #[allow(unused_unsafe)]
-                // SAFETY: the site calls through the table, whose slots always hold functions
-                // with this operation's signature that change no more than the registers
-                // declared here (register-saving thunks where the set is smaller than the C
-                // ABI); the runtime rewrites it only with code that keeps that promise.
-                unsafe {
-                    ::core::arch::asm!(
-                        #(#lines,)*
-                        alt_table = sym #name,
-                        #(#site_sym_ops,)*
-                        #(#regs,)*
-                        #ret_out,
-                        #abi
-                    );
-                }
+                #site_asm
                 #ret_value
             }
         });
@@ -529,18 +652,18 @@ pub fn expand(input: TableInput) -> syn::Result<TokenStream2> {
         let field_doc = format!("Implementation of `{op_str}`.");
         backend_fields.push(quote! {
             #[doc = #field_doc]
-            pub #op_name: ::alt::paravirt::OpImpl<#fn_ty>
+            pub #op_name: #private::OpImpl<#fn_ty>
         });
-        backend_native.push(quote!(#op_name: ::alt::paravirt::OpImpl::Native));
-        backend_unset.push(quote!(#op_name: ::alt::paravirt::OpImpl::Unset));
+        backend_native.push(quote!(#op_name: #private::OpImpl::Native));
+        backend_unset.push(quote!(#op_name: #private::OpImpl::Unset));
         backend_choices.push(quote! {
             match self.#op_name {
-                ::alt::paravirt::OpImpl::Native => ::alt::paravirt::OpChoice::Native,
-                ::alt::paravirt::OpImpl::Function(f) => {
-                    ::alt::paravirt::OpChoice::Function(f as *const () as usize as u64)
+                #private::OpImpl::Native => #private::OpChoice::Native,
+                #private::OpImpl::Function(f) => {
+                    #private::OpChoice::Function(f as *const () as usize as u64)
                 }
-                ::alt::paravirt::OpImpl::Nop => ::alt::paravirt::OpChoice::Nop,
-                ::alt::paravirt::OpImpl::Unset => ::alt::paravirt::OpChoice::Unset,
+                #private::OpImpl::Nop => #private::OpChoice::Nop,
+                #private::OpImpl::Unset => #private::OpChoice::Unset,
             }
         });
     }
@@ -573,11 +696,11 @@ pub fn expand(input: TableInput) -> syn::Result<TokenStream2> {
 
         #[doc = #table_doc]
         #[repr(transparent)]
-        #vis struct #ty(::alt::paravirt::OpsCell<#slots_ty>);
+        #vis struct #ty(#private::OpsCell<#slots_ty>);
 
         #(#attrs)*
         #[unsafe(no_mangle)]
-        #vis static #name: #ty = #ty(::alt::paravirt::OpsCell::new(#slots_ty {
+        #vis static #name: #ty = #ty(#private::OpsCell::new(#slots_ty {
             #(#slot_inits,)*
         }));
 
@@ -622,17 +745,17 @@ pub fn expand(input: TableInput) -> syn::Result<TokenStream2> {
             #(#consts)*
 
             /// The operations as the runtime sees them.
-            pub fn op_descs(&self) -> [::alt::paravirt::OpDesc; #n_ops] {
+            pub fn op_descs(&self) -> [#private::OpDesc; #n_ops] {
                 [#(#op_descs),*]
             }
 
             /// The table as the runtime sees it, with `ops` from [`Self::op_descs`].
             pub fn descriptor<'a>(
                 &self,
-                ops: &'a [::alt::paravirt::OpDesc],
-            ) -> ::alt::paravirt::TableDesc<'a> {
+                ops: &'a [#private::OpDesc],
+            ) -> #private::TableDesc<'a> {
                 let (start, stop) = #hidden::__alt_entries();
-                ::alt::paravirt::TableDesc {
+                #private::TableDesc {
                     name: #name_str,
                     table: self.0.get() as usize as u64,
                     ops,
@@ -640,7 +763,7 @@ pub fn expand(input: TableInput) -> syn::Result<TokenStream2> {
                 }
             }
 
-            ::alt::__if_hosted! {
+            #private::if_hosted! {
                 /// Patches every call site of this table in this process for `backend` and
                 /// stores the backend's functions in the table (hosted Linux). Refuses while
                 /// the process has other threads; see `install_with`.
@@ -653,14 +776,14 @@ pub fn expand(input: TableInput) -> syn::Result<TokenStream2> {
                     &'static self,
                     backend: &#backend_ty,
                 ) -> ::core::result::Result<
-                    ::alt::paravirt::PvPatched,
-                    ::alt::paravirt::PvPatchError,
+                    #private::PvPatched,
+                    #private::PvPatchError,
                 > {
                     // SAFETY: the caller's contract.
-                    unsafe { self.install_with(backend, &::alt::process::PatchOptions::new()) }
+                    unsafe { self.install_with(backend, &#private::PatchOptions::new()) }
                 }
 
-                /// [`Self::install`] with options (`allow_other_threads` for qemu-user).
+                /// [`Self::install`] with options (`assume_blocking_threads_run_no_sites` for qemu-user).
                 ///
                 /// # Safety
                 ///
@@ -668,21 +791,21 @@ pub fn expand(input: TableInput) -> syn::Result<TokenStream2> {
                 pub unsafe fn install_with(
                     &'static self,
                     backend: &#backend_ty,
-                    options: &::alt::process::PatchOptions,
+                    options: &#private::PatchOptions,
                 ) -> ::core::result::Result<
-                    ::alt::paravirt::PvPatched,
-                    ::alt::paravirt::PvPatchError,
+                    #private::PvPatched,
+                    #private::PvPatchError,
                 > {
                     let ops = self.op_descs();
                     let desc = self.descriptor(&ops);
                     let choices = backend.choices();
-                    let backend = ::alt::paravirt::Backend {
+                    let backend = #private::Backend {
                         name: backend.name,
                         ops: &choices,
                     };
                     // SAFETY: the descriptor is generated for this live table; the caller
                     // vouches for the backend's functions.
-                    unsafe { ::alt::paravirt::patch_self_with(&desc, &backend, options) }
+                    unsafe { #private::patch_self_with(&desc, &backend, options) }
                 }
             }
 
@@ -714,7 +837,7 @@ pub fn expand(input: TableInput) -> syn::Result<TokenStream2> {
             }
 
             /// The choices as the runtime sees them.
-            pub fn choices(&self) -> [::alt::paravirt::OpChoice; #n_ops] {
+            pub fn choices(&self) -> [#private::OpChoice; #n_ops] {
                 [#(#backend_choices),*]
             }
         }

@@ -252,3 +252,35 @@ pub fn modifier_index(m: &str) -> Option<usize> {
         _ => None,
     }
 }
+
+/// The general-purpose registers an `extern "C"` call may change (System V).
+pub const C_ABI_GPRS: [&str; 9] = CLOBBERABLE;
+
+/// The bit of a general-purpose register (any width: `rax`, `eax`, `ax`, `al`, `ah`, `r8d`...)
+/// in [`alt_runtime::table::EffectsEntry::gprs`], by hardware number.
+pub fn gpr_bit(name: &str) -> Option<u16> {
+    let name = name.to_ascii_lowercase();
+    let full = match name.as_str() {
+        "rax" | "eax" | "ax" | "al" | "ah" => "rax",
+        "rcx" | "ecx" | "cx" | "cl" | "ch" => "rcx",
+        "rdx" | "edx" | "dx" | "dl" | "dh" => "rdx",
+        "rbx" | "ebx" | "bx" | "bl" | "bh" => "rbx",
+        "rsp" | "esp" | "sp" | "spl" => "rsp",
+        "rbp" | "ebp" | "bp" | "bpl" => "rbp",
+        "rsi" | "esi" | "si" | "sil" => "rsi",
+        "rdi" | "edi" | "di" | "dil" => "rdi",
+        n => {
+            let num = n.strip_prefix('r')?;
+            let digits = num.trim_end_matches(['d', 'w', 'b']);
+            let i: u16 = digits.parse().ok()?;
+            if !(8..16).contains(&i) || num.len() - digits.len() > 1 {
+                return None;
+            }
+            return Some(1 << i);
+        }
+    };
+    let i = alt_runtime::table::GPR_NAMES
+        .iter()
+        .position(|r| *r == full)?;
+    Some(1 << i)
+}

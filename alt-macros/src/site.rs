@@ -23,8 +23,9 @@
 
 use alt_runtime::linker::{
     ALT_INSTR_PUSHSECTION, ALT_REPLACEMENT_PUSHSECTION, ENTRY_NAMES_PUSHSECTION,
-    SITE_NAMES_PUSHSECTION,
+    SITE_EFFECTS_PUSHSECTION, SITE_NAMES_PUSHSECTION,
 };
+use alt_runtime::table::EffectsKind;
 
 /// The default code of a site.
 pub enum DefaultCode {
@@ -56,6 +57,50 @@ pub struct SiteSpec {
     pub entries: Vec<EntrySpec>,
     /// `sym` operand naming a `&'static str` with the site's function name.
     pub name_operand: Option<String>,
+    /// What the site declares it changes, for `alt-tablegen verify`.
+    pub effects: Declared,
+}
+
+/// What a site declares to the compiler it may change ([`alt_runtime::table::EffectsEntry`]).
+#[derive(Clone, Debug, Default)]
+pub struct Declared {
+    /// General-purpose registers, bit = hardware number.
+    pub gprs: u16,
+    /// [`alt_runtime::table::Effects`] bits.
+    pub effects: u8,
+    /// Output operands in registers the compiler chooses, as template references (`{0:r}`,
+    /// `{x:r}`, `{b}` for `reg_byte`): each gets a probe record naming the register.
+    pub probes: Vec<String>,
+    /// Label operands a variant may jump to (`{alt_jump}`): each gets a jump-target record.
+    pub jump_targets: Vec<String>,
+}
+
+/// The lines of one [`alt_runtime::table::EffectsEntry`] for the site at label reference `site`
+/// (`4b`): `code` is a label or operand expression (`2b`, `{alt_thunk}`) and `len` the length
+/// expression of the code (`3b - 2b`), for kinds that have them.
+pub fn effects_record(
+    site: &str,
+    kind: EffectsKind,
+    gprs: u16,
+    effects: u8,
+    code: Option<(&str, &str)>,
+) -> Vec<String> {
+    let (code, len) = match code {
+        Some((c, l)) => (format!(".long {c} - ."), format!(".byte {l}")),
+        None => (".long 0".to_string(), ".byte 0".to_string()),
+    };
+    vec![
+        SITE_EFFECTS_PUSHSECTION.to_string(),
+        ".balign 4".to_string(),
+        format!(".long {site} - ."),
+        code,
+        format!(".short {gprs:#06x}"),
+        format!(".byte {effects:#04x}"),
+        format!(".byte {}", kind as u8),
+        len,
+        ".byte 0, 0, 0".to_string(),
+        ".popsection".to_string(),
+    ]
 }
 
 struct Labels(u32);
@@ -180,6 +225,41 @@ pub fn template(spec: &SiteSpec) -> Vec<String> {
         }
         out.push(".popsection".to_string());
     }
+
+    // What the site declares, and one probe per output in a compiler-chosen register.
+    let site = format!("{s}b");
+    let d = &spec.effects;
+    out.extend(effects_record(
+        &site,
+        EffectsKind::Declaration,
+        d.gprs,
+        d.effects,
+        None,
+    ));
+    for target in &d.jump_targets {
+        out.extend(effects_record(
+            &site,
+            EffectsKind::JumpTarget,
+            0,
+            0,
+            Some((target, "0")),
+        ));
+    }
+    for probe in &d.probes {
+        let (a, b) = (labels.next(), labels.next());
+        out.push(ALT_REPLACEMENT_PUSHSECTION.to_string());
+        out.push(format!("{a}:"));
+        out.push(format!("mov {probe}, {probe}"));
+        out.push(format!("{b}:"));
+        out.push(".popsection".to_string());
+        out.extend(effects_record(
+            &site,
+            EffectsKind::OperandProbe,
+            0,
+            0,
+            Some((&format!("{a}b"), &format!("{b}b - {a}b"))),
+        ));
+    }
     out
 }
 
@@ -204,6 +284,12 @@ mod tests {
                 name_operand: None,
             }],
             name_operand: None,
+            effects: Declared {
+                gprs: 0b1,
+                effects: 0x1f,
+                probes: vec!["{0:r}".into()],
+                jump_targets: Vec::new(),
+            },
         });
         let text = t.join("\n");
         assert!(text.starts_with(ALT_REPLACEMENT_PUSHSECTION));
@@ -214,5 +300,13 @@ mod tests {
              .byte 0xe8\n.long {d} - . - 4\n5:"
         ));
         assert!(text.contains("6:\n.long 4b - .\n.long 2b - .\n.short 0x0004\n.byte 5b - 4b\n.byte 3b - 2b\n.popsection"));
+        let effects = format!(
+            "{SITE_EFFECTS_PUSHSECTION}\n.balign 4\n.long 4b - .\n.long 0\n.short 0x0001\n.byte 0x1f\n.byte 0\n.byte 0\n.byte 0, 0, 0\n.popsection"
+        );
+        assert!(text.contains(&effects), "{text}");
+        assert!(text.contains("7:\nmov {0:r}, {0:r}\n8:\n.popsection\n"));
+        assert!(text.contains(
+            ".long 4b - .\n.long 7b - .\n.short 0x0000\n.byte 0x00\n.byte 3\n.byte 8b - 7b\n"
+        ));
     }
 }

@@ -279,10 +279,51 @@ impl Capability {
         }
     }
 
-    /// Looks a capability up by name. Names are case-insensitive; `_` and `-` are the same, and
-    /// `sse4_1` is accepted for `sse4.1`.
+    /// Looks a capability up by name, in any of the spellings people write: case does not
+    /// matter, and `.`, `_` and `-` are the same character, so `sse4.2`, `sse4_2`, `SSE4.2` and
+    /// `sse4-2` all name SSE4.2.
+    ///
+    /// ```
+    /// use alt_runtime::{Capability, Features};
+    ///
+    /// let sse42 = Capability::feature(Features::SSE4_2);
+    /// for spelling in ["sse4.2", "sse4_2", "SSE4.2", "sse4-2"] {
+    ///     assert_eq!(Capability::from_name(spelling), sse42);
+    /// }
+    /// assert_eq!(Capability::from_name("popcount"), None);
+    /// ```
     pub fn from_name(name: &str) -> Option<Self> {
         Self::all().find(|c| names_equal(c.name(), name))
+    }
+
+    /// The capability whose name is nearest to a name that is none (for "did you mean"): at
+    /// most two edits away (one for names of up to four letters), spellings normalised as in
+    /// [`Capability::from_name`]. `None` when nothing is that close, or the name is one.
+    ///
+    /// ```
+    /// use alt_runtime::{Capability, Features};
+    ///
+    /// let popcnt = Capability::feature(Features::POPCNT);
+    /// assert_eq!(Capability::suggest("popcount"), popcnt);
+    /// assert_eq!(Capability::suggest("lfence_serialising").map(|c| c.name()), Some("lfence_serializing"));
+    /// assert_eq!(Capability::suggest("frobnicate"), None);
+    /// ```
+    pub fn suggest(name: &str) -> Option<Self> {
+        if Self::from_name(name).is_some() || name.len() > MAX_NAME {
+            return None;
+        }
+        let limit = if name.len() <= 4 { 1 } else { 2 };
+        // Nearest first; among equals, the one of the same length (a mistyped character
+        // rather than a missing one: `avx3` is `avx2`, not `avx`).
+        let mut best: Option<((usize, usize), Self)> = None;
+        for c in Self::all() {
+            let d = edit_distance(c.name(), name);
+            let score = (d, c.name().len().abs_diff(name.len()));
+            if d <= limit && best.is_none_or(|(b, _)| score < b) {
+                best = Some((score, c));
+            }
+        }
+        best.map(|(_, c)| c)
     }
 
     /// Every capability in use, features first, in id order.
@@ -303,6 +344,77 @@ fn names_equal(canonical: &str, given: &str) -> bool {
             .bytes()
             .zip(given.bytes())
             .all(|(a, b)| norm(a) == norm(b))
+}
+
+/// Longest name [`Capability::suggest`] compares (longer input is no near miss).
+const MAX_NAME: usize = 40;
+
+/// Edit distance (insertions, deletions, substitutions and swaps of neighbours) between two
+/// names, spellings normalised as [`names_equal`] does. Inputs longer than [`MAX_NAME`] count as
+/// far from everything.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let norm = |c: u8| match c.to_ascii_lowercase() {
+        b'-' | b'.' => b'_',
+        c => c,
+    };
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() > MAX_NAME || b.len() > MAX_NAME {
+        return usize::MAX;
+    }
+    // Three rows of the dynamic-programming table: i-2, i-1, i.
+    let mut rows = [[0usize; MAX_NAME + 1]; 3];
+    for (j, cell) in rows[0].iter_mut().enumerate().take(b.len() + 1) {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        let (cur, prev, prev2) = (i % 3, (i + 2) % 3, (i + 1) % 3);
+        rows[cur][0] = i;
+        for j in 1..=b.len() {
+            let cost = usize::from(norm(a[i - 1]) != norm(b[j - 1]));
+            let mut d = (rows[prev][j] + 1)
+                .min(rows[cur][j - 1] + 1)
+                .min(rows[prev][j - 1] + cost);
+            if i > 1
+                && j > 1
+                && norm(a[i - 1]) == norm(b[j - 2])
+                && norm(a[i - 2]) == norm(b[j - 1])
+            {
+                d = d.min(rows[prev2][j - 2] + 1);
+            }
+            rows[cur][j] = d;
+        }
+    }
+    rows[a.len() % 3][b.len()]
+}
+
+/// Every capability name, generated from the capability table: `Display` writes the features,
+/// then the errata, as `features: sse3, ssse3, sse4.1, ...; errata: erratum_amd_div0, ...`.
+/// Error messages and the documentation print this list, so it is complete by construction.
+///
+/// ```
+/// let list = alt_runtime::capability::CapabilityNames.to_string();
+/// assert!(list.starts_with("features: sse3, ssse3, sse4.1, sse4.2, popcnt"));
+/// assert!(list.contains("; errata: erratum_amd_div0, "));
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CapabilityNames;
+
+impl fmt::Display for CapabilityNames {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut in_errata = false;
+        f.write_str("features: ")?;
+        for (i, c) in Capability::all().enumerate() {
+            let erratum = matches!(c.kind(), CapabilityKind::Erratum(_));
+            if erratum && !in_errata {
+                f.write_str("; errata: ")?;
+                in_errata = true;
+            } else if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(c.name())?;
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Debug for Capability {
@@ -410,6 +522,71 @@ mod tests {
         assert_eq!(Capability::from_name("sse4-1"), Some(sse41));
         assert_eq!(Capability::from_name("popcount"), None);
         assert_eq!(Capability::from_name(""), None);
+    }
+
+    #[test]
+    fn every_spelling_of_a_dotted_name_is_accepted() {
+        let sse42 = Capability::feature(Features::SSE4_2).unwrap();
+        for s in ["sse4.2", "sse4_2", "SSE4.2", "Sse4-2", "SSE4_2"] {
+            assert_eq!(Capability::from_name(s), Some(sse42), "{s}");
+        }
+        assert_eq!(Capability::from_name("sse4"), None);
+        assert_eq!(Capability::from_name("sse42"), None);
+    }
+
+    #[test]
+    fn near_misses_suggest_the_capability_meant() {
+        let name = |s: &str| Capability::suggest(s).map(|c| c.name());
+        assert_eq!(name("popcount"), Some("popcnt"));
+        assert_eq!(name("lfence_serialising"), Some("lfence_serializing"));
+        assert_eq!(name("avx512"), Some("avx512f"));
+        assert_eq!(name("avx3"), Some("avx2"), "same length wins a tie");
+        assert_eq!(name("AVX-2"), Some("avx2"));
+        assert_eq!(
+            name("SSE4_2"),
+            None,
+            "a spelling of sse4.2 is no near miss: it is sse4.2"
+        );
+        assert_eq!(name("erratum_amd_div"), Some("erratum_amd_div0"));
+        assert_eq!(name("ssse"), Some("ssse3"));
+        assert_eq!(name("xyz"), None);
+        assert_eq!(name(""), None);
+        assert_eq!(name(&"a".repeat(200)), None);
+        assert_eq!(edit_distance("ab", "ba"), 1, "a swap is one edit");
+        assert_eq!(edit_distance("sse4.1", "SSE4_1"), 0);
+    }
+
+    #[test]
+    fn the_name_list_has_every_capability_once() {
+        use core::fmt::Write;
+        struct Buf([u8; 4096], usize);
+        impl Write for Buf {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                let end = self.1 + s.len();
+                self.0
+                    .get_mut(self.1..end)
+                    .ok_or(fmt::Error)?
+                    .copy_from_slice(s.as_bytes());
+                self.1 = end;
+                Ok(())
+            }
+        }
+        let mut buf = Buf([0; 4096], 0);
+        write!(buf, "{CapabilityNames}").unwrap();
+        let text = core::str::from_utf8(&buf.0[..buf.1]).unwrap();
+        let (features, errata) = text.split_once("; errata: ").unwrap();
+        let features = features.strip_prefix("features: ").unwrap();
+        assert_eq!(features.split(", ").count(), FEATURE_NAMES.len());
+        assert_eq!(errata.split(", ").count(), ERRATUM_NAMES.len());
+        assert!(features.split(", ").all(|n| !n.starts_with("erratum_")));
+        assert!(errata.split(", ").all(|n| n.starts_with("erratum_")));
+        for c in Capability::all() {
+            let n = text
+                .split([',', ';', ' '])
+                .filter(|w| *w == c.name())
+                .count();
+            assert_eq!(n, 1, "{} listed {n} times", c.name());
+        }
     }
 
     #[test]

@@ -19,41 +19,33 @@
 use core::fmt;
 
 use crate::capability::{CapabilitySet, Errata, Features};
-use crate::errata::{aarch64_core_name, errata_for, Midr};
+use crate::errata::errata_for;
+pub use crate::identity::CpuId;
 use crate::x86_64::cpuid::{probe, CpuidSource, X86Cpu};
 
-/// The identity of a CPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum CpuId {
-    /// An x86-64 CPU, as decoded from CPUID.
-    X86(X86Cpu),
-    /// An AArch64 CPU.
-    Arm64 {
-        /// MIDR_EL1.
-        midr: u32,
-        /// REVIDR_EL1.
-        revidr: u32,
-    },
+/// AArch64: one descriptor per online CPU of the sysfs tree, in CPU order, from each CPU's
+/// MIDR and REVIDR (errata from the database). No thread, no instruction: two small files per
+/// CPU.
+#[cfg(feature = "std")]
+pub fn arm64_cpus(
+    sysfs: &crate::sysfs::Sysfs,
+) -> Result<alloc::vec::Vec<CpuDescriptor>, crate::sysfs::SysfsError> {
+    sysfs
+        .online_cpus()?
+        .cpus()
+        .iter()
+        .map(|&cpu| arm64_cpu(sysfs, cpu))
+        .collect()
 }
 
-impl fmt::Display for CpuId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CpuId::X86(cpu) => cpu.fmt(f),
-            CpuId::Arm64 { midr, revidr } => {
-                let m = Midr::decode(*midr);
-                write!(f, "MIDR {midr:#010x} (")?;
-                if let Some(name) = aarch64_core_name(*midr) {
-                    write!(f, "{name} ")?;
-                }
-                write!(
-                    f,
-                    "r{}p{}, implementer {:#04x} part {:#05x}) REVIDR {revidr:#x}",
-                    m.variant, m.revision, m.implementer, m.part
-                )
-            }
-        }
-    }
+/// AArch64: the descriptor of CPU `cpu` of the sysfs tree (see [`arm64_cpus`]).
+#[cfg(feature = "std")]
+pub fn arm64_cpu(
+    sysfs: &crate::sysfs::Sysfs,
+    cpu: u32,
+) -> Result<CpuDescriptor, crate::sysfs::SysfsError> {
+    let (midr, revidr) = sysfs.arm64_identity(cpu)?;
+    Ok(CpuDescriptor::arm64(cpu, midr, revidr))
 }
 
 /// One logical CPU: its number, identity, usable features and errata.
@@ -303,13 +295,11 @@ mod hosted {
     impl std::error::Error for CpuError {}
 
     /// AArch64: one descriptor per online CPU from its MIDR_EL1 and REVIDR_EL1 in sysfs
-    /// ([`crate::sysfs::Sysfs::arm64_cpus`]). No thread and no instruction: Linux keeps every
-    /// online CPU's registers in `/sys/devices/system/cpu/cpuN/regs/identification`.
+    /// ([`super::arm64_cpus`]). No thread and no instruction: Linux keeps every online CPU's
+    /// registers in `/sys/devices/system/cpu/cpuN/regs/identification`.
     #[cfg(target_arch = "aarch64")]
     pub fn probe_online_cpus() -> Result<std::vec::Vec<super::CpuDescriptor>, CpuError> {
-        crate::sysfs::Sysfs::system()
-            .arm64_cpus()
-            .map_err(CpuError::Sysfs)
+        super::arm64_cpus(&crate::sysfs::Sysfs::system()).map_err(CpuError::Sysfs)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -518,7 +508,7 @@ mod hosted {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::errata::{ARM, CORTEX_A53};
+    use crate::identity::{Midr, ARM, CORTEX_A53};
 
     #[test]
     fn arm64_descriptor_gets_its_errata() {

@@ -33,7 +33,7 @@ use core::ops::Range;
 
 use crate::capability::CapabilitySet;
 use crate::isa::{Isa, X86_64};
-use crate::linker::NameEntry;
+use crate::linker::Names;
 use crate::memory::Memory;
 use crate::paravirt::{plan_paravirt, Backend, PvError, PvPlan, PvTableEntry, TableDesc};
 use crate::patch::{carry_out, Direction, Failure, PatchError, SiteWrite, SlotWrite};
@@ -41,66 +41,6 @@ use crate::plan::{plan_alternatives_for, Layout, Plan, TableEntry, TableError};
 use crate::rendezvous::Rendezvous;
 use crate::report::{PvSiteReport, Report, SiteReport};
 use crate::writer::{WriteStats, Writer};
-
-/// Names of sites and entries for reports, sorted for lookup.
-#[derive(Clone, Debug, Default)]
-pub struct Names {
-    sites: Vec<(u64, &'static str)>,
-    entries: Vec<(u64, &'static str)>,
-}
-
-impl Names {
-    /// The names of two name tables (`alt_site_names`, `alt_entry_names`); placeholders are
-    /// skipped.
-    ///
-    /// # Safety
-    ///
-    /// Every non-placeholder entry's `name` field must point at a live `&'static str` (as the
-    /// macros emit them).
-    pub unsafe fn new(sites: &'static [NameEntry], entries: &'static [NameEntry]) -> Self {
-        // SAFETY: the caller's contract.
-        unsafe {
-            Names {
-                sites: sorted(sites),
-                entries: sorted(entries),
-            }
-        }
-    }
-
-    fn find(list: &[(u64, &'static str)], addr: u64) -> Option<&'static str> {
-        let i = list.binary_search_by_key(&addr, |e| e.0).ok()?;
-        Some(list[i].1)
-    }
-
-    /// The name of the function holding the site at `addr`.
-    pub fn site(&self, addr: u64) -> Option<&'static str> {
-        Self::find(&self.sites, addr)
-    }
-
-    /// The name of the variant of the alternative entry at `addr`.
-    pub fn entry(&self, addr: u64) -> Option<&'static str> {
-        Self::find(&self.entries, addr)
-    }
-}
-
-/// # Safety
-///
-/// As for [`Names::new`].
-unsafe fn sorted(table: &'static [NameEntry]) -> Vec<(u64, &'static str)> {
-    let mut v: Vec<(u64, &'static str)> = table
-        .iter()
-        .filter(|n| !(n.target == 0 && n.name == 0))
-        .map(|n| {
-            let base = n as *const NameEntry as u64;
-            let target = crate::table::resolve(base, n.target);
-            let name = crate::table::resolve(base + 4, n.name) as usize as *const &'static str;
-            // SAFETY: the caller's contract.
-            (target, unsafe { *name })
-        })
-        .collect();
-    v.sort_unstable_by_key(|e| e.0);
-    v
-}
 
 /// Why planning failed. Nothing was written.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,6 +74,25 @@ impl fmt::Display for PlanError {
 #[cfg(feature = "std")]
 impl std::error::Error for PlanError {}
 
+/// An operations table to patch: its descriptor, its backend, its entries, and where its
+/// operations' inline sequences lie if not in the layout's replacement section.
+type PvTable<'a> = (
+    TableDesc<'a>,
+    Backend<'a>,
+    Vec<PvTableEntry>,
+    Option<Range<u64>>,
+);
+
+/// The first two sites that overlap, by start address (the ranges are sorted in place): the
+/// check across tables, which each table's own validation cannot make.
+pub fn first_overlap(sites: &mut [Range<u64>]) -> Option<(u64, u64)> {
+    sites.sort_unstable_by_key(|r| r.start);
+    sites
+        .windows(2)
+        .find(|w| w[0].end > w[1].start)
+        .map(|w| (w[0].start, w[1].start))
+}
+
 /// What to patch: the capabilities, the text, and the tables.
 #[derive(Debug)]
 pub struct Patcher<'a, I: Isa = X86_64> {
@@ -141,14 +100,7 @@ pub struct Patcher<'a, I: Isa = X86_64> {
     layout: Layout<'a>,
     alternatives: Vec<TableEntry>,
     names: Names,
-    /// Each operations table, its backend, its entries, and where its operations' inline
-    /// sequences lie if not in the layout's replacement section.
-    paravirt: Vec<(
-        TableDesc<'a>,
-        Backend<'a>,
-        Vec<PvTableEntry>,
-        Option<Range<u64>>,
-    )>,
+    paravirt: Vec<PvTable<'a>>,
     isa: PhantomData<I>,
 }
 
@@ -351,36 +303,13 @@ impl<I: Isa> Prepared<I> {
 
     /// What [`Prepared::apply`] would report, without writing (`pages` is 0).
     pub fn preview(&self) -> Report {
-        self.report(self.alt.clone(), self.pv.clone(), WriteStats::default())
-    }
-
-    fn report(&self, alt: Plan, pv: Vec<PvPlan>, stats: WriteStats) -> Report {
-        let mut sites: Vec<SiteReport> = alt.sites.into_iter().map(SiteReport::from_plan).collect();
-        for s in &mut sites {
-            s.function = self.site_names.site(s.addr);
-            s.variants = s
-                .candidates
-                .iter()
-                .map(|c| self.entry_names.get(c.entry).copied().flatten())
-                .collect();
-        }
-        let mut paravirt: Vec<PvSiteReport> = pv
-            .into_iter()
-            .flat_map(|p| {
-                let (table, backend) = (p.table, p.backend);
-                p.sites
-                    .into_iter()
-                    .map(move |s| PvSiteReport::from_plan(s, table, backend))
-            })
-            .collect();
-        paravirt.sort_by_key(|s| s.addr);
-        Report {
-            capabilities: alt.capabilities,
-            sites,
-            paravirt,
-            pages: stats.pages,
-            elapsed_ns: None,
-        }
+        report_of(
+            self.alt.clone(),
+            self.pv.clone(),
+            &self.site_names,
+            &self.entry_names,
+            WriteStats::default(),
+        )
     }
 
     /// Writes every changed site of every table, and the paravirt slots, all or nothing (see
@@ -390,19 +319,6 @@ impl<I: Isa> Prepared<I> {
         writer: &mut W,
         rendezvous: &mut R,
     ) -> Result<Patched<I>, ApplyError<I>> {
-        let mut writes: Vec<&SiteWrite> = self
-            .alt
-            .sites
-            .iter()
-            .map(|s| &s.write)
-            .chain(
-                self.pv
-                    .iter()
-                    .flat_map(|p| p.sites.iter().map(|s| &s.write)),
-            )
-            .filter(|w| w.changed())
-            .collect();
-        writes.sort_unstable_by_key(|w| w.addr);
         let slots: Vec<SlotWrite> = self
             .pv
             .iter()
@@ -415,32 +331,38 @@ impl<I: Isa> Prepared<I> {
             })
             .filter(|s| s.old != s.new)
             .collect();
-        // SAFETY: `Patcher::new`'s contract (the sites are this program's, the bytes planned
-        // from trusted tables), `Patcher::paravirt`'s (the slots are live) and the unsafe
-        // `Rendezvous` trait's (it really stops everyone).
-        let done = unsafe {
-            carry_out::<I, W, R>(&writes, &slots, Direction::Forward, writer, rendezvous)
+        let done = {
+            let mut writes: Vec<&SiteWrite> = self
+                .alt
+                .sites
+                .iter()
+                .map(|s| &s.write)
+                .chain(
+                    self.pv
+                        .iter()
+                        .flat_map(|p| p.sites.iter().map(|s| &s.write)),
+                )
+                .filter(|w| w.changed())
+                .collect();
+            writes.sort_unstable_by_key(|w| w.addr);
+            // SAFETY: `Patcher::new`'s contract (the sites are this program's, the bytes
+            // planned from trusted tables), `Patcher::paravirt`'s (the slots are live) and the
+            // unsafe `Rendezvous` trait's (it really stops everyone).
+            unsafe { carry_out::<I, W, R>(&writes, &slots, Direction::Forward, writer, rendezvous) }
         };
         match done {
-            Ok(stats) => {
-                let report = self.report(self.alt.clone(), self.pv.clone(), stats);
-                Ok(Patched {
-                    report,
-                    slots,
-                    isa: PhantomData,
-                })
-            }
+            Ok(stats) => Ok(Patched {
+                report: alloc::sync::Arc::new(self.into_report(stats)),
+                slots,
+                isa: PhantomData,
+            }),
             Err(Failure {
                 error,
                 text_changed,
             }) => {
                 let leftover = text_changed.then(|| {
                     alloc::boxed::Box::new(Patched {
-                        report: self.report(
-                            self.alt.clone(),
-                            self.pv.clone(),
-                            WriteStats::default(),
-                        ),
+                        report: alloc::sync::Arc::new(self.into_report(WriteStats::default())),
                         slots: Vec::new(),
                         isa: PhantomData,
                     })
@@ -449,13 +371,58 @@ impl<I: Isa> Prepared<I> {
             }
         }
     }
+
+    fn into_report(self, stats: WriteStats) -> Report {
+        let Prepared {
+            alt,
+            pv,
+            site_names,
+            entry_names,
+            ..
+        } = self;
+        report_of(alt, pv, &site_names, &entry_names, stats)
+    }
+}
+
+/// The report of a plan carried out with `stats`, with the sites named.
+fn report_of(
+    alt: Plan,
+    pv: Vec<PvPlan>,
+    site_names: &Names,
+    entry_names: &[Option<&'static str>],
+    stats: WriteStats,
+) -> Report {
+    let mut sites: Vec<SiteReport> = alt.sites.into_iter().map(SiteReport::from_plan).collect();
+    for s in &mut sites {
+        s.function = site_names.site(s.addr);
+        for c in &mut s.candidates {
+            c.name = entry_names.get(c.entry).copied().flatten();
+        }
+    }
+    let mut paravirt: Vec<PvSiteReport> = pv
+        .into_iter()
+        .flat_map(|p| {
+            let (table, backend) = (p.table, p.backend);
+            p.sites
+                .into_iter()
+                .map(move |s| PvSiteReport::from_plan(s, table, backend))
+        })
+        .collect();
+    paravirt.sort_by_key(|s| s.addr);
+    Report {
+        capabilities: alt.capabilities,
+        sites,
+        paravirt,
+        pages: stats.pages,
+        elapsed_ns: None,
+    }
 }
 
 /// Sites as patched: the report (with what each site held before and holds now) and the slots,
 /// which revert every change exactly.
 #[derive(Clone, Debug)]
 pub struct Patched<I: Isa = X86_64> {
-    report: Report,
+    report: alloc::sync::Arc<Report>,
     slots: Vec<SlotWrite>,
     isa: PhantomData<I>,
 }
@@ -466,9 +433,14 @@ impl<I: Isa> Patched<I> {
         &self.report
     }
 
-    /// Mutable access to the report, to attach timing.
+    /// Mutable access to the report, to attach timing (copied first if shared).
     pub fn report_mut(&mut self) -> &mut Report {
-        &mut self.report
+        alloc::sync::Arc::make_mut(&mut self.report)
+    }
+
+    /// The report, shared: handing it out copies nothing.
+    pub fn shared_report(&self) -> alloc::sync::Arc<Report> {
+        self.report.clone()
     }
 
     /// The slots that were stored.
@@ -564,7 +536,7 @@ fn still_patched<M: Memory>(mem: &M, sites: &[SiteWrite]) -> Result<Vec<usize>, 
         } else if found != &s.original[..] {
             return Err(PatchError::UnexpectedBytes {
                 addr: s.addr,
-                expected: s.new.clone(),
+                expected: s.new.to_vec(),
                 found: found.to_vec(),
             });
         }

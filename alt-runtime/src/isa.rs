@@ -76,7 +76,49 @@ impl Offsets {
 
     /// The offsets, in increasing order.
     pub fn iter(self) -> impl Iterator<Item = usize> {
-        (0..256).filter(move |&o| self.contains(o))
+        let mut words = self.0;
+        let mut w = 0;
+        core::iter::from_fn(move || {
+            while w < words.len() {
+                if words[w] != 0 {
+                    let bit = words[w].trailing_zeros() as usize;
+                    words[w] &= words[w] - 1;
+                    return Some(w * 64 + bit);
+                }
+                w += 1;
+            }
+            None
+        })
+    }
+
+    /// The largest offset, if any.
+    pub fn last(&self) -> Option<usize> {
+        let w = self.0.iter().rposition(|&w| w != 0)?;
+        Some(w * 64 + 63 - self.0[w].leading_zeros() as usize)
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0 == [0; 4]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_iterate_in_order() {
+        let mut o = Offsets::EMPTY;
+        assert!(o.is_empty());
+        for x in [255, 0, 64, 63, 5, 128, 300] {
+            o.insert(x);
+        }
+        assert_eq!(o.iter().collect::<Vec<_>>(), [0, 5, 63, 64, 128, 255]);
+        assert!(o.contains(63) && !o.contains(62) && !o.contains(300));
+        assert_eq!(o.last(), Some(255));
+        assert_eq!(Offsets::EMPTY.last(), None);
+        assert!(!o.is_empty());
     }
 }
 
@@ -98,8 +140,9 @@ pub trait Isa {
     /// where they start and where its calls return to.
     fn shape(addr: u64, code: &[u8]) -> Result<Shape, CodeError>;
 
-    /// Copies `src`, assembled at `from`, into `out` re-targeted to run at `to`.
-    fn relocate(src: &[u8], from: u64, to: u64, out: &mut [u8]) -> Result<(), CodeError>;
+    /// Copies `src`, assembled at `from`, into `out` re-targeted to run at `to`, and returns
+    /// its shape (as [`Isa::shape`] would, from the same decoding).
+    fn relocate(src: &[u8], from: u64, to: u64, out: &mut [u8]) -> Result<Shape, CodeError>;
 
     /// The direct call written at `at` to reach `target` ([`Isa::CALL_LEN`] bytes).
     fn call(at: u64, target: u64) -> Result<Vec<u8>, CodeError>;
@@ -107,9 +150,9 @@ pub trait Isa {
     /// Fills `buf` (a whole number of instructions' room) with NOPs.
     fn fill(buf: &mut [u8]);
 
-    /// The site's default code as it should stay when no entry holds (x86-64 rewrites one-byte
-    /// NOP padding into long NOPs).
-    fn keep_default(code: &[u8]) -> Vec<u8>;
+    /// Writes into `out` (as long as `code`) the site's default code as it should stay when no
+    /// entry holds (x86-64 rewrites one-byte NOP padding into long NOPs).
+    fn keep_default(code: &[u8], out: &mut [u8]);
 
     /// Makes this CPU execute the bytes just written to `ranges` and not stale copies (x86-64:
     /// a serialising instruction; AArch64: clean the data cache and invalidate the instruction

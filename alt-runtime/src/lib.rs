@@ -35,12 +35,15 @@ extern crate alloc;
 extern crate std;
 
 pub mod aarch64;
+#[cfg(feature = "alloc")]
+pub mod bytes;
 pub mod c_header;
 pub mod capability;
 pub mod cpu;
 #[cfg(feature = "alloc")]
 pub mod driver;
 pub mod errata;
+pub mod identity;
 #[cfg(feature = "alloc")]
 pub mod isa;
 pub mod linker;

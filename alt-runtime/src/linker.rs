@@ -11,6 +11,7 @@
 //! | `alt_site_names`   | `__start_alt_site_names`, `__stop_alt_site_names`   | [`NameEntry`], 8 bytes |
 //! | `alt_entry_names`  | `__start_alt_entry_names`, `__stop_alt_entry_names` | [`NameEntry`], 8 bytes |
 //! | `alt_pv_<TABLE>`   | `__start_alt_pv_<TABLE>`, `__stop_alt_pv_<TABLE>`   | [`crate::PvEntry`], 8 bytes, one section per operations table |
+//! | `alt_site_effects` | `__start_alt_site_effects`, `__stop_alt_site_effects` | [`crate::table::EffectsEntry`], 16 bytes |
 //!
 //! An empty table must still exist or its bounds symbols are undefined, so this module emits a
 //! placeholder into each section: an all-zero [`AltEntry`] (skipped by the planner), an `int3`
@@ -21,6 +22,11 @@
 //! The name tables are optional side tables the macros emit for reports: a [`NameEntry`] maps a
 //! site address (in `alt_site_names`) or an alternative entry's address (in `alt_entry_names`)
 //! to a `&'static str`.
+//!
+//! `alt_site_effects` is a side table for tools: what each site declares to the compiler it may
+//! change (`alt-tablegen verify` checks every variant against it). The runtime never reads it,
+//! so it needs no placeholder and [`sections`] does not return its bounds; kernels still keep
+//! and bound it with the fragment so that the checker sees the same image.
 
 use crate::table::AltEntry;
 
@@ -68,6 +74,8 @@ pub const ALT_REPLACEMENT_PUSHSECTION: &str = ".pushsection alt_replacement,\"ax
 pub const SITE_NAMES_PUSHSECTION: &str = ".pushsection alt_site_names,\"aR\",@progbits";
 /// The directive that opens the `alt_entry_names` section.
 pub const ENTRY_NAMES_PUSHSECTION: &str = ".pushsection alt_entry_names,\"aR\",@progbits";
+/// The directive that opens the `alt_site_effects` section ([`crate::table::EffectsEntry`]).
+pub const SITE_EFFECTS_PUSHSECTION: &str = ".pushsection alt_site_effects,\"aR\",@progbits";
 
 /// Flags and type of every paravirt entry section `alt_pv_<TABLE>`: every emitter opens it as
 /// `.pushsection alt_pv_<TABLE>,` followed by this (the flags must agree). Its bounds are
@@ -185,9 +193,9 @@ impl Sections {
 
     /// The site and entry names of this program, sorted for lookup.
     #[cfg(feature = "alloc")]
-    pub fn names(&self) -> crate::driver::Names {
+    pub fn names(&self) -> Names {
         // SAFETY: the name entries are emitted by the macros and point at `&'static str`s.
-        unsafe { crate::driver::Names::new(self.site_names(), self.entry_names()) }
+        unsafe { Names::new(self.site_names(), self.entry_names()) }
     }
 }
 
@@ -201,6 +209,69 @@ unsafe fn slice_between<T>((start, end): (usize, usize)) -> &'static [T] {
     }
     // SAFETY: the caller's contract; the length is rounded down to whole entries.
     unsafe { core::slice::from_raw_parts(start as *const T, (end - start) / size) }
+}
+
+/// Names of sites and entries for reports, sorted for lookup.
+#[cfg(feature = "alloc")]
+#[derive(Clone, Debug, Default)]
+pub struct Names {
+    sites: alloc::vec::Vec<(u64, &'static str)>,
+    entries: alloc::vec::Vec<(u64, &'static str)>,
+}
+
+#[cfg(feature = "alloc")]
+impl Names {
+    /// The names of two name tables (`alt_site_names`, `alt_entry_names`); placeholders are
+    /// skipped.
+    ///
+    /// # Safety
+    ///
+    /// Every non-placeholder entry's `name` field must point at a live `&'static str` (as the
+    /// macros emit them).
+    pub unsafe fn new(sites: &'static [NameEntry], entries: &'static [NameEntry]) -> Self {
+        // SAFETY: the caller's contract.
+        unsafe {
+            Names {
+                sites: sorted(sites),
+                entries: sorted(entries),
+            }
+        }
+    }
+
+    fn find(list: &[(u64, &'static str)], addr: u64) -> Option<&'static str> {
+        let i = list.binary_search_by_key(&addr, |e| e.0).ok()?;
+        Some(list[i].1)
+    }
+
+    /// The name of the function holding the site at `addr`.
+    pub fn site(&self, addr: u64) -> Option<&'static str> {
+        Self::find(&self.sites, addr)
+    }
+
+    /// The name of the variant of the alternative entry at `addr`.
+    pub fn entry(&self, addr: u64) -> Option<&'static str> {
+        Self::find(&self.entries, addr)
+    }
+}
+
+/// # Safety
+///
+/// As for [`Names::new`].
+#[cfg(feature = "alloc")]
+unsafe fn sorted(table: &'static [NameEntry]) -> alloc::vec::Vec<(u64, &'static str)> {
+    let mut v: alloc::vec::Vec<(u64, &'static str)> = table
+        .iter()
+        .filter(|n| !(n.target == 0 && n.name == 0))
+        .map(|n| {
+            let base = n as *const NameEntry as u64;
+            let target = crate::table::resolve(base, n.target);
+            let name = crate::table::resolve(base + 4, n.name) as usize as *const &'static str;
+            // SAFETY: the caller's contract.
+            (target, unsafe { *name })
+        })
+        .collect();
+    v.sort_unstable_by_key(|e| e.0);
+    v
 }
 
 /// Looks a name up in a name table: the name whose target is `addr`.

@@ -45,9 +45,13 @@ impl fmt::Display for UnknownCapability<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "unknown capability name `{}` in {ENV_VAR}/{CMDLINE_OPTION} (names are like popcnt, avx2, sse4.1, erratum_amd_div0)",
+            "unknown capability name `{}` in {ENV_VAR}/{CMDLINE_OPTION}",
             self.name
-        )
+        )?;
+        if let Some(c) = Capability::suggest(self.name) {
+            write!(f, "; did you mean `{c}`?")?;
+        }
+        write!(f, " (capabilities: {})", crate::capability::CapabilityNames)
     }
 }
 
@@ -107,6 +111,18 @@ mod tests {
     fn unknown_names_are_errors_naming_the_word() {
         let e = Overrides::parse("popcnt,avx3").unwrap_err();
         assert_eq!(e.name, "avx3");
+        #[cfg(feature = "std")]
+        {
+            let msg = std::format!("{e}");
+            assert!(
+                msg.contains("`avx3` in ALT_CLEARCPUID/alt.clearcpuid; did you mean `avx2`?"),
+                "{msg}"
+            );
+            assert!(
+                msg.contains("features: sse3, ") && msg.contains("erratum_zenbleed"),
+                "{msg}"
+            );
+        }
         assert!(Overrides::parse("").unwrap().clear == CapabilitySet::default());
     }
 

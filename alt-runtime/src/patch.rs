@@ -23,6 +23,7 @@ use core::fmt;
 use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use crate::bytes::SiteBytes;
 use crate::isa::Isa;
 use crate::memory::MemoryError;
 use crate::rendezvous::{Rendezvous, RendezvousError};
@@ -34,9 +35,9 @@ pub struct SiteWrite {
     /// Address of the site.
     pub addr: u64,
     /// The bytes found at the site when planning.
-    pub original: Vec<u8>,
+    pub original: SiteBytes,
     /// The bytes the site will hold.
-    pub new: Vec<u8>,
+    pub new: SiteBytes,
 }
 
 impl SiteWrite {
@@ -107,8 +108,8 @@ impl fmt::Display for PatchError {
             } => write!(
                 f,
                 "site at {addr:#x} holds unexpected bytes (expected {}, found {})",
-                crate::report::Hex(expected),
-                crate::report::Hex(found)
+                crate::bytes::Hex(expected),
+                crate::bytes::Hex(found)
             ),
             PatchError::UnexpectedSlot {
                 addr,

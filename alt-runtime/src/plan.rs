@@ -41,6 +41,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::ops::Range;
 
+use crate::bytes::SiteBytes;
 use crate::capability::{Capability, CapabilitySet};
 use crate::isa::{fill_keeping, CodeError, Isa, Offsets, Shape, X86_64};
 use crate::memory::{Memory, MemoryError};
@@ -175,10 +176,15 @@ impl fmt::Display for TableError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "alternative entry {} at {:#x} (site {:#x}): ",
-            self.index, self.entry_addr, self.site
-        )?;
-        match &self.kind {
+            "alternative entry {} at {:#x} (site {:#x}): {}",
+            self.index, self.entry_addr, self.site, self.kind
+        )
+    }
+}
+
+impl fmt::Display for TableErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
             TableErrorKind::ReservedFlags(b) => write!(f, "reserved flag bits {b:#06x} are set"),
             TableErrorKind::UnknownCapability(id) => write!(f, "unknown capability id {id:#05x}"),
             TableErrorKind::EmptySite => f.write_str("site length is zero"),
@@ -266,6 +272,9 @@ impl Choice {
     }
 }
 
+/// A site's entries, in priority (table) order: two inline, more on the heap.
+pub type Candidates = crate::bytes::SmallVec<Candidate, 2>;
+
 /// One entry considered for a site, and whether it held.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Candidate {
@@ -279,6 +288,22 @@ pub struct Candidate {
     pub direct_call: bool,
     /// Whether its condition held on this system.
     pub held: bool,
+    /// The name of its variant, where the table names it (attached by the driver).
+    pub name: Option<&'static str>,
+}
+
+impl Default for Candidate {
+    /// A placeholder (unused slots of [`Candidates`]).
+    fn default() -> Self {
+        Candidate {
+            entry: 0,
+            capability: Capability::from_id(0).expect("capability id 0 exists"),
+            negated: false,
+            direct_call: false,
+            held: false,
+            name: None,
+        }
+    }
 }
 
 impl Candidate {
@@ -296,7 +321,7 @@ pub struct SitePlan {
     /// The decision.
     pub choice: Choice,
     /// Every entry of the site, in priority (table) order.
-    pub candidates: Vec<Candidate>,
+    pub candidates: Candidates,
 }
 
 impl SitePlan {
@@ -350,20 +375,29 @@ pub fn plan_alternatives_for<I: Isa, M: Memory>(
     mem: &M,
 ) -> Result<Plan, TableError> {
     let mut parsed = Vec::with_capacity(entries.len());
+    let mut arena = Vec::new();
+    let mut unchanged = MovesUnchanged::new();
     for (index, t) in entries.iter().enumerate() {
-        parsed.push(check_entry::<I, M>(index, t, layout, mem)?);
+        parsed.push(check_entry::<I, M>(
+            index,
+            t,
+            layout,
+            mem,
+            &mut arena,
+            &mut unchanged,
+        )?);
     }
-    let groups = group_sites::<I, M>(entries, mem)?;
+    let (order, groups) = group_sites::<I, M>(entries, mem)?;
     let mut sites = Vec::with_capacity(groups.len());
     for g in groups {
-        let returns = check_returns::<I>(entries, &parsed, &g)?;
-        let candidates: Vec<Candidate> = g
-            .entries
+        let returns = check_returns::<I>(entries, &parsed, &order, &g)?;
+        let candidates: Candidates = g
+            .entries(&order)
             .iter()
             .map(|&i| parsed[i].candidate(i, caps))
             .collect();
         let choice = decide(&parsed, &candidates);
-        let new = encode::<I>(entries, &parsed, &g, choice, returns)?;
+        let new = encode::<I>(entries, &parsed, &arena, &g, choice, returns)?;
         sites.push(SitePlan {
             write: SiteWrite {
                 addr: g.site.start,
@@ -390,8 +424,9 @@ struct Parsed {
 enum Variant {
     /// A placeholder: never a candidate.
     None,
-    /// The replacement, relocated to the site's start, and its shape.
-    Inline { bytes: Vec<u8>, shape: Shape },
+    /// The replacement, relocated to the site's start (`len` bytes at `at` in the planner's
+    /// arena, one buffer for every entry), and its shape.
+    Inline { at: usize, len: usize, shape: Shape },
     /// A direct call to this target.
     Call(u64),
 }
@@ -405,6 +440,7 @@ impl Parsed {
             negated: self.negated,
             direct_call: matches!(self.variant, Variant::Call(_)),
             held: caps.has(capability) != self.negated,
+            name: None,
         }
     }
 }
@@ -429,11 +465,57 @@ pub fn overlaps(a: &Range<u64>, b: &Range<u64>) -> bool {
 }
 
 /// Validates one entry on its own and works out what it would write.
+/// Replacements that move unchanged (no operand reaches outside them), by their bytes, with
+/// their shapes: a program's many sites of one function have the same replacement, so it is
+/// decoded once. Direct-mapped, small.
+struct MovesUnchanged {
+    slots: Vec<Option<(u8, [u8; 16], Shape)>>,
+}
+
+impl MovesUnchanged {
+    const SLOTS: usize = 64;
+
+    fn new() -> Self {
+        MovesUnchanged {
+            slots: vec![None; Self::SLOTS],
+        }
+    }
+
+    fn slot(code: &[u8]) -> Option<usize> {
+        if code.len() > 16 {
+            return None;
+        }
+        // FNV-1a.
+        let mut h: u32 = 0x811c_9dc5;
+        for &b in code {
+            h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+        }
+        Some(h as usize % Self::SLOTS)
+    }
+
+    fn get(&self, code: &[u8]) -> Option<Shape> {
+        match &self.slots[Self::slot(code)?] {
+            Some((n, bytes, shape)) if bytes[..usize::from(*n)] == *code => Some(*shape),
+            _ => None,
+        }
+    }
+
+    fn put(&mut self, code: &[u8], shape: Shape) {
+        if let Some(i) = Self::slot(code) {
+            let mut bytes = [0; 16];
+            bytes[..code.len()].copy_from_slice(code);
+            self.slots[i] = Some((code.len() as u8, bytes, shape));
+        }
+    }
+}
+
 fn check_entry<I: Isa, M: Memory>(
     index: usize,
     t: &TableEntry,
     layout: &Layout<'_>,
     mem: &M,
+    arena: &mut Vec<u8>,
+    unchanged: &mut MovesUnchanged,
 ) -> Result<Parsed, TableError> {
     let e = &t.entry;
     if t.is_placeholder() {
@@ -496,27 +578,49 @@ fn check_entry<I: Isa, M: Memory>(
             replacement: target,
         }));
     }
-    let mut src = vec![0; usize::from(e.replacement_len)];
-    mem.read(repl.start, &mut src)
+    let n = usize::from(e.replacement_len);
+    let mut src = [0u8; 255];
+    mem.read(repl.start, &mut src[..n])
         .map_err(|e| err(TableErrorKind::Unreadable(e)))?;
-    let shape = I::shape(repl.start, &src).map_err(|e| err(TableErrorKind::Replacement(e)))?;
-    let mut bytes = vec![0; src.len()];
-    I::relocate(&src, repl.start, site.start, &mut bytes)
-        .map_err(|e| err(TableErrorKind::Replacement(e)))?;
+    let at = arena.len();
+    let src = &src[..n];
+    let shape = match unchanged.get(src) {
+        Some(shape) => {
+            arena.extend_from_slice(src);
+            shape
+        }
+        None => {
+            arena.resize(at + n, 0);
+            let shape = I::relocate(src, repl.start, site.start, &mut arena[at..])
+                .map_err(|e| err(TableErrorKind::Replacement(e)))?;
+            // Moved elsewhere and still the same bytes: nothing in it depends on where it is.
+            if repl.start != site.start && arena[at..] == *src {
+                unchanged.put(src, shape);
+            }
+            shape
+        }
+    };
     Ok(Parsed {
         capability: Some(capability),
         negated,
-        variant: Variant::Inline { bytes, shape },
+        variant: Variant::Inline { at, len: n, shape },
     })
 }
 
 /// The entries of one site, and the site's bytes.
 struct Group {
     site: Range<u64>,
-    /// Entry indices in table order (the first one carries the site's default).
-    entries: Vec<usize>,
-    original: Vec<u8>,
+    /// Where the site's entry indices are in the sorted order, in table order (the first one
+    /// carries the site's default).
+    entries: Range<usize>,
+    original: SiteBytes,
     shape: Shape,
+}
+
+impl Group {
+    fn entries<'o>(&self, order: &'o [usize]) -> &'o [usize] {
+        &order[self.entries.clone()]
+    }
 }
 
 /// Sorts the entries into sites (table order kept among the entries of one site), checks
@@ -524,17 +628,17 @@ struct Group {
 fn group_sites<I: Isa, M: Memory>(
     entries: &[TableEntry],
     mem: &M,
-) -> Result<Vec<Group>, TableError> {
+) -> Result<(Vec<usize>, Vec<Group>), TableError> {
     let mut order: Vec<usize> = (0..entries.len())
         .filter(|&i| !entries[i].is_placeholder())
         .collect();
     order.sort_by_key(|&i| (entries[i].site().start, i));
     let mut groups: Vec<Group> = Vec::new();
-    for &i in &order {
+    for (k, &i) in order.iter().enumerate() {
         let t = &entries[i];
         let site = t.site();
         if let Some(g) = groups.last_mut() {
-            let first = g.entries[0];
+            let first = order[g.entries.start];
             if g.site.start == site.start {
                 if g.site.end != site.end {
                     return Err(error(
@@ -546,7 +650,7 @@ fn group_sites<I: Isa, M: Memory>(
                         },
                     ));
                 }
-                g.entries.push(i);
+                g.entries.end = k + 1;
                 continue;
             }
             if g.site.end > site.start {
@@ -560,19 +664,19 @@ fn group_sites<I: Isa, M: Memory>(
                 ));
             }
         }
-        let mut original = vec![0; site.end.saturating_sub(site.start) as usize];
+        let mut original = SiteBytes::filled(0, site.end.saturating_sub(site.start) as usize);
         mem.read(site.start, &mut original)
             .map_err(|e| error(i, t, TableErrorKind::Unreadable(e)))?;
         let shape =
             I::shape(site.start, &original).map_err(|e| error(i, t, TableErrorKind::Site(e)))?;
         groups.push(Group {
             site,
-            entries: vec![i],
+            entries: k..k + 1,
             original,
             shape,
         });
     }
-    Ok(groups)
+    Ok((order, groups))
 }
 
 /// Where a direct call of this site ends: where the default's (last) call returns, or right
@@ -580,7 +684,6 @@ fn group_sites<I: Isa, M: Memory>(
 fn call_end<I: Isa>(g: &Group) -> usize {
     g.shape
         .returns
-        .iter()
         .last()
         .filter(|&r| r >= usize::from(I::CALL_LEN))
         .unwrap_or(usize::from(I::CALL_LEN))
@@ -591,12 +694,13 @@ fn call_end<I: Isa>(g: &Group) -> usize {
 fn check_returns<I: Isa>(
     entries: &[TableEntry],
     parsed: &[Parsed],
+    order: &[usize],
     g: &Group,
 ) -> Result<Offsets, TableError> {
     let call_end = call_end::<I>(g);
     let call_start = call_end - usize::from(I::CALL_LEN);
     let mut returns = g.shape.returns;
-    for &i in &g.entries {
+    for &i in g.entries(order) {
         match &parsed[i].variant {
             Variant::Inline { shape, .. } => returns = returns.union(shape.returns),
             Variant::Call(_) => returns.insert(call_end),
@@ -604,21 +708,20 @@ fn check_returns<I: Isa>(
         }
     }
     let len = g.original.len();
-    for r in returns.iter() {
+    // A return to the site's end is fine in every variant: each ends there.
+    for r in returns.iter().take_while(|&r| r < len) {
         let offset = r as u8;
-        let first = g.entries[0];
-        if r > len || !g.shape.boundaries.contains(r) {
+        let first = g.entries(order)[0];
+        if !g.shape.boundaries.contains(r) {
             let kind = TableErrorKind::ReturnInsideInstruction {
                 offset,
                 in_default: true,
             };
             return Err(error(first, &entries[first], kind));
         }
-        for &i in &g.entries {
+        for &i in g.entries(order) {
             let straddles = match &parsed[i].variant {
-                Variant::Inline { bytes, shape } => {
-                    r < bytes.len() && !shape.boundaries.contains(r)
-                }
+                Variant::Inline { len, shape, .. } => r < *len && !shape.boundaries.contains(r),
                 Variant::Call(_) => r > call_start && r < call_end,
                 Variant::None => false,
             };
@@ -652,27 +755,30 @@ fn decide(parsed: &[Parsed], candidates: &[Candidate]) -> Choice {
 fn encode<I: Isa>(
     entries: &[TableEntry],
     parsed: &[Parsed],
+    arena: &[u8],
     g: &Group,
     choice: Choice,
     returns: Offsets,
-) -> Result<Vec<u8>, TableError> {
+) -> Result<SiteBytes, TableError> {
     let len = g.original.len();
     match choice {
         Choice::Default => {
-            let kept = I::keep_default(&g.original);
-            // Merged NOP padding must not swallow a return boundary.
-            let keeps = I::shape(g.site.start, &kept)
-                .map(|s| returns.iter().all(|r| s.boundaries.contains(r)))
-                .unwrap_or(false);
+            let mut kept = SiteBytes::filled(0, len);
+            I::keep_default(&g.original, &mut kept);
+            // Merged NOP padding must not swallow a return boundary (the site's end is one).
+            let keeps = returns.iter().all(|r| r >= len)
+                || I::shape(g.site.start, &kept)
+                    .map(|s| returns.iter().all(|r| s.boundaries.contains(r)))
+                    .unwrap_or(false);
             Ok(if keeps { kept } else { g.original.clone() })
         }
         Choice::Inline { entry } => {
-            let Variant::Inline { bytes, .. } = &parsed[entry].variant else {
+            let Variant::Inline { at, len: n, .. } = parsed[entry].variant else {
                 unreachable!("an inline choice has inline bytes")
             };
-            let mut new = vec![0; len];
-            new[..bytes.len()].copy_from_slice(bytes);
-            fill_keeping::<I>(&mut new, bytes.len(), returns);
+            let mut new = SiteBytes::filled(0, len);
+            new[..n].copy_from_slice(&arena[at..at + n]);
+            fill_keeping::<I>(&mut new, n, returns);
             Ok(new)
         }
         Choice::DirectCall { entry, target } => {
@@ -680,7 +786,7 @@ fn encode<I: Isa>(
             let start = end - usize::from(I::CALL_LEN);
             let call = I::call(g.site.start + start as u64, target)
                 .map_err(|e| error(entry, &entries[entry], TableErrorKind::Replacement(e)))?;
-            let mut new = vec![0; len];
+            let mut new = SiteBytes::filled(0, len);
             fill_keeping::<I>(&mut new[..start], 0, returns);
             new[start..end].copy_from_slice(&call);
             let mut after = Offsets::EMPTY;

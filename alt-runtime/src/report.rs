@@ -1,6 +1,11 @@
 //! The report: per site what was chosen and why, the bytes before and after, totals per
 //! capability, pages touched and time taken.
 //!
+//! Patching returns one: [`crate::process::patch_self`] in a hosted process (after its run, so
+//! the report describes text that is already patched), a paravirt table's `install`, or a kernel's
+//! own call of the [driver](crate::driver). It is plain data: print it, log it, or keep it; reverting
+//! does not need it (the patched state is kept by the patching code).
+//!
 //! [`Report`] implements [`Display`](core::fmt::Display) for people, and
 //! [`Report::to_json`] gives one JSON object for programs:
 //!
@@ -25,9 +30,10 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
+use crate::bytes::SiteBytes;
 use crate::capability::{Capability, CapabilitySet};
 use crate::paravirt::{PvDecision, PvSitePlan};
-use crate::plan::{Candidate, Choice, SitePlan};
+use crate::plan::{Candidate, Candidates, Choice, SitePlan};
 
 /// What was done at one alternatives site.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,16 +42,14 @@ pub struct SiteReport {
     pub addr: u64,
     /// Name of the function the site belongs to, where the table names it.
     pub function: Option<&'static str>,
-    /// Names of the site's entries' variants, parallel to `candidates`, where known.
-    pub variants: Vec<Option<&'static str>>,
     /// The decision.
     pub choice: Choice,
     /// Every entry considered, in priority order, with whether it held.
-    pub candidates: Vec<Candidate>,
+    pub candidates: Candidates,
     /// The bytes before.
-    pub before: Vec<u8>,
+    pub before: SiteBytes,
     /// The bytes after.
-    pub after: Vec<u8>,
+    pub after: SiteBytes,
 }
 
 impl SiteReport {
@@ -54,7 +58,6 @@ impl SiteReport {
         SiteReport {
             addr: s.write.addr,
             function: None,
-            variants: alloc::vec![None; s.candidates.len()],
             choice: s.choice,
             candidates: s.candidates,
             before: s.write.original,
@@ -90,13 +93,10 @@ impl SiteReport {
     pub fn variant(&self) -> String {
         match self.chosen() {
             None => String::from("default"),
-            Some(c) => {
-                let i = self.candidates.iter().position(|x| x.entry == c.entry);
-                match i.and_then(|i| self.variants.get(i).copied().flatten()) {
-                    Some(name) => String::from(name),
-                    None => format!("entry {}", c.entry),
-                }
-            }
+            Some(c) => match c.name {
+                Some(name) => String::from(name),
+                None => format!("entry {}", c.entry),
+            },
         }
     }
 
@@ -153,9 +153,9 @@ pub struct PvSiteReport {
     /// Why, for people.
     pub why: String,
     /// The bytes before.
-    pub before: Vec<u8>,
+    pub before: SiteBytes,
     /// The bytes after.
-    pub after: Vec<u8>,
+    pub after: SiteBytes,
 }
 
 impl PvSiteReport {
@@ -368,17 +368,7 @@ pub fn json_str(s: &str) -> String {
     out
 }
 
-/// Bytes shown as lower-case hex without separators.
-pub struct Hex<'a>(pub &'a [u8]);
-
-impl fmt::Display for Hex<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
+pub use crate::bytes::Hex;
 
 /// Bytes shown as spaced hex (`e8 12 34 56 78`).
 struct SpacedHex<'a>(&'a [u8]);

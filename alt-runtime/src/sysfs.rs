@@ -27,7 +27,6 @@ use std::path::{Path, PathBuf};
 use std::string::String;
 use std::vec::Vec;
 
-use crate::cpu::CpuDescriptor;
 use crate::x86_64::cpuid::CoreType;
 
 /// A set of CPU numbers, as Linux's CPU-list format writes it (`0-3,5,7-8`), in increasing
@@ -252,22 +251,6 @@ impl Sysfs {
             self.read_reg(cpu, "midr_el1")?,
             self.read_reg(cpu, "revidr_el1")?,
         ))
-    }
-
-    /// AArch64: the descriptor of CPU `cpu`, from its MIDR and REVIDR (errata from the
-    /// database). No thread, no instruction: two small files.
-    pub fn arm64_cpu(&self, cpu: u32) -> Result<CpuDescriptor, SysfsError> {
-        let (midr, revidr) = self.arm64_identity(cpu)?;
-        Ok(CpuDescriptor::arm64(cpu, midr, revidr))
-    }
-
-    /// AArch64: one descriptor per online CPU, in CPU order.
-    pub fn arm64_cpus(&self) -> Result<Vec<CpuDescriptor>, SysfsError> {
-        self.online_cpus()?
-            .cpus()
-            .iter()
-            .map(|&cpu| self.arm64_cpu(cpu))
-            .collect()
     }
 
     /// x86: the CPUs of each core type of a hybrid part, or `None` when neither

@@ -52,6 +52,7 @@
 //! | [`ALT_INSTR_SECTION`]            | [`AltEntry`] array, 4-byte aligned       | `aR`  |
 //! | [`ALT_REPLACEMENT_SECTION`]      | replacement code, copied into sites      | `axR` |
 //! | [`PV_SECTION_PREFIX`]`<table>`   | [`PvEntry`] array, 4-byte aligned        | `aR`  |
+//! | [`SITE_EFFECTS_SECTION`]         | [`EffectsEntry`] array, 4-byte aligned: what each site declares it changes (read by `alt-tablegen verify`, not by the runtime) | `aR` |
 //!
 //! The names are C identifiers so that hosted linkers define `__start_<name>` and
 //! `__stop_<name>`; kernels define the same symbols in their linker script (see
@@ -241,6 +242,134 @@ impl PvEntry {
     }
 }
 
+/// Section of the site-effects records ([`EffectsEntry`]).
+pub const SITE_EFFECTS_SECTION: &str = "alt_site_effects";
+
+/// Names of the general-purpose registers by hardware number, the bit numbering of
+/// [`EffectsEntry::gprs`].
+pub const GPR_NAMES: [&str; 16] = [
+    "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13",
+    "r14", "r15",
+];
+
+bitflags::bitflags! {
+    /// What else than general-purpose registers a site tells the compiler its code may change
+    /// or use: the `asm!` options it was emitted without (`preserves_flags`, `nomem`,
+    /// `readonly`, `nostack`) and whether it declares the vector registers clobbered.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct Effects: u8 {
+        /// The arithmetic flags may change (no `preserves_flags`).
+        const FLAGS = 1 << 0;
+        /// Memory may be read (no `nomem`).
+        const MEMORY_READ = 1 << 1;
+        /// Memory may be written (neither `nomem` nor `readonly`).
+        const MEMORY_WRITE = 1 << 2;
+        /// The stack may be used: pushes, calls (no `nostack`).
+        const STACK = 1 << 3;
+        /// Vector registers (`xmm`/`ymm`/`zmm`, `k` masks) may change.
+        const VECTORS = 1 << 4;
+    }
+}
+
+/// What an [`EffectsEntry`] adds besides the declaration it carries ([`EffectsEntry::kind`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum EffectsKind {
+    /// Only the declaration; `code` is 0.
+    Declaration = 0,
+    /// `code..code + code_len` is a variant the alternative tables do not name (a paravirt
+    /// operation's native inline sequence): it must keep the declaration too.
+    InlineVariant = 1,
+    /// `code` is a function a variant of the site calls (a paravirt thunk a backend is reached
+    /// through): calling it must keep the declaration.
+    CallVariant = 2,
+    /// `code..code + code_len` is one register-to-register instruction that names the
+    /// register the compiler chose for an output operand (`mov {out:r}, {out:r}`): that
+    /// register is declared changed too. Never executed.
+    OperandProbe = 3,
+    /// `code` is where a variant of the site may jump to leave it: a label operand of the
+    /// site's `asm!` block (`alt::has!`'s other arm). The compiler knows that edge, so a jump
+    /// there ends the variant as reaching the site's end does, and the declaration is judged
+    /// at that point.
+    JumpTarget = 4,
+}
+
+impl EffectsKind {
+    /// The kind of a raw `kind` byte.
+    pub const fn from_u8(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(Self::Declaration),
+            1 => Some(Self::InlineVariant),
+            2 => Some(Self::CallVariant),
+            3 => Some(Self::OperandProbe),
+            4 => Some(Self::JumpTarget),
+            _ => None,
+        }
+    }
+}
+
+/// What a site declares to the compiler it may change: the registers, flags, memory and stack
+/// its code may touch. The macros emit at least one per site into [`SITE_EFFECTS_SECTION`]; a
+/// site's records add up (bits OR'ed). The runtime does not read them: `alt-tablegen verify`
+/// checks every variant of every site against them.
+///
+/// | offset | size | field      | meaning                                               |
+/// |--------|------|------------|-------------------------------------------------------|
+/// | 0      | 4    | `site`     | self-relative offset of the site's first byte         |
+/// | 4      | 4    | `code`     | self-relative offset of the code `kind` names, or 0   |
+/// | 8      | 2    | `gprs`     | general-purpose registers that may change, bit = hardware number ([`GPR_NAMES`]) |
+/// | 10     | 1    | `effects`  | [`Effects`]                                           |
+/// | 11     | 1    | `kind`     | [`EffectsKind`]                                       |
+/// | 12     | 1    | `code_len` | length of the code at `code` (inline variant, probe)  |
+/// | 13     | 3    | reserved   | zero                                                  |
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, align(4))]
+pub struct EffectsEntry {
+    /// Self-relative offset of the site.
+    pub site: i32,
+    /// Self-relative offset of the code `kind` names, or 0.
+    pub code: i32,
+    /// General-purpose registers that may change.
+    pub gprs: u16,
+    /// [`Effects`] bits.
+    pub effects: u8,
+    /// [`EffectsKind`] as a byte.
+    pub kind: u8,
+    /// Length of the code at `code`.
+    pub code_len: u8,
+    /// Zero.
+    pub reserved: [u8; 3],
+}
+
+/// Size of an [`EffectsEntry`] in a table.
+pub const EFFECTS_ENTRY_SIZE: usize = 16;
+const _: () = assert!(core::mem::size_of::<EffectsEntry>() == EFFECTS_ENTRY_SIZE);
+
+impl EffectsEntry {
+    /// Address of the site, for a record that lives at `entry_addr`.
+    pub const fn site_addr(&self, entry_addr: u64) -> u64 {
+        resolve(entry_addr, self.site)
+    }
+
+    /// Address of the code, for a record that lives at `entry_addr`.
+    pub const fn code_addr(&self, entry_addr: u64) -> u64 {
+        resolve(entry_addr + 4, self.code)
+    }
+
+    /// Reads a record from its 16 little-endian bytes.
+    pub const fn from_bytes(b: &[u8; EFFECTS_ENTRY_SIZE]) -> Self {
+        Self {
+            site: i32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            code: i32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+            gprs: u16::from_le_bytes([b[8], b[9]]),
+            effects: b[10],
+            kind: b[11],
+            code_len: b[12],
+            reserved: [b[13], b[14], b[15]],
+        }
+    }
+}
+
 /// Resolves a self-relative field: the address of the field plus its value, wrapping as the
 /// hardware does.
 pub const fn resolve(field_addr: u64, value: i32) -> u64 {
@@ -305,6 +434,27 @@ mod tests {
         assert_eq!(p.to_bytes(), [8, 0, 0, 0, 3, 7, 1, 0]);
         assert_eq!(PvEntry::from_bytes(&p.to_bytes()), p);
         assert_eq!(core::mem::offset_of!(PvEntry, clobbers), 6);
+    }
+
+    #[test]
+    fn effects_record_matches_the_documented_offsets() {
+        let b = [
+            0xf0, 0xff, 0xff, 0xff, 0x10, 0, 0, 0, 0x07, 0x00, 0x1f, 3, 3, 0, 0, 0,
+        ];
+        let e = EffectsEntry::from_bytes(&b);
+        assert_eq!(e.site_addr(0x1000), 0xff0);
+        assert_eq!(e.code_addr(0x1000), 0x1014);
+        assert_eq!(e.gprs, 0b111, "rax, rcx, rdx");
+        assert_eq!(Effects::from_bits(e.effects), Some(Effects::all()));
+        assert_eq!(
+            EffectsKind::from_u8(e.kind),
+            Some(EffectsKind::OperandProbe)
+        );
+        assert_eq!(e.code_len, 3);
+        assert_eq!(core::mem::offset_of!(EffectsEntry, gprs), 8);
+        assert_eq!(core::mem::offset_of!(EffectsEntry, kind), 11);
+        assert_eq!(core::mem::offset_of!(EffectsEntry, code_len), 12);
+        assert_eq!(GPR_NAMES[7], "rdi");
     }
 
     #[test]

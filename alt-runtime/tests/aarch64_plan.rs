@@ -254,7 +254,12 @@ impl alt_runtime::isa::Isa for RecordingA64 {
     fn shape(addr: u64, code: &[u8]) -> Result<alt_runtime::isa::Shape, CodeError> {
         Aarch64::shape(addr, code)
     }
-    fn relocate(src: &[u8], from: u64, to: u64, out: &mut [u8]) -> Result<(), CodeError> {
+    fn relocate(
+        src: &[u8],
+        from: u64,
+        to: u64,
+        out: &mut [u8],
+    ) -> Result<alt_runtime::isa::Shape, CodeError> {
         Aarch64::relocate(src, from, to, out)
     }
     fn call(at: u64, target: u64) -> Result<Vec<u8>, CodeError> {
@@ -263,8 +268,8 @@ impl alt_runtime::isa::Isa for RecordingA64 {
     fn fill(buf: &mut [u8]) {
         Aarch64::fill(buf)
     }
-    fn keep_default(code: &[u8]) -> Vec<u8> {
-        Aarch64::keep_default(code)
+    fn keep_default(code: &[u8], out: &mut [u8]) {
+        Aarch64::keep_default(code, out)
     }
     fn sync(ranges: &mut dyn Iterator<Item = std::ops::Range<u64>>) {
         let written = WRITTEN.load(std::sync::atomic::Ordering::SeqCst);

@@ -127,6 +127,7 @@ fn present_feature_gets_the_inline_replacement_with_recommended_nops() {
             negated: false,
             direct_call: false,
             held: true,
+            name: None,
         }]
     );
     let p = patch(plan);

@@ -121,7 +121,7 @@ fn sourced(e: Errata, core: &str) {
 fn rk3399_little_errata_are_worked_around_on_the_big_cores_too() {
     let tree = Tree::new("rk3399");
     rk3399(&tree);
-    let cpus = tree.sysfs().arm64_cpus().unwrap();
+    let cpus = alt_runtime::cpu::arm64_cpus(&tree.sysfs()).unwrap();
     assert_eq!(
         cpus.iter().map(|d| d.index).collect::<Vec<_>>(),
         [0, 1, 2, 3, 4, 5]
@@ -152,12 +152,12 @@ fn a_revidr_fix_bit_on_every_little_core_drops_843419() {
     for n in 0..4 {
         tree.cpu(n, A53_R0P4, 1 << 8);
     }
-    let cpus = tree.sysfs().arm64_cpus().unwrap();
+    let cpus = alt_runtime::cpu::arm64_cpus(&tree.sysfs()).unwrap();
     assert!(!errata(&cpus).contains(Errata::ARM64_843419));
     assert!(errata(&cpus).contains(Errata::ARM64_845719));
     // One little core without the fix is enough to need the workaround everywhere.
     tree.cpu(2, A53_R0P4, 0);
-    let cpus = tree.sysfs().arm64_cpus().unwrap();
+    let cpus = alt_runtime::cpu::arm64_cpus(&tree.sysfs()).unwrap();
     assert!(errata(&cpus).contains(Errata::ARM64_843419));
 }
 
@@ -173,7 +173,7 @@ fn snapdragon_855_kryo_cores_get_their_arm_designs_errata() {
         tree.cpu(n, KRYO485_GOLD, 0);
     }
     tree.online("0-7");
-    let cpus = tree.sysfs().arm64_cpus().unwrap();
+    let cpus = alt_runtime::cpu::arm64_cpus(&tree.sysfs()).unwrap();
     let silver = Errata::ARM64_1530923;
     let gold = Errata::ARM64_1286807 | Errata::ARM64_1463225 | Errata::ARM64_1418040;
     assert_eq!(cpus[0].errata, silver, "{:?}", names(cpus[0].errata));
@@ -194,7 +194,7 @@ fn phone_soc_with_arm_a55_and_a76() {
         tree.cpu(n, A76_R1P0, 0);
     }
     tree.online("0-7");
-    let cpus = tree.sysfs().arm64_cpus().unwrap();
+    let cpus = alt_runtime::cpu::arm64_cpus(&tree.sysfs()).unwrap();
     let a55 = Errata::ARM64_1530923 | Errata::ARM64_2441007;
     let a76 = Errata::ARM64_1165522
         | Errata::ARM64_1286807
@@ -215,7 +215,7 @@ fn uniform_neoverse_n1_server() {
         tree.cpu(n, N1_R3P1, 0);
     }
     tree.online("0-79");
-    let cpus = tree.sysfs().arm64_cpus().unwrap();
+    let cpus = alt_runtime::cpu::arm64_cpus(&tree.sysfs()).unwrap();
     assert_eq!(cpus.len(), 80);
     let n1 = Errata::ARM64_1418040 | Errata::ARM64_1542419 | Errata::ARM64_3194386;
     assert!(cpus.iter().all(|d| d.errata == n1));
@@ -236,12 +236,12 @@ fn offline_cpus_are_not_decided_from_and_are_checked_when_they_come_online() {
     tree.offline("4-5");
     let sysfs = tree.sysfs();
     assert_eq!(sysfs.offline_cpus().unwrap().cpus(), &[4, 5]);
-    let cpus = sysfs.arm64_cpus().unwrap();
+    let cpus = alt_runtime::cpu::arm64_cpus(&sysfs).unwrap();
     assert_eq!(cpus.len(), 4);
     let sys = SystemCaps::from_cpus(&cpus);
     assert!(!sys.capabilities().errata.contains(Errata::ARM64_1319367));
     // An offline CPU has no registers to read.
-    let e = sysfs.arm64_cpu(4).unwrap_err();
+    let e = alt_runtime::cpu::arm64_cpu(&sysfs, 4).unwrap_err();
     assert_eq!(e.kind, SysfsErrorKind::Io(std::io::ErrorKind::NotFound));
     assert!(e
         .path
@@ -256,7 +256,7 @@ fn offline_cpus_are_not_decided_from_and_are_checked_when_they_come_online() {
     // CPU 4 comes online: Linux creates its registers; it needs a workaround not applied.
     tree.cpu(4, A72_R0P2, 0);
     tree.online("0-4");
-    let late = sysfs.arm64_cpu(4).unwrap();
+    let late = alt_runtime::cpu::arm64_cpu(&sysfs, 4).unwrap();
     let erratum = Capability::erratum(Errata::ARM64_1319367).unwrap();
     assert_eq!(
         sys.check_late_cpu(&late, LateCpuPolicy::Optional),
@@ -270,14 +270,17 @@ fn offline_cpus_are_not_decided_from_and_are_checked_when_they_come_online() {
     );
     // A late Cortex-A53 like the others is accepted.
     tree.cpu(5, A53_R0P4, 0);
-    let late = sysfs.arm64_cpu(5).unwrap();
+    let late = alt_runtime::cpu::arm64_cpu(&sysfs, 5).unwrap();
     assert_eq!(sys.check_late_cpu(&late, LateCpuPolicy::MustMatch), Ok(()));
     // Decided with the big cores online, the same table accepts the late A72.
-    let all = sysfs.arm64_cpus().unwrap();
+    let all = alt_runtime::cpu::arm64_cpus(&sysfs).unwrap();
     assert_eq!(all.len(), 5);
     let sys = SystemCaps::from_cpus(&all).with_used(used);
     assert_eq!(
-        sys.check_late_cpu(&sysfs.arm64_cpu(4).unwrap(), LateCpuPolicy::MustMatch),
+        sys.check_late_cpu(
+            &alt_runtime::cpu::arm64_cpu(&sysfs, 4).unwrap(),
+            LateCpuPolicy::MustMatch
+        ),
         Ok(())
     );
 }
@@ -295,7 +298,7 @@ fn malformed_register_files_are_refused_naming_the_file() {
         "devices/system/cpu/cpu1/regs/identification/revidr_el1",
         "0x0\n",
     );
-    let e = tree.sysfs().arm64_cpus().unwrap_err();
+    let e = alt_runtime::cpu::arm64_cpus(&tree.sysfs()).unwrap_err();
     assert!(e.path.ends_with("cpu1/regs/identification/midr_el1"), "{e}");
     assert_eq!(
         e.kind,
@@ -304,14 +307,19 @@ fn malformed_register_files_are_refused_naming_the_file() {
     // Linux writes nothing for a CPU whose MIDR it has not recorded.
     tree.write("devices/system/cpu/cpu1/regs/identification/midr_el1", "");
     assert!(matches!(
-        tree.sysfs().arm64_cpus().unwrap_err().kind,
+        alt_runtime::cpu::arm64_cpus(&tree.sysfs())
+            .unwrap_err()
+            .kind,
         SysfsErrorKind::Parse(_)
     ));
     tree.write(
         "devices/system/cpu/cpu1/regs/identification/midr_el1",
         "0x0000001000000000\n",
     );
-    assert!(tree.sysfs().arm64_cpus().is_err(), "above 32 bits");
+    assert!(
+        alt_runtime::cpu::arm64_cpus(&tree.sysfs()).is_err(),
+        "above 32 bits"
+    );
     tree.online("0-x");
     assert!(tree.sysfs().online_cpus().is_err());
 }

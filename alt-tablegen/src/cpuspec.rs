@@ -59,8 +59,15 @@ impl CpuSpec {
     pub fn from_names(list: &str) -> Result<Self, String> {
         let mut set = CapabilitySet::default();
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let cap = Capability::from_name(name)
-                .ok_or_else(|| format!("unknown capability name {name:?}"))?;
+            let cap = Capability::from_name(name).ok_or_else(|| {
+                let hint = Capability::suggest(name)
+                    .map(|c| format!("; did you mean `{c}`?"))
+                    .unwrap_or_default();
+                format!(
+                    "unknown capability name {name:?}{hint} (capabilities: {})",
+                    alt_runtime::capability::CapabilityNames
+                )
+            })?;
             set.set(cap);
         }
         Ok(Self::Capabilities(set))
@@ -99,8 +106,7 @@ impl CpuSpec {
         }
         let path = Path::new(spec);
         if path.is_dir() {
-            let cpus = Sysfs::at(path)
-                .arm64_cpus()
+            let cpus = alt_runtime::cpu::arm64_cpus(&Sysfs::at(path))
                 .map_err(|e| format!("--cpu {spec}: not a sysfs tree of AArch64 CPUs: {e}"))?;
             if cpus.is_empty() {
                 return Err(format!("--cpu {spec}: the sysfs tree has no online CPU"));

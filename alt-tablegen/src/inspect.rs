@@ -6,18 +6,23 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::Range;
 
+use alt_runtime::isa::{Aarch64, X86_64};
+use alt_runtime::memory::{Memory, MemoryError};
+use alt_runtime::paravirt::validate::check_site;
+use alt_runtime::paravirt::PvTableEntry;
+use alt_runtime::plan::{plan_alternatives_for, Choice, Layout, TableEntry};
 use alt_runtime::table::{
     AltEntry, AltFlags, PvEntry, ALT_ENTRY_SIZE, ALT_INSTR_SECTION, ALT_REPLACEMENT_SECTION,
-    KEY_RESERVED_MASK, PV_ENTRY_SIZE, PV_SECTION_PREFIX,
+    PV_ENTRY_SIZE, PV_SECTION_PREFIX,
 };
-use alt_runtime::{Capability, Clobbers};
-use iced_x86::{Decoder, DecoderError, DecoderOptions, Instruction};
+use alt_runtime::{Capability, CapabilitySet};
 use object::elf;
 use object::read::elf::SectionHeader;
 use serde::Serialize;
 
-use crate::read::{Error, ErrorKind, Object, LE};
+use crate::read::{Error, ErrorKind, Machine, Object, LE};
 use crate::scan::to_hex;
 
 /// One alternative entry, resolved.
@@ -306,225 +311,201 @@ impl fmt::Display for Problem {
     }
 }
 
-/// Checks that `bytes` (at `ip`) decode into whole instructions that end exactly at the end.
-fn whole_instructions(bytes: &[u8], ip: u64) -> Result<(), String> {
-    let mut d = Decoder::with_ip(64, bytes, ip, DecoderOptions::NONE);
-    let mut insn = Instruction::default();
-    while d.can_decode() {
-        let at = d.position();
-        d.decode_out(&mut insn);
-        if insn.is_invalid() {
-            return Err(if d.last_error() == DecoderError::NoMoreBytes {
-                format!(
-                    "the instruction at +{at} runs past the end ({} bytes)",
-                    bytes.len()
-                )
-            } else {
-                format!("invalid instruction at +{at}")
-            });
-        }
-    }
-    Ok(())
+/// The binary's code and data as the runtime's validator reads them: by virtual address, from
+/// the allocated sections with contents.
+struct FileMemory<'a, 'd> {
+    obj: &'a Object<'d>,
 }
 
-/// Verifies every entry. An empty result means the tables are valid.
+impl Memory for FileMemory<'_, '_> {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        let (bytes, _) = bytes_at(self.obj, addr, buf.len() as u64).ok_or(MemoryError { addr })?;
+        buf.copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// The layout the runtime would patch the binary with: its executable sections (without the
+/// replacement section) and the replacement section.
+fn layout_of(obj: &Object<'_>, tables: &Tables) -> (Vec<Range<u64>>, Range<u64>) {
+    let replacements = tables
+        .replacement_range
+        .map_or(0..0, |(start, size)| start..start + size);
+    let text = obj
+        .section_headers()
+        .filter(|(_, h)| {
+            let flags = h.sh_flags(LE);
+            flags & u64::from(elf::SHF_ALLOC) != 0 && flags & u64::from(elf::SHF_EXECINSTR) != 0
+        })
+        .map(|(_, h)| h.sh_addr(LE)..h.sh_addr(LE) + h.sh_size(LE))
+        .filter(|r| r.start != replacements.start || r.is_empty())
+        .collect();
+    (text, replacements)
+}
+
+/// The address and number of operations of the paravirt table `name` (its symbol: 8 bytes per
+/// operation).
+fn table_symbol(obj: &Object<'_>, name: &str) -> Option<(u64, usize)> {
+    obj.symbols()
+        .iter()
+        .find(|s| obj.symbol_name(s) == Some(name.as_bytes()) && s.st_shndx.get(LE) != 0)
+        .map(|s| (s.st_value.get(LE), (s.st_size.get(LE) / 8) as usize))
+}
+
+/// Where the paravirt table `name` is when no symbol of that name exists (a table emitted by
+/// `alt-tablegen` for a symbol of another name): the slot its sites call through, less 8 per
+/// operation, as most of its sites say (the runtime then checks every site against it). Its
+/// size is unknown: any operation index is accepted.
+fn inferred_table(obj: &Object<'_>, tables: &Tables, name: &str) -> Option<(u64, usize)> {
+    let mut votes: HashMap<u64, usize> = HashMap::new();
+    for p in tables.pv.iter().filter(|p| p.table == name) {
+        let Some((bytes, _)) = bytes_at(obj, p.site, p.site_len.into()) else {
+            continue;
+        };
+        let nops = bytes.iter().take_while(|&&b| b == 0x90).count();
+        let at = p.site + nops as u64;
+        if let Some((_, _, slot)) = alt_runtime::paravirt::SiteForm::of(&bytes[nops..], at) {
+            *votes
+                .entry(slot.wrapping_sub(8 * u64::from(p.op)))
+                .or_default() += 1;
+        }
+    }
+    let (addr, _) = votes
+        .into_iter()
+        .max_by_key(|&(a, n)| (n, core::cmp::Reverse(a)))?;
+    Some((addr, 256))
+}
+
+fn alt_entries(tables: &Tables) -> Vec<TableEntry> {
+    tables
+        .alt
+        .iter()
+        .map(|a| TableEntry {
+            addr: a.entry_addr,
+            entry: a.entry,
+        })
+        .collect()
+}
+
+/// The runtime's plan of the alternatives for `caps`, with the binary's instruction set.
+fn plan_for(
+    obj: &Object<'_>,
+    entries: &[TableEntry],
+    layout: &Layout<'_>,
+    caps: &CapabilitySet,
+) -> Result<alt_runtime::plan::Plan, alt_runtime::plan::TableError> {
+    let mem = FileMemory { obj };
+    match obj.machine {
+        Machine::Aarch64 => plan_alternatives_for::<Aarch64, _>(entries, layout, caps, &mem),
+        Machine::X86_64 => plan_alternatives_for::<X86_64, _>(entries, layout, caps, &mem),
+    }
+}
+
+/// Verifies every entry with the runtime's own validator, so that this tool and the runtime
+/// accept and refuse exactly the same sites. An empty result means the tables are valid.
 ///
-/// Alternative entries: site inside an executable section; replacement inside
-/// `alt_replacement` (for [`AltFlags::DIRECT_CALL`]: the target inside an executable section,
-/// `replacement_len` 0 and `site_len >= 5`); `replacement_len <= site_len`; a known capability;
-/// reserved flag bits zero; site and replacement bytes decode into whole instructions.
-/// Paravirt entries: site inside an executable section, `site_len >= 5`, known clobber bits,
-/// whole instructions. All entries: entries for one site agree on its length, and distinct
-/// sites do not overlap.
+/// Alternatives go through the runtime's planner (`alt_runtime::plan`: every check it makes
+/// before writing, the return-address rule included), planned for no capability and for every
+/// capability so that each entry's code is checked; an entry it refuses is reported and set
+/// aside, and the rest planned again, so that every bad entry is named. Paravirt entries go
+/// through `alt_runtime::paravirt::validate::check_site` with the table's address and size
+/// from its symbol. Sites of different tables must not overlap (`driver::first_overlap`).
 pub fn verify(obj: &Object<'_>, tables: &Tables) -> Vec<Problem> {
     let mut problems = Vec::new();
-    // Every distinct site: address -> (length, table, index).
-    let mut sites: HashMap<u64, (u8, String, usize)> = HashMap::new();
-    let mut note =
-        |problems: &mut Vec<Problem>, table: &str, index, entry_addr, site, len| match sites
-            .get(&site)
-        {
-            Some((l, t, i)) if *l != len => problems.push(Problem {
-                table: table.to_string(),
-                index,
-                entry_addr,
-                site,
-                reason: format!("site length {len} disagrees with {t}[{i}], which says {l}"),
-            }),
-            Some(_) => {}
-            None => {
-                sites.insert(site, (len, table.to_string(), index));
-            }
-        };
-    for a in &tables.alt {
-        let mut bad = |reason: String| {
-            problems.push(Problem {
-                table: ALT_INSTR_SECTION.to_string(),
-                index: a.index,
-                entry_addr: a.entry_addr,
-                site: a.site,
-                reason,
-            })
-        };
-        let e = &a.entry;
-        match bytes_at(obj, a.site, e.site_len.into()) {
-            Some((bytes, true)) => {
-                if let Err(why) = whole_instructions(bytes, a.site) {
-                    bad(format!(
-                        "site bytes do not decode into whole instructions: {why}"
-                    ));
+    let (text, replacements) = layout_of(obj, tables);
+    let layout = Layout {
+        text: &text,
+        replacements,
+    };
+    let mut entries = alt_entries(tables);
+    let placeholder = TableEntry {
+        addr: 0,
+        entry: AltEntry::from_bytes(&[0; ALT_ENTRY_SIZE]),
+    };
+    let mut refused = std::collections::BTreeSet::new();
+    let mut sites: Vec<Range<u64>> = Vec::new();
+    let every = CapabilitySet::new(alt_runtime::Features::all(), alt_runtime::Errata::all());
+    for caps in [CapabilitySet::default(), every] {
+        loop {
+            match plan_for(obj, &entries, &layout, &caps) {
+                Ok(plan) => {
+                    sites = plan.sites.iter().map(|s| s.write.range()).collect();
+                    break;
                 }
-            }
-            _ => bad(format!(
-                "site {:#x}..{:#x} is not inside an executable section",
-                a.site,
-                a.site.wrapping_add(e.site_len.into())
-            )),
-        }
-        if e.site_len == 0 {
-            bad("site length is 0".into());
-        }
-        if Capability::from_id(e.capability_id()).is_none() {
-            bad(format!("unknown capability id {:#05x}", e.capability_id()));
-        }
-        if e.key & KEY_RESERVED_MASK != 0 {
-            bad(format!(
-                "reserved flag bits {:#06x} are set in key {:#06x}",
-                e.key & KEY_RESERVED_MASK,
-                e.key
-            ));
-        }
-        if a.direct_call {
-            if e.site_len < 5 {
-                bad(format!(
-                    "a direct call needs a site of at least 5 bytes, the site has {}",
-                    e.site_len
-                ));
-            }
-            if e.replacement_len != 0 {
-                bad(format!(
-                    "a direct call has replacement length 0, this entry says {}",
-                    e.replacement_len
-                ));
-            }
-            if !matches!(bytes_at(obj, a.replacement, 1), Some((_, true))) {
-                bad(format!(
-                    "call target {:#x} is not inside an executable section",
-                    a.replacement
-                ));
-            }
-        } else {
-            if e.replacement_len > e.site_len {
-                bad(format!(
-                    "replacement ({} bytes) is longer than the site ({} bytes)",
-                    e.replacement_len, e.site_len
-                ));
-            }
-            let inside = tables.replacement_range.is_some_and(|(start, size)| {
-                a.replacement >= start
-                    && a.replacement - start <= size
-                    && size - (a.replacement - start) >= u64::from(e.replacement_len)
-            });
-            if !inside {
-                bad(format!(
-                    "replacement {:#x}..{:#x} is not inside {ALT_REPLACEMENT_SECTION}",
-                    a.replacement,
-                    a.replacement.wrapping_add(e.replacement_len.into())
-                ));
-            } else if let Some((bytes, _)) = bytes_at(obj, a.replacement, e.replacement_len.into())
-            {
-                if let Err(why) = whole_instructions(bytes, a.replacement) {
-                    bad(format!(
-                        "replacement bytes do not decode into whole instructions: {why}"
-                    ));
+                Err(e) => {
+                    if refused.insert(e.index) {
+                        problems.push(Problem {
+                            table: ALT_INSTR_SECTION.to_string(),
+                            index: e.index,
+                            entry_addr: e.entry_addr,
+                            site: e.site,
+                            reason: e.kind.to_string(),
+                        });
+                    }
+                    entries[e.index] = placeholder;
                 }
             }
         }
-        note(
-            &mut problems,
-            ALT_INSTR_SECTION,
-            a.index,
-            a.entry_addr,
-            a.site,
-            e.site_len,
-        );
+    }
+    let mem = FileMemory { obj };
+    let mut owner: HashMap<u64, (String, usize, u64)> = HashMap::new();
+    for a in tables.alt.iter().filter(|a| !refused.contains(&a.index)) {
+        owner
+            .entry(a.site)
+            .or_insert((ALT_INSTR_SECTION.to_string(), a.index, a.entry_addr));
     }
     for p in &tables.pv {
         let table = format!("{PV_SECTION_PREFIX}{}", p.table);
-        let mut bad = |reason: String| {
+        let Some((addr, ops)) =
+            table_symbol(obj, &p.table).or_else(|| inferred_table(obj, tables, &p.table))
+        else {
             problems.push(Problem {
-                table: table.clone(),
+                table,
                 index: p.index,
                 entry_addr: p.entry_addr,
                 site: p.site,
-                reason,
-            })
-        };
-        match bytes_at(obj, p.site, p.site_len.into()) {
-            Some((bytes, true)) => {
-                if let Err(why) = whole_instructions(bytes, p.site) {
-                    bad(format!(
-                        "site bytes do not decode into whole instructions: {why}"
-                    ));
-                }
-            }
-            _ => bad(format!(
-                "site {:#x}..{:#x} is not inside an executable section",
-                p.site,
-                p.site.wrapping_add(p.site_len.into())
-            )),
-        }
-        if p.site_len < 5 {
-            bad(format!(
-                "a paravirt site needs at least 5 bytes (a direct call), the site has {}",
-                p.site_len
-            ));
-        }
-        if Clobbers::from_bits(p.clobbers).is_none() {
-            bad(format!("unknown clobber bits in {:#06x}", p.clobbers));
-        }
-        note(
-            &mut problems,
-            &table,
-            p.index,
-            p.entry_addr,
-            p.site,
-            p.site_len,
-        );
-    }
-    // Distinct sites must not overlap.
-    let mut ordered: Vec<(u64, u8, String, usize)> = sites
-        .into_iter()
-        .map(|(addr, (len, t, i))| (addr, len, t, i))
-        .collect();
-    ordered.sort();
-    for w in ordered.windows(2) {
-        let (a, alen, at, ai) = &w[0];
-        let (b, _, bt, bi) = &w[1];
-        if a.saturating_add(u64::from(*alen)) > *b {
-            let entry_addr = tables
-                .alt
-                .iter()
-                .find(|x| ALT_INSTR_SECTION == bt && x.index == *bi)
-                .map(|x| x.entry_addr)
-                .or_else(|| {
-                    tables
-                        .pv
-                        .iter()
-                        .find(|x| {
-                            format!("{PV_SECTION_PREFIX}{}", x.table) == *bt && x.index == *bi
-                        })
-                        .map(|x| x.entry_addr)
-                })
-                .unwrap_or(0);
-            problems.push(Problem {
-                table: bt.clone(),
-                index: *bi,
-                entry_addr,
-                site: *b,
-                reason: format!("site overlaps the site at {a:#x} (length {alen}) of {at}[{ai}]"),
+                reason: format!(
+                    "no symbol {} for the table in the binary, and no site says where it is",
+                    p.table
+                ),
             });
+            continue;
+        };
+        let name: &'static str = "table";
+        let entry = PvTableEntry {
+            addr: p.entry_addr,
+            entry: PvEntry {
+                site: alt_runtime::table::relative(p.entry_addr, p.site).unwrap_or(0),
+                op: p.op,
+                site_len: p.site_len,
+                clobbers: p.clobbers,
+            },
+        };
+        match check_site(name, addr, ops, p.index, &entry, &layout, &mem) {
+            Ok(v) => {
+                sites.push(v.site);
+                owner.insert(p.site, (table, p.index, p.entry_addr));
+            }
+            Err(e) => problems.push(Problem {
+                table,
+                index: p.index,
+                entry_addr: p.entry_addr,
+                site: p.site,
+                reason: e.kind.to_string(),
+            }),
         }
+    }
+    while let Some((first, second)) = alt_runtime::driver::first_overlap(&mut sites) {
+        let (table, index, entry_addr) = owner.get(&second).cloned().unwrap_or_default();
+        let (other_table, other_index, _) = owner.get(&first).cloned().unwrap_or_default();
+        problems.push(Problem {
+            table,
+            index,
+            entry_addr,
+            site: second,
+            reason: format!("site overlaps the site at {first:#x} of {other_table}[{other_index}]"),
+        });
+        sites.retain(|r| r.start != second);
     }
     problems.sort_by(|x, y| (&x.table, x.index).cmp(&(&y.table, y.index)));
     problems
@@ -547,54 +528,48 @@ pub struct SiteDecision {
     pub outcome: String,
 }
 
-/// Plans every alternative site for a CPU, by the priority rule of [`alt_runtime::table`]:
-/// the first entry in table order that holds (capability present, or absent with
-/// [`AltFlags::NOT`]) is applied; if none holds, the site keeps its default code.
-pub fn plan(tables: &Tables, cpu: &CpuSpec) -> Vec<SiteDecision> {
-    let caps = cpu.capabilities();
-    let mut order: Vec<u64> = Vec::new();
-    let mut by_site: HashMap<u64, Vec<&AltRecord>> = HashMap::new();
-    for a in &tables.alt {
-        by_site
-            .entry(a.site)
-            .or_insert_with(|| {
-                order.push(a.site);
-                Vec::new()
-            })
-            .push(a);
-    }
-    order
-        .into_iter()
-        .map(|site| {
-            let entries = by_site.remove(&site).unwrap_or_default();
-            let chosen = entries.iter().find(|a| {
-                Capability::from_id(a.capability_id).is_some_and(|c| caps.has(c) != a.not)
-            });
-            let outcome = match chosen {
+/// Plans every alternative site for a CPU with the runtime's own planner (the priority rule of
+/// [`alt_runtime::table`]: the first entry in table order that holds is applied; if none holds,
+/// the site keeps its default code). A table the runtime would refuse is refused here too.
+pub fn plan(
+    obj: &Object<'_>,
+    tables: &Tables,
+    cpu: &CpuSpec,
+) -> Result<Vec<SiteDecision>, alt_runtime::plan::TableError> {
+    let (text, replacements) = layout_of(obj, tables);
+    let layout = Layout {
+        text: &text,
+        replacements,
+    };
+    let plan = plan_for(obj, &alt_entries(tables), &layout, &cpu.capabilities())?;
+    Ok(plan
+        .sites
+        .iter()
+        .map(|s| {
+            let record = |entry: usize| &tables.alt[entry];
+            let outcome = match s.chosen() {
                 None => "default code".to_string(),
-                Some(a) => {
-                    let cond = format!(
-                        "{}{}",
-                        if a.not { "!" } else { "" },
-                        a.capability.unwrap_or("?")
-                    );
-                    if a.direct_call {
-                        format!("call {:#x} (alt_instr[{}], {cond})", a.replacement, a.index)
-                    } else {
-                        format!(
+                Some(c) => {
+                    let a = record(c.entry);
+                    let cond = format!("{}{}", if c.negated { "!" } else { "" }, c.capability);
+                    match s.choice {
+                        Choice::DirectCall { target, .. } => {
+                            format!("call {target:#x} (alt_instr[{}], {cond})", a.index)
+                        }
+                        _ => format!(
                             "replacement {:#x} len {} (alt_instr[{}], {cond})",
                             a.replacement, a.replacement_len, a.index
-                        )
+                        ),
                     }
                 }
             };
             SiteDecision {
-                site,
-                site_len: entries.first().map_or(0, |a| a.site_len),
-                entries: entries.iter().map(|a| a.index).collect(),
-                chosen: chosen.map(|a| a.index),
+                site: s.write.addr,
+                site_len: s.write.original.len() as u8,
+                entries: s.candidates.iter().map(|c| c.entry).collect(),
+                chosen: s.chosen().map(|c| c.entry),
                 outcome,
             }
         })
-        .collect()
+        .collect())
 }

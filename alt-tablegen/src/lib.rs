@@ -14,6 +14,8 @@
 //!   instruction that holds it ([`scan::Form`]).
 //! - [`emit`]: the `alt_pv_<table>` object.
 //! - [`inspect`]: `inspect`, `verify` and `plan` on a linked binary.
+//! - [`effects`]: the register-effects half of `verify`: every variant of every site changes
+//!   only what the site declares to the compiler.
 //! - [`cpuspec`]: what `--cpu` describes (QEMU models, AArch64 cores and MIDRs, sysfs trees,
 //!   CPUID dumps with every logical CPU), decided by the runtime's per-CPU policy.
 //! - [`apply`]: a patched copy of a linked image for a CPU, planned by the runtime's planner.
@@ -72,6 +74,7 @@
 pub mod apply;
 pub mod build;
 pub mod cpuspec;
+pub mod effects;
 pub mod emit;
 pub mod inspect;
 pub mod read;

@@ -61,9 +61,10 @@ enum Command {
         /// A linked executable, shared object or kernel image.
         file: PathBuf,
     },
-    /// Check every table entry of a linked binary; exit 1 if any is wrong.
+    /// Check every table entry of a linked binary, and that every variant of every site changes
+    /// only the registers, flags, memory and stack its site declares; exit 1 if any is wrong.
     Verify {
-        /// Print JSON (`{"problems":[...]}`).
+        /// Print JSON (`{"problems":[...],"effects":{"sites_checked":N,...,"problems":[...]}}`).
         #[arg(long)]
         json: bool,
         /// A linked executable, shared object or kernel image.
@@ -216,25 +217,39 @@ fn run(cli: Cli) -> Result<ExitCode, alt_tablegen::Error> {
             for obj in input.objects()? {
                 let tables = Tables::read(&obj)?;
                 let problems = inspect::verify(&obj, &tables);
-                failed |= !problems.is_empty();
+                let effects = alt_tablegen::effects::check(&obj, &tables);
+                failed |= !problems.is_empty() || !effects.problems.is_empty();
                 if json {
-                    let v = serde_json::json!({ "problems": problems });
+                    let v = serde_json::json!({ "problems": problems, "effects": effects });
                     out(&format!("{v:#}\n"));
-                } else if problems.is_empty() {
+                } else if problems.is_empty() && effects.problems.is_empty() {
                     out(&format!(
-                        "{}: ok: {} alternative and {} paravirt entries verified\n",
+                        "{}: ok: {} alternative and {} paravirt entries verified; every variant of {} site(s) keeps what its site declares{}\n",
                         file.display(),
                         tables.alt.len(),
-                        tables.pv.len()
+                        tables.pv.len(),
+                        effects.sites_checked,
+                        if effects.sites_without_record > 0 {
+                            format!(
+                                " ({} site(s) without an effects record not checked)",
+                                effects.sites_without_record
+                            )
+                        } else {
+                            String::new()
+                        }
                     ));
                 } else {
                     for p in &problems {
                         eprintln!("alt-tablegen: {}: {p}", file.display());
                     }
+                    for p in &effects.problems {
+                        eprintln!("alt-tablegen: {}: {p}", file.display());
+                    }
                     eprintln!(
-                        "alt-tablegen: {}: {} problem(s) in the tables",
+                        "alt-tablegen: {}: {} problem(s) in the tables, {} broken site promise(s)",
                         file.display(),
-                        problems.len()
+                        problems.len(),
+                        effects.problems.len()
                     );
                 }
             }
@@ -256,7 +271,12 @@ fn run(cli: Cli) -> Result<ExitCode, alt_tablegen::Error> {
                 spec.check_machine(obj.machine, &file)
                     .map_err(|e| Error::new(obj.location(), ErrorKind::Other(e)))?;
                 let tables = Tables::read(&obj)?;
-                let decisions = inspect::plan(&tables, &spec);
+                let decisions = inspect::plan(&obj, &tables, &spec).map_err(|e| {
+                    Error::new(
+                        obj.location(),
+                        ErrorKind::Other(format!("the runtime would refuse this table: {e}")),
+                    )
+                })?;
                 if json {
                     let v = serde_json::json!({ "sites": decisions });
                     out(&format!("{v:#}\n"));

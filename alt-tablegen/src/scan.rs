@@ -32,9 +32,10 @@ pub enum Form {
     CallAbs32,
     /// `jmp *sym+disp(%rip)` (an indirect tail call): `ff 25` disp32, 6 bytes. Patchable.
     JmpRip,
-    /// `call sym`: `e8` rel32, 5 bytes. Patchable.
+    /// `call sym`: `e8` rel32, 5 bytes. A direct call, not through a table slot: the runtime
+    /// has nothing to patch it from, so not patchable.
     CallRel32,
-    /// `jmp sym` (a direct tail call): `e9` rel32, 5 bytes. Patchable.
+    /// `jmp sym` (a direct tail call): `e9` rel32, 5 bytes. Not patchable, like `CallRel32`.
     JmpRel32,
     /// A memory read through the symbol (`mov sym(%rip), %rax`, a GOT load under `-fPIC`, any
     /// other instruction reading memory at the symbol).
@@ -67,12 +68,11 @@ impl Form {
         }
     }
 
-    /// Whether a site of this form can be patched (it is a call or a tail call).
+    /// Whether a site of this form can be patched: exactly the forms the runtime's paravirt
+    /// validator accepts (`alt_runtime::paravirt::SiteForm`), a call or tail jump through a
+    /// table slot. `emit` writes entries for these only.
     pub fn is_patchable(self) -> bool {
-        matches!(
-            self,
-            Self::CallRip | Self::CallAbs32 | Self::JmpRip | Self::CallRel32 | Self::JmpRel32
-        )
+        self.is_table_call()
     }
 
     /// Whether this is an indirect call or jump through a memory slot (an operations table).

@@ -9,6 +9,8 @@
 //! - `pv-site <table> <op> <decision>` per paravirt site;
 //! - `late cpuN: accepted (...)` and `late cpuN: checksum ...`, or `late cpuN: refused: <error>`
 //!   and `late cpuN: parked, ...`, per CPU started after patching; `registry: cpus ...`;
+//! - `has before patching: ...` and `has: ...`: the kernel's `alt::has!` branches
+//!   ([`work::Branches`]) before and after patching;
 //! - `checksum: 0x...`, equal before and after patching (the kernel checks), on every model, on
 //!   every CPU and under either paravirt backend;
 //! - `alt test kernel: ok` before exiting with [`ExitCode::Success`] (qemu exit status 33).
@@ -16,6 +18,7 @@
 //! Command-line options (qemu `-append`): `alt.clearcpuid=LIST` as the runtime defines it;
 //! `alt.pv=native|alt` (the paravirt backend); `alt.late-cpus=N` (CPUs started after patching;
 //! default 1 when there are 3 or more); `alt.late-cpu-policy=must-match|optional`; test knobs
+//! `alt.test=erratum=CAP[,CAP]` (patch as if a CPU had these errata),
 //! `alt.test=late-cpu-lacks=CAP[,CAP]` and `alt.test=late-cpu-needs=CAP[,CAP]` (change the late
 //! CPU's descriptor before it reports), and `alt.test=write-text`, which writes to the text
 //! directly and must die of a page fault.
@@ -160,10 +163,14 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
         Ok(o) => o.apply(&mut caps),
         Err(e) => fail(format_args!("{e}")),
     }
+    if let Err(e) = test_errata(&cmdline, &mut caps) {
+        fail(format_args!("{e}"));
+    }
     println!("capabilities: {}", CapabilityList(caps));
 
     let unpatched = work::run();
     println!("checksum before patching: {unpatched:#018x}");
+    println!("has before patching: {}", work::Branches::now());
 
     // Patching: the driver plans every table, then writes through the alias writer while the
     // other CPUs wait at the rendezvous.
@@ -219,6 +226,7 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
         let cap = site.chosen().map_or("-", |c| c.capability.name());
         println!("alt-site {} {} {}", site.label(), site.decision(), cap);
     }
+    println!("has: {}", work::Branches::now());
     for site in &report.paravirt {
         println!(
             "pv-site {} {} {}",
@@ -359,6 +367,27 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
     println!("heap used: {} bytes", ALLOCATOR.used());
     println!("alt test kernel: ok");
     exit(ExitCode::Success)
+}
+
+/// `alt.test=erratum=CAP[,CAP]`: patch as if a CPU had these errata (which no qemu model has),
+/// so that their workarounds stay applied. Errata only: a feature the CPUs lack would fault.
+fn test_errata(cmdline: &str, caps: &mut CapabilitySet) -> Result<(), String> {
+    for w in cmdline.split_ascii_whitespace() {
+        let Some(list) = w.strip_prefix("alt.test=erratum=") else {
+            continue;
+        };
+        for name in list.split(',') {
+            match Capability::from_name(name) {
+                Some(c) if matches!(c.kind(), alt::CapabilityKind::Erratum(_)) => caps.set(c),
+                _ => {
+                    return Err(alloc::format!(
+                        "alt.test=erratum=: {name:?} is not an erratum"
+                    ))
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Command-line options about CPUs that come up after patching.

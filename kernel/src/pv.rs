@@ -50,25 +50,32 @@ alt::paravirt_ops! {
         /// RFLAGS (IF is bit 9).
         fn irq_save() -> u64 {
             native: native_irq_save,
-            inline: ["pushfq", "pop {ret}"],
+            // SAFETY: pushes RFLAGS and pops it into the result: the stack is balanced and only
+            // rax changes.
+            unsafe inline: ["pushfq", "pop {ret}"],
             clobbers: [rax],
         }
         /// Restores RFLAGS saved by `irq_save`.
         fn irq_restore(flags: u64) {
             native: native_irq_restore,
-            inline: ["push {flags}", "popfq"],
+            // SAFETY: loads RFLAGS from the argument, as the native function does; the stack is
+            // balanced and no register changes (RFLAGS is what the operation is for).
+            unsafe inline: ["push {flags}", "popfq"],
             clobbers: [rax],
         }
         /// The time-stamp counter.
         fn cycles() -> u64 {
             native: native_cycles,
-            inline: ["rdtsc", "shl rdx, 32", "or rax, rdx"],
+            // SAFETY: RDTSC writes rdx:rax only, both declared; the result is assembled in rax.
+            unsafe inline: ["rdtsc", "shl rdx, 32", "or rax, rdx"],
             clobbers: [rax, rdx],
         }
         /// Waits a little: a write to port 0x80, natively.
         fn io_delay() {
             native: native_io_delay,
-            inline: ["out 0x80, al"],
+            // SAFETY: a write to the unused diagnostic port 0x80, which the kernel runs at the
+            // privilege level for; no register changes.
+            unsafe inline: ["out 0x80, al"],
             clobbers: [rax],
         }
         /// Waits for something to happen (a spin-loop hint, natively). Never called.

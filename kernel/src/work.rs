@@ -9,7 +9,10 @@ use alt::alternative;
 pub static RUNS: AtomicU32 = AtomicU32::new(0);
 
 /// Number of set bits.
-#[alternative(popcnt => inline("popcnt {ret}, {x}"))]
+#[alternative(
+    // SAFETY: POPCNT writes only its destination (the result) and the flags.
+    popcnt => unsafe inline("popcnt {ret}, {x}")
+)]
 pub fn popcount(x: u64) -> u64 {
     let x = x - ((x >> 1) & 0x5555_5555_5555_5555);
     let x = (x & 0x3333_3333_3333_3333) + ((x >> 2) & 0x3333_3333_3333_3333);
@@ -18,7 +21,11 @@ pub fn popcount(x: u64) -> u64 {
 }
 
 /// Leading zero bits (64 for 0).
-#[alternative(lzcnt => inline("lzcnt {ret}, {x}"))]
+#[alternative(
+    // SAFETY: LZCNT writes only its destination (the result) and the flags; 64 for 0, as the
+    // default.
+    lzcnt => unsafe inline("lzcnt {ret}, {x}")
+)]
 pub fn leading_zeros(x: u64) -> u64 {
     let mut n = 0;
     let mut v = x;
@@ -30,7 +37,11 @@ pub fn leading_zeros(x: u64) -> u64 {
 }
 
 /// Trailing zero bits (64 for 0).
-#[alternative(bmi1 => inline("tzcnt {ret}, {x}"))]
+#[alternative(
+    // SAFETY: TZCNT writes only its destination (the result) and the flags; 64 for 0, as the
+    // default.
+    bmi1 => unsafe inline("tzcnt {ret}, {x}")
+)]
 pub fn trailing_zeros(x: u64) -> u64 {
     let mut n = 0;
     let mut v = x;
@@ -46,7 +57,12 @@ pub fn trailing_zeros(x: u64) -> u64 {
 /// # Safety
 ///
 /// `dst` and `src` must be valid for `len` bytes and must not overlap.
-#[alternative(erms => inline("mov rcx, rdx", "rep movsb"), clobber(rcx, rdi, rsi))]
+#[alternative(
+    // SAFETY: `rep movsb` copies rcx bytes from [rsi] to [rdi], valid and disjoint by the
+    // caller's contract; it changes rcx, rsi and rdi, declared in `clobber`.
+    erms => unsafe inline("mov rcx, rdx", "rep movsb"),
+    clobber(rcx, rdi, rsi)
+)]
 pub unsafe fn copy_bytes(dst: *mut u8, src: *const u8, len: usize) {
     let mut i = 0;
     while i < len {
@@ -119,6 +135,86 @@ pub fn speculation_barrier() {
     unsafe { alt::asm::alternative!("", lfence_serializing => "lfence", options(nostack)) };
 }
 
+/// Set bits of every word: a loop compiled with POPCNT where every CPU has it, chosen once per
+/// call by a patched branch. Returns the count and the arm that ran.
+pub fn count_bits(words: &[u64]) -> (u64, &'static str) {
+    alt::has!(popcnt => count_bits_popcnt(words), _ => count_bits_portable(words))
+}
+
+#[target_feature(enable = "popcnt")]
+fn count_bits_popcnt(words: &[u64]) -> (u64, &'static str) {
+    (
+        words.iter().map(|w| u64::from(w.count_ones())).sum(),
+        "popcnt",
+    )
+}
+
+fn count_bits_portable(words: &[u64]) -> (u64, &'static str) {
+    let mut n = 0;
+    for &w in words {
+        n += popcount(w);
+    }
+    (n, "portable")
+}
+
+/// `a / b` with the AMD DIV0 workaround wherever a CPU may need it: a harmless `0 / 1` after the
+/// division, so that no later faulting division can see this quotient (as Linux's
+/// `amd_clear_divider`). Returns the quotient and whether the workaround ran.
+pub fn divide(a: u64, b: u64) -> (u64, bool) {
+    let q = a / b;
+    if alt::has!(erratum_amd_div0) {
+        core::hint::black_box(core::hint::black_box(0u64) / core::hint::black_box(1u64));
+        (q, true)
+    } else {
+        (q, false)
+    }
+}
+
+/// The kernel's capability branches, as the boot log shows them:
+/// `popcnt=B lzcnt=B erratum_amd_div0=B count=ARM divide=plain|workaround`.
+pub struct Branches {
+    popcnt: bool,
+    lzcnt: bool,
+    erratum_amd_div0: bool,
+    count: &'static str,
+    workaround: bool,
+}
+
+impl Branches {
+    /// Asks every branch now.
+    pub fn now() -> Branches {
+        let words = [0x0123_4567_89ab_cdefu64, u64::MAX, 0x10];
+        let (bits, count) = count_bits(core::hint::black_box(&words));
+        let (q, workaround) = divide(core::hint::black_box(1_000_003), 7);
+        assert_eq!((bits, q), (32 + 64 + 1, 142_857));
+        Branches {
+            popcnt: alt::has!(popcnt),
+            lzcnt: alt::has!(lzcnt),
+            erratum_amd_div0: alt::has!(erratum_amd_div0),
+            count,
+            workaround,
+        }
+    }
+}
+
+impl core::fmt::Display for Branches {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "popcnt={} lzcnt={} erratum_amd_div0={} count={} divide={}",
+            self.popcnt,
+            self.lzcnt,
+            self.erratum_amd_div0,
+            self.count,
+            if self.workaround {
+                "workaround"
+            } else {
+                "plain"
+            }
+        )
+    }
+}
+
 /// FNV-1a over 64-bit words.
 struct Checksum(u64);
 
@@ -172,6 +268,11 @@ pub fn run() -> u64 {
         // SAFETY: `src` holds SRC_LEN >= len bytes.
         sum.add(unsafe { sum_bytes(src.as_ptr(), len) });
     }
+
+    let words: [u64; 4] = [0xff, 0x8000_0000_0000_0001, 0, 0x5555];
+    let (bits, _) = count_bits(core::hint::black_box(&words));
+    sum.add(bits);
+    sum.add(divide(core::hint::black_box(u64::MAX), 3).0);
 
     for v in crate::pv::run(16) {
         sum.add(v);

@@ -1,5 +1,5 @@
 use alt::alternative;
-#[alternative(popcnt => inline("popcnt {ret}, {x}"))]
+#[alternative(popcnt => unsafe inline("popcnt {ret}, {x}"))]
 async fn count(x: u64) -> u64 {
     x.count_ones() as u64
 }

@@ -1,6 +1,6 @@
 use alt::alternative;
 pub struct Pair { a: u64, b: u64 }
-#[alternative(popcnt => inline("popcnt {ret}, {p}"))]
+#[alternative(popcnt => unsafe inline("popcnt {ret}, {p}"))]
 fn count(p: Pair) -> u64 {
     p.a + p.b
 }

@@ -1,5 +1,5 @@
 use alt::alternative;
-#[alternative(popcnt => inline("popcnt {ret}, {y}"))]
+#[alternative(popcnt => unsafe inline("popcnt {ret}, {y}"))]
 fn count(x: u64) -> u64 {
     x.count_ones() as u64
 }

@@ -49,15 +49,15 @@ impl Isa for Aarch64 {
         Ok(shape)
     }
 
-    fn relocate(src: &[u8], from: u64, to: u64, out: &mut [u8]) -> Result<(), CodeError> {
-        check_aligned(from, src)?;
+    fn relocate(src: &[u8], from: u64, to: u64, out: &mut [u8]) -> Result<Shape, CodeError> {
+        let shape = Self::shape(from, src)?;
         check_aligned(to, out)?;
         let mut code: Vec<u32> = words(src).collect();
         relocate_block(&mut code, from, to).map_err(CodeError::A64Relocation)?;
         for (o, w) in out.chunks_exact_mut(4).zip(code) {
             o.copy_from_slice(&w.to_le_bytes());
         }
-        Ok(())
+        Ok(shape)
     }
 
     fn call(at: u64, target: u64) -> Result<Vec<u8>, CodeError> {
@@ -78,8 +78,8 @@ impl Isa for Aarch64 {
         }
     }
 
-    fn keep_default(code: &[u8]) -> Vec<u8> {
-        code.to_vec()
+    fn keep_default(code: &[u8], out: &mut [u8]) {
+        out.copy_from_slice(code)
     }
 
     fn sync(ranges: &mut dyn Iterator<Item = Range<u64>>) {

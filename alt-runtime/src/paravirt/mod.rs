@@ -284,16 +284,6 @@ impl SiteForm {
     }
 }
 
-/// The hosted install the generated `install` methods call (kept here for their paths).
-#[cfg(all(feature = "std", target_os = "linux", target_arch = "x86_64"))]
-pub use crate::process::install_paravirt as patch_self_with;
-/// A table as patched by the hosted install: the driver's record.
-#[cfg(all(feature = "std", target_os = "linux", target_arch = "x86_64"))]
-pub type PvPatched = crate::driver::Patched;
-/// Why the hosted install failed.
-#[cfg(all(feature = "std", target_os = "linux", target_arch = "x86_64"))]
-pub type PvPatchError = crate::process::ProcessError;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -132,8 +132,8 @@ pub fn plan_paravirt<M: Memory>(
         sites.push(PvSitePlan {
             write: SiteWrite {
                 addr: v.site.start,
-                original: v.original,
-                new: encoded.bytes,
+                original: v.original.into(),
+                new: encoded.bytes.into(),
             },
             entry: v.index,
             op: v.op,

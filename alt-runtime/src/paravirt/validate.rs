@@ -102,8 +102,13 @@ impl fmt::Display for PvError {
         if let Some((index, addr, site)) = self.entry {
             write!(f, " entry {index} at {addr:#x} (site {site:#x})")?;
         }
-        f.write_str(": ")?;
-        match &self.kind {
+        write!(f, ": {}", self.kind)
+    }
+}
+
+impl fmt::Display for PvErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
             PvErrorKind::BackendOpCount { table, backend } => {
                 write!(f, "the backend has {backend} operations, the table {table}")
             }
@@ -134,7 +139,7 @@ impl fmt::Display for PvError {
                 write!(
                     f,
                     "site does not begin with a call or tail jump through the slot at {expected:#x} (found {}",
-                    crate::report::Hex(bytes)
+                    crate::bytes::Hex(bytes)
                 )?;
                 if let Some(t) = found {
                     write!(f, ", through {t:#x}")?;

@@ -10,7 +10,10 @@
 //! - A failure never aborts the process: the sites keep their defaults, which are always
 //!   correct, and [`report`] says why.
 //!
-//! An object with no sites does nothing at all (it does not probe the CPUs).
+//! An object with no sites does nothing at all (it does not probe the CPUs). Other threads may
+//! already run (a `dlopen` from a threaded host, a thread started by an earlier constructor):
+//! they are stopped while the sites are written, as for [`super::patch_self`]; when the loading
+//! thread is alone, nothing is signalled.
 
 use std::sync::OnceLock;
 
@@ -21,7 +24,7 @@ use crate::report::Report;
 #[derive(Debug)]
 pub enum LoadOutcome {
     /// The sites were patched; the report says how.
-    Patched(Report),
+    Patched(alloc::sync::Arc<Report>),
     /// Not attempted, and why (`ALT_PATCH=off`, the application opted out, no sites).
     Skipped(&'static str),
     /// It failed; every site keeps its default.

@@ -1,17 +1,44 @@
-//! Patching the running process (hosted Linux): probe, override, plan, write, report, revert.
+//! Patching the running process (hosted Linux x86-64): probe, override, plan, write, report,
+//! revert. Everything goes through the [driver](crate::driver).
+//!
+//! # Who calls what
+//!
+//! - **A library** writes `#[alternative]` (and `paravirt_ops!`) and nothing else. It cannot
+//!   know whether the application patches, and need not: its sites are patched when the object
+//!   holding them is loaded.
+//! - **An application** does nothing: every object that links the runtime (the executable,
+//!   each shared library) patches its own sites when it is loaded ([`load`]: an ELF
+//!   constructor, before `main` runs or before `dlopen` returns; `ALT_PATCH=off|report`;
+//!   [`report`] says what it did). Or it opts out with
+//!   [`no_patch_at_load!`](crate::no_patch_at_load) and patches where it wants with
+//!   [`patch_self`] or [`patch_self_with`].
+//! - **Each object patches only its own sites**: the executable's copy of the runtime patches
+//!   the executable; a `cdylib` that links its own copy patches the library, from its own
+//!   constructor, with its own state and its own signal.
 //!
 //! ```no_run
+//! // Already patched at load; idempotent, so a library and its application may both call it.
 //! let report = alt_runtime::process::patch_self().expect("patching");
 //! println!("{report}");
 //! ```
 //!
-//! Nobody has to call anything: every object that links the runtime patches its own sites when
-//! it is loaded ([`load`]: an ELF constructor; `ALT_PATCH=off|report`; [`report`] says what it
-//! did). [`patch_self`] is idempotent: after load-time patching it returns the same report, so a
-//! library and its application may both call it. [`revert_self`] restores every site's original
-//! bytes, after which [`patch_self_with`] may patch again, for other capabilities. All of them
-//! refuse while the process has other threads unless the options say otherwise (see
-//! [`PatchOptions::allow_other_threads`]). Everything goes through the [driver](crate::driver).
+//! [`revert_self`] restores every site's original bytes, after which [`patch_self_with`] may
+//! patch again, for other capabilities; [`install_paravirt`] patches an operations table for a
+//! backend at run time.
+//!
+//! # Other threads
+//!
+//! All of these work while other threads run and call the sites. While a batch is written,
+//! every other thread of the process waits in a signal handler, none of them strictly inside a
+//! site being rewritten, and each serialises before it runs on ([`Threads`], over
+//! [`crate::os::rendezvous`]; see `docs/threads.md`). When the caller is the only thread (as at
+//! load, in most programs) nothing is signalled at all. What a program must allow: a free
+//! real-time signal (the first of `SIGRTMAX - 3` downwards that has no handler and is not
+//! blocked by the caller; [`PatchOptions::signal`] names another), and no thread that keeps it
+//! blocked: such a thread is named in the error, and nothing is written. Under qemu-user the
+//! emulator's helper thread is such a thread: patching at load fails there in about 10 ms
+//! (the sites keep their defaults), and a program that knows its own threads let it run with
+//! the unsafe [`PatchOptions::assume_blocking_threads_run_no_sites`].
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -23,17 +50,20 @@ use crate::capability::CapabilitySet;
 use crate::driver::{ApplyError, Patched, Patcher, PlanError};
 use crate::linker::sections;
 use crate::memory::LiveMemory;
-use crate::os::linux::{executable_segments_containing, thread_count, MprotectWriter};
+use crate::os::linux::{executable_segments_containing, MprotectWriter};
+use crate::os::rendezvous::StopOptions;
 use crate::overrides::{Overrides, ENV_VAR};
 use crate::paravirt::{Backend, TableDesc};
 use crate::patch::PatchError;
 use crate::plan::Layout;
-use crate::rendezvous::{Alone, Rendezvous, RendezvousError};
 use crate::report::Report;
+use alloc::sync::Arc;
 
 pub mod load;
+mod threads;
 
 pub use load::{report, LoadOutcome, ALT_PATCH};
+pub use threads::{StopRecord, Threads};
 
 /// Why patching the process failed.
 #[derive(Debug)]
@@ -105,45 +135,41 @@ pub fn process_text() -> (Vec<Range<u64>>, Range<u64>) {
     object_text(sections().alt_instr.0 as u64)
 }
 
-/// How [`patch_self_with`] patches.
+/// How [`patch_self_with`] patches: which capabilities (probed, or given), whether other threads
+/// are allowed, and how text is written.
+///
+/// ```no_run
+/// use alt_runtime::process::{patch_self_with, PatchOptions};
+///
+/// let options = PatchOptions::new().strict_wx(); // never make a page writable
+/// let report = patch_self_with(&options).expect("patching");
+/// assert!(report.sites_changed() <= report.sites.len());
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct PatchOptions {
     capabilities: Option<CapabilitySet>,
-    allow_other_threads: bool,
     strict_wx: bool,
+    stop: StopOptions,
 }
 
-/// Refuses unless the process has no other thread.
-struct SingleThreaded;
+/// The last stop and release of the other threads, by any function of this module.
+static LAST_STOP: Mutex<Option<StopRecord>> = Mutex::new(None);
 
-// SAFETY: `stop` succeeds only when this is the process's only thread; a thread created after
-// the check would have to be created by this thread, which is busy patching.
-unsafe impl Rendezvous for SingleThreaded {
-    fn stop(&mut self, _sites: &[Range<u64>]) -> Result<(), RendezvousError> {
-        let os = |e: crate::writer::WriteError| RendezvousError {
-            os_error: e.os_error,
-            ..RendezvousError::new("cannot count the threads of the process")
-        };
-        // A thread that was just joined can still be listed while the kernel reaps it.
-        let mut n = thread_count().map_err(os)?;
-        for _ in 0..50 {
-            if n <= 1 {
-                return Ok(());
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-            n = thread_count().map_err(os)?;
-        }
-        Err(RendezvousError::new(
-            "the process has other threads; patch before starting them, or take \
-             responsibility with PatchOptions::allow_other_threads",
-        ))
+/// What the last stop and release of the other threads cost (by [`patch_self`],
+/// [`revert_self`], [`install_paravirt`], ... or load-time patching), if there was one.
+pub fn last_stop() -> Option<StopRecord> {
+    *LAST_STOP.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn note_stop(threads: &Threads) {
+    if let Some(r) = threads.last() {
+        *LAST_STOP.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
     }
-
-    fn release(&mut self) {}
 }
 
 impl PatchOptions {
-    /// Probe every CPU, apply the environment overrides, refuse if other threads exist.
+    /// Probe every CPU, apply the environment overrides, stop every other thread while sites
+    /// are written (see [`Threads`]).
     pub fn new() -> Self {
         Self::default()
     }
@@ -154,22 +180,36 @@ impl PatchOptions {
         self
     }
 
-    /// Patch even though the process has other threads.
+    /// Leave running, instead of refusing, a thread that keeps the rendezvous signal blocked for
+    /// the whole one-second wait (and, in later calls, at once if it still blocks it): see
+    /// [`StopOptions::assume_blocking_threads_run_no_sites`].
+    ///
+    /// The case for it is qemu-user: its own helper thread shows in `/proc/self/task`, blocks
+    /// every signal for its whole life and never runs guest code. Nothing the guest can read
+    /// tells it from a program thread that blocks every signal, so without this option
+    /// patching under qemu-user is refused (in about 10 ms, naming the helper); with it, the
+    /// first call waits one second for the helper.
     ///
     /// # Safety
     ///
-    /// No other thread may execute any site while patching runs, and each must serialise
-    /// before it next runs patched code. Under `qemu-user` the emulator's own helper thread
-    /// shows as a thread of the process; it never runs guest code, so a single-threaded guest
-    /// program may take this responsibility.
-    pub unsafe fn allow_other_threads(mut self) -> Self {
-        self.allow_other_threads = true;
+    /// No thread that keeps the signal blocked may run a site of this object, or be inside one,
+    /// while patching runs, nor create a thread that does.
+    pub unsafe fn assume_blocking_threads_run_no_sites(mut self) -> Self {
+        // SAFETY: the caller's contract is the same.
+        self.stop = unsafe { self.stop.assume_blocking_threads_run_no_sites() };
         self
     }
 
-    /// Whether [`PatchOptions::allow_other_threads`] was given.
-    pub fn allows_other_threads(&self) -> bool {
-        self.allow_other_threads
+    /// Stop the other threads with `signal` (a real-time signal the program does not use)
+    /// instead of the first free one from `SIGRTMAX - 3` down.
+    pub fn signal(mut self, signal: i32) -> Self {
+        self.stop = self.stop.signal(signal);
+        self
+    }
+
+    /// How the other threads are stopped.
+    pub fn stop_options(&self) -> &StopOptions {
+        &self.stop
     }
 
     /// Never make a page writable, not even for the moment of the copy: write through
@@ -189,13 +229,9 @@ impl PatchOptions {
         }
     }
 
-    fn rendezvous(&self) -> alloc::boxed::Box<dyn Rendezvous> {
-        if self.allow_other_threads {
-            // SAFETY: the caller of `allow_other_threads` took this responsibility.
-            alloc::boxed::Box::new(unsafe { Alone::new() })
-        } else {
-            alloc::boxed::Box::new(SingleThreaded)
-        }
+    /// The rendezvous these options ask for.
+    pub fn rendezvous(&self) -> Threads {
+        Threads::new(self.stop.clone())
     }
 
     fn decide(&self) -> Result<CapabilitySet, ProcessError> {
@@ -210,17 +246,17 @@ impl PatchOptions {
 
 /// Probes, applies the environment overrides, and patches every site of this program; if the
 /// sites are patched already (at load, or by an earlier call), returns that report.
-pub fn patch_self() -> Result<Report, ProcessError> {
+pub fn patch_self() -> Result<Arc<Report>, ProcessError> {
     patch_self_with(&PatchOptions::new())
 }
 
 /// Patches every site of this program as the options say. If the sites are patched already,
 /// returns that report, unless the options name capabilities of their own: then
 /// [`ProcessError::AlreadyPatched`] (revert first).
-pub fn patch_self_with(options: &PatchOptions) -> Result<Report, ProcessError> {
+pub fn patch_self_with(options: &PatchOptions) -> Result<Arc<Report>, ProcessError> {
     if let Some(p) = PATCHED.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
         return match options.capabilities {
-            None => Ok(p.report().clone()),
+            None => Ok(p.shared_report()),
             Some(_) => Err(ProcessError::AlreadyPatched),
         };
     }
@@ -228,7 +264,7 @@ pub fn patch_self_with(options: &PatchOptions) -> Result<Report, ProcessError> {
 }
 
 /// Patches now (nothing is patched yet).
-fn patch_now(options: &PatchOptions) -> Result<Report, ProcessError> {
+fn patch_now(options: &PatchOptions) -> Result<Arc<Report>, ProcessError> {
     let caps = options.decide()?;
     let mut guard = PATCHED.lock().unwrap_or_else(|p| p.into_inner());
     if guard.is_some() {
@@ -250,12 +286,14 @@ fn patch_now(options: &PatchOptions) -> Result<Report, ProcessError> {
     // emitted by the macros.
     let patcher = unsafe { Patcher::new(caps, layout) }.sections(&s);
     let prepared = patcher.plan(&mem).map_err(ProcessError::Plan)?;
-    let mut writer = options.writer();
-    let mut patched = prepared
-        .apply(&mut writer, &mut *options.rendezvous())
-        .map_err(|e| ProcessError::Patch(alloc::boxed::Box::new(e)))?;
+    // SAFETY: as for `mem`: this object's own text and replacement section.
+    let mut writer = unsafe { options.writer().reading_directly(readable.clone()) };
+    let mut threads = options.rendezvous();
+    let applied = prepared.apply(&mut writer, &mut threads);
+    note_stop(&threads);
+    let mut patched = applied.map_err(|e| ProcessError::Patch(alloc::boxed::Box::new(e)))?;
     patched.report_mut().elapsed_ns = Some(started.elapsed().as_nanos() as u64);
-    let report = patched.report().clone();
+    let report = patched.shared_report();
     *guard = Some(patched);
     Ok(report)
 }
@@ -265,13 +303,19 @@ pub fn revert_self() -> Result<(), ProcessError> {
     revert_self_with(&PatchOptions::new())
 }
 
-/// Restores every site patched by [`patch_self`] to its original bytes; of the options only
-/// [`PatchOptions::allow_other_threads`] and [`PatchOptions::strict_wx`] matter.
+/// Restores every site patched by [`patch_self`] to its original bytes; the options' choice of
+/// capabilities does not matter.
 pub fn revert_self_with(options: &PatchOptions) -> Result<(), ProcessError> {
     let mut guard = PATCHED.lock().unwrap_or_else(|p| p.into_inner());
     let patched = guard.take().ok_or(ProcessError::NotPatched)?;
-    let mut writer = options.writer();
-    match patched.revert(&mut writer, &mut *options.rendezvous()) {
+    let (mut readable, replacements) = process_text();
+    readable.push(replacements);
+    // SAFETY: this object's own text and replacement section, mapped for its lifetime.
+    let mut writer = unsafe { options.writer().reading_directly(readable) };
+    let mut threads = options.rendezvous();
+    let reverted = patched.revert(&mut writer, &mut threads);
+    note_stop(&threads);
+    match reverted {
         Ok(_) => Ok(()),
         Err((patched, e)) => {
             *guard = Some(patched);
@@ -313,10 +357,12 @@ pub unsafe fn install_paravirt(
     let patcher =
         unsafe { Patcher::new(CapabilitySet::default(), layout).paravirt(table.clone(), *backend) };
     let prepared = patcher.plan(&mem).map_err(ProcessError::Plan)?;
-    let mut writer = options.writer();
-    let mut patched = prepared
-        .apply(&mut writer, &mut *options.rendezvous())
-        .map_err(|e| ProcessError::Patch(alloc::boxed::Box::new(e)))?;
+    // SAFETY: as for `mem`.
+    let mut writer = unsafe { options.writer().reading_directly(readable.clone()) };
+    let mut threads = options.rendezvous();
+    let applied = prepared.apply(&mut writer, &mut threads);
+    note_stop(&threads);
+    let mut patched = applied.map_err(|e| ProcessError::Patch(alloc::boxed::Box::new(e)))?;
     patched.report_mut().elapsed_ns = Some(started.elapsed().as_nanos() as u64);
     Ok(patched)
 }
@@ -328,8 +374,10 @@ pub fn uninstall_paravirt(
     options: &PatchOptions,
 ) -> Result<(), (Patched, ProcessError)> {
     let mut writer = options.writer();
-    patched
-        .revert(&mut writer, &mut *options.rendezvous())
+    let mut threads = options.rendezvous();
+    let reverted = patched.revert(&mut writer, &mut threads);
+    note_stop(&threads);
+    reverted
         .map(|_| ())
         .map_err(|(p, e)| (p, ProcessError::Revert(e)))
 }

@@ -45,10 +45,11 @@ use core::fmt;
 
 use crate::capability::Features;
 
+/// Recorded CPUID of QEMU's CPU models (the `models` feature: tools and tests, not programs).
+#[cfg(feature = "models")]
+pub use super::dump::{cpu_model_dump, model_features, CPU_MODELS};
 #[cfg(feature = "alloc")]
-pub use super::dump::{
-    cpu_model_dump, model_features, CpuidDump, CpuidEntry, DumpError, CPU_MODELS,
-};
+pub use super::dump::{CpuidDump, CpuidEntry, DumpError};
 
 /// Something that answers CPUID and XGETBV: the real instruction, or a recorded dump.
 pub trait CpuidSource {

@@ -17,7 +17,10 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use super::cpuid::{probe, CpuidSource, OsEnabled};
+#[cfg(feature = "models")]
+use super::cpuid::probe;
+use super::cpuid::{CpuidSource, OsEnabled};
+#[cfg(feature = "models")]
 use crate::capability::Features;
 
 /// One recorded CPUID answer.
@@ -457,6 +460,7 @@ impl fmt::Display for CpuidDump {
 }
 
 /// QEMU CPU model names [`cpu_model_dump`] knows.
+#[cfg(feature = "models")]
 pub const CPU_MODELS: &[&str] = &[
     "qemu64",
     "Nehalem",
@@ -490,6 +494,7 @@ pub const CPU_MODELS: &[&str] = &[
 /// | `Icelake-Server` | Intel 6/0x86/0                | + CLFLUSHOPT, CLWB; AVX-512 not in TCG |
 /// | `EPYC`           | AMD 0x17/0x01/2               | AVX2, BMI2, ADX, CLFLUSHOPT        |
 /// | `max`            | AMD 0xf/0x6b/1                | everything TCG emulates            |
+#[cfg(feature = "models")]
 pub fn cpu_model_dump(name: &str) -> Option<CpuidDump> {
     let text = models::MODELS
         .iter()
@@ -499,10 +504,12 @@ pub fn cpu_model_dump(name: &str) -> Option<CpuidDump> {
 }
 
 /// The features [probe] finds in [`cpu_model_dump`]`(name)`.
+#[cfg(feature = "models")]
 pub fn model_features(name: &str) -> Option<Features> {
     cpu_model_dump(name).map(|d| probe(&d).features)
 }
 
+#[cfg(feature = "models")]
 mod models {
     //! Recorded dumps; see [`super::cpu_model_dump`].
     //! Each text is the output of `qemu-x86_64 -cpu NAME target/release/examples/cpus --cpuid`
@@ -872,6 +879,7 @@ CPUID 80000001: 00000000-00000000-00000121-2C100800
     }
 
     #[test]
+    #[cfg(feature = "models")]
     fn qemu_models() {
         for name in CPU_MODELS {
             let d = cpu_model_dump(name).unwrap_or_else(|| panic!("{name} parses"));

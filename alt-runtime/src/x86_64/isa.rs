@@ -10,26 +10,55 @@ use crate::isa::{CodeError, Isa, Shape};
 #[derive(Clone, Copy, Debug)]
 pub struct X86_64;
 
+/// Records an instruction at `at` in a shape.
+fn note(shape: &mut Shape, at: usize, i: &insn::Insn) {
+    shape.boundaries.insert(at);
+    if matches!(i.kind, insn::InsnKind::Call | insn::InsnKind::CallIndirect) {
+        shape.returns.insert(at + usize::from(i.len));
+    }
+}
+
+/// The shape of the site layout the macros emit for a default call, without decoding: one-byte
+/// NOPs, then `call rel32` ending the code (or NOPs alone). `None` for anything else.
+fn padded_call(code: &[u8]) -> Option<Shape> {
+    let nops = code.iter().take_while(|&&b| b == 0x90).count();
+    let rest = &code[nops..];
+    if !(rest.is_empty() || (rest.len() == 5 && rest[0] == 0xe8)) {
+        return None;
+    }
+    let mut shape = Shape::default();
+    for at in 0..=nops {
+        shape.boundaries.insert(at);
+    }
+    if !rest.is_empty() {
+        shape.returns.insert(code.len());
+        shape.boundaries.insert(code.len());
+    }
+    Some(shape)
+}
+
 impl Isa for X86_64 {
     const CALL_LEN: u8 = 5;
 
     fn shape(_addr: u64, code: &[u8]) -> Result<Shape, CodeError> {
+        if let Some(shape) = padded_call(code) {
+            return Ok(shape);
+        }
         let mut shape = Shape::default();
         for item in insn::instructions(code) {
             let (at, i) = item.map_err(CodeError::X86Decode)?;
-            shape.boundaries.insert(at);
-            if matches!(i.kind, insn::InsnKind::Call | insn::InsnKind::CallIndirect) {
-                shape.returns.insert(at + usize::from(i.len));
-            }
+            note(&mut shape, at, &i);
         }
         shape.boundaries.insert(code.len());
         Ok(shape)
     }
 
-    fn relocate(src: &[u8], from: u64, to: u64, out: &mut [u8]) -> Result<(), CodeError> {
-        relocate::relocate(src, from, to, out)
-            .map(|_| ())
-            .map_err(CodeError::X86Relocation)
+    fn relocate(src: &[u8], from: u64, to: u64, out: &mut [u8]) -> Result<Shape, CodeError> {
+        let mut shape = Shape::default();
+        relocate::relocate_each(src, from, to, out, |at, i| note(&mut shape, at, i))
+            .map_err(CodeError::X86Relocation)?;
+        shape.boundaries.insert(src.len());
+        Ok(shape)
     }
 
     fn call(at: u64, target: u64) -> Result<Vec<u8>, CodeError> {
@@ -42,8 +71,8 @@ impl Isa for X86_64 {
         nops::fill(buf)
     }
 
-    fn keep_default(code: &[u8]) -> Vec<u8> {
-        nops::optimize_nops(code)
+    fn keep_default(code: &[u8], out: &mut [u8]) {
+        nops::optimize_nops_into(code, out)
     }
 
     fn sync(_ranges: &mut dyn Iterator<Item = Range<u64>>) {
@@ -73,6 +102,38 @@ mod tests {
         let s = X86_64::shape(0, &[0xff, 0x15, 0, 0, 0, 0]).unwrap();
         assert_eq!(s.returns.iter().collect::<Vec<_>>(), [6]);
         assert!(X86_64::shape(0, &[0xe8, 0]).is_err());
+    }
+
+    #[test]
+    fn the_padded_call_fast_path_agrees_with_decoding() {
+        for code in [
+            &[0x90, 0x90, 0xe8, 1, 2, 3, 4][..],
+            &[0xe8, 1, 2, 3, 4],
+            &[0x90, 0x90, 0x90],
+            &[],
+        ] {
+            let fast = padded_call(code).expect("the layout");
+            let mut slow = Shape::default();
+            for item in insn::instructions(code) {
+                let (at, i) = item.unwrap();
+                note(&mut slow, at, &i);
+            }
+            slow.boundaries.insert(code.len());
+            assert_eq!(fast, slow, "{code:02x?}");
+        }
+        assert_eq!(padded_call(&[0x90, 0xe8, 1, 2, 3]), None);
+        assert_eq!(padded_call(&[0xe8, 1, 2, 3, 4, 0x90]), None);
+        assert_eq!(padded_call(&[0x0f, 0x1f, 0x00]), None);
+    }
+
+    #[test]
+    fn relocation_returns_the_shape() {
+        // nop; call rel32 (to 0x2000 from 0x1000)
+        let src = [0x90, 0xe8, 0xfb, 0x0f, 0, 0];
+        let mut out = [0; 6];
+        let shape = X86_64::relocate(&src, 0x1000, 0x1100, &mut out).unwrap();
+        assert_eq!(shape, X86_64::shape(0x1000, &src).unwrap());
+        assert_eq!(out, [0x90, 0xe8, 0xfb, 0x0e, 0, 0]);
     }
 
     #[test]

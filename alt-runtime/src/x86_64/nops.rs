@@ -35,7 +35,6 @@
 #[cfg(feature = "alloc")]
 use alloc::vec::Vec;
 
-#[cfg(feature = "alloc")]
 use super::insn;
 
 /// Length of the longest recommended NOP, in bytes.
@@ -192,12 +191,30 @@ fn jump_over_int3(code: &[u8], insn_len: usize) -> Option<usize> {
 #[cfg(feature = "alloc")]
 pub fn optimize_nops(code: &[u8]) -> Vec<u8> {
     let mut out = code.to_vec();
+    optimize_nops_into(code, &mut out);
+    out
+}
+
+/// [`optimize_nops`] into `out`, which must be as long as `code`.
+pub fn optimize_nops_into(code: &[u8], out: &mut [u8]) {
+    out.copy_from_slice(code);
+    // The layout the macros emit for a default call, recognised without decoding: one-byte
+    // NOPs, then `call rel32` (or NOPs alone).
+    let lead = code.iter().take_while(|&&b| b == 0x90).count();
+    let rest = &code[lead..];
+    if rest.is_empty() || (rest.len() == 5 && rest[0] == 0xe8) {
+        fill(&mut out[..lead]);
+        return;
+    }
     let mut run_start = None;
     let mut offset = 0;
     while offset < code.len() {
         let len = match insn::decode(&code[offset..]) {
             Ok(i) => usize::from(i.len),
-            Err(_) => return code.to_vec(),
+            Err(_) => {
+                out.copy_from_slice(code);
+                return;
+            }
         };
         let single_nop = len == 1 && code[offset] == 0x90;
         match (single_nop, run_start) {
@@ -213,7 +230,6 @@ pub fn optimize_nops(code: &[u8]) -> Vec<u8> {
     if let Some(s) = run_start {
         fill(&mut out[s..]);
     }
-    out
 }
 
 #[cfg(test)]

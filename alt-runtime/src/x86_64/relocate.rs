@@ -130,6 +130,18 @@ pub fn relocate(
     dst_addr: u64,
     out: &mut [u8],
 ) -> Result<usize, RelocError> {
+    relocate_each(src, src_addr, dst_addr, out, |_, _| {})
+}
+
+/// [`relocate`], calling `each(offset, insn)` for every instruction of `src` as it goes (one
+/// decoding pass serves the caller too).
+pub fn relocate_each(
+    src: &[u8],
+    src_addr: u64,
+    dst_addr: u64,
+    out: &mut [u8],
+    mut each: impl FnMut(usize, &super::insn::Insn),
+) -> Result<usize, RelocError> {
     if src.len() != out.len() {
         return Err(RelocError {
             offset: 0,
@@ -147,6 +159,7 @@ pub fn relocate(
             kind: RelocErrorKind::Decode(e),
         })?;
         count += 1;
+        each(offset, &insn);
         let at = offset as u64;
         let len = u64::from(insn.len);
         let out_of_range = |target| RelocError {

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p alt-example-pv-c -- [--backend native|counting] [--rounds N] [--json]
-//! qemu-x86_64 -cpu qemu64 target/release/pv-c --backend counting --allow-threads
+//! qemu-x86_64 -cpu qemu64 target/release/pv-c --backend counting --blocking-threads-run-no-sites
 //! ```
 //!
 //! `csrc/ops_user.c` calls the operations of `PV_OPS` as plain C function pointers
@@ -60,35 +60,41 @@ alt::paravirt_ops! {
         /// The emulated flags word.
         fn save_flags() -> u64 {
             native: native_save_flags,
-            inline: ["mov {ret}, qword ptr [rip + {if_word}]"],
+            // SAFETY: a plain load of the flags word (an AtomicU64: aligned, always valid), as
+            // the native function's relaxed load; only the result register changes.
+            unsafe inline: ["mov {ret}, qword ptr [rip + {if_word}]"],
             clobbers: [rax],
             symbols: { if_word = EMU_FLAGS },
         }
         /// Sets the emulated flags word.
         fn restore_flags(flags: u64) {
             native: native_restore_flags,
-            inline: ["mov qword ptr [rip + {if_word}], {flags}"],
+            // SAFETY: a plain store to the flags word, as the native function's relaxed store.
+            unsafe inline: ["mov qword ptr [rip + {if_word}], {flags}"],
             clobbers: [rax],
             symbols: { if_word = EMU_FLAGS },
         }
         /// Clears the emulated interrupt flag.
         fn irq_disable() {
             native: native_irq_disable,
-            inline: ["mov qword ptr [rip + {if_word}], 0"],
+            // SAFETY: a plain store to the flags word, as the native function's relaxed store.
+            unsafe inline: ["mov qword ptr [rip + {if_word}], 0"],
             clobbers: [rax],
             symbols: { if_word = EMU_FLAGS },
         }
         /// Sets the emulated interrupt flag.
         fn irq_enable() {
             native: native_irq_enable,
-            inline: ["mov qword ptr [rip + {if_word}], 0x200"],
+            // SAFETY: a plain store to the flags word, as the native function's relaxed store.
+            unsafe inline: ["mov qword ptr [rip + {if_word}], 0x200"],
             clobbers: [rax],
             symbols: { if_word = EMU_FLAGS },
         }
         /// `b + 2a`: short enough (4 bytes) to be inlined into a 6-byte C site.
         fn mix(a: u64, b: u64) -> u64 {
             native: native_mix,
-            inline: ["lea {ret}, [{b} + {a}*2]"],
+            // SAFETY: LEA computes the native function's result into the result register only.
+            unsafe inline: ["lea {ret}, [{b} + {a}*2]"],
             clobbers: [rax],
         }
         /// A "hypercall": a pure function of its arguments.
@@ -96,7 +102,8 @@ alt::paravirt_ops! {
         /// A spin-loop hint (`pause`, 2 bytes).
         fn cpu_relax() {
             native: native_cpu_relax,
-            inline: ["pause"],
+            // SAFETY: PAUSE is a hint with no architectural effect.
+            unsafe inline: ["pause"],
             clobbers: [rax],
         }
     }
@@ -225,7 +232,7 @@ fn run_c(rounds: u64) -> u64 {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: pv-c [--backend native|counting] [--rounds N] [--json] [--allow-threads]");
+    eprintln!("usage: pv-c [--backend native|counting] [--rounds N] [--json] [--blocking-threads-run-no-sites]");
     std::process::exit(2);
 }
 
@@ -245,11 +252,10 @@ fn main() {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--json" => json = true,
-            "--allow-threads" => {
-                // SAFETY: this program patches before it starts any thread; the flag is for
-                // qemu-user, whose own helper thread shows in /proc/self/task but never runs
-                // guest code.
-                options = unsafe { options.allow_other_threads() };
+            "--blocking-threads-run-no-sites" => {
+                // SAFETY: the flag is for qemu-user, whose helper thread blocks every signal
+                // and never runs guest code; this program starts no thread of its own.
+                options = unsafe { options.assume_blocking_threads_run_no_sites() };
             }
             "--backend" => {
                 backend = match args.next().as_deref() {

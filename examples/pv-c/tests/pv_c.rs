@@ -39,7 +39,7 @@ fn run(backend: &str, qemu_cpu: Option<&str>) -> Value {
         None => common::run_native(&bin(), &args, &[]),
         Some(cpu) => {
             let mut with = args.to_vec();
-            with.push("--allow-threads");
+            with.push("--blocking-threads-run-no-sites");
             common::run_on_model(cpu, &bin(), &with, &[])
         }
     };

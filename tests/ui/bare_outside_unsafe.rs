@@ -1,0 +1,3 @@
+fn main() {
+    alt::asm::alternative!("", lfence_serializing => "lfence");
+}

@@ -1,0 +1,5 @@
+fn main() {
+    if alt::has!(popcnt, hot) {
+        println!("?");
+    }
+}

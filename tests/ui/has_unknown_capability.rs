@@ -1,0 +1,5 @@
+fn main() {
+    if alt::has!(avx3) {
+        println!("no such capability");
+    }
+}

@@ -1,0 +1,6 @@
+use alt::alternative;
+#[alternative(popcnt => inline("popcnt {ret}, {x}"))]
+fn count(x: u64) -> u64 {
+    x.count_ones() as u64
+}
+fn main() {}

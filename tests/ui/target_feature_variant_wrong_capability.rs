@@ -1,0 +1,11 @@
+use alt::alternative;
+/// POPCNT does not guarantee AVX2: the AVX2 function cannot be called safely there.
+#[alternative(popcnt => double_avx2)]
+fn double(x: u32) -> u32 {
+    x * 2
+}
+#[target_feature(enable = "avx2")]
+fn double_avx2(x: u32) -> u32 {
+    x << 1
+}
+fn main() {}
