@@ -772,11 +772,11 @@ fn text_the_writer_cannot_write_is_refused_in_prepare_before_anyone_is_stopped()
         sites: vec![SitePlan {
             write: SiteWrite {
                 addr: SIM + 0x10,
-                original: vec![0xcc],
-                new: vec![0x90],
+                original: [0xcc].into(),
+                new: [0x90].into(),
             },
             choice: Choice::Default,
-            candidates: vec![],
+            candidates: Default::default(),
         }],
         capabilities: CapabilitySet::default(),
     };

@@ -1687,7 +1687,8 @@ fn name_table(
 
 #[test]
 fn the_report_names_each_site_s_function_and_each_entry_s_variant() {
-    use alt_runtime::driver::{Names, Patcher};
+    use alt_runtime::driver::Patcher;
+    use alt_runtime::linker::Names;
     let _g = lock();
     let b = bad_fixture();
     let third = b.buf.text(0x300);
@@ -1724,7 +1725,10 @@ fn the_report_names_each_site_s_function_and_each_entry_s_variant() {
     let named: Vec<_> = preview
         .sites
         .iter()
-        .map(|s| (s.addr, s.function, s.variants.clone(), s.variant()))
+        .map(|s| {
+            let variants: Vec<_> = s.candidates.iter().map(|c| c.name).collect();
+            (s.addr, s.function, variants, s.variant())
+        })
         .collect();
     assert_eq!(
         named,
