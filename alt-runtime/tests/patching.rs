@@ -1868,3 +1868,155 @@ fn revert_skips_a_slot_already_restored_and_refuses_one_changed_behind_its_back(
     assert_eq!(buf.read(site, 6), call_slot(site, slot));
     assert_eq!(buf.read(slot, 8), native.to_le_bytes());
 }
+
+#[test]
+fn many_replacements_that_move_unchanged_do_not_stand_in_for_one_that_must_be_relocated() {
+    let _g = lock();
+    let buf = Buf::new();
+    let target = buf.text(0x3000);
+    let cap = feature(Features::POPCNT);
+    // 320 five-byte sites. Most replacements are `mov eax, imm32` (position independent, each
+    // different); every eighth from the 65th on is a `call` whose rel32 must change when it
+    // moves to its site. The planner decodes a replacement that moves unchanged once and
+    // remembers it by its bytes: a call must never be mistaken for one of those.
+    let mut specs = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..320u64 {
+        let site = buf.text(8 * i);
+        let repl = buf.repl(5 * i);
+        buf.put(site, &mov_eax(1));
+        let code = if i >= 64 && i % 8 == 0 {
+            buf.put(repl, &call_to(repl, target));
+            call_to(site, target)
+        } else {
+            buf.put(repl, &mov_eax(1000 + i as u32));
+            mov_eax(1000 + i as u32)
+        };
+        specs.push(Spec::inline(site, 5, repl, 5, cap));
+        expected.push((site, code.to_vec()));
+    }
+    let table: Vec<TableEntry> = specs
+        .chunks(64)
+        .enumerate()
+        .flat_map(|(slot, s)| buf.table(slot as u64, s))
+        .collect();
+    let plan = buf
+        .plan(&table, &caps(Features::POPCNT, Errata::empty()))
+        .unwrap();
+    assert_eq!(plan.sites.len(), expected.len());
+    let wrong: Vec<_> = plan
+        .sites
+        .iter()
+        .zip(&expected)
+        .filter(|(s, (site, code))| (s.write.addr, &s.write.new[..]) != (*site, &code[..]))
+        .map(|(s, (_, code))| (s.write.addr, s.write.new.to_vec(), code.clone()))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} sites planned wrong bytes, the first (site, got, expected): {:02x?}",
+        wrong.len(),
+        wrong[0]
+    );
+}
+
+#[test]
+fn sites_that_share_one_replacement_each_get_the_call_relocated_to_them() {
+    let _g = lock();
+    let buf = Buf::new();
+    let target = buf.text(0x3000);
+    // One `call target` in the replacement section, used by three sites, and one
+    // position-independent `mov eax, 7` used by two.
+    let call = buf.repl(0);
+    let mov = buf.repl(0x10);
+    buf.put(call, &call_to(call, target));
+    buf.put(mov, &mov_eax(7));
+    let sites: Vec<u64> = (1..=5).map(|i| buf.text(0x100 * i)).collect();
+    for &s in &sites {
+        buf.put(s, &mov_eax(1));
+    }
+    let cap = feature(Features::POPCNT);
+    let specs = [
+        Spec::inline(sites[0], 5, call, 5, cap),
+        Spec::inline(sites[1], 5, mov, 5, cap),
+        Spec::inline(sites[2], 5, call, 5, cap),
+        Spec::inline(sites[3], 5, mov, 5, cap),
+        Spec::inline(sites[4], 5, call, 5, cap),
+    ];
+    let table = buf.table(0, &specs);
+    let plan = buf
+        .plan(&table, &caps(Features::POPCNT, Errata::empty()))
+        .unwrap();
+    let got: Vec<Vec<u8>> = plan.sites.iter().map(|s| s.write.new.to_vec()).collect();
+    assert_eq!(
+        got,
+        [
+            call_to(sites[0], target),
+            mov_eax(7),
+            call_to(sites[2], target),
+            mov_eax(7),
+            call_to(sites[4], target),
+        ]
+    );
+}
+
+/// A site of five one-byte NOPs, `call rax` at offset 5 (returning to 7) and a NOP: a direct
+/// call placed here ends at 7 and so covers offsets 2 to 7.
+fn call_rax_site(buf: &Buf, at: u64) -> u64 {
+    let site = buf.text(at);
+    buf.put(site, &cat(&[&[0x90; 5], &[0xff, 0xd0], &[0x90]]));
+    site
+}
+
+#[test]
+fn a_return_inside_the_direct_call_is_refused_and_one_at_its_start_is_kept() {
+    let _g = lock();
+    let buf = Buf::new();
+    let other = buf.text(0x800);
+    let far = buf.text(0x900);
+    let avx2 = feature(Features::AVX2);
+    let popcnt = feature(Features::POPCNT);
+
+    // A replacement calling at offset 0 returns to 5, inside the direct call (2 to 7).
+    let site = call_rax_site(&buf, 0x100);
+    let repl = buf.repl(0);
+    buf.put(repl, &call_to(repl, far));
+    let table = buf.table(
+        0,
+        &[
+            Spec::call(site, 8, other, avx2),
+            Spec::inline(site, 8, repl, 5, popcnt),
+        ],
+    );
+    let e = buf
+        .plan(&table, &caps(Features::AVX2, Errata::empty()))
+        .unwrap_err();
+    assert_eq!(
+        (e.index, e.kind),
+        (
+            0,
+            TableErrorKind::ReturnInsideInstruction {
+                offset: 5,
+                in_default: false
+            }
+        )
+    );
+
+    // `call rax` as the replacement returns to 2, where the direct call starts: fine.
+    let site = call_rax_site(&buf, 0x200);
+    let repl = buf.repl(0x10);
+    buf.put(repl, &[0xff, 0xd0]);
+    let table = buf.table(
+        1,
+        &[
+            Spec::call(site, 8, other, avx2),
+            Spec::inline(site, 8, repl, 2, popcnt),
+        ],
+    );
+    let plan = buf
+        .plan(&table, &caps(Features::AVX2, Errata::empty()))
+        .unwrap();
+    assert_eq!(
+        plan.sites[0].write.new,
+        cat(&[&[0x66, 0x90], &call_to(site + 2, other), &[0x90]])
+    );
+}
