@@ -421,6 +421,10 @@ fn first_entry_in_table_order_that_holds_wins() {
         assert_eq!(site.choice, *choice, "case {slot}");
         let entries: Vec<usize> = site.candidates.iter().map(|c| c.entry).collect();
         assert_eq!(entries, [0, 1], "candidates in table order");
+        assert_eq!(site.chosen().map(|c| c.entry), choice.entry(), "case {slot}");
+        for c in &site.candidates {
+            assert_eq!(c.capability_present(), caps.has(c.capability), "case {slot}");
+        }
         let p = patch(plan);
         let want = cat(&[&mov_eax(*value as u32), &[0x0f, 0x1f, 0x00]]);
         assert_eq!(m.buf.read(m.site, 8), want, "case {slot}");
