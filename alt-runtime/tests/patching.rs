@@ -421,9 +421,17 @@ fn first_entry_in_table_order_that_holds_wins() {
         assert_eq!(site.choice, *choice, "case {slot}");
         let entries: Vec<usize> = site.candidates.iter().map(|c| c.entry).collect();
         assert_eq!(entries, [0, 1], "candidates in table order");
-        assert_eq!(site.chosen().map(|c| c.entry), choice.entry(), "case {slot}");
+        assert_eq!(
+            site.chosen().map(|c| c.entry),
+            choice.entry(),
+            "case {slot}"
+        );
         for c in &site.candidates {
-            assert_eq!(c.capability_present(), caps.has(c.capability), "case {slot}");
+            assert_eq!(
+                c.capability_present(),
+                caps.has(c.capability),
+                "case {slot}"
+            );
         }
         let p = patch(plan);
         let want = cat(&[&mov_eax(*value as u32), &[0x0f, 0x1f, 0x00]]);
@@ -2022,5 +2030,83 @@ fn a_return_inside_the_direct_call_is_refused_and_one_at_its_start_is_kept() {
     assert_eq!(
         plan.sites[0].write.new,
         cat(&[&[0x66, 0x90], &call_to(site + 2, other), &[0x90]])
+    );
+}
+
+#[test]
+fn a_direct_call_may_fill_a_site_of_exactly_its_length() {
+    let _g = lock();
+    let buf = Buf::new();
+    let site = buf.text(0x100);
+    let default = buf.text(0x800);
+    let other = buf.text(0x900);
+    buf.put(site, &call_to(site, default));
+    let table = buf.table(0, &[Spec::call(site, 5, other, feature(Features::AVX2))]);
+    let plan = buf
+        .plan(&table, &caps(Features::AVX2, Errata::empty()))
+        .unwrap();
+    assert_eq!(plan.sites[0].write.new, call_to(site, other));
+}
+
+#[test]
+fn a_default_s_nops_are_merged_only_where_no_call_returns_inside_them() {
+    let _g = lock();
+    let buf = Buf::new();
+    let popcnt = feature(Features::POPCNT);
+    let none = CapabilitySet::default();
+    // `call default` then six one-byte NOPs: calls return to 5, the start of the NOP run, so
+    // the run is merged into one 6-byte NOP.
+    let site = buf.text(0x100);
+    let default = buf.text(0x800);
+    buf.put(site, &cat(&[&call_to(site, default), &[0x90; 6]]));
+    let repl = buf.repl(0);
+    buf.put(repl, &[0x31, 0xc0, 0x90]);
+    let table = buf.table(0, &[Spec::inline(site, 11, repl, 3, popcnt)]);
+    let plan = buf.plan(&table, &none).unwrap();
+    assert_eq!(
+        plan.sites[0].write.new,
+        cat(&[&call_to(site, default), LINUX_NOPS[6]])
+    );
+
+    // Eight one-byte NOPs, and a replacement `call rax` that returns to 2: one 8-byte NOP
+    // would swallow that boundary, so the default stays as it is.
+    let site = buf.text(0x200);
+    buf.put(site, &[0x90; 8]);
+    let repl = buf.repl(0x10);
+    buf.put(repl, &[0xff, 0xd0]);
+    let table = buf.table(1, &[Spec::inline(site, 8, repl, 2, popcnt)]);
+    let plan = buf.plan(&table, &none).unwrap();
+    assert_eq!(plan.sites[0].write.new, [0x90; 8]);
+}
+
+#[test]
+fn the_fill_after_a_direct_call_keeps_a_boundary_where_a_later_call_returns() {
+    let _g = lock();
+    let buf = Buf::new();
+    // `call default` then seven one-byte NOPs. Another entry's replacement (5 bytes of NOPs,
+    // then a call) returns to 10: the direct call ends at 5, and its fill keeps offset 10.
+    let site = buf.text(0x100);
+    let default = buf.text(0x800);
+    let other = buf.text(0x900);
+    let far = buf.text(0xa00);
+    buf.put(site, &cat(&[&call_to(site, default), &[0x90; 7]]));
+    let repl = buf.repl(0);
+    buf.put(
+        repl,
+        &cat(&[&[0x0f, 0x1f, 0x00, 0x66, 0x90], &call_to(repl + 5, far)]),
+    );
+    let table = buf.table(
+        0,
+        &[
+            Spec::call(site, 12, other, feature(Features::AVX2)),
+            Spec::inline(site, 12, repl, 10, feature(Features::POPCNT)),
+        ],
+    );
+    let plan = buf
+        .plan(&table, &caps(Features::AVX2, Errata::empty()))
+        .unwrap();
+    assert_eq!(
+        plan.sites[0].write.new,
+        cat(&[&call_to(site, other), LINUX_NOPS[5], LINUX_NOPS[2]])
     );
 }
