@@ -2110,3 +2110,15 @@ fn the_fill_after_a_direct_call_keeps_a_boundary_where_a_later_call_returns() {
         cat(&[&call_to(site, other), LINUX_NOPS[5], LINUX_NOPS[2]])
     );
 }
+
+#[test]
+fn first_overlap_sorts_the_sites_and_names_the_first_two_that_overlap() {
+    use alt_runtime::driver::first_overlap;
+    let mut sites = [0x30..0x38, 0x10..0x18, 0x18..0x20, 0x34..0x40];
+    assert_eq!(first_overlap(&mut sites), Some((0x30, 0x34)));
+    assert_eq!(sites, [0x10..0x18, 0x18..0x20, 0x30..0x38, 0x34..0x40]);
+    // Sites that touch do not overlap.
+    let mut touching = [0x18..0x20, 0x10..0x18, 0x20..0x21];
+    assert_eq!(first_overlap(&mut touching), None);
+    assert_eq!(first_overlap(&mut []), None);
+}
