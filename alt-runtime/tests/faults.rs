@@ -425,3 +425,369 @@ fn a_refused_paravirt_install_never_stores_the_new_backend() {
     assert_eq!(load(slot), 0x1111);
     assert_eq!(buf.snapshot(), before);
 }
+
+// --- The writer's calls, against a simulated address space -------------------------------------
+
+use alt_runtime::os::linux::{Mapping, TextSys};
+use alt_runtime::writer::{Chunk, WriteStats, Writer};
+use std::cell::RefCell;
+
+const R: i32 = libc::PROT_READ;
+const W: i32 = libc::PROT_WRITE;
+const X: i32 = libc::PROT_EXEC;
+const SIM: u64 = 0x7000_0000;
+
+/// A call the writer made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Made {
+    Protect(u64, u64, i32),
+    Copy(u64, Vec<u8>),
+    MemWrite(u64, Vec<u8>),
+}
+
+/// Six simulated pages at `SIM`, each with a protection, listed as `mappings`; every call the
+/// writer makes is recorded (addresses relative to `SIM`). A copy into a page that is not
+/// writable fails the test, as it would crash the process.
+struct Sim {
+    mappings: Vec<Mapping>,
+    prot: RefCell<Vec<i32>>,
+    bytes: RefCell<Vec<u8>>,
+    made: RefCell<Vec<Made>>,
+}
+
+impl Sim {
+    /// One mapping per `(first page, pages, prot, shared)`.
+    fn new(layout: &[(u64, u64, i32, bool)]) -> Sim {
+        let mut prot = vec![0; 6];
+        let mappings = layout
+            .iter()
+            .map(|&(first, n, p, shared)| {
+                for page in first..first + n {
+                    prot[page as usize] = p;
+                }
+                Mapping {
+                    range: SIM + first * PAGE..SIM + (first + n) * PAGE,
+                    prot: p,
+                    perms: String::new(),
+                    shared,
+                    path: String::new(),
+                    deleted: false,
+                }
+            })
+            .collect();
+        Sim {
+            mappings,
+            prot: RefCell::new(prot),
+            bytes: RefCell::new(vec![0xcc; 6 * PAGE as usize]),
+            made: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn offset(addr: u64, len: usize) -> std::ops::Range<usize> {
+        let at = (addr - SIM) as usize;
+        at..at + len
+    }
+
+    fn put(&self, addr: u64, bytes: &[u8]) {
+        self.bytes.borrow_mut()[Self::offset(addr, bytes.len())].copy_from_slice(bytes);
+    }
+
+    fn get(&self, addr: u64, len: usize) -> Vec<u8> {
+        self.bytes.borrow()[Self::offset(addr, len)].to_vec()
+    }
+}
+
+impl TextSys for Sim {
+    fn maps(&self) -> Result<Vec<Mapping>, alt_runtime::writer::WriteError> {
+        Ok(self.mappings.clone())
+    }
+
+    fn protect(&self, range: std::ops::Range<u64>, prot: i32) -> Result<(), i32> {
+        assert_eq!(range.start % PAGE, 0);
+        assert_eq!(range.end % PAGE, 0);
+        for page in (range.start - SIM) / PAGE..(range.end - SIM) / PAGE {
+            self.prot.borrow_mut()[page as usize] = prot;
+        }
+        self.made
+            .borrow_mut()
+            .push(Made::Protect(range.start - SIM, range.end - SIM, prot));
+        Ok(())
+    }
+
+    unsafe fn copy(&self, addr: u64, bytes: &[u8]) -> Result<(), i32> {
+        for page in (addr - SIM) / PAGE..=(addr - SIM + bytes.len() as u64 - 1) / PAGE {
+            let p = self.prot.borrow()[page as usize];
+            assert!(
+                p & W != 0,
+                "copy to {addr:#x}: page {page} is not writable ({p:#x})"
+            );
+        }
+        self.put(addr, bytes);
+        self.made
+            .borrow_mut()
+            .push(Made::Copy(addr - SIM, bytes.to_vec()));
+        Ok(())
+    }
+
+    fn mem_write(&self, addr: u64, bytes: &[u8]) -> Result<(), i32> {
+        self.put(addr, bytes);
+        self.made
+            .borrow_mut()
+            .push(Made::MemWrite(addr - SIM, bytes.to_vec()));
+        Ok(())
+    }
+
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), i32> {
+        let r = addr
+            .checked_sub(SIM)
+            .map(|a| a as usize..a as usize + buf.len())
+            .filter(|r| r.end <= 6 * PAGE as usize)
+            .ok_or(libc::EFAULT)?;
+        buf.copy_from_slice(&self.bytes.borrow()[r]);
+        Ok(())
+    }
+}
+
+/// Every byte of the simulated pages, read through `s`.
+fn snapshot<S: TextSys>(s: &S) -> Vec<u8> {
+    let mut all = vec![0; 6 * PAGE as usize];
+    s.read(SIM, &mut all).unwrap();
+    all
+}
+
+/// Pages 0-1 `r-x` (one mapping), page 2 `r--`, page 3 `r-x` (another mapping), page 4 `rwx`.
+fn sim() -> Sim {
+    Sim::new(&[
+        (0, 2, R | X, false),
+        (2, 1, R, false),
+        (3, 1, R | X, false),
+        (4, 1, R | W | X, false),
+    ])
+}
+
+/// Chunks: one on page 0, one across the page 0-1 boundary, one on page 2, one on page 3.
+fn chunks() -> [(u64, Vec<u8>); 4] {
+    [
+        (SIM + 0x10, vec![1, 2, 3]),
+        (SIM + PAGE - 2, vec![4, 5, 6, 7]),
+        (SIM + 2 * PAGE + 0x20, vec![8]),
+        (SIM + 3 * PAGE + PAGE - 1, vec![9]),
+    ]
+}
+
+fn as_chunks(c: &[(u64, Vec<u8>)]) -> Vec<Chunk<'_>> {
+    c.iter()
+        .map(|(addr, bytes)| Chunk { addr: *addr, bytes })
+        .collect()
+}
+
+/// Writes `c` through `w`.
+fn write_all<S: TextSys>(
+    w: &mut MprotectWriter<S>,
+    c: &[(u64, Vec<u8>)],
+) -> Result<WriteStats, alt_runtime::writer::WriteError> {
+    // SAFETY: the writer's system calls go to a simulation: no real memory is written.
+    unsafe { w.write(&as_chunks(c)) }
+}
+
+#[test]
+fn each_run_of_pages_is_made_writable_keeping_execute_written_and_given_back_its_protection() {
+    let c = chunks();
+    let mut w = MprotectWriter::with_sys(sim());
+    let stats = write_all(&mut w, &c).unwrap();
+    use Made::*;
+    let p = PAGE;
+    assert_eq!(
+        *w.sys().made.borrow(),
+        [
+            // Pages 0-1, one run: both chunks copied while it is writable.
+            Protect(0, 2 * p, R | X | W),
+            Copy(0x10, vec![1, 2, 3]),
+            Copy(p - 2, vec![4, 5, 6, 7]),
+            Protect(0, 2 * p, R | X),
+            // Page 2: another protection, another run.
+            Protect(2 * p, 3 * p, R | W),
+            Copy(2 * p + 0x20, vec![8]),
+            Protect(2 * p, 3 * p, R),
+            // Page 3: the same protection as pages 0-1 but not next to them.
+            Protect(3 * p, 4 * p, R | X | W),
+            Copy(4 * p - 1, vec![9]),
+            Protect(3 * p, 4 * p, R | X),
+        ]
+    );
+    assert_eq!(
+        stats,
+        WriteStats {
+            pages: 4,
+            protection_changes: 6
+        }
+    );
+    for (addr, bytes) in &c {
+        assert_eq!(w.sys().get(*addr, bytes.len()), *bytes);
+    }
+    assert_eq!(
+        *w.sys().prot.borrow(),
+        [R | X, R | X, R, R | X, R | W | X, 0]
+    );
+}
+
+#[test]
+fn a_chunk_in_two_runs_is_copied_in_two_parts() {
+    // Page 0 `r-x`, page 1 `r--`: a chunk across the boundary is one copy per run.
+    let s = Sim::new(&[(0, 1, R | X, false), (1, 1, R, false)]);
+    let c = [(SIM + PAGE - 3, vec![1, 2, 3, 4, 5])];
+    let mut w = MprotectWriter::with_sys(s);
+    write_all(&mut w, &c).unwrap();
+    use Made::*;
+    assert_eq!(
+        *w.sys().made.borrow(),
+        [
+            Protect(0, PAGE, R | X | W),
+            Copy(PAGE - 3, vec![1, 2, 3]),
+            Protect(0, PAGE, R | X),
+            Protect(PAGE, 2 * PAGE, R | W),
+            Copy(PAGE, vec![4, 5]),
+            Protect(PAGE, 2 * PAGE, R),
+        ]
+    );
+}
+
+#[test]
+fn a_refused_mprotect_sends_that_run_and_every_later_one_through_proc_self_mem() {
+    let p = PAGE;
+    for errno in [libc::EACCES, libc::EPERM] {
+        // The third mprotect (making page 2 writable) is refused.
+        let s = FaultInjector::new(sim(), Some((Call::Protect, 3, Fault::Fail(errno))));
+        let mut w = MprotectWriter::with_sys(s);
+        let stats = write_all(&mut w, &chunks()).unwrap();
+        assert_eq!(stats.protection_changes, 2, "errno {errno}");
+        let made = w.sys().count(Call::MemWrite);
+        assert_eq!(made, 2, "pages 2 and 3 through /proc/self/mem");
+        assert_eq!(
+            w.sys().count(Call::Protect),
+            3,
+            "none tried after the refusal"
+        );
+        for (addr, bytes) in &chunks() {
+            let mut now = vec![0; bytes.len()];
+            w.sys().read(*addr, &mut now).unwrap();
+            assert_eq!(now, *bytes);
+        }
+    }
+    // Any other error is a failure: the first run is restored, by the path that wrote it.
+    let s = FaultInjector::new(sim(), Some((Call::Protect, 3, Fault::Fail(libc::ENOMEM))));
+    let mut w = MprotectWriter::with_sys(s);
+    let before = snapshot(w.sys());
+    let e = write_all(&mut w, &chunks()).unwrap_err();
+    assert_eq!(e.addr, SIM + 2 * p);
+    assert_eq!(e.reason, "mprotect to writable failed");
+    assert_eq!(e.os_error, Some(libc::ENOMEM));
+    assert!(!e.text_changed);
+    assert_eq!(snapshot(w.sys()), before);
+    assert_eq!(w.sys().count(Call::MemWrite), 0);
+    // Written, then restored with the saved bytes: two copies per chunk of the run.
+    assert_eq!(w.sys().count(Call::Copy), 4);
+    assert_eq!(w.sys().count(Call::Protect), 5);
+}
+
+#[test]
+fn a_failure_after_proc_self_mem_runs_restores_them_through_proc_self_mem() {
+    // Strict W^X: every run through /proc/self/mem; the write of page 3's run fails, so the
+    // runs of pages 0-1 and 2 are restored the same way, last first.
+    let s = FaultInjector::new(sim(), Some((Call::MemWrite, 4, Fault::Fail(libc::EIO))));
+    let mut w = MprotectWriter::with_sys(s).through_proc_self_mem();
+    let before = snapshot(w.sys());
+    let e = write_all(&mut w, &chunks()).unwrap_err();
+    assert_eq!(e.reason, "writing through /proc/self/mem failed");
+    assert_eq!(e.addr, SIM + 4 * PAGE - 1);
+    assert!(!e.text_changed);
+    assert_eq!(snapshot(w.sys()), before);
+    assert_eq!(
+        w.sys().count(Call::Protect),
+        0,
+        "no page was ever made writable"
+    );
+    // Three writes, the failed one, then the four chunks' originals (page 3's too: it may be
+    // half written).
+    assert_eq!(w.sys().count(Call::MemWrite), 3 + 1 + 4);
+}
+
+#[test]
+fn text_the_writer_cannot_write_is_refused_in_prepare_before_anyone_is_stopped() {
+    let s = Sim::new(&[(0, 1, R | X, true), (1, 1, R | X, false)]);
+    let mut w = MprotectWriter::with_sys(s);
+    let refusal = |w: &mut MprotectWriter<Sim>, c: &[(u64, Vec<u8>)]| {
+        let e = w.prepare(&as_chunks(c)).unwrap_err();
+        assert!(!e.text_changed);
+        (e.addr - SIM, e.reason)
+    };
+    assert_eq!(
+        refusal(&mut w, &[(SIM + PAGE + 8, vec![1]), (SIM + 0x10, vec![1])]),
+        (0x10, "chunks are not sorted by address or overlap")
+    );
+    assert_eq!(
+        refusal(
+            &mut w,
+            &[(SIM + PAGE + 8, vec![1, 2]), (SIM + PAGE + 9, vec![1])]
+        ),
+        (PAGE + 9, "chunks are not sorted by address or overlap")
+    );
+    assert_eq!(
+        refusal(
+            &mut w,
+            &[(SIM + PAGE + 8, vec![1]), (SIM + 3 * PAGE, vec![1])]
+        ),
+        (3 * PAGE, "page is not mapped")
+    );
+    assert_eq!(
+        refusal(&mut w, &[(SIM + 0x10, vec![1])]),
+        (
+            0,
+            "page is in a shared mapping: writing it would change the file or another process"
+        )
+    );
+    assert!(w.sys().made.borrow().is_empty(), "nothing was written");
+    // Chunks that touch are fine.
+    let c = [(SIM + PAGE + 8, vec![1, 2]), (SIM + PAGE + 10, vec![3])];
+    w.prepare(&as_chunks(&c)).unwrap();
+    write_all(&mut w, &c).unwrap();
+    assert_eq!(w.sys().get(SIM + PAGE + 8, 3), [1, 2, 3]);
+
+    // Through the driver: the refusal comes before the rendezvous is asked to stop anyone.
+    use alt_runtime::patch::{PatchError, SiteWrite};
+    use alt_runtime::plan::{Choice, SitePlan};
+    struct Watch(usize);
+    // SAFETY: it stops no one; the writer below writes a simulation only.
+    unsafe impl alt_runtime::rendezvous::Rendezvous for Watch {
+        fn stop(
+            &mut self,
+            _: &[std::ops::Range<u64>],
+        ) -> Result<(), alt_runtime::rendezvous::RendezvousError> {
+            self.0 += 1;
+            Ok(())
+        }
+        fn release(&mut self) {}
+    }
+    let plan = Plan {
+        sites: vec![SitePlan {
+            write: SiteWrite {
+                addr: SIM + 0x10,
+                original: [0xcc].into(),
+                new: [0x90].into(),
+            },
+            choice: Choice::Default,
+            candidates: Default::default(),
+        }],
+        capabilities: CapabilitySet::default(),
+    };
+    // SAFETY: the writer's system calls go to a simulation: no real memory is written.
+    let prepared: Prepared = unsafe { Prepared::from_alternatives(plan) };
+    let mut watch = Watch(0);
+    let e = prepared.apply(&mut w, &mut watch).unwrap_err();
+    assert!(
+        matches!(&e.error, PatchError::Write(we) if we.reason.contains("shared mapping")),
+        "{e}"
+    );
+    assert!(e.leftover.is_none());
+    assert_eq!(watch.0, 0, "no one was stopped");
+}

@@ -171,6 +171,28 @@ fn absent_feature_keeps_the_default_with_its_nop_run_optimised() {
 }
 
 #[test]
+fn only_one_byte_nops_are_merged_in_a_default_not_other_one_byte_instructions() {
+    let _g = lock();
+    let mut buf = Buf::new();
+    // nop; nop; cld; nop; nop; nop | mov eax, 1; ret. `cld` is one byte too, and must stay.
+    let site = buf.text(0x100);
+    buf.put(
+        site,
+        &cat(&[&[0x90, 0x90, 0xfc, 0x90, 0x90, 0x90], &mov_eax(1), &[0xc3]]),
+    );
+    buf.seal();
+    let table = buf.table(0, &[Spec::inline(site, 6, buf.repl(0), 0, popcnt())]);
+    let p = patch(buf.plan(&table, &CapabilitySet::default()).unwrap());
+    assert_eq!(
+        buf.read(site, 6),
+        [0x66, 0x90, 0xfc, 0x0f, 0x1f, 0x00],
+        "each run of 0x90s becomes one NOP; the cld between them stays"
+    );
+    assert_eq!(run(site, 0), 1);
+    revert(p);
+}
+
+#[test]
 fn not_flag_patches_when_the_capability_is_absent() {
     let _g = lock();
     let mut buf = Buf::new();
@@ -399,6 +421,18 @@ fn first_entry_in_table_order_that_holds_wins() {
         assert_eq!(site.choice, *choice, "case {slot}");
         let entries: Vec<usize> = site.candidates.iter().map(|c| c.entry).collect();
         assert_eq!(entries, [0, 1], "candidates in table order");
+        assert_eq!(
+            site.chosen().map(|c| c.entry),
+            choice.entry(),
+            "case {slot}"
+        );
+        for c in &site.candidates {
+            assert_eq!(
+                c.capability_present(),
+                caps.has(c.capability),
+                "case {slot}"
+            );
+        }
         let p = patch(plan);
         let want = cat(&[&mov_eax(*value as u32), &[0x0f, 0x1f, 0x00]]);
         assert_eq!(m.buf.read(m.site, 8), want, "case {slot}");
@@ -950,6 +984,50 @@ fn overlapping_sites_are_refused() {
 }
 
 #[test]
+fn sites_that_touch_each_other_or_the_replacement_section_are_patched() {
+    let _g = lock();
+    let mut buf = Buf::new();
+    let default = cat(&[&mov_eax(1), &[0x90; 3]]);
+    // Two sites back to back, and one that ends where the replacement section begins.
+    let first = buf.text(0x400);
+    let second = first + 8;
+    let last = buf.text(TEXT_LEN - 8);
+    for s in [first, second, last] {
+        buf.put(s, &default);
+    }
+    let repl = buf.repl(0);
+    buf.put(repl, &mov_eax(7));
+    // A site that begins where the replacement section ends (in the data page, which this
+    // test's layout counts as text): planned only.
+    let after = buf.data(0);
+    buf.put(after, &default);
+    buf.seal();
+    let specs = [
+        Spec::inline(second, 8, repl, 5, popcnt()),
+        Spec::inline(first, 8, repl, 5, popcnt()),
+        Spec::inline(last, 8, repl, 5, popcnt()),
+    ];
+    let table = buf.table(1, &specs);
+    let set = caps(Features::POPCNT, Errata::empty());
+    let p = patch(buf.plan(&table, &set).unwrap());
+    let patched = cat(&[&mov_eax(7), &[0x0f, 0x1f, 0x00]]);
+    for s in [first, second, last] {
+        assert_eq!(buf.read(s, 8), patched, "site {s:#x}");
+    }
+    revert(p);
+
+    let text = buf.base..buf.base + NONE;
+    let layout = alt_runtime::plan::Layout {
+        text: std::slice::from_ref(&text),
+        replacements: buf.repl_range(),
+    };
+    let table = buf.table(2, &[Spec::inline(after, 8, repl, 5, popcnt())]);
+    let plan = alt_runtime::plan::plan_alternatives(&table, &layout, &set, &writer()).unwrap();
+    assert_eq!(plan.sites[0].write.addr, after);
+    assert_eq!(plan.sites[0].write.new, patched);
+}
+
+#[test]
 fn sites_that_are_not_whole_instructions_are_refused() {
     let _g = lock();
     let b = bad_fixture();
@@ -1394,4 +1472,653 @@ fn report_json_and_text_describe_every_site() {
         "two sites applied an entry, one kept its default"
     );
     revert(p);
+}
+
+// --- 9. Tables together ------------------------------------------------------------------------
+
+/// A rendezvous that records what it was asked to keep the others out of, and how often it
+/// released them.
+#[derive(Default)]
+struct Recording {
+    stops: Vec<Vec<std::ops::Range<u64>>>,
+    releases: usize,
+}
+
+// SAFETY: the tests that use it run their sites on their own thread only, after the write.
+unsafe impl Rendezvous for Recording {
+    fn stop(&mut self, sites: &[std::ops::Range<u64>]) -> Result<(), RendezvousError> {
+        self.stops.push(sites.to_vec());
+        Ok(())
+    }
+
+    fn release(&mut self) {
+        self.releases += 1;
+    }
+}
+
+/// A paravirt table of one operation (C ABI, no inline sequence) whose slot is at data 0xe00,
+/// the backend `Function(target)`, and one entry at data 0xf00 for a 6-byte site at `site`
+/// holding `call qword ptr [rip + slot]`.
+struct OneOp {
+    ops: [alt_runtime::paravirt::OpDesc; 1],
+    choices: [alt_runtime::paravirt::OpChoice; 1],
+    slot: u64,
+    entry: alt_runtime::paravirt::PvTableEntry,
+}
+
+fn one_op(buf: &Buf, site: u64, native: u64, target: u64) -> OneOp {
+    use alt_runtime::paravirt::{OpChoice, OpDesc, PvTableEntry};
+    use alt_runtime::table::{relative, Clobbers, PvEntry};
+    let slot = buf.data(0xe00);
+    buf.put(slot, &native.to_le_bytes());
+    let entry_addr = buf.data(0xf00);
+    OneOp {
+        ops: [OpDesc {
+            name: "op",
+            native,
+            native_thunk: None,
+            dispatch_thunk: None,
+            dispatch_slot: 0,
+            inline: None,
+            clobbers: Clobbers::C_ABI,
+            returns: true,
+        }],
+        choices: [OpChoice::Function(target)],
+        slot,
+        entry: PvTableEntry {
+            addr: entry_addr,
+            entry: PvEntry {
+                site: relative(entry_addr, site).unwrap(),
+                op: 0,
+                site_len: 6,
+                clobbers: Clobbers::C_ABI.bits(),
+            },
+        },
+    }
+}
+
+/// `call qword ptr [rip + slot]` placed at `at`.
+fn call_slot(at: u64, slot: u64) -> [u8; 6] {
+    let d = ((slot as i64 - (at as i64 + 6)) as i32).to_le_bytes();
+    [0xff, 0x15, d[0], d[1], d[2], d[3]]
+}
+
+/// Plans the alternatives `table` together with the paravirt table `pv` over `buf`.
+fn plan_both(
+    buf: &Buf,
+    table: &[TableEntry],
+    set: CapabilitySet,
+    pv: &OneOp,
+) -> Result<alt_runtime::driver::Prepared, alt_runtime::driver::PlanError> {
+    use alt_runtime::paravirt::{Backend, TableDesc};
+    let text = buf.text_ranges();
+    let layout = alt_runtime::plan::Layout {
+        text: &text,
+        replacements: buf.repl_range(),
+    };
+    let desc = TableDesc {
+        name: "T",
+        table: pv.slot,
+        ops: &pv.ops,
+        entries: 0..0,
+    };
+    let backend = Backend {
+        name: "b",
+        ops: &pv.choices,
+    };
+    // SAFETY: the layout is the test buffer; the table's slot is in its data page and its
+    // functions lie in its text; the sites run only on this thread, after the write.
+    let patcher = unsafe {
+        alt_runtime::driver::Patcher::new(set, layout)
+            .alternatives(table.iter().copied())
+            .paravirt_entries(desc, backend, vec![pv.entry], None)
+    };
+    patcher.plan(&writer())
+}
+
+#[test]
+fn sites_of_two_tables_may_touch_but_not_overlap() {
+    use alt_runtime::driver::PlanError;
+    let _g = lock();
+    let mut buf = Buf::new();
+    let alt_site = buf.text(0x100);
+    let native = buf.text(0x800);
+    let function = buf.text(0x900);
+    let repl = buf.repl(0);
+    // Text 0x100: `mov eax, 1; nop x3` (an 8-byte alternative site), then at 0x108 the 6-byte
+    // paravirt site: the two touch.
+    buf.put(alt_site, &cat(&[&mov_eax(1), &[0x90; 3]]));
+    let pv_site = alt_site + 8;
+    let slot = buf.data(0xe00);
+    buf.put(pv_site, &call_slot(pv_site, slot));
+    // Text 0x200: `xchg ax, ax` then the indirect call (8 bytes, whole instructions), the
+    // paravirt site starting inside it, at 0x202.
+    let wide = buf.text(0x200);
+    buf.put(wide, &cat(&[&[0x66, 0x90], &call_slot(wide + 2, slot)]));
+    buf.put(repl, &mov_eax(2));
+    buf.seal();
+    let set = caps(Features::POPCNT, Errata::empty());
+
+    let table = buf.table(0, &[Spec::inline(alt_site, 8, repl, 5, popcnt())]);
+    let pv = one_op(&buf, pv_site, native, function);
+    let prepared = plan_both(&buf, &table, set, &pv).expect("touching sites are fine");
+    let p = prepared.apply(&mut writer(), &mut alone()).expect("apply");
+    assert_eq!(
+        buf.read(alt_site, 8),
+        cat(&[&mov_eax(2), &[0x0f, 0x1f, 0x00]])
+    );
+    // The direct call ends where the indirect call ended: a one-byte NOP first.
+    assert_eq!(
+        buf.read(pv_site, 6),
+        cat(&[&[0x90], &call_to(pv_site + 1, function)])
+    );
+    revert(p);
+
+    let table = buf.table(1, &[Spec::inline(wide, 8, repl, 5, popcnt())]);
+    let pv = one_op(&buf, wide + 2, native, function);
+    let before = buf.snapshot();
+    let err = plan_both(&buf, &table, set, &pv).unwrap_err();
+    assert_eq!(
+        err,
+        PlanError::SitesOverlap {
+            first: wide,
+            second: wide + 2
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "the site at {:#x} begins inside the site at {wide:#x} of another table",
+            wide + 2
+        )
+    );
+    assert!(buf.snapshot() == before, "nothing written");
+}
+
+#[test]
+fn the_rendezvous_keeps_the_others_out_of_exactly_the_sites_that_change() {
+    let _g = lock();
+    let b = bad_fixture();
+    // Three sites: two change (popcnt holds), the third keeps its default, already optimal.
+    let third = b.buf.text(0x300);
+    b.buf.put(third + 5, &[0x0f, 0x1f, 0x00]);
+    let table = b.buf.table(
+        0,
+        &[
+            b.good,
+            Spec::inline(b.site, 8, b.repl, 5, popcnt()),
+            Spec::inline(third, 8, b.repl, 5, feature(Features::AVX2)),
+        ],
+    );
+    let plan = b
+        .buf
+        .plan(&table, &caps(Features::POPCNT, Errata::empty()))
+        .unwrap();
+    let mut r = Recording::default();
+    // SAFETY: as `common::apply`.
+    let prepared: alt_runtime::driver::Prepared =
+        unsafe { alt_runtime::driver::Prepared::from_alternatives(plan) };
+    let p = prepared.apply(&mut writer(), &mut r).expect("apply");
+    let sites = vec![b.good.site..b.good.site + 8, b.site..b.site + 8];
+    assert_eq!(r.stops, std::slice::from_ref(&sites));
+    assert_eq!(r.releases, 1);
+    let mut r = Recording::default();
+    p.revert(&mut writer(), &mut r).map_err(|(_, e)| e).unwrap();
+    assert_eq!(r.stops, [sites]);
+    assert_eq!(r.releases, 1);
+}
+
+/// Writes a name table of `(target, name)` pairs at data offset `at` (the `&'static str`s at
+/// `at + 0x40`), as the macros emit `alt_site_names` and `alt_entry_names`, and returns it.
+fn name_table(
+    buf: &Buf,
+    at: u64,
+    names: &[(u64, &'static str)],
+) -> &'static [alt_runtime::linker::NameEntry] {
+    use alt_runtime::linker::NameEntry;
+    use alt_runtime::table::relative;
+    assert!(names.len() <= 4);
+    let table = buf.data(at);
+    for (i, &(target, name)) in names.iter().enumerate() {
+        let entry = table + 8 * i as u64;
+        let holder = buf.data(at + 0x40 + 16 * i as u64);
+        // SAFETY: `holder` is 8-aligned, in the buffer's data page (read-write) and no other
+        // reference to it exists.
+        unsafe { std::ptr::write(holder as *mut &'static str, name) };
+        let n = NameEntry {
+            target: relative(entry, target).unwrap(),
+            name: relative(entry + 4, holder).unwrap(),
+        };
+        // SAFETY: as above, 4-aligned.
+        unsafe { std::ptr::write(entry as *mut NameEntry, n) };
+    }
+    // SAFETY: the entries were just written; `Names::new` copies what it reads (the `&'static
+    // str`s point at string literals), so the slice is not used after this test's buffer goes.
+    unsafe { std::slice::from_raw_parts(table as *const NameEntry, names.len()) }
+}
+
+#[test]
+fn the_report_names_each_site_s_function_and_each_entry_s_variant() {
+    use alt_runtime::driver::Patcher;
+    use alt_runtime::linker::Names;
+    let _g = lock();
+    let b = bad_fixture();
+    let third = b.buf.text(0x300);
+    let specs = [
+        b.good,
+        Spec::inline(b.site, 8, b.repl, 5, feature(Features::AVX2)),
+        Spec::inline(b.site, 8, b.repl, 5, popcnt()),
+        Spec::inline(third, 8, b.repl, 5, popcnt()),
+    ];
+    let table = b.buf.table(0, &specs);
+    // Names for the first two sites (not the third), and for entries 0 and 2 (not 1 or 3).
+    let sites = name_table(&b.buf, 0xc00, &[(b.site, "second"), (b.good.site, "first")]);
+    let entries = name_table(
+        &b.buf,
+        0xd00,
+        &[
+            (table[2].addr, "popcnt_inline"),
+            (table[0].addr, "good_one"),
+        ],
+    );
+    // SAFETY: the name tables were just written and point at string literals.
+    let names = unsafe { Names::new(sites, entries) };
+    let text = b.buf.text_ranges();
+    let layout = alt_runtime::plan::Layout {
+        text: &text,
+        replacements: b.buf.repl_range(),
+    };
+    // SAFETY: the layout and the table are the test buffer's.
+    let patcher = unsafe { Patcher::new(caps(Features::POPCNT, Errata::empty()), layout) }
+        .alternatives(table.iter().copied())
+        .names(names);
+    let prepared = patcher.plan(&writer()).unwrap();
+    let preview = prepared.preview();
+    let named: Vec<_> = preview
+        .sites
+        .iter()
+        .map(|s| {
+            let variants: Vec<_> = s.candidates.iter().map(|c| c.name).collect();
+            (s.addr, s.function, variants, s.variant())
+        })
+        .collect();
+    assert_eq!(
+        named,
+        [
+            (
+                b.good.site,
+                Some("first"),
+                vec![Some("good_one")],
+                String::from("good_one")
+            ),
+            (
+                b.site,
+                Some("second"),
+                vec![None, Some("popcnt_inline")],
+                String::from("popcnt_inline")
+            ),
+            (third, None, vec![None], String::from("entry 3")),
+        ]
+    );
+    assert_eq!(preview.pages, 0, "a preview writes nothing");
+    let p = prepared.apply(&mut writer(), &mut alone()).unwrap();
+    assert_eq!(
+        *p.report(),
+        alt_runtime::report::Report {
+            pages: 1,
+            ..preview
+        },
+        "apply reports what the preview showed, and the page it wrote"
+    );
+    revert(p);
+}
+
+#[test]
+fn the_record_says_which_capabilities_patching_used_and_holds_the_time_taken() {
+    let _g = lock();
+    let b = bad_fixture();
+    // POPCNT holds at the first site; AVX2 (absent) and the DIV0 erratum (absent) are
+    // considered at the second, which keeps its default.
+    let table = b.buf.table(
+        0,
+        &[
+            b.good,
+            Spec::inline(b.site, 8, b.repl, 5, feature(Features::AVX2)),
+            Spec::inline(b.site, 8, b.repl, 5, erratum(Errata::AMD_DIV0)),
+        ],
+    );
+    let set = caps(Features::POPCNT | Features::SSE3, Errata::ZENBLEED);
+    let plan = b.buf.plan(&table, &set).unwrap();
+    let used = caps(Features::POPCNT | Features::AVX2, Errata::AMD_DIV0);
+    assert_eq!(plan.used(), used);
+    // SAFETY: as `common::apply`.
+    let prepared: alt_runtime::driver::Prepared =
+        unsafe { alt_runtime::driver::Prepared::from_alternatives(plan.clone()) };
+    assert_eq!(*prepared.alternatives(), plan);
+    assert!(prepared.paravirt().is_empty());
+    let mut p = prepared.apply(&mut writer(), &mut alone()).unwrap();
+    assert_eq!(p.used(), used);
+    assert!(p.slots().is_empty());
+    assert_eq!(p.report().elapsed_ns, None);
+    p.report_mut().elapsed_ns = Some(1234);
+    assert_eq!(p.report().elapsed_ns, Some(1234));
+    revert(p);
+}
+
+#[test]
+fn a_paravirt_install_records_each_slot_it_stored_and_revert_restores_it() {
+    use alt_runtime::patch::SlotWrite;
+    let _g = lock();
+    let mut buf = Buf::new();
+    let site = buf.text(0x100);
+    let native = buf.text(0x800);
+    let function = buf.text(0x900);
+    let slot = buf.data(0xe00);
+    buf.put(site, &call_slot(site, slot));
+    buf.seal();
+    let pv = one_op(&buf, site, native, function);
+    let load = || buf.read(slot, 8);
+    let prepared = plan_both(&buf, &[], CapabilitySet::default(), &pv).unwrap();
+    assert_eq!(prepared.paravirt().len(), 1);
+    assert_eq!(prepared.paravirt()[0].slots.len(), 1);
+    let p = prepared.apply(&mut writer(), &mut alone()).unwrap();
+    assert_eq!(
+        p.slots(),
+        [SlotWrite {
+            addr: slot,
+            old: native,
+            new: function
+        }]
+    );
+    assert_eq!(load(), function.to_le_bytes());
+    assert_eq!(
+        buf.read(site, 6),
+        cat(&[&[0x90], &call_to(site + 1, function)])
+    );
+    revert(p);
+    assert_eq!(load(), native.to_le_bytes());
+    assert_eq!(buf.read(site, 6), call_slot(site, slot));
+}
+
+#[test]
+fn revert_skips_a_slot_already_restored_and_refuses_one_changed_behind_its_back() {
+    let _g = lock();
+    let mut buf = Buf::new();
+    let site = buf.text(0x100);
+    let native = buf.text(0x800);
+    let function = buf.text(0x900);
+    let slot = buf.data(0xe00);
+    buf.put(site, &call_slot(site, slot));
+    buf.seal();
+    let pv = one_op(&buf, site, native, function);
+    let p = plan_both(&buf, &[], CapabilitySet::default(), &pv)
+        .unwrap()
+        .apply(&mut writer(), &mut alone())
+        .unwrap();
+    // Someone else stores a third value: the revert refuses, writes nothing, and hands the
+    // record back.
+    buf.put(slot, &0x4242u64.to_le_bytes());
+    let patched = buf.snapshot();
+    let (p, e) = match p.revert(&mut writer(), &mut alone()) {
+        Ok(_) => panic!("revert over a changed slot succeeded"),
+        Err(x) => x,
+    };
+    assert_eq!(
+        e,
+        PatchError::UnexpectedSlot {
+            addr: slot,
+            expected: function,
+            found: 0x4242
+        }
+    );
+    assert!(buf.snapshot() == patched, "nothing written");
+    // The slot already holds its old value: it is skipped, the site is reverted.
+    buf.put(slot, &native.to_le_bytes());
+    p.revert(&mut writer(), &mut alone())
+        .map_err(|(_, e)| e)
+        .unwrap();
+    assert_eq!(buf.read(site, 6), call_slot(site, slot));
+    assert_eq!(buf.read(slot, 8), native.to_le_bytes());
+}
+
+#[test]
+fn many_replacements_that_move_unchanged_do_not_stand_in_for_one_that_must_be_relocated() {
+    let _g = lock();
+    let buf = Buf::new();
+    let target = buf.text(0x3000);
+    let cap = feature(Features::POPCNT);
+    // 320 five-byte sites. Most replacements are `mov eax, imm32` (position independent, each
+    // different); every eighth from the 65th on is a `call` whose rel32 must change when it
+    // moves to its site. The planner decodes a replacement that moves unchanged once and
+    // remembers it by its bytes: a call must never be mistaken for one of those.
+    let mut specs = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..320u64 {
+        let site = buf.text(8 * i);
+        let repl = buf.repl(5 * i);
+        buf.put(site, &mov_eax(1));
+        let code = if i >= 64 && i % 8 == 0 {
+            buf.put(repl, &call_to(repl, target));
+            call_to(site, target)
+        } else {
+            buf.put(repl, &mov_eax(1000 + i as u32));
+            mov_eax(1000 + i as u32)
+        };
+        specs.push(Spec::inline(site, 5, repl, 5, cap));
+        expected.push((site, code.to_vec()));
+    }
+    let table: Vec<TableEntry> = specs
+        .chunks(64)
+        .enumerate()
+        .flat_map(|(slot, s)| buf.table(slot as u64, s))
+        .collect();
+    let plan = buf
+        .plan(&table, &caps(Features::POPCNT, Errata::empty()))
+        .unwrap();
+    assert_eq!(plan.sites.len(), expected.len());
+    let wrong: Vec<_> = plan
+        .sites
+        .iter()
+        .zip(&expected)
+        .filter(|(s, (site, code))| (s.write.addr, &s.write.new[..]) != (*site, &code[..]))
+        .map(|(s, (_, code))| (s.write.addr, s.write.new.to_vec(), code.clone()))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} sites planned wrong bytes, the first (site, got, expected): {:02x?}",
+        wrong.len(),
+        wrong[0]
+    );
+}
+
+#[test]
+fn sites_that_share_one_replacement_each_get_the_call_relocated_to_them() {
+    let _g = lock();
+    let buf = Buf::new();
+    let target = buf.text(0x3000);
+    // One `call target` in the replacement section, used by three sites, and one
+    // position-independent `mov eax, 7` used by two.
+    let call = buf.repl(0);
+    let mov = buf.repl(0x10);
+    buf.put(call, &call_to(call, target));
+    buf.put(mov, &mov_eax(7));
+    let sites: Vec<u64> = (1..=5).map(|i| buf.text(0x100 * i)).collect();
+    for &s in &sites {
+        buf.put(s, &mov_eax(1));
+    }
+    let cap = feature(Features::POPCNT);
+    let specs = [
+        Spec::inline(sites[0], 5, call, 5, cap),
+        Spec::inline(sites[1], 5, mov, 5, cap),
+        Spec::inline(sites[2], 5, call, 5, cap),
+        Spec::inline(sites[3], 5, mov, 5, cap),
+        Spec::inline(sites[4], 5, call, 5, cap),
+    ];
+    let table = buf.table(0, &specs);
+    let plan = buf
+        .plan(&table, &caps(Features::POPCNT, Errata::empty()))
+        .unwrap();
+    let got: Vec<Vec<u8>> = plan.sites.iter().map(|s| s.write.new.to_vec()).collect();
+    assert_eq!(
+        got,
+        [
+            call_to(sites[0], target),
+            mov_eax(7),
+            call_to(sites[2], target),
+            mov_eax(7),
+            call_to(sites[4], target),
+        ]
+    );
+}
+
+/// A site of five one-byte NOPs, `call rax` at offset 5 (returning to 7) and a NOP: a direct
+/// call placed here ends at 7 and so covers offsets 2 to 7.
+fn call_rax_site(buf: &Buf, at: u64) -> u64 {
+    let site = buf.text(at);
+    buf.put(site, &cat(&[&[0x90; 5], &[0xff, 0xd0], &[0x90]]));
+    site
+}
+
+#[test]
+fn a_return_inside_the_direct_call_is_refused_and_one_at_its_start_is_kept() {
+    let _g = lock();
+    let buf = Buf::new();
+    let other = buf.text(0x800);
+    let far = buf.text(0x900);
+    let avx2 = feature(Features::AVX2);
+    let popcnt = feature(Features::POPCNT);
+
+    // A replacement calling at offset 0 returns to 5, inside the direct call (2 to 7).
+    let site = call_rax_site(&buf, 0x100);
+    let repl = buf.repl(0);
+    buf.put(repl, &call_to(repl, far));
+    let table = buf.table(
+        0,
+        &[
+            Spec::call(site, 8, other, avx2),
+            Spec::inline(site, 8, repl, 5, popcnt),
+        ],
+    );
+    let e = buf
+        .plan(&table, &caps(Features::AVX2, Errata::empty()))
+        .unwrap_err();
+    assert_eq!(
+        (e.index, e.kind),
+        (
+            0,
+            TableErrorKind::ReturnInsideInstruction {
+                offset: 5,
+                in_default: false
+            }
+        )
+    );
+
+    // `call rax` as the replacement returns to 2, where the direct call starts: fine.
+    let site = call_rax_site(&buf, 0x200);
+    let repl = buf.repl(0x10);
+    buf.put(repl, &[0xff, 0xd0]);
+    let table = buf.table(
+        1,
+        &[
+            Spec::call(site, 8, other, avx2),
+            Spec::inline(site, 8, repl, 2, popcnt),
+        ],
+    );
+    let plan = buf
+        .plan(&table, &caps(Features::AVX2, Errata::empty()))
+        .unwrap();
+    assert_eq!(
+        plan.sites[0].write.new,
+        cat(&[&[0x66, 0x90], &call_to(site + 2, other), &[0x90]])
+    );
+}
+
+#[test]
+fn a_direct_call_may_fill_a_site_of_exactly_its_length() {
+    let _g = lock();
+    let buf = Buf::new();
+    let site = buf.text(0x100);
+    let default = buf.text(0x800);
+    let other = buf.text(0x900);
+    buf.put(site, &call_to(site, default));
+    let table = buf.table(0, &[Spec::call(site, 5, other, feature(Features::AVX2))]);
+    let plan = buf
+        .plan(&table, &caps(Features::AVX2, Errata::empty()))
+        .unwrap();
+    assert_eq!(plan.sites[0].write.new, call_to(site, other));
+}
+
+#[test]
+fn a_default_s_nops_are_merged_only_where_no_call_returns_inside_them() {
+    let _g = lock();
+    let buf = Buf::new();
+    let popcnt = feature(Features::POPCNT);
+    let none = CapabilitySet::default();
+    // `call default` then six one-byte NOPs: calls return to 5, the start of the NOP run, so
+    // the run is merged into one 6-byte NOP.
+    let site = buf.text(0x100);
+    let default = buf.text(0x800);
+    buf.put(site, &cat(&[&call_to(site, default), &[0x90; 6]]));
+    let repl = buf.repl(0);
+    buf.put(repl, &[0x31, 0xc0, 0x90]);
+    let table = buf.table(0, &[Spec::inline(site, 11, repl, 3, popcnt)]);
+    let plan = buf.plan(&table, &none).unwrap();
+    assert_eq!(
+        plan.sites[0].write.new,
+        cat(&[&call_to(site, default), LINUX_NOPS[6]])
+    );
+
+    // Eight one-byte NOPs, and a replacement `call rax` that returns to 2: one 8-byte NOP
+    // would swallow that boundary, so the default stays as it is.
+    let site = buf.text(0x200);
+    buf.put(site, &[0x90; 8]);
+    let repl = buf.repl(0x10);
+    buf.put(repl, &[0xff, 0xd0]);
+    let table = buf.table(1, &[Spec::inline(site, 8, repl, 2, popcnt)]);
+    let plan = buf.plan(&table, &none).unwrap();
+    assert_eq!(plan.sites[0].write.new, [0x90; 8]);
+}
+
+#[test]
+fn the_fill_after_a_direct_call_keeps_a_boundary_where_a_later_call_returns() {
+    let _g = lock();
+    let buf = Buf::new();
+    // `call default` then seven one-byte NOPs. Another entry's replacement (5 bytes of NOPs,
+    // then a call) returns to 10: the direct call ends at 5, and its fill keeps offset 10.
+    let site = buf.text(0x100);
+    let default = buf.text(0x800);
+    let other = buf.text(0x900);
+    let far = buf.text(0xa00);
+    buf.put(site, &cat(&[&call_to(site, default), &[0x90; 7]]));
+    let repl = buf.repl(0);
+    buf.put(
+        repl,
+        &cat(&[&[0x0f, 0x1f, 0x00, 0x66, 0x90], &call_to(repl + 5, far)]),
+    );
+    let table = buf.table(
+        0,
+        &[
+            Spec::call(site, 12, other, feature(Features::AVX2)),
+            Spec::inline(site, 12, repl, 10, feature(Features::POPCNT)),
+        ],
+    );
+    let plan = buf
+        .plan(&table, &caps(Features::AVX2, Errata::empty()))
+        .unwrap();
+    assert_eq!(
+        plan.sites[0].write.new,
+        cat(&[&call_to(site, other), LINUX_NOPS[5], LINUX_NOPS[2]])
+    );
+}
+
+#[test]
+fn first_overlap_sorts_the_sites_and_names_the_first_two_that_overlap() {
+    use alt_runtime::driver::first_overlap;
+    let mut sites = [0x30..0x38, 0x10..0x18, 0x18..0x20, 0x34..0x40];
+    assert_eq!(first_overlap(&mut sites), Some((0x30, 0x34)));
+    assert_eq!(sites, [0x10..0x18, 0x18..0x20, 0x30..0x38, 0x34..0x40]);
+    // Sites that touch do not overlap.
+    let mut touching = [0x18..0x20, 0x10..0x18, 0x20..0x21];
+    assert_eq!(first_overlap(&mut touching), None);
+    assert_eq!(first_overlap(&mut []), None);
 }

@@ -283,3 +283,79 @@ impl SiteForm {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pv(site: i32, op: u8) -> PvEntry {
+        PvEntry {
+            site,
+            op,
+            site_len: 6,
+            clobbers: 1,
+        }
+    }
+
+    #[test]
+    fn the_entries_between_section_bounds_are_whole_aligned_entries() {
+        let table = [pv(0x100, 0), pv(0x200, 1), pv(0x300, 2)];
+        let start = table.as_ptr() as u64;
+        let end = start + 3 * PV_ENTRY_SIZE as u64;
+        // SAFETY: the bounds of `table`, alive for the test (the slices are not kept).
+        let all = unsafe { entries_between(start..end) };
+        assert_eq!(all, &table[..]);
+        assert_eq!(
+            all.as_ptr() as u64,
+            start,
+            "the entries themselves, not a copy"
+        );
+        // A trailing part of an entry is not an entry.
+        // SAFETY: as above.
+        assert_eq!(unsafe { entries_between(start..end - 1) }, &table[..2]);
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { entries_between(start + 8..start + 16) },
+            &table[1..2]
+        );
+        // Empty, reversed and misaligned bounds give no entries.
+        for bounds in [start..start, end..start, start + 2..end] {
+            // SAFETY: no entry is read from such bounds.
+            assert!(
+                unsafe { entries_between(bounds.clone()) }.is_empty(),
+                "{bounds:x?}"
+            );
+        }
+        let entries: alloc::vec::Vec<PvTableEntry> = PvTableEntry::in_memory(all).collect();
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[1].addr, start + 8);
+        assert_eq!(entries[1].site(), start + 8 + 0x200..start + 8 + 0x206);
+        assert!(!entries[1].is_placeholder());
+        let zero = PvTableEntry {
+            addr: start,
+            entry: PvEntry::from_bytes(&[0; PV_ENTRY_SIZE]),
+        };
+        assert!(zero.is_placeholder());
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn nop_and_unset_slots_hold_a_return_of_zero_and_a_trap() {
+        // SAFETY: both are functions of this program's text; reading their first bytes.
+        let bytes = |f: u64, n| unsafe { core::slice::from_raw_parts(f as *const u8, n) };
+        assert_eq!(bytes(nop_function(), 3), [0x31, 0xc0, 0xc3]);
+        assert_eq!(bytes(unset_function(), 2), UD2);
+        // SAFETY: `nop_return_zero` is `xor eax, eax; ret`, callable as an `extern "C"`
+        // function returning a value in rax.
+        let nop: extern "C" fn() -> u64 = unsafe { core::mem::transmute(nop_function()) };
+        assert_eq!(nop(), 0);
+    }
+
+    #[test]
+    fn ops_cells_hold_their_table_in_place() {
+        static CELL: OpsCell<[u64; 2]> = OpsCell::new([7, 9]);
+        // SAFETY: no one else touches the cell during the test.
+        assert_eq!(unsafe { *CELL.get() }, [7, 9]);
+        assert_eq!(CELL.get() as usize, &CELL as *const _ as usize);
+    }
+}

@@ -17,10 +17,10 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-#[cfg(feature = "models")]
+#[cfg(any(test, feature = "models"))]
 use super::cpuid::probe;
 use super::cpuid::{CpuidSource, OsEnabled};
-#[cfg(feature = "models")]
+#[cfg(any(test, feature = "models"))]
 use crate::capability::Features;
 
 /// One recorded CPUID answer.

@@ -307,6 +307,20 @@ mod tests {
         assert_eq!(&b[..5], &[0xe9, 0x27, 0x01, 0, 0]);
     }
 
+    /// Fills 2 GiB: not run by default; the mutation run (`docs/testing.md`) runs it.
+    #[cfg(feature = "alloc")]
+    #[test]
+    #[ignore = "fills 2 GiB of memory"]
+    fn a_run_longer_than_one_jmp_rel32_reaches_is_filled_piecewise() {
+        let n = MAX_JMP32_RUN + 7;
+        let mut buf = alloc::vec![0u8; n];
+        fill(&mut buf);
+        // jmp +i32::MAX over int3s, then the 7 bytes left as one NOP.
+        assert_eq!(buf[..5], [0xe9, 0xff, 0xff, 0xff, 0x7f]);
+        assert_eq!((buf[5], buf[MAX_JMP32_RUN - 1]), (INT3, INT3));
+        assert_eq!(&buf[MAX_JMP32_RUN..], nop(7).unwrap());
+    }
+
     #[test]
     fn is_fill_accepts_fill_and_rejects_others() {
         for len in 0..=300 {

@@ -296,6 +296,29 @@ mod tests {
     }
 
     #[test]
+    fn rel16_xbegin_out_of_block() {
+        // xbegin rel16 (66 c7 f8 disp16) to 0x1000 + 5 + 0x10, the only rel16 form decoded.
+        let src = [0x66, 0xc7, 0xf8, 0x10, 0x00];
+        // 0x1015 - (0x1100 + 5) = -0xf0.
+        assert_eq!(
+            &moved(&src, 0x1000, 0x1100).unwrap()[..5],
+            &[0x66, 0xc7, 0xf8, 0x10, 0xff]
+        );
+        // 0x1015 - (0x9010 + 5) = -0x8000 still fits; one byte further does not.
+        assert_eq!(
+            &moved(&src, 0x1000, 0x9010).unwrap()[..5],
+            &[0x66, 0xc7, 0xf8, 0x00, 0x80]
+        );
+        assert_eq!(
+            moved(&src, 0x1000, 0x9011).unwrap_err(),
+            RelocError {
+                offset: 0,
+                kind: RelocErrorKind::OutOfRange { target: 0x1015 }
+            }
+        );
+    }
+
+    #[test]
     fn errors() {
         let mut out = [0u8; 3];
         assert_eq!(
