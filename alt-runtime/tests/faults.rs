@@ -798,9 +798,10 @@ fn reads_inside_the_ranges_read_directly_are_plain_copies_and_others_go_to_the_s
     // Real bytes outside the simulated pages: the simulation cannot read them (EFAULT).
     let real: Vec<u8> = (0..64).collect();
     let base = real.as_ptr() as u64;
+    let first_32 = base..base + 32;
     // SAFETY: `real` outlives the writer and is not changed while it is used; only its first
     // 32 bytes are declared readable directly.
-    let w = unsafe { MprotectWriter::with_sys(sim()).reading_directly(vec![base..base + 32]) };
+    let w = unsafe { MprotectWriter::with_sys(sim()).reading_directly(vec![first_32]) };
     let mut buf = [0; 32];
     w.read(base, &mut buf).unwrap();
     assert_eq!(buf[..], real[..32]);
