@@ -821,3 +821,17 @@ fn reads_inside_the_ranges_read_directly_are_plain_copies_and_others_go_to_the_s
     w.read(SIM, &mut sim_bytes).unwrap();
     assert_eq!(sim_bytes, [0xcc, 0xcc]);
 }
+
+#[test]
+fn a_chunk_from_a_shared_page_into_another_protection_is_written_whole() {
+    // Chunk 0 on page 1 (r-x); chunk 1 starts on page 1 too and ends on page 2 (r--): its first
+    // two bytes belong to page 1's run, its last two to a run of their own.
+    let c = [
+        (SIM + PAGE + 0x10, vec![1]),
+        (SIM + 2 * PAGE - 2, vec![2, 3, 4, 5]),
+    ];
+    let mut w = MprotectWriter::with_sys(sim());
+    write_all(&mut w, &c).unwrap();
+    assert_eq!(w.sys().get(SIM + PAGE + 0x10, 1), [1]);
+    assert_eq!(w.sys().get(SIM + 2 * PAGE - 2, 4), [2, 3, 4, 5]);
+}
