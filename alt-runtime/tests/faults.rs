@@ -835,3 +835,14 @@ fn a_chunk_from_a_shared_page_into_another_protection_is_written_whole() {
     assert_eq!(w.sys().get(SIM + PAGE + 0x10, 1), [1]);
     assert_eq!(w.sys().get(SIM + 2 * PAGE - 2, 4), [2, 3, 4, 5]);
 }
+
+#[test]
+fn a_page_that_is_writable_already_stays_writable_while_it_is_written() {
+    // Page 4 is rwx: adding write must not take it away (the simulation fails a copy into a
+    // page that is not writable).
+    let c = [(SIM + 4 * PAGE + 8, vec![7, 7])];
+    let mut w = MprotectWriter::with_sys(sim());
+    write_all(&mut w, &c).unwrap();
+    assert_eq!(w.sys().get(SIM + 4 * PAGE + 8, 2), [7, 7]);
+    assert_eq!(w.sys().prot.borrow()[4], R | W | X);
+}
