@@ -436,6 +436,7 @@ mod tests {
     #[test]
     fn registry_refuses_duplicates_and_overflow() {
         let mut r = CpuRegistry::<2>::new(LateCpuPolicy::MustMatch);
+        assert!(r.system().is_none());
         r.report(a53(0)).unwrap();
         assert_eq!(r.report(a53(0)), Err(RegistryError::Duplicate { cpu: 0 }));
         r.report(a72(1)).unwrap();
@@ -443,8 +444,50 @@ mod tests {
         let caps = r.finalize();
         assert_eq!(caps, r.finalize());
         assert_eq!(
+            r.system().map(|s| (s.cpu_count(), s.capabilities())),
+            Some((2, caps))
+        );
+        assert_eq!(
             caps,
             SystemCaps::from_cpus(&[a72(1), a53(0)]).capabilities()
+        );
+    }
+
+    #[test]
+    fn the_boot_cpu_is_the_lowest_index_in_any_report_order() {
+        let with_hv = |mut d: CpuDescriptor| {
+            d.features = Features::HYPERVISOR;
+            d
+        };
+        // CPU 0 runs under a hypervisor, CPU 3 does not (and the other way round): the boot
+        // CPU decides, whichever reports first or last.
+        for (cpus, boot_has) in [
+            ([with_hv(a72(0)), a72(3)], true),
+            ([a72(3), with_hv(a72(0))], true),
+            ([a72(0), with_hv(a72(3))], false),
+            ([with_hv(a72(3)), a72(0)], false),
+        ] {
+            let sys = SystemCaps::from_cpus(&cpus);
+            assert_eq!(
+                sys.capabilities().features.contains(Features::HYPERVISOR),
+                boot_has,
+                "{cpus:?}"
+            );
+            assert_eq!(sys.cpu_count(), 2);
+        }
+        // Under MustMatch a late CPU must agree with the boot CPU.
+        let sys = SystemCaps::from_cpus(&[a72(3), with_hv(a72(0))]);
+        let e = sys
+            .check_late_cpu(&a72(5), LateCpuPolicy::MustMatch)
+            .unwrap_err();
+        assert_eq!(e.cpu(), 5);
+        assert_eq!(
+            e,
+            LateCpuError::BootCpuMismatch {
+                cpu: 5,
+                capability: Capability::feature(Features::HYPERVISOR).unwrap(),
+                boot_has: true
+            }
         );
     }
 
@@ -466,6 +509,7 @@ mod tests {
         // A used erratum whose workaround was not applied refuses the CPU under both.
         let used = CapabilitySet::new(Features::empty(), Errata::ARM64_843419);
         let sys = sys.with_used(used);
+        assert_eq!(sys.used(), used);
         let e = sys
             .check_late_cpu(&a53(2), LateCpuPolicy::Optional)
             .unwrap_err();

@@ -791,3 +791,58 @@ fn text_the_writer_cannot_write_is_refused_in_prepare_before_anyone_is_stopped()
     assert!(e.leftover.is_none());
     assert_eq!(watch.0, 0, "no one was stopped");
 }
+
+#[test]
+fn reads_inside_the_ranges_read_directly_are_plain_copies_and_others_go_to_the_system() {
+    use alt_runtime::memory::{Memory, MemoryError};
+    // Real bytes outside the simulated pages: the simulation cannot read them (EFAULT).
+    let real: Vec<u8> = (0..64).collect();
+    let base = real.as_ptr() as u64;
+    let first_32 = base..base + 32;
+    // SAFETY: `real` outlives the writer and is not changed while it is used; only its first
+    // 32 bytes are declared readable directly.
+    let w = unsafe { MprotectWriter::with_sys(sim()).reading_directly(vec![first_32]) };
+    let mut buf = [0; 32];
+    w.read(base, &mut buf).unwrap();
+    assert_eq!(buf[..], real[..32]);
+    let mut two = [0; 8];
+    w.read_each(&[(base + 4, 4), (base + 28, 4)], &mut two)
+        .unwrap();
+    assert_eq!(two, [4, 5, 6, 7, 28, 29, 30, 31]);
+    // Bytes 30..34 run past the direct range: the read goes to the system, which fails.
+    let mut past = [0; 4];
+    assert_eq!(
+        w.read(base + 30, &mut past),
+        Err(MemoryError { addr: base + 30 })
+    );
+    assert!(w.read_each(&[(base, 4), (base + 30, 4)], &mut two).is_err());
+    // The simulated pages themselves are read through the system.
+    let mut sim_bytes = [0; 2];
+    w.read(SIM, &mut sim_bytes).unwrap();
+    assert_eq!(sim_bytes, [0xcc, 0xcc]);
+}
+
+#[test]
+fn a_chunk_from_a_shared_page_into_another_protection_is_written_whole() {
+    // Chunk 0 on page 1 (r-x); chunk 1 starts on page 1 too and ends on page 2 (r--): its first
+    // two bytes belong to page 1's run, its last two to a run of their own.
+    let c = [
+        (SIM + PAGE + 0x10, vec![1]),
+        (SIM + 2 * PAGE - 2, vec![2, 3, 4, 5]),
+    ];
+    let mut w = MprotectWriter::with_sys(sim());
+    write_all(&mut w, &c).unwrap();
+    assert_eq!(w.sys().get(SIM + PAGE + 0x10, 1), [1]);
+    assert_eq!(w.sys().get(SIM + 2 * PAGE - 2, 4), [2, 3, 4, 5]);
+}
+
+#[test]
+fn a_page_that_is_writable_already_stays_writable_while_it_is_written() {
+    // Page 4 is rwx: adding write must not take it away (the simulation fails a copy into a
+    // page that is not writable).
+    let c = [(SIM + 4 * PAGE + 8, vec![7, 7])];
+    let mut w = MprotectWriter::with_sys(sim());
+    write_all(&mut w, &c).unwrap();
+    assert_eq!(w.sys().get(SIM + 4 * PAGE + 8, 2), [7, 7]);
+    assert_eq!(w.sys().prot.borrow()[4], R | W | X);
+}

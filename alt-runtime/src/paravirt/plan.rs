@@ -650,6 +650,219 @@ mod tests {
     }
 
     #[test]
+    fn a_tail_site_as_long_as_the_sequence_has_no_room_for_its_ret() {
+        let mut mem = Fake::new();
+        let seq = inline_mov(&mut mem);
+        // 7 bytes: the 7-byte sequence would fit, but not with the ret a tail call needs.
+        mem.tail_site(0x1100, 0, 7);
+        let ops = [op("load", Clobbers::C_ABI, Some(seq))];
+        let p = plan(
+            &ops,
+            &[OpChoice::Native],
+            &[entry(0, 0x1100, 0, 7, Clobbers::C_ABI)],
+            &mem,
+        )
+        .unwrap();
+        let s = &p.sites[0];
+        assert!(
+            s.why
+                .starts_with("native, the inline sequence does not fit"),
+            "{}",
+            s.why
+        );
+        let jmp = relocate::jmp_rel32(0x1100, NATIVE).unwrap();
+        assert_eq!(s.write.new, [&jmp[..], &[0x66, 0x90]].concat());
+    }
+
+    #[test]
+    fn an_inline_sequence_that_clobbers_more_than_the_site_allows_is_not_inlined() {
+        let mut mem = Fake::new();
+        let seq = inline_mov(&mut mem);
+        mem.padded_site(0x1100, 0, 9);
+        // The sequence may change rcx too; the site lets the operation change only rax.
+        let ops = [op("load", Clobbers::RAX | Clobbers::RCX, Some(seq))];
+        let p = plan(
+            &ops,
+            &[OpChoice::Native],
+            &[entry(0, 0x1100, 0, 9, Clobbers::RAX)],
+            &mem,
+        )
+        .unwrap();
+        let s = &p.sites[0];
+        assert_eq!(
+            s.decision,
+            PvDecision::Call {
+                target: NATIVE_THUNK,
+                through_thunk: true
+            }
+        );
+        assert!(
+            s.why
+                .starts_with("native, the inline sequence clobbers more"),
+            "{}",
+            s.why
+        );
+        // The same site allowing rcx as well gets the sequence.
+        let p = plan(
+            &ops,
+            &[OpChoice::Native],
+            &[entry(0, 0x1100, 0, 9, Clobbers::RAX | Clobbers::RCX)],
+            &mem,
+        )
+        .unwrap();
+        assert_eq!(p.sites[0].decision, PvDecision::Inline);
+    }
+
+    #[test]
+    fn an_operation_without_every_thunk_and_slot_it_needs_is_refused() {
+        let mut mem = Fake::new();
+        mem.site(0x1100, 0, 6);
+        let entries = [entry(0, 0x1100, 0, 6, Clobbers::RAX)];
+        let full = op("a", Clobbers::RAX, None);
+        assert!(plan(&[full], &[OpChoice::Native], &entries, &mem).is_ok());
+        let missing = [
+            OpDesc {
+                native_thunk: None,
+                ..full
+            },
+            OpDesc {
+                dispatch_thunk: None,
+                ..full
+            },
+            OpDesc {
+                dispatch_slot: 0,
+                ..full
+            },
+        ];
+        for m in missing {
+            let e = plan(&[m], &[OpChoice::Native], &entries, &mem).unwrap_err();
+            assert_eq!(
+                (e.entry, e.kind),
+                (None, PvErrorKind::MissingThunk { op: 0 })
+            );
+        }
+        // An inline sequence that runs past the replacement section's end.
+        let past = OpDesc {
+            inline: Some((REPL.end - 6, 7)),
+            ..full
+        };
+        let e = plan(&[past], &[OpChoice::Native], &entries, &mem).unwrap_err();
+        assert_eq!(e.kind, PvErrorKind::InlineOutsideSection { op: 0 });
+    }
+
+    #[test]
+    fn empty_and_ragged_sites_are_refused_and_touching_ones_are_not() {
+        let mut mem = Fake::new();
+        let ops = [op("a", Clobbers::RAX, None)];
+        let kind = |entries: &[PvTableEntry], mem: &Fake| {
+            plan(&ops, &[OpChoice::Native], entries, mem)
+                .unwrap_err()
+                .kind
+        };
+        // A site of no bytes is not in the text (rather than too short).
+        assert_eq!(
+            kind(&[entry(0, 0x1100, 0, 0, Clobbers::RAX)], &mem),
+            PvErrorKind::SiteOutsideText
+        );
+        // A NOP, the call, then 0x0f, the first byte of an instruction cut off by the site's
+        // end: the error names that byte's offset in the site.
+        mem.put(0x1100, &[0x90]);
+        mem.site(0x1101, 0, 6);
+        mem.put(0x1107, &[0x0f]);
+        match kind(&[entry(0, 0x1100, 0, 8, Clobbers::RAX)], &mem) {
+            PvErrorKind::SiteNotWholeInstructions(d) => assert_eq!(d.offset, 7),
+            other => panic!("{other:?}"),
+        }
+        // Two sites that touch do not overlap.
+        mem.site(0x1200, 0, 6);
+        mem.site(0x1206, 0, 6);
+        let p = plan(
+            &ops,
+            &[OpChoice::Native],
+            &[
+                entry(0, 0x1206, 0, 6, Clobbers::RAX),
+                entry(1, 0x1200, 0, 6, Clobbers::RAX),
+            ],
+            &mem,
+        )
+        .unwrap();
+        let at: Vec<(u64, usize)> = p.sites.iter().map(|s| (s.write.addr, s.entry)).collect();
+        assert_eq!(at, [(0x1200, 1), (0x1206, 0)]);
+    }
+
+    #[test]
+    fn an_inline_sequence_may_end_where_the_call_returned() {
+        let mut mem = Fake::new();
+        // mov eax, [rip + 0x4800]: 6 bytes, as long as the call it replaces.
+        let disp = 0x4800i64 - (REPL.start as i64 + 6);
+        let mut seq = vec![0x8b, 0x05];
+        seq.extend_from_slice(&(disp as i32).to_le_bytes());
+        mem.put(REPL.start, &seq);
+        // The call first: a thread inside the native function returns to offset 6, where the
+        // sequence ends.
+        mem.site(0x1100, 0, 9);
+        let ops = [op("load", Clobbers::RAX, Some((REPL.start, 6)))];
+        let p = plan(
+            &ops,
+            &[OpChoice::Native],
+            &[entry(0, 0x1100, 0, 9, Clobbers::RAX)],
+            &mem,
+        )
+        .unwrap();
+        let s = &p.sites[0];
+        assert_eq!(s.decision, PvDecision::Inline, "{}", s.why);
+        // disp = 0x4800 - (0x1100 + 6) = 0x36fa; then a 3-byte NOP.
+        assert_eq!(
+            s.write.new,
+            [0x8b, 0x05, 0xfa, 0x36, 0, 0, 0x0f, 0x1f, 0x00]
+        );
+    }
+
+    #[test]
+    fn decisions_have_short_names() {
+        let call = PvDecision::Call {
+            target: 0,
+            through_thunk: false,
+        };
+        let names = [PvDecision::Inline, call, PvDecision::Nop, PvDecision::Trap].map(|d| d.name());
+        assert_eq!(names, ["inline", "direct_call", "nop", "trap"]);
+    }
+
+    #[test]
+    fn operations_that_allow_the_c_abi_get_their_functions_in_the_slots_even_with_thunks() {
+        let mem = Fake::new();
+        // Both operations clobber the C ABI, yet carry thunks and dispatch slots: a slot holds
+        // the function itself, never a thunk it does not need.
+        let with_thunks = |name, dispatch_slot| OpDesc {
+            native_thunk: Some(NATIVE_THUNK),
+            dispatch_thunk: Some(DISPATCH_THUNK),
+            dispatch_slot,
+            ..op(name, Clobbers::C_ABI, None)
+        };
+        let ops = [
+            with_thunks("a", DISPATCH_SLOT),
+            with_thunks("b", DISPATCH_SLOT + 8),
+        ];
+        let p = plan(
+            &ops,
+            &[OpChoice::Native, OpChoice::Function(0x1c00)],
+            &[],
+            &mem,
+        )
+        .unwrap();
+        let slots: Vec<(u64, u64)> = p.slots.iter().map(|s| (s.addr, s.value)).collect();
+        assert_eq!(
+            slots,
+            [
+                (DISPATCH_SLOT, NATIVE),
+                (DISPATCH_SLOT + 8, 0x1c00),
+                (TABLE, NATIVE),
+                (TABLE + 8, 0x1c00)
+            ]
+        );
+    }
+
+    #[test]
     fn inline_that_does_not_fit_becomes_a_call() {
         let mut mem = Fake::new();
         let seq = inline_mov(&mut mem);
