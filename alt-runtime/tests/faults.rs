@@ -846,3 +846,74 @@ fn a_page_that_is_writable_already_stays_writable_while_it_is_written() {
     assert_eq!(w.sys().get(SIM + 4 * PAGE + 8, 2), [7, 7]);
     assert_eq!(w.sys().prot.borrow()[4], R | W | X);
 }
+
+#[test]
+fn a_rolled_back_chunk_in_two_runs_gets_back_its_own_saved_bytes() {
+    // Page 0 `r-x`, page 1 `r--`, page 2 `r-x`: three runs. The chunk across pages 0-1 is the
+    // second chunk (its saved bytes start after the first chunk's) and its part in page 1
+    // starts 3 bytes into it. Making page 2 writable fails: runs 1 and 0 are rolled back.
+    let s = Sim::new(&[(0, 1, R | X, false), (1, 1, R, false), (2, 1, R | X, false)]);
+    let pattern: Vec<u8> = (0..3 * PAGE).map(|i| (i % 251) as u8).collect();
+    s.put(SIM, &pattern);
+    let s = FaultInjector::new(s, Some((Call::Protect, 5, Fault::Fail(libc::ENOMEM))));
+    let c = [
+        (SIM + 0x10, vec![1, 2, 3]),
+        (SIM + PAGE - 3, vec![4, 5, 6, 7, 8]),
+        (SIM + 2 * PAGE + 0x20, vec![9]),
+    ];
+    let mut w = MprotectWriter::with_sys(s);
+    let before = snapshot(w.sys());
+    let e = write_all(&mut w, &c).unwrap_err();
+    assert_eq!(e.addr, SIM + 2 * PAGE);
+    assert!(!e.text_changed);
+    assert_eq!(snapshot(w.sys()), before, "every byte as it was");
+}
+
+/// `/proc/self/mem` writes fail from the `from`-th on, for good.
+struct FailingFrom {
+    inner: Sim,
+    from: usize,
+    calls: std::cell::Cell<usize>,
+}
+
+impl TextSys for FailingFrom {
+    fn maps(&self) -> Result<Vec<Mapping>, alt_runtime::writer::WriteError> {
+        self.inner.maps()
+    }
+    fn protect(&self, range: std::ops::Range<u64>, prot: i32) -> Result<(), i32> {
+        self.inner.protect(range, prot)
+    }
+    unsafe fn copy(&self, addr: u64, bytes: &[u8]) -> Result<(), i32> {
+        // SAFETY: a simulation; the caller's contract passes through.
+        unsafe { self.inner.copy(addr, bytes) }
+    }
+    fn mem_write(&self, addr: u64, bytes: &[u8]) -> Result<(), i32> {
+        self.calls.set(self.calls.get() + 1);
+        if self.calls.get() >= self.from {
+            return Err(libc::EIO);
+        }
+        self.inner.mem_write(addr, bytes)
+    }
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), i32> {
+        self.inner.read(addr, buf)
+    }
+}
+
+#[test]
+fn a_roll_back_that_fails_says_the_text_changed() {
+    // Strict W^X: every run through /proc/self/mem. The write of page 3's run fails, and so does
+    // every write after it: the runs already written cannot be restored, and the error must say
+    // so (a caller that believed the text unchanged would run half-patched code unawares).
+    let s = FailingFrom {
+        inner: sim(),
+        from: 4,
+        calls: std::cell::Cell::new(0),
+    };
+    let mut w = MprotectWriter::with_sys(s).through_proc_self_mem();
+    let before = snapshot(w.sys());
+    let e = write_all(&mut w, &chunks()).unwrap_err();
+    assert_eq!(e.addr, SIM + 4 * PAGE - 1);
+    assert!(e.text_changed, "{e}");
+    assert!(e.to_string().contains("could not be fully restored"), "{e}");
+    assert_ne!(snapshot(w.sys()), before, "the first runs stay written");
+}
