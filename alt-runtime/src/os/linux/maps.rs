@@ -33,16 +33,19 @@ impl Mapping {
 
 /// Reads and parses `/proc/self/maps`.
 pub fn read_maps() -> Result<Vec<Mapping>, WriteError> {
-    let mut text = String::new();
+    // The file reports size 0, so an empty buffer would be grown from 32 bytes, one read (and
+    // one generation of the text by the kernel) per doubling: start with room for a typical
+    // process's maps. Paths need not be UTF-8: such bytes are replaced, never refused.
+    let mut text = Vec::with_capacity(16 * 1024);
     std::fs::File::open("/proc/self/maps")
-        .and_then(|mut f| f.read_to_string(&mut text))
+        .and_then(|mut f| f.read_to_end(&mut text))
         .map_err(|e| WriteError {
             addr: 0,
             reason: "cannot read /proc/self/maps",
             os_error: e.raw_os_error(),
             text_changed: false,
         })?;
-    Ok(parse_maps(&text))
+    Ok(parse_maps(&String::from_utf8_lossy(&text)))
 }
 
 /// Splits off the next field separated by spaces, skipping leading spaces.
@@ -105,6 +108,38 @@ fn parse_line(line: &str) -> Option<Mapping> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mapped_file_whose_name_is_not_utf8_is_read_not_refused() {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::io::AsRawFd;
+        let name = std::ffi::OsStr::from_bytes(b"alt-maps-\xff-test.bin");
+        let path = std::env::temp_dir().join(name);
+        std::fs::write(&path, [0u8; 4096]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: a fresh private read-only mapping of a file this test owns, unmapped below.
+        let at = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                4096,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(at, libc::MAP_FAILED);
+        let maps = read_maps();
+        // SAFETY: the mapping made above, no longer used.
+        unsafe { libc::munmap(at, 4096) };
+        std::fs::remove_file(&path).unwrap();
+        let maps = maps.expect("maps with a non-UTF-8 path");
+        let m = maps
+            .iter()
+            .find(|m| m.range.start == at as u64)
+            .expect("the mapping is listed");
+        assert!(m.path.ends_with("alt-maps-\u{fffd}-test.bin"), "{}", m.path);
+    }
 
     #[test]
     fn maps_lines_parse() {
