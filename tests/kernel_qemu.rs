@@ -16,11 +16,14 @@
 
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 
+mod common;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use common::kernel;
 
 /// qemu exits with `(v << 1) | 1` for a value `v` written to isa-debug-exit.
 const EXIT_SUCCESS: i32 = (0x10 << 1) | 1;
@@ -39,34 +42,6 @@ fn qemu_system() -> PathBuf {
         "qemu-system-x86_64 not found: install Debian's qemu-system-x86 (scripts/test.sh does) \
          to boot the test kernel"
     );
-}
-
-/// Builds the kernel once per test process and returns its path.
-fn kernel() -> &'static Path {
-    static KERNEL: OnceLock<PathBuf> = OnceLock::new();
-    KERNEL.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernel");
-        let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel");
-        // Run inside kernel/ so that kernel/.cargo/config.toml (host target, static relocation
-        // model) applies; flags from the outer build must not leak in.
-        let out = Command::new(env!("CARGO"))
-            .current_dir(&dir)
-            .args(["build", "--release", "--locked", "--target-dir"])
-            .arg(&target_dir)
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("CARGO_BUILD_RUSTFLAGS")
-            .env_remove("CARGO_BUILD_TARGET")
-            .env_remove("CARGO_TARGET_DIR")
-            .output()
-            .expect("run cargo build for kernel/");
-        assert!(
-            out.status.success(),
-            "building kernel/ failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        target_dir.join("x86_64-unknown-linux-gnu/release/alt-test-kernel")
-    })
 }
 
 struct Boot {

@@ -165,33 +165,24 @@ impl Built {
 
     /// The candidates of the bare `alternative!` sites (named `crate:LINE`).
     fn bare_sites(&self) -> Vec<Vec<String>> {
-        self.run["sites"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|s| {
-                let f = s["function"].as_str().unwrap();
-                f.strip_prefix("alt_test_target_features:")
-                    .is_some_and(|line| line.chars().all(|c| c.is_ascii_digit()))
-            })
-            .map(|s| {
-                s["candidates"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|c| c.as_str().unwrap().to_string())
-                    .collect()
-            })
-            .collect()
+        self.candidates_where(|f| {
+            f.strip_prefix("alt_test_target_features:")
+                .is_some_and(|line| line.chars().all(|c| c.is_ascii_digit()))
+        })
     }
 
     /// The sites of the run's report whose function ends with `suffix`: their candidates.
     fn sites(&self, suffix: &str) -> Vec<Vec<String>> {
+        self.candidates_where(|f| f.ends_with(suffix))
+    }
+
+    /// The candidates of each site of the run's report whose function `named` accepts.
+    fn candidates_where(&self, named: impl Fn(&str) -> bool) -> Vec<Vec<String>> {
         self.run["sites"]
             .as_array()
             .unwrap()
             .iter()
-            .filter(|s| s["function"].as_str().unwrap().ends_with(suffix))
+            .filter(|s| named(s["function"].as_str().unwrap()))
             .map(|s| {
                 s["candidates"]
                     .as_array()

@@ -4,12 +4,15 @@
 
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use alt_tablegen::effects::check;
 use alt_tablegen::inspect::{verify, Tables};
 use alt_tablegen::Input;
+use common::kernel;
 
 /// Binaries built to fail.
 const EXPECTED_TO_FAIL: [&str; 1] = ["test:effects_mistakes"];
@@ -64,30 +67,6 @@ fn workspace_binaries() -> Vec<(String, PathBuf)> {
     bins
 }
 
-/// The test kernel, built as `tests/kernel_qemu.rs` builds it (same directory, so one build
-/// serves both).
-fn kernel() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernel");
-    let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel");
-    let out = Command::new(env!("CARGO"))
-        .current_dir(&dir)
-        .args(["build", "--release", "--locked", "--target-dir"])
-        .arg(&target_dir)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("CARGO_TARGET_DIR")
-        .output()
-        .expect("run cargo build for kernel/");
-    assert!(
-        out.status.success(),
-        "building kernel/ failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    target_dir.join("x86_64-unknown-linux-gnu/release/alt-test-kernel")
-}
-
 /// Problems of one binary, as lines; and the number of sites whose variants were checked.
 fn verify_binary(path: &Path) -> (Vec<String>, usize) {
     let input = Input::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -135,7 +114,7 @@ fn every_workspace_binary_and_the_kernel_pass_verify() {
         sites.push((name.clone(), n));
     }
     let kernel = kernel();
-    let (p, n) = verify_binary(&kernel);
+    let (p, n) = verify_binary(kernel);
     problems.extend(p);
     sites.push(("kernel:alt-test-kernel".into(), n));
     assert!(problems.is_empty(), "{}", problems.join("\n"));

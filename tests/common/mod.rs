@@ -30,6 +30,35 @@ pub fn example(name: &str) -> PathBuf {
     path
 }
 
+/// The test kernel (`kernel/`, its own workspace), built once per test process into
+/// `target/tmp/kernel`, which every test that needs it shares.
+pub fn kernel() -> &'static std::path::Path {
+    static KERNEL: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    KERNEL.get_or_init(|| {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernel");
+        let target_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel");
+        // Run inside kernel/ so that kernel/.cargo/config.toml (host target, static relocation
+        // model) applies; flags from the outer build must not leak in.
+        let out = Command::new(env!("CARGO"))
+            .current_dir(&dir)
+            .args(["build", "--release", "--locked", "--target-dir"])
+            .arg(&target_dir)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_TARGET")
+            .env_remove("CARGO_TARGET_DIR")
+            .output()
+            .expect("run cargo build for kernel/");
+        assert!(
+            out.status.success(),
+            "building kernel/ failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        target_dir.join("x86_64-unknown-linux-gnu/release/alt-test-kernel")
+    })
+}
+
 /// The qemu-user binary. The README's test command installs Debian's `qemu-user` when it is
 /// missing; running the tests without it fails here with that advice.
 pub fn qemu() -> PathBuf {
