@@ -17,7 +17,8 @@
 //! `cpuN/regs/identification/{midr_el1,revidr_el1}`), so the same decision can be replayed
 //! anywhere; `--json` may follow it.
 //!
-//! `--bench` times `probe_online_cpus` (one probe per core type, no thread) against
+//! `--bench` times `probe_cpu_kinds` (what patching at load asks: one probe per core type, no
+//! sysfs read unless hybrid), `probe_online_cpus` (one probe per core type, no thread) against
 //! `probe_every_cpu` (a pinned thread per online CPU, what every probe used to do) in the same
 //! run and prints the median of each and their ratio.
 
@@ -141,6 +142,9 @@ mod hosted {
 
     pub fn bench(runs: usize) {
         let cpus = online().unwrap_or_else(|e| super::fail(&e));
+        let kinds = median_ns(runs, || {
+            std::hint::black_box(alt::cpu::probe_cpu_kinds().unwrap());
+        });
         let cheap = median_ns(runs, || {
             std::hint::black_box(alt::cpu::probe_online_cpus().unwrap());
         });
@@ -155,6 +159,10 @@ mod hosted {
         println!(
             "probing {} online CPUs, median of {runs} runs each:",
             cpus.len()
+        );
+        println!(
+            "  probe_cpu_kinds (what patching at load asks): {:8.1} us",
+            kinds / 1e3
         );
         println!(
             "  probe_online_cpus (one probe per core type): {:9.1} us",

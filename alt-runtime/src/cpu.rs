@@ -199,10 +199,12 @@ mod plan {
 pub use hosted::CpuError;
 
 #[cfg(all(feature = "std", target_os = "linux", target_arch = "x86_64"))]
-pub use hosted::{allowed_cpus, probe_every_cpu, probe_online_cpus, probe_this_cpu};
+pub use hosted::{
+    allowed_cpus, probe_cpu_kinds, probe_every_cpu, probe_online_cpus, probe_this_cpu,
+};
 
 #[cfg(all(feature = "std", target_os = "linux", target_arch = "aarch64"))]
-pub use hosted::probe_online_cpus;
+pub use hosted::{probe_cpu_kinds, probe_online_cpus};
 
 #[cfg(all(feature = "std", target_os = "linux"))]
 mod hosted {
@@ -300,6 +302,12 @@ mod hosted {
     #[cfg(target_arch = "aarch64")]
     pub fn probe_online_cpus() -> Result<std::vec::Vec<super::CpuDescriptor>, CpuError> {
         super::arm64_cpus(&crate::sysfs::Sysfs::system()).map_err(CpuError::Sysfs)
+    }
+
+    /// AArch64: every online CPU ([`probe_online_cpus`]); its kinds are only known from each.
+    #[cfg(target_arch = "aarch64")]
+    pub fn probe_cpu_kinds() -> Result<std::vec::Vec<super::CpuDescriptor>, CpuError> {
+        probe_online_cpus()
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -459,14 +467,40 @@ mod hosted {
     pub fn probe_online_cpus() -> Result<Vec<CpuDescriptor>, CpuError> {
         let sysfs = Sysfs::system();
         let online = sysfs.online_cpus().map_err(CpuError::Sysfs)?;
+        probe_online_from(&sysfs, &online, probe(&NativeCpuid))
+    }
+
+    /// One descriptor for each kind of online CPU: all the system's capabilities are decided
+    /// from (features every CPU has and errata any has do not depend on how many CPUs share a
+    /// kind). Not a hybrid part: the calling CPU's probe (as CPU [`libc::sched_getcpu`]),
+    /// without reading sysfs at all; a hybrid part: [`probe_online_cpus`]. Same assumption as
+    /// there: CPUs of one core type are identical. What load-time patching probes.
+    #[cfg(target_arch = "x86_64")]
+    pub fn probe_cpu_kinds() -> Result<Vec<CpuDescriptor>, CpuError> {
         let here = probe(&NativeCpuid);
+        if !here.features.contains(Features::HYBRID) {
+            // SAFETY: sched_getcpu has no preconditions (a vDSO call on Linux).
+            let cpu = unsafe { libc::sched_getcpu() };
+            return Ok(std::vec![CpuDescriptor::x86(cpu.max(0) as u32, here)]);
+        }
+        let sysfs = Sysfs::system();
+        let online = sysfs.online_cpus().map_err(CpuError::Sysfs)?;
+        probe_online_from(&sysfs, &online, here)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn probe_online_from(
+        sysfs: &Sysfs,
+        online: &CpuList,
+        here: X86Cpu,
+    ) -> Result<Vec<CpuDescriptor>, CpuError> {
         let hybrid = here.features.contains(Features::HYBRID);
         let kinds = if hybrid {
             sysfs.core_types().map_err(CpuError::Sysfs)?
         } else {
             None
         };
-        match x86_probe_plan(&online, kinds.as_ref(), hybrid) {
+        match x86_probe_plan(online, kinds.as_ref(), hybrid) {
             X86ProbePlan::One => Ok(online
                 .cpus()
                 .iter()
@@ -483,7 +517,7 @@ mod hosted {
                     })
                     .collect())
             }
-            X86ProbePlan::EveryCpu => probe_each(&online),
+            X86ProbePlan::EveryCpu => probe_each(online),
         }
     }
 

@@ -58,6 +58,22 @@ pub trait CpuidSource {
     /// XGETBV of extended control register `xcr` (0 is XCR0). The probe calls this only when
     /// CPUID reports OSXSAVE.
     fn xgetbv(&self, xcr: u32) -> u64;
+    /// XCR0, given the ECX this source just answered for leaf 1: 0 unless it reports OSXSAVE
+    /// (bit 27). The probe calls this instead of [`xgetbv`](Self::xgetbv)`(0)`, so that a
+    /// source which must check OSXSAVE before XGETBV (the real instruction faults without it)
+    /// need not ask leaf 1 again: under a hypervisor every CPUID is a VM exit, microseconds.
+    ///
+    /// # Safety
+    ///
+    /// `leaf1_ecx` must be this source's answer (ECX of `cpuid(1, 0)`), on this CPU or one whose
+    /// operating system sets CR4.OSXSAVE alike (every OS sets it on all CPUs or none).
+    unsafe fn xcr0_after_leaf1(&self, leaf1_ecx: u32) -> u64 {
+        if leaf1_ecx & (1 << 27) != 0 {
+            self.xgetbv(0)
+        } else {
+            0
+        }
+    }
     /// What the operating system enabled beyond XCR0. The default, nothing, is the safe answer
     /// for a source that cannot tell: such features are then never reported.
     fn os_enabled(&self) -> OsEnabled {
@@ -142,6 +158,15 @@ impl CpuidSource for NativeCpuid {
         // SAFETY: the checks above established that the OS enabled XSAVE (CR4.OSXSAVE) and
         // that `xcr` names a register this CPU has, so XGETBV cannot fault.
         unsafe { read_xcr(xcr) }
+    }
+
+    unsafe fn xcr0_after_leaf1(&self, leaf1_ecx: u32) -> u64 {
+        if leaf1_ecx & (1 << 27) == 0 {
+            return 0;
+        }
+        // SAFETY: the caller's contract: leaf 1 of this CPU reported OSXSAVE, so the OS set
+        // CR4.OSXSAVE and XGETBV of XCR0 (which every XSAVE CPU has) cannot fault.
+        unsafe { read_xcr(0) }
     }
 
     fn os_enabled(&self) -> OsEnabled {
@@ -391,11 +416,17 @@ pub fn probe<S: CpuidSource>(src: &S) -> X86Cpu {
         CoreType::Unknown
     };
     let [_, _, ecx81, edx81] = ext(0x8000_0001);
-    let ebx88 = ext(0x8000_0008)[1];
+    // Leaf 0x8000_0008 EBX gives only AMD facts (XSaveErPtr; bit 2 is reserved on Intel):
+    // one VM exit saved elsewhere.
+    let ebx88 = match vendor {
+        Vendor::Amd | Vendor::Hygon => ext(0x8000_0008)[1],
+        Vendor::Intel | Vendor::Other => 0,
+    };
     let eax821 = ext(0x8000_0021)[0];
 
     let osxsave = bit(ecx1, 27);
-    let xcr0 = if osxsave { src.xgetbv(0) } else { 0 };
+    // SAFETY: `ecx1` is what `src` answered for leaf 1 just now.
+    let xcr0 = unsafe { src.xcr0_after_leaf1(ecx1) };
     let os = src.os_enabled();
     let avx_state = xcr0 & XCR0_AVX_STATE == XCR0_AVX_STATE;
     let avx512_state = xcr0 & XCR0_AVX512_STATE == XCR0_AVX512_STATE;
@@ -598,6 +629,39 @@ mod tests {
         assert!(!probe(&d).features.intersects(avx512));
         d.set_xcr0(0xe7);
         assert!(probe(&d).features.contains(avx512));
+    }
+
+    #[test]
+    fn asks_each_leaf_once_and_xcr0_from_the_leaf_1_it_read() {
+        // Every CPUID is a VM exit under a hypervisor: the probe asks each leaf once, and hands
+        // the source the leaf 1 it read instead of letting it ask again before XGETBV.
+        use alloc::vec::Vec;
+        use core::cell::RefCell;
+        struct Counting(CpuidDump, RefCell<Vec<(u32, u32)>>, RefCell<Option<u32>>);
+        impl CpuidSource for Counting {
+            fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+                self.1.borrow_mut().push((leaf, subleaf));
+                self.0.cpuid(leaf, subleaf)
+            }
+            fn xgetbv(&self, xcr: u32) -> u64 {
+                self.0.xgetbv(xcr)
+            }
+            unsafe fn xcr0_after_leaf1(&self, leaf1_ecx: u32) -> u64 {
+                *self.2.borrow_mut() = Some(leaf1_ecx);
+                self.0.xgetbv(0)
+            }
+        }
+        let d = haswell(0x7);
+        let ecx1 = d.cpuid(1, 0)[2];
+        let src = Counting(d, RefCell::default(), RefCell::default());
+        let cpu = probe(&src);
+        assert!(cpu.features.contains(Features::AVX2));
+        let mut asked = src.1.borrow().clone();
+        let n = asked.len();
+        asked.sort();
+        asked.dedup();
+        assert_eq!(asked.len(), n, "a leaf asked twice: {:x?}", src.1.borrow());
+        assert_eq!(*src.2.borrow(), Some(ecx1));
     }
 
     #[test]
