@@ -324,6 +324,61 @@ fn the_injector_counts_the_calls_of_a_clean_pass() {
     let _ = CapabilitySet::default();
 }
 
+/// The buffer's executable pages as `(range, prot)`, read from the maps: what
+/// `loader_mappings` is told for an object's text.
+fn known_text(buf: &Buf) -> Vec<(core::ops::Range<u64>, i32)> {
+    let end = buf.base + PAGES * PAGE;
+    read_maps()
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.prot & libc::PROT_EXEC != 0 && m.range.start < end && buf.base < m.range.end)
+        .map(|m| (m.range.start.max(buf.base)..m.range.end.min(end), m.prot))
+        .collect()
+}
+
+#[test]
+fn text_inside_the_loader_mappings_is_written_without_reading_the_maps() {
+    let _g = lock();
+    let f = fixture();
+    let before = protections(&f.buf);
+    let known = known_text(&f.buf);
+    assert!(!known.is_empty());
+    // SAFETY: the ranges are the buffer's own executable pages with the protection they have.
+    let mut w = unsafe {
+        MprotectWriter::with_sys(FaultInjector::new(LinuxSys::default(), None))
+            .loader_mappings(known.clone())
+    };
+    // SAFETY: as `common::apply`.
+    let prepared: Prepared = unsafe { Prepared::from_alternatives(plan(&f)) };
+    let p = prepared.apply(&mut w, &mut alone()).unwrap();
+    assert_eq!(w.sys().count(Call::Maps), 0);
+    assert_eq!(w.sys().count(Call::Protect), 4);
+    assert_eq!(
+        protections(&f.buf),
+        before,
+        "each page got back its protection"
+    );
+    revert_clean(p);
+
+    // A site outside every known mapping: the maps are read, as without them.
+    let mut partial = known;
+    partial.retain(|(r, _)| !r.contains(&(f.buf.base + 3 * PAGE)));
+    partial
+        .iter_mut()
+        .for_each(|(r, _)| r.end = r.end.min(f.buf.base + 3 * PAGE));
+    // SAFETY: as above, fewer pages.
+    let mut w = unsafe {
+        MprotectWriter::with_sys(FaultInjector::new(LinuxSys::default(), None))
+            .loader_mappings(partial)
+    };
+    // SAFETY: as `common::apply`.
+    let prepared: Prepared = unsafe { Prepared::from_alternatives(plan(&f)) };
+    let p = prepared.apply(&mut w, &mut alone()).unwrap();
+    assert_eq!(w.sys().count(Call::Maps), 1);
+    assert_eq!(protections(&f.buf), before);
+    revert_clean(p);
+}
+
 /// A rendezvous that records the value of the slot at `.0` when asked to stop, then refuses.
 struct RefuseAndLook(u64, Option<u64>);
 

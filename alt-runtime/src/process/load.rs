@@ -110,18 +110,7 @@ pub(crate) fn mode_from(value: Option<&str>) -> Result<Mode, ProcessError> {
 
 /// Whether the application defined the opt-out symbol of [`crate::no_patch_at_load!`].
 fn opted_out() -> bool {
-    let p: *const u8;
-    // SAFETY: loads the address of a weak symbol from the GOT: 0 if nothing defines it. The
-    // asm reads only the GOT entry.
-    unsafe {
-        core::arch::asm!(
-            ".weak alt_patch_at_load_disabled",
-            "mov {}, qword ptr [rip + alt_patch_at_load_disabled@GOTPCREL]",
-            out(reg) p,
-            options(nostack, readonly, preserves_flags)
-        )
-    };
-    !p.is_null()
+    !crate::os::linux::weak_symbol_address!("alt_patch_at_load_disabled").is_null()
 }
 
 fn at_load() -> LoadOutcome {

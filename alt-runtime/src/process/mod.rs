@@ -50,7 +50,9 @@ use crate::capability::{CapabilitySet, Errata, Features};
 use crate::driver::{ApplyError, Patched, Patcher, PlanError};
 use crate::linker::sections;
 use crate::memory::LiveMemory;
-use crate::os::linux::{executable_segments_containing, MprotectWriter};
+use crate::os::linux::{
+    executable_segments_containing, loader_text_mappings_containing, MprotectWriter,
+};
 use crate::os::rendezvous::StopOptions;
 use crate::overrides::{Overrides, ENV_VAR};
 use crate::paravirt::{Backend, TableDesc};
@@ -114,10 +116,11 @@ impl std::error::Error for ProcessError {}
 
 static PATCHED: Mutex<Option<Patched>> = Mutex::new(None);
 
-/// The capabilities of this system: features every online CPU has, errata any has.
+/// The capabilities of this system: features every online CPU has, errata any has (from one
+/// probe of each kind of CPU: [`crate::cpu::probe_cpu_kinds`]).
 pub fn system_capabilities() -> Result<CapabilitySet, ProcessError> {
     let cpus =
-        crate::cpu::probe_online_cpus().map_err(|e| ProcessError::Probe(std::format!("{e}")))?;
+        crate::cpu::probe_cpu_kinds().map_err(|e| ProcessError::Probe(std::format!("{e}")))?;
     Ok(crate::policy::SystemCaps::from_cpus(&cpus).capabilities())
 }
 
@@ -278,6 +281,23 @@ pub fn patch_self() -> Result<Arc<Report>, ProcessError> {
     patch_self_with(&PatchOptions::new())
 }
 
+/// The writer for this object's own sites: reads `readable` (its text and replacement section)
+/// directly, and takes its text pages to have the protection the loader gave them, so that no
+/// `/proc/self/maps` is read (this object's text is not `mprotect`ed by anyone but `alt`).
+fn own_text_writer(options: &PatchOptions, readable: Vec<Range<u64>>) -> MprotectWriter {
+    let mappings = loader_text_mappings_containing(sections().alt_instr.0 as u64);
+    // SAFETY: `readable` is this object's own text and replacement section, mapped readable for
+    // its lifetime; `mappings` are its executable segments' pages as the dynamic loader mapped
+    // them (private, with the segments' protections), which only this runtime changes, and
+    // restores.
+    unsafe {
+        options
+            .writer()
+            .reading_directly(readable)
+            .loader_mappings(mappings)
+    }
+}
+
 /// Patches every site of this program as the options say. If the sites are patched already,
 /// returns that report, unless the options name capabilities of their own: then
 /// [`ProcessError::AlreadyPatched`] (revert first).
@@ -314,8 +334,7 @@ fn patch_now(options: &PatchOptions) -> Result<Arc<Report>, ProcessError> {
     // emitted by the macros.
     let patcher = unsafe { Patcher::new(caps, layout) }.sections(&s);
     let prepared = patcher.plan(&mem).map_err(ProcessError::Plan)?;
-    // SAFETY: as for `mem`: this object's own text and replacement section.
-    let mut writer = unsafe { options.writer().reading_directly(readable.clone()) };
+    let mut writer = own_text_writer(options, readable);
     let mut threads = options.rendezvous();
     let applied = prepared.apply(&mut writer, &mut threads);
     note_stop(&threads);
@@ -338,8 +357,7 @@ pub fn revert_self_with(options: &PatchOptions) -> Result<(), ProcessError> {
     let patched = guard.take().ok_or(ProcessError::NotPatched)?;
     let (mut readable, replacements) = process_text();
     readable.push(replacements);
-    // SAFETY: this object's own text and replacement section, mapped for its lifetime.
-    let mut writer = unsafe { options.writer().reading_directly(readable) };
+    let mut writer = own_text_writer(options, readable);
     let mut threads = options.rendezvous();
     let reverted = patched.revert(&mut writer, &mut threads);
     note_stop(&threads);
