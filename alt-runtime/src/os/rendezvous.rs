@@ -54,7 +54,9 @@
 //!    an interrupted `rep movsb`) is where a thread calling the site in a loop is most often
 //!    interrupted, try after try.
 //! 7. [`Stopped::release`] calls `membarrier(..SYNC_CORE)` if registered, serialises the caller,
-//!    and wakes everyone; each handler executes a serialising instruction (`cpuid`) after it sees
+//!    and wakes everyone (a caller that was alone is not serialised here: the writer serialises
+//!    the CPU that wrote, `Isa::sync` in the driver, and a second `cpuid` right after it would
+//!    only cost a VM exit under a hypervisor); each handler executes a serialising instruction (`cpuid`) after it sees
 //!    the release and before it returns. Returning from a signal handler is not enough by itself:
 //!    x86-64 Linux returns to user space with `sysret` when the restored registers allow it (a
 //!    thread stopped in a system call has `rcx == rip`, `r11 == rflags`), and `sysret` is not
@@ -407,7 +409,10 @@ pub struct Stopped {
 
 impl Stopped {
     /// Releases every stopped thread. Each executes a serialising instruction before it runs
-    /// on, after `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE)` where the kernel has it.
+    /// on, after `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE)` where the kernel has it,
+    /// and so does the caller. A caller that was [`alone`](Self::alone) is not serialised: it
+    /// wrote the text itself, and serialises its own CPU after writing (as the driver's
+    /// `Isa::sync` does), before it runs what it wrote.
     pub fn release(self) {
         drop(self);
     }
@@ -468,9 +473,9 @@ impl fmt::Debug for Stopped {
 
 impl Drop for Stopped {
     fn drop(&mut self) {
-        match self.arena {
-            Some(arena) => release(arena, self.used, self.gen, true),
-            None => arch::serialize_instruction_stream(),
+        // Alone (no arena): nobody to wake, and the writer serialised this CPU after writing.
+        if let Some(arena) = self.arena {
+            release(arena, self.used, self.gen, true);
         }
     }
 }
@@ -509,12 +514,14 @@ pub fn stop_other_threads(
 ) -> Result<Stopped, StopError> {
     let busy = BusyGuard::take()?;
     let mask = CallerMask::block_all()?;
-    // The kernel's count, which a listing cut short cannot fool; the listing where it is
-    // unreadable.
-    let alone = match threads_in_group() {
-        Some(n) => n <= 1,
-        None => count_threads()? <= 1,
-    };
+    // The C library's word first (one load, no system call: what every program pays at
+    // start-up); else the kernel's count, which a listing cut short cannot fool; the listing
+    // where it is unreadable.
+    let alone = c_library_single_threaded()
+        || match threads_in_group() {
+            Some(n) => n <= 1,
+            None => count_threads()? <= 1,
+        };
     if alone {
         // Nobody else can run, or create a thread: this one is busy here.
         membarrier_registered(); // cheap now, slow once threads exist
@@ -1761,9 +1768,29 @@ fn probe(tid: i32, signal: i32, libc_internal: u64) -> Probe {
     }
 }
 
-/// How many threads the process has, from `/proc/self/status` (`Threads:`, the kernel's count,
-/// which includes threads on their way out), if it can be read.
+/// Whether the C library says this process has never had a second thread: glibc's (2.32+)
+/// public `__libc_single_threaded`, true until the first `pthread_create` (set before the thread
+/// exists; not reset by `fork` in glibc 2.36). `false` where the C library has no such word.
+/// Threads made with a raw `clone(CLONE_THREAD)` that bypasses the C library are not seen; the C
+/// library does not support them either (they have no thread-local storage of their own).
+fn c_library_single_threaded() -> bool {
+    let word = crate::os::linux::weak_symbol_address!("__libc_single_threaded");
+    // SAFETY: where defined, the symbol is the C library's `char`, live for the process; it
+    // is only written by the C library, so a volatile byte read is all it takes.
+    !word.is_null() && unsafe { word.read_volatile() } != 0
+}
+
+/// How many threads the process has, from `/proc/self/stat` (`num_threads`, the kernel's count,
+/// which includes threads on their way out), if it can be read. `stat` rather than `status`:
+/// the kernel formats a third of the text, and this runs at every program's start. A count of
+/// 0 is no kernel's (it counts the caller): qemu-user writes its own `stat` with most fields 0,
+/// and then `Threads:` of `/proc/self/status` (which it passes through) is read instead.
 fn threads_in_group() -> Option<usize> {
+    let mut buf = [0u8; 1024];
+    let n = read_proc(b"/proc/self/stat\0", &mut buf)?;
+    if let Some(count) = stat_threads(&buf[..n]).filter(|&c| c >= 1) {
+        return Some(count);
+    }
     let mut buf = [0u8; 4096];
     let n = read_proc(b"/proc/self/status\0", &mut buf)?;
     let v = status_field(&buf[..n], b"Threads:")?;
@@ -1772,6 +1799,19 @@ fn threads_in_group() -> Option<usize> {
         .position(|b| !b.is_ascii_digit())
         .unwrap_or(v.len());
     parse_decimal(&v[..digits]).map(|t| t as usize)
+}
+
+/// Field 20 (`num_threads`) of a `/proc/PID/stat` line. The command name (field 2) is in
+/// parentheses and may hold spaces and parentheses itself: the fields are counted from the
+/// last `)`.
+fn stat_threads(stat: &[u8]) -> Option<usize> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    // Field 3 (the state) is the first after the name; field 20 the eighteenth.
+    let field = stat[close + 1..]
+        .split(|&b| b == b' ')
+        .filter(|f| !f.is_empty())
+        .nth(17)?;
+    parse_decimal(field).map(|t| t as usize)
 }
 
 /// Reads the file at the NUL-terminated `path` into `buf` (as much as fits); its length, or
@@ -1864,11 +1904,11 @@ mod arch {
         unsafe { (*context).uc_mcontext.gregs[libc::REG_RIP as usize] as u64 }
     }
 
-    /// Makes this CPU discard instructions it fetched before text was written: `cpuid`, which
-    /// is architecturally serialising on every x86-64 CPU (leaf 0 has no other effect).
+    /// Makes this CPU discard instructions it fetched before text was written: a serialising
+    /// instruction ([`crate::x86_64::serialize`]: `iretq`, or `cpuid` on a shadow stack).
     #[cfg(target_arch = "x86_64")]
     pub(super) fn serialize_instruction_stream() {
-        core::arch::x86_64::__cpuid(0);
+        crate::x86_64::serialize();
     }
 
     /// A cycle count, as a seed.
@@ -1882,6 +1922,26 @@ mod arch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_thread_count_is_field_20_counted_after_the_name() {
+        // A name with spaces and parentheses of its own; num_threads is 7.
+        let line = b"4242 (a) b (c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 7 0                      12345 1000 100 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0\n";
+        assert_eq!(stat_threads(line), Some(7));
+        assert_eq!(stat_threads(b"4242 (x) S 1 2"), None);
+        assert_eq!(stat_threads(b"no name here"), None);
+        // This process's own line: the unit-test harness runs tests on threads.
+        let own = threads_in_group().expect("/proc/self/stat");
+        assert!(own >= 1, "{own}");
+    }
+
+    #[test]
+    fn the_c_library_knows_this_process_has_threads() {
+        // The harness runs this test on a thread of its own: never single-threaded here.
+        assert!(!c_library_single_threaded());
+        // And a program that never made a thread is single-threaded by the same word: the
+        // quickstart child of the start-up benchmark, load-time patching in tests/adoption.rs.
+    }
 
     #[test]
     fn status_blocked_bits_are_read_per_signal() {
