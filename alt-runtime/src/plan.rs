@@ -382,7 +382,7 @@ pub fn plan_alternatives_for<I: Isa, M: Memory>(
 ) -> Result<Plan, TableError> {
     let mut parsed = Vec::with_capacity(entries.len());
     let mut arena = Vec::new();
-    let mut unchanged = MovesUnchanged::new();
+    let mut unchanged = MovesUnchanged::new(entries.len());
     for (index, t) in entries.iter().enumerate() {
         parsed.push(check_entry::<I, M>(
             index,
@@ -482,28 +482,31 @@ struct MovesUnchanged {
 }
 
 impl MovesUnchanged {
+    /// Most slots: a power of two up to 64 (the hash below has six bits).
     const SLOTS: usize = 64;
 
-    fn new() -> Self {
+    /// A cache for a table of `entries`: a slot per entry up to [`Self::SLOTS`] (a small
+    /// program's table touches no more memory than it needs; a slot is 96 bytes).
+    fn new(entries: usize) -> Self {
         MovesUnchanged {
-            slots: vec![None; Self::SLOTS],
+            slots: vec![None; entries.next_power_of_two().clamp(1, Self::SLOTS)],
         }
     }
 
     /// Longest code cached, and the length of a key: the code padded with zeros.
     const KEY: usize = 16;
 
-    fn slot(key: &[u8; Self::KEY], n: usize) -> usize {
+    fn slot(&self, key: &[u8; Self::KEY], n: usize) -> usize {
         let k = u128::from_le_bytes(*key);
         let (lo, hi) = (k as u64, (k >> 64) as u64);
         // A multiplicative hash of both halves and the length; the top bits pick the slot.
         let h = (lo ^ hi.rotate_left(29) ^ n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        (h >> 58) as usize % Self::SLOTS
+        (h >> 58) as usize % self.slots.len()
     }
 
     /// The shape of the `n` bytes of `key` (`n <= KEY`, the rest zero), if cached.
     fn get(&self, key: &[u8; Self::KEY], n: usize) -> Option<Shape> {
-        match &self.slots[Self::slot(key, n)] {
+        match &self.slots[self.slot(key, n)] {
             Some((len, b, shape)) if usize::from(*len) == n && b == key => Some(*shape),
             _ => None,
         }
@@ -513,7 +516,7 @@ impl MovesUnchanged {
         if code.len() <= Self::KEY {
             let mut key = [0; Self::KEY];
             key[..code.len()].copy_from_slice(code);
-            let slot = Self::slot(&key, code.len());
+            let slot = self.slot(&key, code.len());
             self.slots[slot] = Some((code.len() as u8, key, shape));
         }
     }
