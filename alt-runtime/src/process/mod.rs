@@ -36,9 +36,10 @@
 //! real-time signal (the first of `SIGRTMAX - 3` downwards that has no handler and is not
 //! blocked by the caller; [`PatchOptions::signal`] names another), and no thread that keeps it
 //! blocked: such a thread is named in the error, and nothing is written. Under qemu-user the
-//! emulator's helper thread is such a thread: patching at load fails there in about 10 ms
-//! (the sites keep their defaults), and a program that knows its own threads let it run with
-//! the unsafe [`PatchOptions::assume_blocking_threads_run_no_sites`].
+//! emulator's helper thread is such a thread once the program has threads of its own (before
+//! that the C library says the program is alone, and the helper runs no guest code): patching
+//! then fails in about 10 ms (the sites keep their defaults), and a program that knows its own
+//! threads lets it run with the unsafe [`PatchOptions::assume_blocking_threads_run_no_sites`].
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -211,8 +212,9 @@ impl PatchOptions {
     /// The case for it is qemu-user: its own helper thread shows in `/proc/self/task`, blocks
     /// every signal for its whole life and never runs guest code. Nothing the guest can read
     /// tells it from a program thread that blocks every signal, so without this option
-    /// patching under qemu-user is refused (in about 10 ms, naming the helper); with it, the
-    /// first call waits one second for the helper.
+    /// patching under qemu-user is refused once the program has made a thread (in about 10 ms,
+    /// naming the helper; before that the program is alone by its C library's word); with it,
+    /// the first call waits one second for the helper.
     ///
     /// # Safety
     ///
