@@ -53,10 +53,9 @@
 //!    everyone and starting over would not do: a long instruction at a site's start (`rdtsc`,
 //!    an interrupted `rep movsb`) is where a thread calling the site in a loop is most often
 //!    interrupted, try after try.
-//! 7. [`Stopped::release`] calls `membarrier(..SYNC_CORE)` if registered, serialises the caller,
-//!    and wakes everyone (a caller that was alone is not serialised here: the writer serialises
-//!    the CPU that wrote, `Isa::sync` in the driver, and a second `cpuid` right after it would
-//!    only cost a VM exit under a hypervisor); each handler executes a serialising instruction (`cpuid`) after it sees
+//! 7. [`Stopped::release`] calls `membarrier(..SYNC_CORE)` if registered, serialises the caller
+//!    (also a caller that was alone), and wakes everyone; each handler executes a serialising
+//!    instruction ([`crate::x86_64::serialize`]) after it sees
 //!    the release and before it returns. Returning from a signal handler is not enough by itself:
 //!    x86-64 Linux returns to user space with `sysret` when the restored registers allow it (a
 //!    thread stopped in a system call has `rcx == rip`, `r11 == rflags`), and `sysret` is not
@@ -410,9 +409,7 @@ pub struct Stopped {
 impl Stopped {
     /// Releases every stopped thread. Each executes a serialising instruction before it runs
     /// on, after `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE)` where the kernel has it,
-    /// and so does the caller. A caller that was [`alone`](Self::alone) is not serialised: it
-    /// wrote the text itself, and serialises its own CPU after writing (as the driver's
-    /// `Isa::sync` does), before it runs what it wrote.
+    /// and so does the caller (also one that was [`alone`](Self::alone)).
     pub fn release(self) {
         drop(self);
     }
@@ -473,9 +470,10 @@ impl fmt::Debug for Stopped {
 
 impl Drop for Stopped {
     fn drop(&mut self) {
-        // Alone (no arena): nobody to wake, and the writer serialised this CPU after writing.
-        if let Some(arena) = self.arena {
-            release(arena, self.used, self.gen, true);
+        match self.arena {
+            Some(arena) => release(arena, self.used, self.gen, true),
+            // Alone: nobody to wake; the caller still serialises (an `iretq`, 0.04 us).
+            None => arch::serialize_instruction_stream(),
         }
     }
 }
@@ -1403,7 +1401,8 @@ fn wake_handlers() {
 // ---------------------------------------------------------------------------------------------
 // The handler's side: atomics and raw system calls only.
 
-/// The signal handler. Async-signal-safe: atomics, `futex`, `cpuid`; `errno` is preserved.
+/// The signal handler. Async-signal-safe: atomics, `futex`, a serialising instruction; `errno`
+/// is preserved.
 extern "C" fn on_stop_signal(
     _signal: libc::c_int,
     info: *mut libc::siginfo_t,
@@ -1771,8 +1770,11 @@ fn probe(tid: i32, signal: i32, libc_internal: u64) -> Probe {
 /// Whether the C library says this process has never had a second thread: glibc's (2.32+)
 /// public `__libc_single_threaded`, true until the first `pthread_create` (set before the thread
 /// exists; not reset by `fork` in glibc 2.36). `false` where the C library has no such word.
-/// Threads made with a raw `clone(CLONE_THREAD)` that bypasses the C library are not seen; the C
-/// library does not support them either (they have no thread-local storage of their own).
+/// Not seen, so not stopped: threads made with a raw `clone(CLONE_THREAD)` that bypasses the C
+/// library (which does not support them: they have no thread-local storage of their own), and
+/// threads of another link namespace's copy of the C library (`dlmopen(LM_ID_NEWLM)`, an
+/// `LD_AUDIT` module), whose word is its own. Such threads must not run sites while they are
+/// patched (see docs/threads.md).
 fn c_library_single_threaded() -> bool {
     let word = crate::os::linux::weak_symbol_address!("__libc_single_threaded");
     // SAFETY: where defined, the symbol is the C library's `char`, live for the process; it

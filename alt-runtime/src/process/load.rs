@@ -129,7 +129,7 @@ fn at_load() -> LoadOutcome {
     if s.alt_entries().iter().all(|e| e.to_bytes() == placeholder) {
         return LoadOutcome::Skipped("no sites");
     }
-    let outcome = match patch_now(&PatchOptions::new()) {
+    let outcome = match patch_now(&PatchOptions::new(), true) {
         Ok(r) => LoadOutcome::Patched(r),
         Err(e) => LoadOutcome::Failed(e),
     };

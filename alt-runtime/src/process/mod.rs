@@ -284,20 +284,26 @@ pub fn patch_self() -> Result<Arc<Report>, ProcessError> {
 }
 
 /// The writer for this object's own sites: reads `readable` (its text and replacement section)
-/// directly, and takes its text pages to have the protection the loader gave them, so that no
-/// `/proc/self/maps` is read (this object's text is not `mprotect`ed by anyone but `alt`).
-fn own_text_writer(options: &PatchOptions, readable: Vec<Range<u64>>) -> MprotectWriter {
-    let mappings = loader_text_mappings_containing(sections().alt_instr.0 as u64);
+/// directly. At load (`at_load`), it also takes the text pages to have the protection the
+/// loader gave them, so that no `/proc/self/maps` is read: while the object's constructor runs,
+/// nothing but the loader has touched them. Later (a tool that hooks functions may have changed
+/// them since) the exact protections are read from the maps.
+fn own_text_writer(
+    options: &PatchOptions,
+    readable: Vec<Range<u64>>,
+    at_load: bool,
+) -> MprotectWriter {
     // SAFETY: `readable` is this object's own text and replacement section, mapped readable for
-    // its lifetime; `mappings` are its executable segments' pages as the dynamic loader mapped
-    // them (private, with the segments' protections), which only this runtime changes, and
-    // restores.
-    unsafe {
-        options
-            .writer()
-            .reading_directly(readable)
-            .loader_mappings(mappings)
+    // its lifetime.
+    let writer = unsafe { options.writer().reading_directly(readable) };
+    if !at_load {
+        return writer;
     }
+    let mappings = loader_text_mappings_containing(sections().alt_instr.0 as u64);
+    // SAFETY: `mappings` are this object's executable segments' pages as the dynamic loader
+    // mapped them (private, with the segments' protections), and its constructor runs now: only
+    // the loader has mapped them, and this runtime changes and restores them.
+    unsafe { writer.loader_mappings(mappings) }
 }
 
 /// Patches every site of this program as the options say. If the sites are patched already,
@@ -310,11 +316,11 @@ pub fn patch_self_with(options: &PatchOptions) -> Result<Arc<Report>, ProcessErr
             Some(_) => Err(ProcessError::AlreadyPatched),
         };
     }
-    patch_now(options)
+    patch_now(options, false)
 }
 
-/// Patches now (nothing is patched yet).
-fn patch_now(options: &PatchOptions) -> Result<Arc<Report>, ProcessError> {
+/// Patches now (nothing is patched yet); `at_load` from the object's constructor.
+fn patch_now(options: &PatchOptions, at_load: bool) -> Result<Arc<Report>, ProcessError> {
     let caps = options.decide()?;
     let mut guard = PATCHED.lock().unwrap_or_else(|p| p.into_inner());
     if guard.is_some() {
@@ -336,7 +342,7 @@ fn patch_now(options: &PatchOptions) -> Result<Arc<Report>, ProcessError> {
     // emitted by the macros.
     let patcher = unsafe { Patcher::new(caps, layout) }.sections(&s);
     let prepared = patcher.plan(&mem).map_err(ProcessError::Plan)?;
-    let mut writer = own_text_writer(options, readable);
+    let mut writer = own_text_writer(options, readable, at_load);
     let mut threads = options.rendezvous();
     let applied = prepared.apply(&mut writer, &mut threads);
     note_stop(&threads);
@@ -359,7 +365,7 @@ pub fn revert_self_with(options: &PatchOptions) -> Result<(), ProcessError> {
     let patched = guard.take().ok_or(ProcessError::NotPatched)?;
     let (mut readable, replacements) = process_text();
     readable.push(replacements);
-    let mut writer = own_text_writer(options, readable);
+    let mut writer = own_text_writer(options, readable, false);
     let mut threads = options.rendezvous();
     let reverted = patched.revert(&mut writer, &mut threads);
     note_stop(&threads);

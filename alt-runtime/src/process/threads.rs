@@ -70,7 +70,8 @@ impl Threads {
 // SAFETY: `stop` returns `Ok` only with a `Stopped` guard, under which every other thread of
 // the process waits in the handler with its instruction pointer outside `sites` (or is left
 // running under the caller's `assume_blocking_threads_run_no_sites` promise), or when the caller
-// is the only thread; the guard's release makes every thread serialise before it runs on.
+// is the only thread; the guard's release makes every thread, the caller included, serialise
+// before it runs on.
 unsafe impl Rendezvous for Threads {
     fn stop(&mut self, sites: &[Range<u64>]) -> Result<(), RendezvousError> {
         // Dropping a guard left by a caller that did not release is the release.

@@ -23,10 +23,10 @@ mod serialize_cpu {
     ///
     /// Hosted Linux: `iretq` to the next instruction, as Linux's own `sync_core()` does on CPUs
     /// without `SERIALIZE` (IRET is architecturally serialising on every x86-64 CPU and, unlike
-    /// CPUID, never leaves a virtual machine: a CPUID is a VM exit, 5-10 us on this project's
-    /// VM against 0.04 us). Not while the thread runs on a CET shadow stack (IRET would then
-    /// check a shadow-stack frame that is not there): `cpuid` then, as everywhere else (a
-    /// kernel, no_std).
+    /// CPUID, which hypervisors always intercept, normally runs without leaving a virtual
+    /// machine: a CPUID is a VM exit, 5-10 us on this project's VM against 0.04 us). Not where
+    /// the process may run on a CET shadow stack (IRET would then check a shadow-stack frame
+    /// that is not there): `cpuid` then, as everywhere else (a kernel, no_std).
     #[inline]
     pub fn serialize() {
         #[cfg(all(target_arch = "x86_64", feature = "std", target_os = "linux"))]
@@ -39,11 +39,21 @@ mod serialize_cpu {
         core::arch::x86_64::__cpuid(0);
     }
 
-    /// Whether this thread runs with a user shadow stack: `arch_prctl(ARCH_SHSTK_STATUS)`,
-    /// made directly so that `errno` stays untouched (this runs in signal handlers). A kernel
-    /// without shadow-stack support refuses the call: no shadow stack.
+    /// Whether the process may run on a user shadow stack: `arch_prctl(ARCH_SHSTK_STATUS)` of
+    /// the first caller, made directly so that `errno` stays untouched (this runs in signal
+    /// handlers), and kept: the C library enables shadow stacks for the whole process at start
+    /// (threads inherit them) and locks the choice. `EINVAL` (a kernel without shadow-stack
+    /// support) means none; any other failure (a seccomp filter's errno) counts as one.
     #[cfg(all(target_arch = "x86_64", feature = "std", target_os = "linux"))]
     pub(super) fn on_shadow_stack() -> bool {
+        use core::sync::atomic::{AtomicU8, Ordering::Relaxed};
+        /// 0: not asked yet; 1: no shadow stack; 2: maybe one.
+        static ANSWER: AtomicU8 = AtomicU8::new(0);
+        match ANSWER.load(Relaxed) {
+            1 => return false,
+            2 => return true,
+            _ => {}
+        }
         const ARCH_SHSTK_STATUS: u64 = 0x5005;
         const ARCH_SHSTK_SHSTK: u64 = 1;
         let mut features: u64 = 0;
@@ -61,7 +71,9 @@ mod serialize_cpu {
                 options(nostack),
             )
         };
-        rc == 0 && features & ARCH_SHSTK_SHSTK != 0
+        let none = rc == -i64::from(libc::EINVAL) || (rc == 0 && features & ARCH_SHSTK_SHSTK == 0);
+        ANSWER.store(if none { 1 } else { 2 }, Relaxed);
+        !none
     }
 
     /// `iretq` to the next instruction, with the frame built below the red zone.
