@@ -341,6 +341,18 @@ mod tests {
         plan_paravirt(&table, &backend, entries, &layout, mem)
     }
 
+    /// The plan of one entry with the native backend for every operation.
+    fn plan_native(ops: &[OpDesc], entry: PvTableEntry, mem: &Fake) -> PvPlan {
+        plan(ops, &[OpChoice::Native], &[entry], mem).unwrap()
+    }
+
+    /// A call to the native function through its thunk (what a site gets when the operation's
+    /// inline sequence may not go in).
+    const NATIVE_THROUGH_THUNK: PvDecision = PvDecision::Call {
+        target: NATIVE_THUNK,
+        through_thunk: true,
+    };
+
     /// An inline sequence `mov rax, [rip + 0x4800]` placed at REPL.start (7 bytes).
     fn inline_mov(mem: &mut Fake) -> (u64, u8) {
         let at = REPL.start;
@@ -358,13 +370,7 @@ mod tests {
         // NOPs first, then the call: it returns to the site's end, so any sequence fits.
         mem.padded_site(0x1100, 0, 9);
         let ops = [op("load", Clobbers::RAX, Some(seq))];
-        let p = plan(
-            &ops,
-            &[OpChoice::Native],
-            &[entry(0, 0x1100, 0, 9, Clobbers::RAX)],
-            &mem,
-        )
-        .unwrap();
+        let p = plan_native(&ops, entry(0, 0x1100, 0, 9, Clobbers::RAX), &mem);
         let s = &p.sites[0];
         assert_eq!(s.decision, PvDecision::Inline);
         // disp = 0x4800 - (0x1100 + 7) = 0x36f9; then a 2-byte NOP.
@@ -404,21 +410,9 @@ mod tests {
         // 6, which the 7-byte sequence would cover. The native function is called instead.
         mem.site(0x1100, 0, 9);
         let ops = [op("load", Clobbers::RAX, Some(seq))];
-        let p = plan(
-            &ops,
-            &[OpChoice::Native],
-            &[entry(0, 0x1100, 0, 9, Clobbers::RAX)],
-            &mem,
-        )
-        .unwrap();
+        let p = plan_native(&ops, entry(0, 0x1100, 0, 9, Clobbers::RAX), &mem);
         let s = &p.sites[0];
-        assert_eq!(
-            s.decision,
-            PvDecision::Call {
-                target: NATIVE_THUNK,
-                through_thunk: true
-            }
-        );
+        assert_eq!(s.decision, NATIVE_THROUGH_THUNK);
         assert!(
             s.why
                 .contains("cross the offset the site's call returns to"),
@@ -448,13 +442,7 @@ mod tests {
         let p = plan(&ops, &[OpChoice::Native], &entries, &mem).unwrap();
         let thunk = relocate::call_rel32(0x1101, NATIVE_THUNK).unwrap();
         assert_eq!(p.sites[0].write.new, [&[0x90], &thunk[..]].concat());
-        assert_eq!(
-            p.sites[0].decision,
-            PvDecision::Call {
-                target: NATIVE_THUNK,
-                through_thunk: true
-            }
-        );
+        assert_eq!(p.sites[0].decision, NATIVE_THROUGH_THUNK);
         let direct = relocate::call_rel32(0x1201, NATIVE).unwrap();
         assert_eq!(p.sites[1].write.new, [&[0x90], &direct[..]].concat());
         // A backend function: the dispatch thunk (which calls through the dispatch slot).
@@ -656,13 +644,7 @@ mod tests {
         // 7 bytes: the 7-byte sequence would fit, but not with the ret a tail call needs.
         mem.tail_site(0x1100, 0, 7);
         let ops = [op("load", Clobbers::C_ABI, Some(seq))];
-        let p = plan(
-            &ops,
-            &[OpChoice::Native],
-            &[entry(0, 0x1100, 0, 7, Clobbers::C_ABI)],
-            &mem,
-        )
-        .unwrap();
+        let p = plan_native(&ops, entry(0, 0x1100, 0, 7, Clobbers::C_ABI), &mem);
         let s = &p.sites[0];
         assert!(
             s.why
@@ -681,21 +663,9 @@ mod tests {
         mem.padded_site(0x1100, 0, 9);
         // The sequence may change rcx too; the site lets the operation change only rax.
         let ops = [op("load", Clobbers::RAX | Clobbers::RCX, Some(seq))];
-        let p = plan(
-            &ops,
-            &[OpChoice::Native],
-            &[entry(0, 0x1100, 0, 9, Clobbers::RAX)],
-            &mem,
-        )
-        .unwrap();
+        let p = plan_native(&ops, entry(0, 0x1100, 0, 9, Clobbers::RAX), &mem);
         let s = &p.sites[0];
-        assert_eq!(
-            s.decision,
-            PvDecision::Call {
-                target: NATIVE_THUNK,
-                through_thunk: true
-            }
-        );
+        assert_eq!(s.decision, NATIVE_THROUGH_THUNK);
         assert!(
             s.why
                 .starts_with("native, the inline sequence clobbers more"),
@@ -703,13 +673,11 @@ mod tests {
             s.why
         );
         // The same site allowing rcx as well gets the sequence.
-        let p = plan(
+        let p = plan_native(
             &ops,
-            &[OpChoice::Native],
-            &[entry(0, 0x1100, 0, 9, Clobbers::RAX | Clobbers::RCX)],
+            entry(0, 0x1100, 0, 9, Clobbers::RAX | Clobbers::RCX),
             &mem,
-        )
-        .unwrap();
+        );
         assert_eq!(p.sites[0].decision, PvDecision::Inline);
     }
 
@@ -802,13 +770,7 @@ mod tests {
         // sequence ends.
         mem.site(0x1100, 0, 9);
         let ops = [op("load", Clobbers::RAX, Some((REPL.start, 6)))];
-        let p = plan(
-            &ops,
-            &[OpChoice::Native],
-            &[entry(0, 0x1100, 0, 9, Clobbers::RAX)],
-            &mem,
-        )
-        .unwrap();
+        let p = plan_native(&ops, entry(0, 0x1100, 0, 9, Clobbers::RAX), &mem);
         let s = &p.sites[0];
         assert_eq!(s.decision, PvDecision::Inline, "{}", s.why);
         // disp = 0x4800 - (0x1100 + 6) = 0x36fa; then a 3-byte NOP.
@@ -868,13 +830,7 @@ mod tests {
         let seq = inline_mov(&mut mem);
         mem.site(0x1100, 0, 6);
         let ops = [op("load", Clobbers::RAX, Some(seq))];
-        let p = plan(
-            &ops,
-            &[OpChoice::Native],
-            &[entry(0, 0x1100, 0, 6, Clobbers::RAX)],
-            &mem,
-        )
-        .unwrap();
+        let p = plan_native(&ops, entry(0, 0x1100, 0, 6, Clobbers::RAX), &mem);
         let s = &p.sites[0];
         assert!(matches!(
             s.decision,
