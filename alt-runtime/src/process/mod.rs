@@ -51,9 +51,7 @@ use crate::capability::{CapabilitySet, Errata, Features};
 use crate::driver::{ApplyError, Patched, Patcher, PlanError};
 use crate::linker::sections;
 use crate::memory::LiveMemory;
-use crate::os::linux::{
-    executable_segments_containing, loader_text_mappings_containing, MprotectWriter,
-};
+use crate::os::linux::{executable_segments_containing, LoadSegments, MprotectWriter};
 use crate::os::rendezvous::StopOptions;
 use crate::overrides::{Overrides, ENV_VAR};
 use crate::paravirt::{Backend, TableDesc};
@@ -284,26 +282,25 @@ pub fn patch_self() -> Result<Arc<Report>, ProcessError> {
 }
 
 /// The writer for this object's own sites: reads `readable` (its text and replacement section)
-/// directly. At load (`at_load`), it also takes the text pages to have the protection the
-/// loader gave them, so that no `/proc/self/maps` is read: while the object's constructor runs,
-/// nothing but the loader has touched them. Later (a tool that hooks functions may have changed
-/// them since) the exact protections are read from the maps.
+/// directly. At load (`at_load`: `segments` are this object's), it also takes the text pages to
+/// have the protection the loader gave them, so that no `/proc/self/maps` is read: while the
+/// object's constructor runs, nothing but the loader has touched them. Later (a tool that hooks
+/// functions may have changed them since) the exact protections are read from the maps.
 fn own_text_writer(
     options: &PatchOptions,
     readable: Vec<Range<u64>>,
-    at_load: bool,
+    at_load: Option<&LoadSegments>,
 ) -> MprotectWriter {
     // SAFETY: `readable` is this object's own text and replacement section, mapped readable for
     // its lifetime.
     let writer = unsafe { options.writer().reading_directly(readable) };
-    if !at_load {
+    let Some(segments) = at_load else {
         return writer;
-    }
-    let mappings = loader_text_mappings_containing(sections().alt_instr.0 as u64);
-    // SAFETY: `mappings` are this object's executable segments' pages as the dynamic loader
-    // mapped them (private, with the segments' protections), and its constructor runs now: only
-    // the loader has mapped them, and this runtime changes and restores them.
-    unsafe { writer.loader_mappings(mappings) }
+    };
+    // SAFETY: these are this object's executable segments' pages as the dynamic loader mapped
+    // them (private, with the segments' protections), and its constructor runs now: only the
+    // loader has mapped them, and this runtime changes and restores them.
+    unsafe { writer.loader_mappings(segments.loader_text_mappings()) }
 }
 
 /// Patches every site of this program as the options say. If the sites are patched already,
@@ -328,7 +325,8 @@ fn patch_now(options: &PatchOptions, at_load: bool) -> Result<Arc<Report>, Proce
     }
     let started = Instant::now();
     let s = sections();
-    let (text, replacements) = process_text();
+    let segments = LoadSegments::containing(s.alt_instr.0 as u64);
+    let (text, replacements) = (segments.executable(), s.replacements());
     let mut readable = text.clone();
     readable.push(replacements.clone());
     // SAFETY: these are this program's executable segments and its replacement section, mapped
@@ -342,7 +340,7 @@ fn patch_now(options: &PatchOptions, at_load: bool) -> Result<Arc<Report>, Proce
     // emitted by the macros.
     let patcher = unsafe { Patcher::new(caps, layout) }.sections(&s);
     let prepared = patcher.plan(&mem).map_err(ProcessError::Plan)?;
-    let mut writer = own_text_writer(options, readable, at_load);
+    let mut writer = own_text_writer(options, readable, at_load.then_some(&segments));
     let mut threads = options.rendezvous();
     let applied = prepared.apply(&mut writer, &mut threads);
     note_stop(&threads);
@@ -365,7 +363,7 @@ pub fn revert_self_with(options: &PatchOptions) -> Result<(), ProcessError> {
     let patched = guard.take().ok_or(ProcessError::NotPatched)?;
     let (mut readable, replacements) = process_text();
     readable.push(replacements);
-    let mut writer = own_text_writer(options, readable, false);
+    let mut writer = own_text_writer(options, readable, None);
     let mut threads = options.rendezvous();
     let reverted = patched.revert(&mut writer, &mut threads);
     note_stop(&threads);

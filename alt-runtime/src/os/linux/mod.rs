@@ -4,8 +4,8 @@
 //! - the system calls the writer makes, behind one trait (fault injection in tests), in
 //!   [`sys`];
 //! - [`MprotectWriter`]: writes the process's own text, all or nothing;
-//! - [`executable_segments_containing`], [`loader_text_mappings_containing`]: an object's text
-//!   ranges and their protections from the dynamic loader.
+//! - [`LoadSegments`] ([`executable_segments_containing`], [`loader_text_mappings_containing`]):
+//!   an object's text ranges and their protections from the dynamic loader.
 
 use alloc::vec::Vec;
 use core::ops::Range;
@@ -73,48 +73,71 @@ pub fn object_name_containing(addr: u64) -> alloc::string::String {
 /// The executable segments of the loaded object (executable or shared library) that contains
 /// `addr`, from the dynamic loader's program headers.
 pub fn executable_segments_containing(addr: u64) -> Vec<Range<u64>> {
-    load_segments_containing(addr)
-        .into_iter()
-        .filter(|(_, flags)| flags & libc::PF_X != 0)
-        .map(|(range, _)| range)
-        .collect()
+    LoadSegments::containing(addr).executable()
 }
 
-/// The pages of the executable segments of the object that contains `addr` with the
-/// protection the dynamic loader mapped them with (from each segment's `p_flags`), for
-/// [`MprotectWriter::loader_mappings`]. A segment whose first or last page it shares with
-/// another segment is left out (that page's protection is not the segment's alone).
+/// [`LoadSegments::loader_text_mappings`] of the object that contains `addr`.
 pub fn loader_text_mappings_containing(addr: u64) -> Vec<(Range<u64>, i32)> {
-    let segments = load_segments_containing(addr);
-    let pages = |r: &Range<u64>| {
-        let page = crate::writer::PAGE_SIZE;
-        r.start / page * page..r.end.div_ceil(page) * page
-    };
-    segments
-        .iter()
-        .enumerate()
-        .filter(|(_, (_, flags))| flags & libc::PF_X != 0)
-        .filter(|&(i, (r, _))| {
-            let mine = pages(r);
-            segments.iter().enumerate().all(|(k, (other, _))| {
-                let theirs = pages(other);
-                k == i || theirs.end <= mine.start || mine.end <= theirs.start
+    LoadSegments::containing(addr).loader_text_mappings()
+}
+
+/// The `PT_LOAD` segments (address range, `p_flags`) of one loaded object, read once from the
+/// dynamic loader's program headers.
+#[derive(Clone, Debug)]
+pub struct LoadSegments(Vec<(Range<u64>, u32)>);
+
+impl LoadSegments {
+    /// The segments of the loaded object (executable or shared library) that contains `addr`;
+    /// none if no object does.
+    pub fn containing(addr: u64) -> Self {
+        LoadSegments(load_segments_containing(addr))
+    }
+
+    /// The executable segments' address ranges.
+    pub fn executable(&self) -> Vec<Range<u64>> {
+        self.0
+            .iter()
+            .filter(|(_, flags)| flags & libc::PF_X != 0)
+            .map(|(range, _)| range.clone())
+            .collect()
+    }
+
+    /// The pages of the executable segments with the protection the dynamic loader mapped them
+    /// with (from each segment's `p_flags`), for [`MprotectWriter::loader_mappings`]. A segment
+    /// whose first or last page it shares with another segment is left out (that page's
+    /// protection is not the segment's alone).
+    pub fn loader_text_mappings(&self) -> Vec<(Range<u64>, i32)> {
+        let segments = &self.0;
+        let pages = |r: &Range<u64>| {
+            let page = crate::writer::PAGE_SIZE;
+            r.start / page * page..r.end.div_ceil(page) * page
+        };
+        segments
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, flags))| flags & libc::PF_X != 0)
+            .filter(|&(i, (r, _))| {
+                let mine = pages(r);
+                segments.iter().enumerate().all(|(k, (other, _))| {
+                    let theirs = pages(other);
+                    k == i || theirs.end <= mine.start || mine.end <= theirs.start
+                })
             })
-        })
-        .map(|(_, (r, flags))| {
-            let mut prot = 0;
-            for (flag, p) in [
-                (libc::PF_R, libc::PROT_READ),
-                (libc::PF_W, libc::PROT_WRITE),
-                (libc::PF_X, libc::PROT_EXEC),
-            ] {
-                if flags & flag != 0 {
-                    prot |= p;
+            .map(|(_, (r, flags))| {
+                let mut prot = 0;
+                for (flag, p) in [
+                    (libc::PF_R, libc::PROT_READ),
+                    (libc::PF_W, libc::PROT_WRITE),
+                    (libc::PF_X, libc::PROT_EXEC),
+                ] {
+                    if flags & flag != 0 {
+                        prot |= p;
+                    }
                 }
-            }
-            (pages(r), prot)
-        })
-        .collect()
+                (pages(r), prot)
+            })
+            .collect()
+    }
 }
 
 /// The `PT_LOAD` segments (address range, `p_flags`) of the loaded object that contains
