@@ -1,5 +1,5 @@
 //! Recorded CPUID: a [`CpuidDump`] answers CPUID and XGETBV from data, so the
-//! [`probe`](super::cpuid::probe) decodes CPUs that this machine is not.
+//! [`super::cpuid::probe`] decodes CPUs that this machine is not.
 //!
 //! Two text forms are read:
 //!
@@ -151,7 +151,7 @@ impl CpuidDump {
         &self.entries
     }
 
-    /// Records every leaf the [`probe`](super::cpuid::probe) reads from `src` (within `src`'s
+    /// Records every leaf the [`super::cpuid::probe`] reads from `src` (within `src`'s
     /// maximum leaves), XCR0 when OSXSAVE is set, and what the OS enabled:
     /// `probe(&CpuidDump::capture(src)) == probe(src)`.
     pub fn capture<S: CpuidSource>(src: &S) -> Self {
