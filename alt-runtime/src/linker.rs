@@ -211,12 +211,137 @@ unsafe fn slice_between<T>((start, end): (usize, usize)) -> &'static [T] {
     unsafe { core::slice::from_raw_parts(start as *const T, (end - start) / size) }
 }
 
-/// Names of sites and entries for reports, sorted for lookup. Cloning shares them.
+/// Names of sites and entries for reports, by address. Cloning shares them.
+///
+/// A name table the linker left in address order (as it leaves the macros' tables) is looked
+/// up where it lies, names resolved only when asked for: a program with a hundred thousand
+/// sites pays nothing for naming them until its report is read. Any other table is copied and
+/// sorted once.
 #[cfg(feature = "alloc")]
 #[derive(Clone, Debug, Default)]
 pub struct Names {
-    sites: alloc::sync::Arc<alloc::vec::Vec<(u64, &'static str)>>,
-    entries: alloc::sync::Arc<alloc::vec::Vec<(u64, &'static str)>>,
+    sites: List,
+    entries: List,
+}
+
+/// One name table, searchable by address.
+#[cfg(feature = "alloc")]
+#[derive(Clone, Debug)]
+enum List {
+    /// A table in address order with no placeholder inside it (those at its ends are cut off),
+    /// read in place.
+    InPlace(&'static [NameEntry]),
+    /// Any other table: its entries resolved and sorted.
+    Sorted(alloc::sync::Arc<alloc::vec::Vec<(u64, &'static str)>>),
+}
+
+#[cfg(feature = "alloc")]
+impl Default for List {
+    fn default() -> Self {
+        List::InPlace(&[])
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl From<alloc::vec::Vec<(u64, &'static str)>> for List {
+    fn from(mut v: alloc::vec::Vec<(u64, &'static str)>) -> Self {
+        v.sort_unstable_by_key(|e| e.0);
+        List::Sorted(alloc::sync::Arc::new(v))
+    }
+}
+
+fn is_placeholder(n: &NameEntry) -> bool {
+    n.target == 0 && n.name == 0
+}
+
+fn target_of(n: &NameEntry) -> u64 {
+    crate::table::resolve(n as *const NameEntry as u64, n.target)
+}
+
+#[cfg(feature = "alloc")]
+impl List {
+    /// # Safety
+    ///
+    /// As for [`Names::new`].
+    unsafe fn new(table: &'static [NameEntry]) -> Self {
+        let first = table.iter().position(|n| !is_placeholder(n));
+        let last = table.iter().rposition(|n| !is_placeholder(n));
+        let (Some(first), Some(last)) = (first, last) else {
+            return List::InPlace(&[]);
+        };
+        let inner = &table[first..=last];
+        let mut previous = 0;
+        let in_order = inner.iter().all(|n| {
+            let t = target_of(n);
+            let ok = !is_placeholder(n) && t >= previous;
+            previous = t;
+            ok
+        });
+        if in_order {
+            List::InPlace(inner)
+        } else {
+            // SAFETY: the caller's contract.
+            List::Sorted(alloc::sync::Arc::new(unsafe { sorted(table) }))
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            List::InPlace(t) => t.len(),
+            List::Sorted(v) => v.len(),
+        }
+    }
+
+    fn target(&self, i: usize) -> u64 {
+        match self {
+            List::InPlace(t) => target_of(&t[i]),
+            List::Sorted(v) => v[i].0,
+        }
+    }
+
+    fn name(&self, i: usize) -> &'static str {
+        match self {
+            List::InPlace(t) => {
+                let n = &t[i];
+                let at = crate::table::resolve(n as *const NameEntry as u64 + 4, n.name);
+                // SAFETY: `Names::new`'s contract: a table entry that is not a placeholder
+                // points at a live `&'static str`.
+                unsafe { *(at as usize as *const &'static str) }
+            }
+            List::Sorted(v) => v[i].1,
+        }
+    }
+
+    /// The first index whose target is not below `addr`.
+    fn partition_point(&self, addr: u64) -> usize {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.target(mid) < addr {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    fn find(&self, addr: u64) -> Option<&'static str> {
+        let i = self.partition_point(addr);
+        (i < self.len() && self.target(i) == addr).then(|| self.name(i))
+    }
+
+    fn find_from(&self, hint: &mut usize, addr: u64) -> Option<&'static str> {
+        let mut i = *hint;
+        if i > self.len() || (i > 0 && self.target(i - 1) >= addr) {
+            i = self.partition_point(addr);
+        }
+        while i < self.len() && self.target(i) < addr {
+            i += 1;
+        }
+        *hint = i;
+        (i < self.len() && self.target(i) == addr).then(|| self.name(i))
+    }
 }
 
 #[cfg(feature = "alloc")]
@@ -227,59 +352,37 @@ impl Names {
     /// # Safety
     ///
     /// Every non-placeholder entry's `name` field must point at a live `&'static str` (as the
-    /// macros emit them).
+    /// macros emit them), and the tables must stay as they are for as long as these names (or
+    /// a clone) are used: a table in address order is read when a name is looked up.
     pub unsafe fn new(sites: &'static [NameEntry], entries: &'static [NameEntry]) -> Self {
         // SAFETY: the caller's contract.
         unsafe {
             Names {
-                sites: alloc::sync::Arc::new(sorted(sites)),
-                entries: alloc::sync::Arc::new(sorted(entries)),
+                sites: List::new(sites),
+                entries: List::new(entries),
             }
         }
     }
 
-    fn find(list: &[(u64, &'static str)], addr: u64) -> Option<&'static str> {
-        let i = list.binary_search_by_key(&addr, |e| e.0).ok()?;
-        Some(list[i].1)
-    }
-
-    /// Like `find`, for lookups that mostly come in increasing address order: `hint` is where
-    /// the previous lookup ended. Linear in the names and lookups together when the addresses
-    /// increase; a lookup that goes back searches from scratch.
-    fn find_from(
-        list: &[(u64, &'static str)],
-        hint: &mut usize,
-        addr: u64,
-    ) -> Option<&'static str> {
-        let mut i = *hint;
-        if i > list.len() || (i > 0 && list[i - 1].0 >= addr) {
-            i = list.partition_point(|e| e.0 < addr);
-        }
-        while i < list.len() && list[i].0 < addr {
-            i += 1;
-        }
-        *hint = i;
-        list.get(i).filter(|e| e.0 == addr).map(|e| e.1)
-    }
-
-    /// The name of the function holding the site at `addr`.
+    /// The name of the function whose site is at `addr`.
     pub fn site(&self, addr: u64) -> Option<&'static str> {
-        Self::find(&self.sites, addr)
+        self.sites.find(addr)
     }
 
-    /// [`Names::site`] for sites looked up in increasing address order (`hint` starts at 0).
+    /// As [`Names::site`], walking on from `hint` (the index the previous lookup ended at)
+    /// when the addresses come in order.
     pub(crate) fn site_from(&self, hint: &mut usize, addr: u64) -> Option<&'static str> {
-        Self::find_from(&self.sites, hint, addr)
+        self.sites.find_from(hint, addr)
     }
 
-    /// [`Names::entry`] for entries looked up in increasing address order (`hint` starts at 0).
+    /// As [`Names::entry`], from `hint`.
     pub(crate) fn entry_from(&self, hint: &mut usize, addr: u64) -> Option<&'static str> {
-        Self::find_from(&self.entries, hint, addr)
+        self.entries.find_from(hint, addr)
     }
 
-    /// The name of the variant of the alternative entry at `addr`.
+    /// The name of the variant whose table entry is at `addr`.
     pub fn entry(&self, addr: u64) -> Option<&'static str> {
-        Self::find(&self.entries, addr)
+        self.entries.find(addr)
     }
 }
 
@@ -289,19 +392,14 @@ impl Names {
 #[cfg(feature = "alloc")]
 unsafe fn sorted(table: &'static [NameEntry]) -> alloc::vec::Vec<(u64, &'static str)> {
     let mut v: alloc::vec::Vec<(u64, &'static str)> = alloc::vec::Vec::with_capacity(table.len());
-    let mut sorted = true;
-    for n in table.iter().filter(|n| !(n.target == 0 && n.name == 0)) {
-        let base = n as *const NameEntry as u64;
-        let target = crate::table::resolve(base, n.target);
-        let name = crate::table::resolve(base + 4, n.name) as usize as *const &'static str;
-        sorted &= v.last().is_none_or(|l: &(u64, &str)| l.0 <= target);
+    for n in table.iter().filter(|n| !is_placeholder(n)) {
+        let name = crate::table::resolve(n as *const NameEntry as u64 + 4, n.name);
         // SAFETY: the caller's contract.
-        v.push((target, unsafe { *name }));
+        v.push((target_of(n), unsafe {
+            *(name as usize as *const &'static str)
+        }));
     }
-    // The linker usually keeps them in address order already.
-    if !sorted {
-        v.sort_unstable_by_key(|e| e.0);
-    }
+    v.sort_unstable_by_key(|e| e.0);
     v
 }
 
@@ -312,13 +410,10 @@ unsafe fn sorted(table: &'static [NameEntry]) -> alloc::vec::Vec<(u64, &'static 
 /// Every non-placeholder entry's `name` must point at a live `&'static str`.
 pub unsafe fn lookup_name(table: &'static [NameEntry], addr: u64) -> Option<&'static str> {
     table.iter().find_map(|n| {
-        if n.target == 0 && n.name == 0 {
+        if is_placeholder(n) || target_of(n) != addr {
             return None;
         }
         let base = n as *const NameEntry as u64;
-        if crate::table::resolve(base, n.target) != addr {
-            return None;
-        }
         let name = crate::table::resolve(base + 4, n.name) as usize as *const &'static str;
         // SAFETY: the caller's contract.
         Some(unsafe { *name })
@@ -349,5 +444,62 @@ mod tests {
         assert_eq!(names.entry_from(&mut hint, 0x20), Some("x"));
         assert_eq!(names.entry_from(&mut hint, 0x21), None);
         assert_eq!(names.entry_from(&mut hint, 0x20), Some("x"));
+    }
+
+    /// A name at an offset from a test buffer, or a placeholder.
+    type Named = Option<(u64, &'static str)>;
+
+    /// A name table in a leaked buffer: `(offset, name)` pairs (targets are offsets from
+    /// the buffer's start), `None` a placeholder. Returns the table and the buffer's address.
+    fn table(names: &[Named]) -> (&'static [NameEntry], u64) {
+        #[repr(C)]
+        struct Buffer {
+            entries: [NameEntry; 8],
+            holders: [&'static str; 8],
+        }
+        let buf: &'static mut Buffer = alloc::boxed::Box::leak(alloc::boxed::Box::new(Buffer {
+            entries: [NameEntry { target: 0, name: 0 }; 8],
+            holders: [""; 8],
+        }));
+        let base = buf as *const Buffer as u64;
+        for (i, n) in names.iter().enumerate() {
+            if let Some((offset, name)) = *n {
+                buf.holders[i] = name;
+                let at = &buf.entries[i] as *const NameEntry as u64;
+                let holder = &buf.holders[i] as *const &str as u64;
+                buf.entries[i] = NameEntry {
+                    target: (base + offset).wrapping_sub(at) as i32,
+                    name: holder.wrapping_sub(at + 4) as i32,
+                };
+            }
+        }
+        (&buf.entries[..names.len()], base)
+    }
+
+    #[test]
+    fn tables_in_address_order_are_read_in_place_and_others_sorted() {
+        let (a, b, c) = (Some((0x10, "a")), Some((0x20, "b")), Some((0x30, "c")));
+        let cases: [(&[Named], bool); 5] = [
+            (&[a, b, c], true),
+            // Placeholders at the ends (each object's runtime adds one) are cut off.
+            (&[None, a, b, c, None], true),
+            (&[a, None, b, c], false),
+            (&[b, a, c], false),
+            (&[None, None], true),
+        ];
+        for (names, in_place) in cases {
+            let (t, base) = table(names);
+            // SAFETY: the table is leaked and points at string literals.
+            let l = unsafe { List::new(t) };
+            assert_eq!(matches!(l, List::InPlace(_)), in_place, "{names:?}");
+            let real = names.iter().flatten().count();
+            assert_eq!(l.len(), real, "{names:?}");
+            for &(offset, name) in names.iter().flatten() {
+                assert_eq!(l.find(base + offset), Some(name));
+                assert_eq!(l.find_from(&mut 0, base + offset), Some(name));
+            }
+            assert_eq!(l.find(base + 0x18), None);
+            assert_eq!(l.find(base + 0x40), None);
+        }
     }
 }
