@@ -196,8 +196,10 @@ impl<'a, I: Isa> Patcher<'a, I> {
     /// Validates every entry of every table and decides every site, reading the code through
     /// `mem`. Nothing is written.
     pub fn plan<M: Memory>(&self, mem: &M) -> Result<Prepared<I>, PlanError> {
-        let alt = plan_alternatives_for::<I, M>(&self.alternatives, &self.layout, &self.caps, mem)
-            .map_err(PlanError::Table)?;
+        let mut alt =
+            plan_alternatives_for::<I, M>(&self.alternatives, &self.layout, &self.caps, mem)
+                .map_err(PlanError::Table)?;
+        self.name(&mut alt);
         let mut pv = Vec::with_capacity(self.paravirt.len());
         for (table, backend, entries, sequences) in &self.paravirt {
             let layout = Layout {
@@ -225,30 +227,34 @@ impl<'a, I: Isa> Patcher<'a, I> {
                 return Err(PlanError::SitesOverlap { first, second });
             }
         }
-        let mut hint = 0;
-        let entry_names = self
-            .alternatives
-            .iter()
-            .map(|t| self.names.entry_from(&mut hint, t.addr))
-            .collect();
         Ok(Prepared {
             alt,
             pv,
-            site_names: self.names.clone(),
-            entry_names,
             isa: PhantomData,
         })
+    }
+
+    /// Attaches the names of the sites' functions and of their entries' variants to the plan,
+    /// in place. Sites and entries usually come in the order of the names, so each lookup
+    /// walks on from the previous one.
+    fn name(&self, plan: &mut Plan) {
+        let (mut site_hint, mut entry_hint) = (0, 0);
+        for s in &mut plan.sites {
+            s.function = self.names.site_from(&mut site_hint, s.write.addr);
+            for c in s.candidates.iter_mut() {
+                let addr = self.alternatives[c.entry].addr;
+                c.name = self.names.entry_from(&mut entry_hint, addr);
+            }
+        }
     }
 }
 
 /// Every site planned and validated, ready to be written.
 #[derive(Debug)]
 pub struct Prepared<I: Isa = X86_64> {
+    /// The alternatives plan, named.
     alt: Plan,
     pv: Vec<PvPlan>,
-    site_names: Names,
-    /// Variant name of each alternative entry, by index.
-    entry_names: Vec<Option<&'static str>>,
     isa: PhantomData<I>,
 }
 
@@ -287,8 +293,6 @@ impl<I: Isa> Prepared<I> {
         Prepared {
             alt: plan,
             pv: Vec::new(),
-            site_names: Names::default(),
-            entry_names: Vec::new(),
             isa: PhantomData,
         }
     }
@@ -305,13 +309,7 @@ impl<I: Isa> Prepared<I> {
 
     /// What [`Prepared::apply`] would report, without writing (`pages` is 0).
     pub fn preview(&self) -> Report {
-        report_of(
-            self.alt.clone(),
-            self.pv.clone(),
-            &self.site_names,
-            &self.entry_names,
-            WriteStats::default(),
-        )
+        report_of(self.alt.clone(), self.pv.clone(), WriteStats::default())
     }
 
     /// Writes every changed site of every table, and the paravirt slots, all or nothing (see
@@ -377,35 +375,15 @@ impl<I: Isa> Prepared<I> {
     }
 
     fn into_report(self, stats: WriteStats) -> Report {
-        let Prepared {
-            alt,
-            pv,
-            site_names,
-            entry_names,
-            ..
-        } = self;
-        report_of(alt, pv, &site_names, &entry_names, stats)
+        report_of(self.alt, self.pv, stats)
     }
 }
 
-/// The report of a plan carried out with `stats`, with the sites named.
-fn report_of(
-    alt: Plan,
-    pv: Vec<PvPlan>,
-    site_names: &Names,
-    entry_names: &[Option<&'static str>],
-    stats: WriteStats,
-) -> Report {
-    let mut sites: Vec<SiteReport> = Vec::with_capacity(alt.sites.len());
-    let mut hint = 0;
-    for plan in alt.sites {
-        let mut s = SiteReport::from_plan(plan);
-        s.function = site_names.site_from(&mut hint, s.addr);
-        for c in &mut s.candidates {
-            c.name = entry_names.get(c.entry).copied().flatten();
-        }
-        sites.push(s);
-    }
+/// The report of a plan carried out with `stats`.
+fn report_of(alt: Plan, pv: Vec<PvPlan>, stats: WriteStats) -> Report {
+    // A site's report holds what its plan holds, field for field: the vector is reused in
+    // place (no second copy of every site; `report_is_the_plan_in_place` checks the sizes).
+    let sites: Vec<SiteReport> = alt.sites.into_iter().map(SiteReport::from_plan).collect();
     let mut paravirt: Vec<PvSiteReport> = pv
         .into_iter()
         .flat_map(|p| {
@@ -549,4 +527,46 @@ fn still_patched<M: Memory>(mem: &M, sites: &[SiteWrite]) -> Result<Vec<usize>, 
         }
     }
     Ok(pending)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Choice, SitePlan};
+
+    #[test]
+    fn report_is_the_plan_in_place() {
+        // The report of a hundred thousand sites must not be a second copy of their plans:
+        // `report_of` maps the plan's vector into the report's, which reuses the allocation
+        // when the two kinds of site have the same size and alignment.
+        assert_eq!(
+            core::mem::size_of::<SiteReport>(),
+            core::mem::size_of::<SitePlan>()
+        );
+        assert_eq!(
+            core::mem::align_of::<SiteReport>(),
+            core::mem::align_of::<SitePlan>()
+        );
+        let site = |addr| SitePlan {
+            write: SiteWrite {
+                addr,
+                original: [0xcc].into(),
+                new: [0x90].into(),
+            },
+            function: Some("f"),
+            choice: Choice::Default,
+            candidates: Default::default(),
+        };
+        let plan = Plan {
+            sites: (0..1000).map(site).collect(),
+            capabilities: CapabilitySet::default(),
+        };
+        let before = plan.sites.as_ptr() as usize;
+        let report = report_of(plan, Vec::new(), WriteStats::default());
+        assert_eq!(report.sites.as_ptr() as usize, before);
+        assert_eq!(report.sites.len(), 1000);
+        assert_eq!(report.sites[999].addr, 999);
+        assert_eq!(report.sites[999].function, Some("f"));
+        assert_eq!(&report.sites[999].after[..], [0x90]);
+    }
 }

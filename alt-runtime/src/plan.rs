@@ -324,6 +324,9 @@ impl Candidate {
 pub struct SitePlan {
     /// Where the site is, the bytes found there and the bytes it will hold.
     pub write: SiteWrite,
+    /// Name of the function the site belongs to, where the table names it (attached by the
+    /// driver).
+    pub function: Option<&'static str>,
     /// The decision.
     pub choice: Choice,
     /// Every entry of the site, in priority (table) order.
@@ -382,6 +385,7 @@ pub fn plan_alternatives_for<I: Isa, M: Memory>(
 ) -> Result<Plan, TableError> {
     let mut parsed = Vec::with_capacity(entries.len());
     let mut arena = Vec::new();
+    let mut shapes = Vec::new();
     let mut unchanged = MovesUnchanged::new(entries.len());
     for (index, t) in entries.iter().enumerate() {
         parsed.push(check_entry::<I, M>(
@@ -390,37 +394,84 @@ pub fn plan_alternatives_for<I: Isa, M: Memory>(
             layout,
             mem,
             &mut arena,
+            &mut shapes,
             &mut unchanged,
         )?);
     }
-    let (order, groups) = group_sites::<I, M>(entries, mem)?;
-    let mut sites = Vec::with_capacity(groups.len());
-    for g in groups {
-        let returns = check_returns::<I>(entries, &parsed, &order, &g)?;
-        let candidates: Candidates = match *g.entries(&order) {
-            // The common case, without growing a vector one entry at a time.
-            [i] => Candidates::from([parsed[i].candidate(i, caps)]),
-            ref several => several
-                .iter()
-                .map(|&i| parsed[i].candidate(i, caps))
-                .collect(),
-        };
-        let choice = decide(&parsed, &candidates);
-        let new = encode::<I>(entries, &parsed, &arena, &g, choice, returns)?;
-        sites.push(SitePlan {
-            write: SiteWrite {
-                addr: g.site.start,
-                original: g.original,
-                new,
-            },
-            choice,
-            candidates,
-        });
+    let order = site_order(entries);
+    let planned = Planned {
+        entries,
+        parsed: &parsed,
+        arena: &arena,
+        shapes: &shapes,
+        order: &order,
+    };
+    // One site at a time: its entries are grouped, its bytes read and checked, then it is
+    // decided and encoded, so no list of every site's group is kept. The checks of the
+    // grouping (lengths, overlaps, the site's bytes) come first for the whole table: an error
+    // of a later step is held until every site has passed them.
+    let mut sites = Vec::with_capacity(order.len());
+    let mut later: Option<TableError> = None;
+    let mut k = 0;
+    let mut previous: Option<(u64, usize)> = None;
+    while k < order.len() {
+        let g = next_group::<I, M>(entries, &order, k, previous, mem)?;
+        previous = Some((g.site.end, order[k]));
+        k = g.entries.end;
+        if later.is_none() {
+            match planned.site::<I>(g, caps) {
+                Ok(site) => sites.push(site),
+                Err(e) => later = Some(e),
+            }
+        }
+    }
+    if let Some(e) = later {
+        return Err(e);
     }
     Ok(Plan {
         sites,
         capabilities: *caps,
     })
+}
+
+/// What the per-entry pass found, for planning the sites one by one.
+struct Planned<'p> {
+    entries: &'p [TableEntry],
+    parsed: &'p [Parsed],
+    arena: &'p [u8],
+    shapes: &'p [Shape],
+    order: &'p [usize],
+}
+
+impl Planned<'_> {
+    /// The plan of one site: the return-address rule, the decision and its bytes.
+    fn site<I: Isa>(&self, g: Group, caps: &CapabilitySet) -> Result<SitePlan, TableError> {
+        let returns = check_returns::<I>(self, &g)?;
+        let candidates: Candidates = match *g.entries(self.order) {
+            // The common case, without growing a vector one entry at a time.
+            [i] => Candidates::from([self.parsed[i].candidate(i, caps)]),
+            ref several => several
+                .iter()
+                .map(|&i| self.parsed[i].candidate(i, caps))
+                .collect(),
+        };
+        let choice = decide(self.parsed, &candidates);
+        let new = encode::<I>(self, &g, choice, returns)?;
+        Ok(SitePlan {
+            write: SiteWrite {
+                addr: g.site.start,
+                original: g.original,
+                new,
+            },
+            function: None,
+            choice,
+            candidates,
+        })
+    }
+
+    fn shape(&self, index: u32) -> &Shape {
+        &self.shapes[index as usize]
+    }
 }
 
 /// What a valid entry would put at its site.
@@ -434,8 +485,9 @@ enum Variant {
     /// A placeholder: never a candidate.
     None,
     /// The replacement, relocated to the site's start (`len` bytes at `at` in the planner's
-    /// arena, one buffer for every entry), and its shape.
-    Inline { at: usize, len: usize, shape: Shape },
+    /// arena, one buffer for every entry), and its shape (an index in the planner's list of
+    /// shapes: a program's many sites of one function share one).
+    Inline { at: u32, len: u8, shape: u32 },
     /// A direct call to this target.
     Call(u64),
 }
@@ -478,7 +530,7 @@ pub fn overlaps(a: &Range<u64>, b: &Range<u64>) -> bool {
 /// their shapes: a program's many sites of one function have the same replacement, so it is
 /// decoded once. Direct-mapped, small.
 struct MovesUnchanged {
-    slots: Vec<Option<(u8, [u8; 16], Shape)>>,
+    slots: Vec<Option<(u8, [u8; 16], u32)>>,
 }
 
 impl MovesUnchanged {
@@ -486,7 +538,7 @@ impl MovesUnchanged {
     const SLOTS: usize = 64;
 
     /// A cache for a table of `entries`: a slot per entry up to [`Self::SLOTS`] (a small
-    /// program's table touches no more memory than it needs; a slot is 96 bytes).
+    /// program's table touches no more memory than it needs; a slot is 24 bytes).
     fn new(entries: usize) -> Self {
         MovesUnchanged {
             slots: vec![None; entries.next_power_of_two().clamp(1, Self::SLOTS)],
@@ -504,15 +556,15 @@ impl MovesUnchanged {
         (h >> 58) as usize % self.slots.len()
     }
 
-    /// The shape of the `n` bytes of `key` (`n <= KEY`, the rest zero), if cached.
-    fn get(&self, key: &[u8; Self::KEY], n: usize) -> Option<Shape> {
+    /// The shape (its index) of the `n` bytes of `key` (`n <= KEY`, the rest zero), if cached.
+    fn get(&self, key: &[u8; Self::KEY], n: usize) -> Option<u32> {
         match &self.slots[self.slot(key, n)] {
             Some((len, b, shape)) if usize::from(*len) == n && b == key => Some(*shape),
             _ => None,
         }
     }
 
-    fn put(&mut self, code: &[u8], shape: Shape) {
+    fn put(&mut self, code: &[u8], shape: u32) {
         if code.len() <= Self::KEY {
             let mut key = [0; Self::KEY];
             key[..code.len()].copy_from_slice(code);
@@ -528,6 +580,7 @@ fn check_entry<I: Isa, M: Memory>(
     layout: &Layout<'_>,
     mem: &M,
     arena: &mut Vec<u8>,
+    shapes: &mut Vec<Shape>,
     unchanged: &mut MovesUnchanged,
 ) -> Result<Parsed, TableError> {
     let e = &t.entry;
@@ -593,6 +646,11 @@ fn check_entry<I: Isa, M: Memory>(
     }
     let n = usize::from(e.replacement_len);
     let at = arena.len();
+    let inline = |shape| Variant::Inline {
+        at: at as u32,
+        len: e.replacement_len,
+        shape,
+    };
     // A short replacement is read into its cache key directly: one seen before (by its bytes)
     // is then done.
     let mut key = [0u8; MovesUnchanged::KEY];
@@ -605,7 +663,7 @@ fn check_entry<I: Isa, M: Memory>(
             return Ok(Parsed {
                 capability: Some(capability),
                 negated,
-                variant: Variant::Inline { at, len: n, shape },
+                variant: inline(shape),
             });
         }
     }
@@ -621,14 +679,16 @@ fn check_entry<I: Isa, M: Memory>(
     arena.resize(at + n, 0);
     let shape = I::relocate(src, repl.start, site.start, &mut arena[at..])
         .map_err(|e| err(TableErrorKind::Replacement(e)))?;
+    let index = shapes.len() as u32;
+    shapes.push(shape);
     // Moved elsewhere and still the same bytes: nothing in it depends on where it is.
     if repl.start != site.start && arena[at..] == *src {
-        unchanged.put(src, shape);
+        unchanged.put(src, index);
     }
     Ok(Parsed {
         capability: Some(capability),
         negated,
-        variant: Variant::Inline { at, len: n, shape },
+        variant: inline(index),
     })
 }
 
@@ -648,12 +708,9 @@ impl Group {
     }
 }
 
-/// Sorts the entries into sites (table order kept among the entries of one site), checks
-/// lengths and overlaps, and reads and checks each site's current bytes.
-fn group_sites<I: Isa, M: Memory>(
-    entries: &[TableEntry],
-    mem: &M,
-) -> Result<(Vec<usize>, Vec<Group>), TableError> {
+/// The entries' indices sorted by site (table order kept among the entries of one site),
+/// placeholders left out.
+fn site_order(entries: &[TableEntry]) -> Vec<usize> {
     let mut order: Vec<usize> = Vec::with_capacity(entries.len());
     let mut sorted = true;
     let mut last = 0;
@@ -670,50 +727,59 @@ fn group_sites<I: Isa, M: Memory>(
     if !sorted {
         order.sort_by_key(|&i| (entries[i].site().start, i));
     }
-    let mut groups: Vec<Group> = Vec::with_capacity(order.len());
-    for (k, &i) in order.iter().enumerate() {
-        let t = &entries[i];
-        let site = t.site();
-        if let Some(g) = groups.last_mut() {
-            let first = order[g.entries.start];
-            if g.site.start == site.start {
-                if g.site.end != site.end {
-                    return Err(error(
-                        i,
-                        t,
-                        TableErrorKind::SiteLengthMismatch {
-                            other: first,
-                            other_len: entries[first].entry.site_len,
-                        },
-                    ));
-                }
-                g.entries.end = k + 1;
-                continue;
-            }
-            if g.site.end > site.start {
-                return Err(error(
-                    i,
-                    t,
-                    TableErrorKind::Overlap {
-                        other: first,
-                        other_site: g.site.start,
-                    },
-                ));
-            }
+    order
+}
+
+/// The site whose first entry is `order[k]`: its entries (checked to agree on its length), its
+/// bytes (read and checked), after checking it does not overlap the previous site (its end and
+/// first entry).
+fn next_group<I: Isa, M: Memory>(
+    entries: &[TableEntry],
+    order: &[usize],
+    k: usize,
+    previous: Option<(u64, usize)>,
+    mem: &M,
+) -> Result<Group, TableError> {
+    let i = order[k];
+    let t = &entries[i];
+    let site = t.site();
+    if let Some((end, first)) = previous {
+        if end > site.start {
+            let other_site = entries[first].site().start;
+            let kind = TableErrorKind::Overlap {
+                other: first,
+                other_site,
+            };
+            return Err(error(i, t, kind));
         }
-        let mut original = SiteBytes::filled(0, site.end.saturating_sub(site.start) as usize);
-        mem.read(site.start, &mut original)
-            .map_err(|e| error(i, t, TableErrorKind::Unreadable(e)))?;
-        let shape =
-            I::shape(site.start, &original).map_err(|e| error(i, t, TableErrorKind::Site(e)))?;
-        groups.push(Group {
-            site,
-            entries: k..k + 1,
-            original,
-            shape,
-        });
     }
-    Ok((order, groups))
+    let mut original = SiteBytes::filled(0, site.end.saturating_sub(site.start) as usize);
+    mem.read(site.start, &mut original)
+        .map_err(|e| error(i, t, TableErrorKind::Unreadable(e)))?;
+    let shape =
+        I::shape(site.start, &original).map_err(|e| error(i, t, TableErrorKind::Site(e)))?;
+    let mut end = k + 1;
+    while let Some(&j) = order.get(end) {
+        let other = &entries[j];
+        let other_site = other.site();
+        if other_site.start != site.start {
+            break;
+        }
+        if other_site.end != site.end {
+            let kind = TableErrorKind::SiteLengthMismatch {
+                other: i,
+                other_len: t.entry.site_len,
+            };
+            return Err(error(j, other, kind));
+        }
+        end += 1;
+    }
+    Ok(Group {
+        site,
+        entries: k..end,
+        original,
+        shape,
+    })
 }
 
 /// Where a direct call of this site ends: where the default's (last) call returns, or right
@@ -728,18 +794,14 @@ fn call_end<I: Isa>(g: &Group) -> usize {
 
 /// The return-address rule (see the [module documentation](self)): returns the offsets that
 /// must stay instruction boundaries in every variant of the site.
-fn check_returns<I: Isa>(
-    entries: &[TableEntry],
-    parsed: &[Parsed],
-    order: &[usize],
-    g: &Group,
-) -> Result<Offsets, TableError> {
+fn check_returns<I: Isa>(p: &Planned<'_>, g: &Group) -> Result<Offsets, TableError> {
+    let (entries, parsed, order) = (p.entries, p.parsed, p.order);
     let call_end = call_end::<I>(g);
     let call_start = call_end - usize::from(I::CALL_LEN);
     let mut returns = g.shape.returns;
     for &i in g.entries(order) {
         match &parsed[i].variant {
-            Variant::Inline { shape, .. } => returns = returns.union(shape.returns),
+            Variant::Inline { shape, .. } => returns = returns.union(p.shape(*shape).returns),
             Variant::Call(_) => returns.insert(call_end),
             Variant::None => {}
         }
@@ -762,7 +824,9 @@ fn check_returns<I: Isa>(
         }
         for &i in g.entries(order) {
             let straddles = match &parsed[i].variant {
-                Variant::Inline { len, shape, .. } => r < *len && !shape.boundaries.contains(r),
+                Variant::Inline { len, shape, .. } => {
+                    r < usize::from(*len) && !p.shape(*shape).boundaries.contains(r)
+                }
                 Variant::Call(_) => r > call_start && r < call_end,
                 Variant::None => false,
             };
@@ -794,9 +858,7 @@ fn decide(parsed: &[Parsed], candidates: &[Candidate]) -> Choice {
 
 /// The bytes the site will hold for `choice`, keeping a boundary at every offset of `returns`.
 fn encode<I: Isa>(
-    entries: &[TableEntry],
-    parsed: &[Parsed],
-    arena: &[u8],
+    p: &Planned<'_>,
     g: &Group,
     choice: Choice,
     returns: Offsets,
@@ -814,11 +876,12 @@ fn encode<I: Isa>(
             Ok(if keeps { kept } else { g.original.clone() })
         }
         Choice::Inline { entry } => {
-            let Variant::Inline { at, len: n, .. } = parsed[entry].variant else {
+            let Variant::Inline { at, len: n, .. } = p.parsed[entry].variant else {
                 unreachable!("an inline choice has inline bytes")
             };
+            let (at, n) = (at as usize, usize::from(n));
             let mut new = SiteBytes::filled(0, len);
-            new[..n].copy_from_slice(&arena[at..at + n]);
+            new[..n].copy_from_slice(&p.arena[at..at + n]);
             fill_keeping::<I>(&mut new, n, returns);
             Ok(new)
         }
@@ -826,7 +889,7 @@ fn encode<I: Isa>(
             let end = call_end::<I>(g);
             let start = end - usize::from(I::CALL_LEN);
             let call = I::call(g.site.start + start as u64, target)
-                .map_err(|e| error(entry, &entries[entry], TableErrorKind::Replacement(e)))?;
+                .map_err(|e| error(entry, &p.entries[entry], TableErrorKind::Replacement(e)))?;
             let mut new = SiteBytes::filled(0, len);
             fill_keeping::<I>(&mut new[..start], 0, returns);
             new[start..end].copy_from_slice(&call);

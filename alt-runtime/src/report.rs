@@ -53,11 +53,11 @@ pub struct SiteReport {
 }
 
 impl SiteReport {
-    /// The report of a planned site (names attached later).
+    /// The report of a planned site, with the names the plan has.
     pub fn from_plan(s: SitePlan) -> Self {
         SiteReport {
             addr: s.write.addr,
-            function: None,
+            function: s.function,
             choice: s.choice,
             candidates: s.candidates,
             before: s.write.original,

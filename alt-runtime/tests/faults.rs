@@ -830,6 +830,7 @@ fn text_the_writer_cannot_write_is_refused_in_prepare_before_anyone_is_stopped()
                 original: [0xcc].into(),
                 new: [0x90].into(),
             },
+            function: None,
             choice: Choice::Default,
             candidates: Default::default(),
         }],

@@ -753,6 +753,61 @@ fn rip_relative_displacement_that_no_longer_fits_is_an_error_not_a_wrap() {
     );
 }
 
+#[test]
+fn a_site_s_grouping_error_is_reported_before_an_earlier_site_s_return_address_error() {
+    // The planner plans one site at a time, but its checks keep their order over the whole
+    // table: every site's grouping (lengths, overlaps, bytes) before any site's return rule.
+    let _g = lock();
+    let mut buf = Buf::new();
+    let site = buf.text(0x100);
+    let default = buf.text(0x800);
+    buf.put(site, &cat(&[&call_to(site, default), &[0x90; 6], &[0xc3]]));
+    buf.put(default, &cat(&[&mov_eax(1), &[0xc3]]));
+    let later = buf.text(0x200);
+    buf.put(later, &cat(&[&mov_eax(1), &[0x90, 0x90, 0x90, 0xc3]]));
+    // Straddles the return to offset 5 of the first site.
+    let long = buf.repl(0x10);
+    buf.put(long, &cat(&[&[0x31, 0xc0], &mov_eax(3)]));
+    let short = buf.repl(0x20);
+    buf.put(short, &mov_eax(2));
+    buf.seal();
+    let table = buf.table(
+        0,
+        &[
+            Spec::inline(site, 11, long, 7, feature(Features::POPCNT)),
+            Spec::inline(later, 8, short, 5, feature(Features::POPCNT)),
+            Spec::inline(later, 5, short, 5, feature(Features::AVX2)),
+        ],
+    );
+    let e = buf
+        .plan(&table, &caps(Features::POPCNT, Errata::empty()))
+        .unwrap_err();
+    assert_eq!(e.index, 2, "{e}");
+    assert_eq!(
+        e.kind,
+        TableErrorKind::SiteLengthMismatch {
+            other: 1,
+            other_len: 8
+        }
+    );
+    // Without the later site's error, the first site's is the one reported.
+    let table = buf.table(
+        1,
+        &[
+            Spec::inline(site, 11, long, 7, feature(Features::POPCNT)),
+            Spec::inline(later, 8, short, 5, feature(Features::POPCNT)),
+        ],
+    );
+    let e = buf
+        .plan(&table, &caps(Features::POPCNT, Errata::empty()))
+        .unwrap_err();
+    assert_eq!(e.index, 0, "{e}");
+    assert!(matches!(
+        e.kind,
+        TableErrorKind::ReturnInsideInstruction { offset: 5, .. }
+    ));
+}
+
 // --- 4. Validation: every rule, nothing written ------------------------------------------------
 
 /// A buffer with one good site (entry 0 of every table below) and material for bad ones.
@@ -1692,8 +1747,9 @@ fn name_table(
         // SAFETY: as above, 4-aligned.
         unsafe { std::ptr::write(entry as *mut NameEntry, n) };
     }
-    // SAFETY: the entries were just written; `Names::new` copies what it reads (the `&'static
-    // str`s point at string literals), so the slice is not used after this test's buffer goes.
+    // SAFETY: the entries were just written and stay in the buffer for the whole test, which
+    // looks names up only while the buffer lives (the `&'static str`s point at string
+    // literals; a table out of address order is copied by `Names::new`).
     unsafe { std::slice::from_raw_parts(table as *const NameEntry, names.len()) }
 }
 
