@@ -507,8 +507,8 @@ impl<I: Isa> Patched<I> {
 /// The indices of the sites that still hold what was written; an error for a site that holds
 /// neither that nor its original.
 fn still_patched<M: Memory>(mem: &M, sites: &[SiteWrite]) -> Result<Vec<usize>, PatchError> {
-    let ranges: Vec<(u64, usize)> = sites.iter().map(|s| (s.addr, s.new.len())).collect();
-    let mut now = alloc::vec![0u8; ranges.iter().map(|r| r.1).sum()];
+    let ranges: Vec<Range<u64>> = sites.iter().map(|s| s.range()).collect();
+    let mut now = alloc::vec![0u8; sites.iter().map(|s| s.new.len()).sum()];
     mem.read_each(&ranges, &mut now)
         .map_err(PatchError::Memory)?;
     let mut pending = Vec::new();

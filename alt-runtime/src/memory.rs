@@ -10,11 +10,12 @@ pub trait Memory {
     /// address that cannot be read. Never faults.
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError>;
 
-    /// Reads each `(address, length)` of `ranges` into `out`, one after another (`out.len()` is
-    /// the sum of the lengths). Readers that go through a system call do it in few calls.
-    fn read_each(&self, ranges: &[(u64, usize)], out: &mut [u8]) -> Result<(), MemoryError> {
+    /// Reads each of `ranges` into `out`, one after another (`out.len()` is the sum of their
+    /// lengths). Readers that go through a system call do it in few calls.
+    fn read_each(&self, ranges: &[Range<u64>], out: &mut [u8]) -> Result<(), MemoryError> {
         let mut at = 0;
-        for &(addr, len) in ranges {
+        for r in ranges {
+            let (addr, len) = (r.start, r.end.saturating_sub(r.start) as usize);
             let buf = out.get_mut(at..at + len).ok_or(MemoryError { addr })?;
             self.read(addr, buf)?;
             at += len;
@@ -91,7 +92,7 @@ impl<M: Memory + ?Sized> Memory for &M {
         (**self).read(addr, buf)
     }
 
-    fn read_each(&self, ranges: &[(u64, usize)], out: &mut [u8]) -> Result<(), MemoryError> {
+    fn read_each(&self, ranges: &[Range<u64>], out: &mut [u8]) -> Result<(), MemoryError> {
         (**self).read_each(ranges, out)
     }
 }

@@ -210,8 +210,9 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized>(
     rendezvous: &mut R,
 ) -> Result<WriteStats, Failure> {
     // 1. Expected bytes and values, read in one go.
-    let ranges: Vec<(u64, usize)> = sites.iter().map(|s| (s.addr, s.original.len())).collect();
-    let total = ranges.iter().map(|r| r.1).sum();
+    // The sites' ranges: read before and after, and the rendezvous keeps threads out of them.
+    let ranges: Vec<Range<u64>> = sites.iter().map(|s| s.range()).collect();
+    let total = sites.iter().map(|s| s.original.len()).sum();
     let mut found = vec![0u8; total];
     writer
         .read_each(&ranges, &mut found)
@@ -248,27 +249,17 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized>(
     }
 
     // 2. Everything that allocates or may fail, before anyone is stopped.
-    let mut chunks: Vec<Chunk<'_>> = Vec::with_capacity(sites.len());
-    let mut undo: Vec<Chunk<'_>> = Vec::with_capacity(sites.len());
-    let mut site_ranges: Vec<Range<u64>> = Vec::with_capacity(sites.len());
-    for s in sites {
-        let (from, to) = direction.bytes(s);
-        chunks.push(Chunk {
+    let mut chunks: Vec<Chunk<'_>> = sites
+        .iter()
+        .map(|s| Chunk {
             addr: s.addr,
-            bytes: to,
-        });
-        undo.push(Chunk {
-            addr: s.addr,
-            bytes: from,
-        });
-        site_ranges.push(s.range());
-    }
+            bytes: direction.bytes(s).1,
+        })
+        .collect();
     writer.prepare(&chunks).map_err(PatchError::Write)?;
 
     // 3. Stop the others.
-    rendezvous
-        .stop(&site_ranges)
-        .map_err(PatchError::Rendezvous)?;
+    rendezvous.stop(&ranges).map_err(PatchError::Rendezvous)?;
 
     // 4. Write (nothing below allocates).
     let store_all = |to_new: bool| {
@@ -283,7 +274,7 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized>(
         }
     };
     store_all(true);
-    let sync = || I::sync(&mut chunks.iter().map(|c| c.range()));
+    let sync = || I::sync(&mut ranges.iter().cloned());
     // SAFETY: the caller's contract; the rendezvous holds every other CPU or thread.
     let stats = match unsafe { writer.write(&chunks) } {
         Ok(stats) => stats,
@@ -300,9 +291,14 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized>(
     };
     sync();
     if let Some(addr) = first_mismatch(writer, &ranges, &chunks, &mut found) {
+        // The chunks turn into their undo in place: nothing is allocated while the others
+        // are stopped.
+        for (c, s) in chunks.iter_mut().zip(sites) {
+            c.bytes = direction.bytes(s).0;
+        }
         // SAFETY: as for the write: the originals are valid code for the sites.
-        let undone = unsafe { writer.write(&undo) }.is_ok()
-            && first_mismatch(writer, &ranges, &undo, &mut found).is_none();
+        let undone = unsafe { writer.write(&chunks) }.is_ok()
+            && first_mismatch(writer, &ranges, &chunks, &mut found).is_none();
         store_all(false);
         sync();
         rendezvous.release();
@@ -321,7 +317,7 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized>(
 /// its chunk's bytes, or the first that cannot be read.
 fn first_mismatch<W: Writer>(
     writer: &W,
-    ranges: &[(u64, usize)],
+    ranges: &[Range<u64>],
     chunks: &[Chunk<'_>],
     buf: &mut [u8],
 ) -> Option<u64> {

@@ -298,7 +298,7 @@ fn a_read_of_memory_unmapped_since_is_an_error_not_a_crash() {
     assert_eq!(e.addr, addr);
     // A batch with one unmapped range names it.
     let ok = [0u8; 4];
-    let ranges = [(ok.as_ptr() as u64, 4), (addr, 4)];
+    let ranges = [ok.as_ptr() as u64..ok.as_ptr() as u64 + 4, addr..addr + 4];
     let mut out = [0u8; 8];
     assert_eq!(w.read_each(&ranges, &mut out).unwrap_err().addr, addr);
 }
@@ -862,7 +862,7 @@ fn reads_inside_the_ranges_read_directly_are_plain_copies_and_others_go_to_the_s
     w.read(base, &mut buf).unwrap();
     assert_eq!(buf[..], real[..32]);
     let mut two = [0; 8];
-    w.read_each(&[(base + 4, 4), (base + 28, 4)], &mut two)
+    w.read_each(&[base + 4..base + 8, base + 28..base + 32], &mut two)
         .unwrap();
     assert_eq!(two, [4, 5, 6, 7, 28, 29, 30, 31]);
     // Bytes 30..34 run past the direct range: the read goes to the system, which fails.
@@ -871,7 +871,9 @@ fn reads_inside_the_ranges_read_directly_are_plain_copies_and_others_go_to_the_s
         w.read(base + 30, &mut past),
         Err(MemoryError { addr: base + 30 })
     );
-    assert!(w.read_each(&[(base, 4), (base + 30, 4)], &mut two).is_err());
+    assert!(w
+        .read_each(&[base..base + 4, base + 30..base + 34], &mut two)
+        .is_err());
     // The simulated pages themselves are read through the system.
     let mut sim_bytes = [0; 2];
     w.read(SIM, &mut sim_bytes).unwrap();

@@ -39,11 +39,12 @@ pub trait TextSys {
     /// fault.
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Errno>;
 
-    /// Reads each `(address, length)` of `ranges` into `out`, one after another; on error, the
-    /// address that failed.
-    fn read_each(&self, ranges: &[(u64, usize)], out: &mut [u8]) -> Result<(), (u64, Errno)> {
+    /// Reads each of `ranges` into `out`, one after another; on error, the address that
+    /// failed.
+    fn read_each(&self, ranges: &[Range<u64>], out: &mut [u8]) -> Result<(), (u64, Errno)> {
         let mut at = 0;
-        for &(addr, len) in ranges {
+        for r in ranges {
+            let (addr, len) = (r.start, r.end.saturating_sub(r.start) as usize);
             self.read(addr, &mut out[at..at + len])
                 .map_err(|e| (addr, e))?;
             at += len;
@@ -116,7 +117,7 @@ impl TextSys for LinuxSys {
             .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
     }
 
-    fn read_each(&self, ranges: &[(u64, usize)], out: &mut [u8]) -> Result<(), (u64, Errno)> {
+    fn read_each(&self, ranges: &[Range<u64>], out: &mut [u8]) -> Result<(), (u64, Errno)> {
         // process_vm_readv takes up to IOV_MAX (1024) ranges per call; a failing range ends a
         // call early, and is then read alone to find out why.
         const BATCH: usize = 256;
@@ -129,7 +130,8 @@ impl TextSys for LinuxSys {
         for group in ranges.chunks(BATCH) {
             let start = at;
             let mut total = 0;
-            for (i, &(addr, len)) in group.iter().enumerate() {
+            for (i, r) in group.iter().enumerate() {
+                let (addr, len) = (r.start, r.end.saturating_sub(r.start) as usize);
                 local[i] = libc::iovec {
                     iov_base: out[at..].as_mut_ptr() as *mut libc::c_void,
                     iov_len: len,
@@ -149,7 +151,8 @@ impl TextSys for LinuxSys {
             };
             if got != total as isize {
                 let mut off = start;
-                for &(addr, len) in group {
+                for r in group {
+                    let (addr, len) = (r.start, r.end.saturating_sub(r.start) as usize);
                     self.read(addr, &mut out[off..off + len])
                         .map_err(|e| (addr, e))?;
                     off += len;

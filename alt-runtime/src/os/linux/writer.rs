@@ -57,18 +57,18 @@ struct Run {
     prot: i32,
     /// Indices of the chunks that touch the run.
     chunks: Range<usize>,
+    /// Where the first of them starts in [`Prepared::originals`].
+    originals_at: usize,
 }
 
 /// What [`Writer::prepare`] worked out for one batch.
 #[derive(Debug)]
 struct Prepared {
     /// Address and length of every chunk, to recognise the batch in `write`.
-    batch: Vec<(u64, usize)>,
+    batch: Vec<Range<u64>>,
     runs: Vec<Run>,
     /// The bytes each chunk overwrites, concatenated in chunk order.
     originals: Vec<u8>,
-    /// Where each chunk's bytes start in `originals`.
-    offsets: Vec<usize>,
     /// Per run: written through `/proc/self/mem` (else with `mprotect`).
     via_mem: Vec<bool>,
     /// Whether `originals` were read by `prepare` for the next write; after a write they are
@@ -185,11 +185,10 @@ impl<S: TextSys> MprotectWriter<S> {
             &read
         };
         let mut runs: Vec<Run> = Vec::new();
-        let mut offsets = Vec::with_capacity(chunks.len());
         let mut total = 0usize;
         let mut last_end = 0u64;
         for (i, c) in chunks.iter().enumerate() {
-            offsets.push(total);
+            let at = total;
             total += c.bytes.len();
             if c.bytes.is_empty() {
                 continue;
@@ -232,12 +231,13 @@ impl<S: TextSys> MprotectWriter<S> {
                         range: start..start + PAGE_SIZE,
                         prot: m.prot,
                         chunks: i..i + 1,
+                        originals_at: at,
                     }),
                 }
             }
         }
         let mut originals = vec![0; total];
-        let ranges: Vec<(u64, usize)> = chunks.iter().map(|c| (c.addr, c.bytes.len())).collect();
+        let ranges: Vec<Range<u64>> = chunks.iter().map(|c| c.range()).collect();
         self.read_each(&ranges, &mut originals).map_err(|e| {
             WriteError::unchanged(e.addr, "cannot read the text to be overwritten", None)
         })?;
@@ -246,7 +246,6 @@ impl<S: TextSys> MprotectWriter<S> {
             via_mem: vec![false; runs.len()],
             runs,
             originals,
-            offsets,
             fresh: true,
         })
     }
@@ -261,8 +260,10 @@ impl<S: TextSys> MprotectWriter<S> {
         originals: bool,
         path: Path,
     ) -> Result<(), (u64, Errno)> {
-        for i in run.chunks.clone() {
-            let c = &chunks[i];
+        let mut at = run.originals_at;
+        for c in &chunks[run.chunks.clone()] {
+            let offset = at;
+            at += c.bytes.len();
             let start = c.addr.max(run.range.start);
             let end = (c.addr + c.bytes.len() as u64).min(run.range.end);
             if start >= end {
@@ -271,7 +272,7 @@ impl<S: TextSys> MprotectWriter<S> {
             let from = (start - c.addr) as usize;
             let n = (end - start) as usize;
             let bytes = if originals {
-                &p.originals[p.offsets[i] + from..p.offsets[i] + from + n]
+                &p.originals[offset + from..offset + from + n]
             } else {
                 &c.bytes[from..from + n]
             };
@@ -413,12 +414,13 @@ impl<S: TextSys> Memory for MprotectWriter<S> {
         self.sys.read(addr, buf).map_err(|_| MemoryError { addr })
     }
 
-    fn read_each(&self, ranges: &[(u64, usize)], out: &mut [u8]) -> Result<(), MemoryError> {
+    fn read_each(&self, ranges: &[Range<u64>], out: &mut [u8]) -> Result<(), MemoryError> {
         // One pass: plain copies while every range is read directly; at the first that is
         // not, the whole batch goes through the system call instead.
         let mut at = 0;
         let mut direct = true;
-        for &(addr, len) in ranges {
+        for r in ranges {
+            let (addr, len) = (r.start, r.end.saturating_sub(r.start) as usize);
             if !self.direct(addr, len) {
                 direct = false;
                 break;
@@ -449,10 +451,7 @@ impl<S: TextSys> Writer for MprotectWriter<S> {
     unsafe fn write(&mut self, chunks: &[Chunk<'_>]) -> Result<WriteStats, WriteError> {
         let same = |p: &Prepared| {
             p.batch.len() == chunks.len()
-                && p.batch
-                    .iter()
-                    .zip(chunks)
-                    .all(|(&(a, n), c)| a == c.addr && n == c.bytes.len())
+                && p.batch.iter().zip(chunks).all(|(r, c)| *r == c.range())
         };
         let mut p = match self.prepared.take() {
             Some(p) if same(&p) => p,
