@@ -36,10 +36,10 @@ use crate::isa::{Isa, X86_64};
 use crate::linker::Names;
 use crate::memory::Memory;
 use crate::paravirt::{plan_paravirt, Backend, PvError, PvPlan, PvTableEntry, TableDesc};
-use crate::patch::{carry_out, Direction, Failure, PatchError, SiteWrite, SlotWrite};
+use crate::patch::{carry_out, Direction, Failure, PatchError, SiteChange, SiteWrite, SlotWrite};
 use crate::plan::{plan_alternatives_for, Layout, Plan, TableEntry, TableError};
 use crate::rendezvous::Rendezvous;
-use crate::report::{PvSiteReport, Report, SiteReport};
+use crate::report::{PvSiteReport, Report};
 use crate::writer::{WriteStats, Writer};
 
 /// Why planning failed. Nothing was written.
@@ -199,7 +199,8 @@ impl<'a, I: Isa> Patcher<'a, I> {
         let mut alt =
             plan_alternatives_for::<I, M>(&self.alternatives, &self.layout, &self.caps, mem)
                 .map_err(PlanError::Table)?;
-        self.name(&mut alt);
+        // Names are looked up when a site is read, not now.
+        alt.sites.set_names(self.names.clone());
         let mut pv = Vec::with_capacity(self.paravirt.len());
         for (table, backend, entries, sequences) in &self.paravirt {
             let layout = Layout {
@@ -219,7 +220,7 @@ impl<'a, I: Isa> Patcher<'a, I> {
             let mut all: Vec<Range<u64>> = Vec::with_capacity(
                 alt.sites.len() + pv.iter().map(|p| p.sites.len()).sum::<usize>(),
             );
-            all.extend(alt.sites.iter().map(|s| s.write.range()));
+            all.extend(alt.sites.ranges());
             for p in &pv {
                 all.extend(p.sites.iter().map(|s| s.write.range()));
             }
@@ -232,20 +233,6 @@ impl<'a, I: Isa> Patcher<'a, I> {
             pv,
             isa: PhantomData,
         })
-    }
-
-    /// Attaches the names of the sites' functions and of their entries' variants to the plan,
-    /// in place. Sites and entries usually come in the order of the names, so each lookup
-    /// walks on from the previous one.
-    fn name(&self, plan: &mut Plan) {
-        let (mut site_hint, mut entry_hint) = (0, 0);
-        for s in &mut plan.sites {
-            s.function = self.names.site_from(&mut site_hint, s.write.addr);
-            for c in s.candidates.iter_mut() {
-                let addr = self.alternatives[c.entry].addr;
-                c.name = self.names.entry_from(&mut entry_hint, addr);
-            }
-        }
     }
 }
 
@@ -333,20 +320,17 @@ impl<I: Isa> Prepared<I> {
             .collect();
         let done = {
             let pv_sites: usize = self.pv.iter().map(|p| p.sites.len()).sum();
-            let mut writes: Vec<&SiteWrite> = Vec::with_capacity(self.alt.sites.len() + pv_sites);
-            writes.extend(
-                self.alt
-                    .sites
+            let mut writes: Vec<SiteChange<'_>> =
+                Vec::with_capacity(self.alt.sites.len() + pv_sites);
+            writes.extend(self.alt.sites.changes());
+            if pv_sites > 0 {
+                let pv = self
+                    .pv
                     .iter()
-                    .map(|s| &s.write)
-                    .chain(
-                        self.pv
-                            .iter()
-                            .flat_map(|p| p.sites.iter().map(|s| &s.write)),
-                    )
-                    .filter(|w| w.changed()),
-            );
-            writes.sort_unstable_by_key(|w| w.addr);
+                    .flat_map(|p| p.sites.iter().map(|s| &s.write));
+                writes.extend(pv.filter(|w| w.changed()).map(SiteWrite::change));
+                writes.sort_unstable_by_key(|w| w.addr);
+            }
             // SAFETY: `Patcher::new`'s contract (the sites are this program's, the bytes
             // planned from trusted tables), `Patcher::paravirt`'s (the slots are live) and the
             // unsafe `Rendezvous` trait's (it really stops everyone).
@@ -381,9 +365,6 @@ impl<I: Isa> Prepared<I> {
 
 /// The report of a plan carried out with `stats`.
 fn report_of(alt: Plan, pv: Vec<PvPlan>, stats: WriteStats) -> Report {
-    // A site's report holds what its plan holds, field for field: the vector is reused in
-    // place (no second copy of every site; `report_is_the_plan_in_place` checks the sizes).
-    let sites: Vec<SiteReport> = alt.sites.into_iter().map(SiteReport::from_plan).collect();
     let mut paravirt: Vec<PvSiteReport> = pv
         .into_iter()
         .flat_map(|p| {
@@ -396,7 +377,8 @@ fn report_of(alt: Plan, pv: Vec<PvPlan>, stats: WriteStats) -> Report {
     paravirt.sort_by_key(|s| s.addr);
     Report {
         capabilities: alt.capabilities,
-        sites,
+        // The plan's sites are the report's: nothing is copied.
+        sites: alt.sites,
         paravirt,
         pages: stats.pages,
         elapsed_ns: None,
@@ -437,8 +419,8 @@ impl<I: Isa> Patched<I> {
     /// up later must agree with ([`crate::policy::SystemCaps::set_used`]).
     pub fn used(&self) -> CapabilitySet {
         let mut used = CapabilitySet::default();
-        for c in self.report.sites.iter().flat_map(|s| &s.candidates) {
-            used.set(c.capability);
+        for c in self.report.sites.capabilities() {
+            used.set(c);
         }
         used
     }
@@ -455,30 +437,28 @@ impl<I: Isa> Patched<I> {
         writer: &mut W,
         rendezvous: &mut R,
     ) -> Result<WriteStats, (Self, PatchError)> {
-        let all: Vec<SiteWrite> = self
-            .report
-            .sites
-            .iter()
-            .map(|s| (s.addr, &s.before, &s.after))
-            .chain(
-                self.report
+        // Back: from what was written to what the sites held.
+        let report = &self.report;
+        let mut all: Vec<SiteChange<'_>> =
+            report.sites.changes().map(SiteChange::reversed).collect();
+        if !report.paravirt.is_empty() {
+            all.extend(
+                report
                     .paravirt
                     .iter()
-                    .map(|s| (s.addr, &s.before, &s.after)),
-            )
-            .filter(|(_, b, a)| b != a)
-            .map(|(addr, b, a)| SiteWrite {
-                addr,
-                original: b.clone(),
-                new: a.clone(),
-            })
-            .collect();
-        let pending = match still_patched(writer, &all) {
+                    .filter(|s| s.changed())
+                    .map(|s| SiteChange {
+                        addr: s.addr,
+                        from: &s.after,
+                        to: &s.before,
+                    }),
+            );
+            all.sort_unstable_by_key(|w| w.addr);
+        }
+        let writes = match still_patched(writer, all) {
             Ok(p) => p,
             Err(e) => return Err((self, e)),
         };
-        let mut writes: Vec<&SiteWrite> = pending.into_iter().map(|i| &all[i]).collect();
-        writes.sort_unstable_by_key(|w| w.addr);
         let mut slots = Vec::with_capacity(self.slots.len());
         for s in &self.slots {
             // SAFETY: the slots were stored by `apply`, under `Patcher::paravirt`'s contract.
@@ -506,67 +486,30 @@ impl<I: Isa> Patched<I> {
 
 /// The indices of the sites that still hold what was written; an error for a site that holds
 /// neither that nor its original.
-fn still_patched<M: Memory>(mem: &M, sites: &[SiteWrite]) -> Result<Vec<usize>, PatchError> {
+fn still_patched<'a, M: Memory>(
+    mem: &M,
+    mut sites: Vec<SiteChange<'a>>,
+) -> Result<Vec<SiteChange<'a>>, PatchError> {
     let ranges: Vec<Range<u64>> = sites.iter().map(|s| s.range()).collect();
-    let mut now = alloc::vec![0u8; sites.iter().map(|s| s.new.len()).sum()];
+    let mut now = alloc::vec![0u8; sites.iter().map(|s| s.from.len()).sum()];
     mem.read_each(&ranges, &mut now)
         .map_err(PatchError::Memory)?;
-    let mut pending = Vec::new();
     let mut at = 0;
-    for (i, s) in sites.iter().enumerate() {
-        let found = &now[at..at + s.new.len()];
-        at += s.new.len();
-        if found == &s.new[..] {
-            pending.push(i);
-        } else if found != &s.original[..] {
-            return Err(PatchError::UnexpectedBytes {
+    let mut error = None;
+    sites.retain(|s| {
+        let found = &now[at..at + s.from.len()];
+        at += s.from.len();
+        if found != s.from && found != s.to && error.is_none() {
+            error = Some(PatchError::UnexpectedBytes {
                 addr: s.addr,
-                expected: s.new.to_vec(),
+                expected: s.from.to_vec(),
                 found: found.to_vec(),
             });
         }
-    }
-    Ok(pending)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::plan::{Choice, SitePlan};
-
-    #[test]
-    fn report_is_the_plan_in_place() {
-        // The report of a hundred thousand sites must not be a second copy of their plans:
-        // `report_of` maps the plan's vector into the report's, which reuses the allocation
-        // when the two kinds of site have the same size and alignment.
-        assert_eq!(
-            core::mem::size_of::<SiteReport>(),
-            core::mem::size_of::<SitePlan>()
-        );
-        assert_eq!(
-            core::mem::align_of::<SiteReport>(),
-            core::mem::align_of::<SitePlan>()
-        );
-        let site = |addr| SitePlan {
-            write: SiteWrite {
-                addr,
-                original: [0xcc].into(),
-                new: [0x90].into(),
-            },
-            function: Some("f"),
-            choice: Choice::Default,
-            candidates: Default::default(),
-        };
-        let plan = Plan {
-            sites: (0..1000).map(site).collect(),
-            capabilities: CapabilitySet::default(),
-        };
-        let before = plan.sites.as_ptr() as usize;
-        let report = report_of(plan, Vec::new(), WriteStats::default());
-        assert_eq!(report.sites.as_ptr() as usize, before);
-        assert_eq!(report.sites.len(), 1000);
-        assert_eq!(report.sites[999].addr, 999);
-        assert_eq!(report.sites[999].function, Some("f"));
-        assert_eq!(&report.sites[999].after[..], [0x90]);
+        found == s.from
+    });
+    match error {
+        Some(e) => Err(e),
+        None => Ok(sites),
     }
 }

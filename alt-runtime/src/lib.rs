@@ -63,6 +63,8 @@ pub mod process;
 pub mod rendezvous;
 #[cfg(feature = "alloc")]
 pub mod report;
+#[cfg(feature = "alloc")]
+pub mod sites;
 #[cfg(feature = "std")]
 pub mod sysfs;
 pub mod table;

@@ -330,18 +330,6 @@ impl List {
         let i = self.partition_point(addr);
         (i < self.len() && self.target(i) == addr).then(|| self.name(i))
     }
-
-    fn find_from(&self, hint: &mut usize, addr: u64) -> Option<&'static str> {
-        let mut i = *hint;
-        if i > self.len() || (i > 0 && self.target(i - 1) >= addr) {
-            i = self.partition_point(addr);
-        }
-        while i < self.len() && self.target(i) < addr {
-            i += 1;
-        }
-        *hint = i;
-        (i < self.len() && self.target(i) == addr).then(|| self.name(i))
-    }
 }
 
 #[cfg(feature = "alloc")]
@@ -367,17 +355,6 @@ impl Names {
     /// The name of the function whose site is at `addr`.
     pub fn site(&self, addr: u64) -> Option<&'static str> {
         self.sites.find(addr)
-    }
-
-    /// As [`Names::site`], walking on from `hint` (the index the previous lookup ended at)
-    /// when the addresses come in order.
-    pub(crate) fn site_from(&self, hint: &mut usize, addr: u64) -> Option<&'static str> {
-        self.sites.find_from(hint, addr)
-    }
-
-    /// As [`Names::entry`], from `hint`.
-    pub(crate) fn entry_from(&self, hint: &mut usize, addr: u64) -> Option<&'static str> {
-        self.entries.find_from(hint, addr)
     }
 
     /// The name of the variant whose table entry is at `addr`.
@@ -425,25 +402,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lookups_from_a_hint_agree_with_binary_search_in_any_order() {
+    fn copied_lists_are_sorted_and_searched() {
         let names = Names {
-            sites: alloc::vec![(0x10, "a"), (0x20, "b"), (0x30, "c"), (0x50, "e")].into(),
+            sites: alloc::vec![(0x30, "c"), (0x10, "a"), (0x50, "e"), (0x20, "b")].into(),
             entries: alloc::vec![(0x20, "x")].into(),
         };
-        let mut hint = 0;
-        for addr in [
-            0x0, 0x10, 0x18, 0x20, 0x50, 0x60, 0x30, 0x10, 0x10, 0x40, 0x50, 0x0,
-        ] {
-            assert_eq!(
-                names.site_from(&mut hint, addr),
-                names.site(addr),
-                "{addr:#x}"
-            );
+        for (addr, name) in [(0x10, "a"), (0x20, "b"), (0x30, "c"), (0x50, "e")] {
+            assert_eq!(names.site(addr), Some(name), "{addr:#x}");
         }
-        let mut hint = 0;
-        assert_eq!(names.entry_from(&mut hint, 0x20), Some("x"));
-        assert_eq!(names.entry_from(&mut hint, 0x21), None);
-        assert_eq!(names.entry_from(&mut hint, 0x20), Some("x"));
+        for addr in [0x0, 0x18, 0x40, 0x60] {
+            assert_eq!(names.site(addr), None, "{addr:#x}");
+        }
+        assert_eq!(names.entry(0x20), Some("x"));
+        assert_eq!(names.entry(0x21), None);
     }
 
     /// A name at an offset from a test buffer, or a placeholder.
@@ -496,7 +467,6 @@ mod tests {
             assert_eq!(l.len(), real, "{names:?}");
             for &(offset, name) in names.iter().flatten() {
                 assert_eq!(l.find(base + offset), Some(name));
-                assert_eq!(l.find_from(&mut 0, base + offset), Some(name));
             }
             assert_eq!(l.find(base + 0x18), None);
             assert_eq!(l.find(base + 0x40), None);

@@ -27,6 +27,7 @@ use crate::bytes::SiteBytes;
 use crate::isa::Isa;
 use crate::memory::MemoryError;
 use crate::rendezvous::{Rendezvous, RendezvousError};
+pub use crate::sites::SiteChange;
 use crate::writer::{Chunk, WriteError, WriteStats, Writer};
 
 /// One site's change: where, the bytes it holds, the bytes it will hold.
@@ -49,6 +50,15 @@ impl SiteWrite {
     /// The site's address range.
     pub fn range(&self) -> Range<u64> {
         self.addr..self.addr + self.original.len() as u64
+    }
+
+    /// The change from the original to the new bytes.
+    pub fn change(&self) -> SiteChange<'_> {
+        SiteChange {
+            addr: self.addr,
+            from: &self.original,
+            to: &self.new,
+        }
     }
 }
 
@@ -178,14 +188,6 @@ pub enum Direction {
 
 impl Direction {
     #[inline]
-    fn bytes(self, s: &SiteWrite) -> (&[u8], &[u8]) {
-        match self {
-            Direction::Forward => (&s.original, &s.new),
-            Direction::Back => (&s.new, &s.original),
-        }
-    }
-
-    #[inline]
     fn slot(self, s: &SlotWrite) -> (u64, u64) {
         match self {
             Direction::Forward => (s.old, s.new),
@@ -194,8 +196,9 @@ impl Direction {
     }
 }
 
-/// Carries out one batch: `sites` (sorted by address, not overlapping) and `slots` go
-/// `direction`. Slots are stored in order going forward and in reverse order going back.
+/// Carries out one batch: each of `sites` (sorted by address, not overlapping) changes from its
+/// `from` bytes to its `to` bytes, and `slots` go `direction`. Slots are stored in order going
+/// forward and in reverse order going back.
 ///
 /// # Safety
 ///
@@ -203,7 +206,7 @@ impl Direction {
 /// live, 8-aligned, writable slot whose values are valid for it, and `rendezvous` must really
 /// keep every other CPU or thread out of the sites while they are written.
 pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized>(
-    sites: &[&SiteWrite],
+    sites: &[SiteChange<'_>],
     slots: &[SlotWrite],
     direction: Direction,
     writer: &mut W,
@@ -212,14 +215,14 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized>(
     // 1. Expected bytes and values, read in one go.
     // The sites' ranges: read before and after, and the rendezvous keeps threads out of them.
     let ranges: Vec<Range<u64>> = sites.iter().map(|s| s.range()).collect();
-    let total = sites.iter().map(|s| s.original.len()).sum();
+    let total = sites.iter().map(|s| s.from.len()).sum();
     let mut found = vec![0u8; total];
     writer
         .read_each(&ranges, &mut found)
         .map_err(PatchError::Memory)?;
     let mut at = 0;
     for s in sites {
-        let (from, _) = direction.bytes(s);
+        let from = s.from;
         let now = &found[at..at + from.len()];
         if now != from {
             return Err(PatchError::UnexpectedBytes {
@@ -253,7 +256,7 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized>(
         .iter()
         .map(|s| Chunk {
             addr: s.addr,
-            bytes: direction.bytes(s).1,
+            bytes: s.to,
         })
         .collect();
     writer.prepare(&chunks).map_err(PatchError::Write)?;
@@ -294,7 +297,7 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized>(
         // The chunks turn into their undo in place: nothing is allocated while the others
         // are stopped.
         for (c, s) in chunks.iter_mut().zip(sites) {
-            c.bytes = direction.bytes(s).0;
+            c.bytes = s.from;
         }
         // SAFETY: as for the write: the originals are valid code for the sites.
         let undone = unsafe { writer.write(&chunks) }.is_ok()

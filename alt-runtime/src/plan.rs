@@ -45,7 +45,8 @@ use crate::bytes::SiteBytes;
 use crate::capability::{Capability, CapabilitySet};
 use crate::isa::{fill_keeping, CodeError, Isa, Offsets, Shape, X86_64};
 use crate::memory::{Memory, MemoryError};
-use crate::patch::SiteWrite;
+pub use crate::sites::{Candidate, Candidates, Choice};
+use crate::sites::{Sites, SitesError};
 use crate::table::{AltEntry, AltFlags, KEY_RESERVED_MASK};
 
 /// Where sites, replacements and call targets may lie.
@@ -164,6 +165,8 @@ pub enum TableErrorKind {
     Unreadable(MemoryError),
     /// The site's current bytes are not whole instructions ending at the site's end.
     Site(CodeError),
+    /// The site cannot be recorded: too many entries for one site, or too many sites.
+    TooManyEntries(SitesError),
     /// A call in some variant of the site returns to `offset`, which is inside an instruction
     /// of this entry's variant (or of the default, for the entry that carries the default).
     ReturnInsideInstruction {
@@ -221,6 +224,7 @@ impl fmt::Display for TableErrorKind {
                 "site overlaps the site at {other_site:#x} of entry {other}"
             ),
             TableErrorKind::Unreadable(e) => write!(f, "{e}"),
+            TableErrorKind::TooManyEntries(e) => write!(f, "the site cannot be recorded: {e}"),
             TableErrorKind::Site(e) => write!(f, "site bytes are not whole instructions: {e}"),
             TableErrorKind::ReturnInsideInstruction { offset, in_default } => write!(
                 f,
@@ -239,112 +243,11 @@ impl fmt::Display for TableErrorKind {
 #[cfg(feature = "std")]
 impl std::error::Error for TableError {}
 
-/// What was decided for a site.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Choice {
-    /// No entry holds: the default code stays (its NOP fill optimised).
-    Default,
-    /// The replacement of entry `entry` is copied in, relocated, and NOP-filled.
-    Inline {
-        /// Index of the chosen entry.
-        entry: usize,
-    },
-    /// A direct call to `target` (entry `entry`), NOP-filled.
-    DirectCall {
-        /// Index of the chosen entry.
-        entry: usize,
-        /// The call target.
-        target: u64,
-    },
-}
-
-impl Choice {
-    /// The index of the entry this choice applies, if it applies one.
-    pub fn entry(&self) -> Option<usize> {
-        match *self {
-            Choice::Inline { entry } | Choice::DirectCall { entry, .. } => Some(entry),
-            Choice::Default => None,
-        }
-    }
-
-    /// The candidate this choice applies, among a site's candidates.
-    pub fn chosen_in<'a>(&self, candidates: &'a [Candidate]) -> Option<&'a Candidate> {
-        let entry = self.entry()?;
-        candidates.iter().find(|c| c.entry == entry)
-    }
-}
-
-/// A site's entries, in priority (table) order: two inline, more on the heap.
-pub type Candidates = crate::bytes::SmallVec<Candidate, 2>;
-
-/// One entry considered for a site, and whether it held.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Candidate {
-    /// Index of the entry in the table.
-    pub entry: usize,
-    /// Its capability.
-    pub capability: Capability,
-    /// Whether it holds when the capability is absent.
-    pub negated: bool,
-    /// Whether it is a direct call.
-    pub direct_call: bool,
-    /// Whether its condition held on this system.
-    pub held: bool,
-    /// The name of its variant, where the table names it (attached by the driver).
-    pub name: Option<&'static str>,
-}
-
-impl Default for Candidate {
-    /// A placeholder (unused slots of [`Candidates`]).
-    fn default() -> Self {
-        const FIRST: Capability = match Capability::from_id(0) {
-            Some(c) => c,
-            None => panic!("capability id 0 exists"),
-        };
-        Candidate {
-            entry: 0,
-            capability: FIRST,
-            negated: false,
-            direct_call: false,
-            held: false,
-            name: None,
-        }
-    }
-}
-
-impl Candidate {
-    /// Whether the candidate's capability was present (as opposed to whether it held).
-    pub fn capability_present(&self) -> bool {
-        self.held != self.negated
-    }
-}
-
-/// The plan for one site.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SitePlan {
-    /// Where the site is, the bytes found there and the bytes it will hold.
-    pub write: SiteWrite,
-    /// Name of the function the site belongs to, where the table names it (attached by the
-    /// driver).
-    pub function: Option<&'static str>,
-    /// The decision.
-    pub choice: Choice,
-    /// Every entry of the site, in priority (table) order.
-    pub candidates: Candidates,
-}
-
-impl SitePlan {
-    /// The entry chosen, if any.
-    pub fn chosen(&self) -> Option<&Candidate> {
-        self.choice.chosen_in(&self.candidates)
-    }
-}
-
 /// A plan: one decision per site, sorted by site address.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// The sites.
-    pub sites: Vec<SitePlan>,
+    /// The sites: each as a [`crate::report::SiteReport`] when read.
+    pub sites: Sites,
     /// The capabilities the plan was made for.
     pub capabilities: CapabilitySet,
 }
@@ -354,8 +257,8 @@ impl Plan {
     /// comes up later must agree with ([`crate::policy::SystemCaps::set_used`]).
     pub fn used(&self) -> CapabilitySet {
         let mut used = CapabilitySet::default();
-        for c in self.sites.iter().flat_map(|s| &s.candidates) {
-            used.set(c.capability);
+        for c in self.sites.capabilities() {
+            used.set(c);
         }
         used
     }
@@ -410,7 +313,7 @@ pub fn plan_alternatives_for<I: Isa, M: Memory>(
     // decided and encoded, so no list of every site's group is kept. The checks of the
     // grouping (lengths, overlaps, the site's bytes) come first for the whole table: an error
     // of a later step is held until every site has passed them.
-    let mut sites = Vec::with_capacity(order.len());
+    let mut sites = Sites::with_capacity(order.len());
     let mut later: Option<TableError> = None;
     let mut k = 0;
     let mut previous: Option<(u64, usize)> = None;
@@ -419,9 +322,8 @@ pub fn plan_alternatives_for<I: Isa, M: Memory>(
         previous = Some((g.site.end, order[k]));
         k = g.entries.end;
         if later.is_none() {
-            match planned.site::<I>(g, caps) {
-                Ok(site) => sites.push(site),
-                Err(e) => later = Some(e),
+            if let Err(e) = planned.site::<I>(&mut sites, g, caps) {
+                later = Some(e);
             }
         }
     }
@@ -444,29 +346,31 @@ struct Planned<'p> {
 }
 
 impl Planned<'_> {
-    /// The plan of one site: the return-address rule, the decision and its bytes.
-    fn site<I: Isa>(&self, g: Group, caps: &CapabilitySet) -> Result<SitePlan, TableError> {
+    /// Plans one site into `sites`: the return-address rule, the decision and its bytes.
+    fn site<I: Isa>(
+        &self,
+        sites: &mut Sites,
+        g: Group,
+        caps: &CapabilitySet,
+    ) -> Result<(), TableError> {
         let returns = check_returns::<I>(self, &g)?;
-        let candidates: Candidates = match *g.entries(self.order) {
-            // The common case, without growing a vector one entry at a time.
-            [i] => Candidates::from([self.parsed[i].candidate(i, caps)]),
-            ref several => several
-                .iter()
-                .map(|&i| self.parsed[i].candidate(i, caps))
-                .collect(),
-        };
-        let choice = decide(self.parsed, &candidates);
+        let entries = g.entries(self.order);
+        let candidate = |&i: &usize| (self.parsed[i].candidate(i, caps), self.entries[i].addr);
+        let choice = decide(self.parsed, entries.iter().map(|i| candidate(i).0));
         let new = encode::<I>(self, &g, choice, returns)?;
-        Ok(SitePlan {
-            write: SiteWrite {
-                addr: g.site.start,
-                original: g.original,
-                new,
-            },
-            function: None,
-            choice,
-            candidates,
-        })
+        let first = entries[0];
+        sites
+            .push(
+                g.site.start,
+                &g.original,
+                &new,
+                entries.iter().map(candidate),
+                choice,
+            )
+            .map_err(|e| {
+                let kind = TableErrorKind::TooManyEntries(e);
+                error(first, &self.entries[first], kind)
+            })
     }
 
     fn shape(&self, index: u32) -> &Shape {
@@ -843,8 +747,8 @@ fn check_returns<I: Isa>(p: &Planned<'_>, g: &Group) -> Result<Offsets, TableErr
 }
 
 /// The priority rule: the first entry, in table order, that holds.
-fn decide(parsed: &[Parsed], candidates: &[Candidate]) -> Choice {
-    match candidates.iter().find(|c| c.held) {
+fn decide(parsed: &[Parsed], mut candidates: impl Iterator<Item = Candidate>) -> Choice {
+    match candidates.find(|c| c.held) {
         None => Choice::Default,
         Some(c) => match parsed[c.entry].variant {
             Variant::Call(target) => Choice::DirectCall {

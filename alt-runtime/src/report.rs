@@ -33,105 +33,8 @@ use core::fmt;
 use crate::bytes::SiteBytes;
 use crate::capability::{Capability, CapabilitySet};
 use crate::paravirt::{PvDecision, PvSitePlan};
-use crate::plan::{Candidate, Candidates, Choice, SitePlan};
-
-/// What was done at one alternatives site.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SiteReport {
-    /// Address of the site.
-    pub addr: u64,
-    /// Name of the function the site belongs to, where the table names it.
-    pub function: Option<&'static str>,
-    /// The decision.
-    pub choice: Choice,
-    /// Every entry considered, in priority order, with whether it held.
-    pub candidates: Candidates,
-    /// The bytes before.
-    pub before: SiteBytes,
-    /// The bytes after.
-    pub after: SiteBytes,
-}
-
-impl SiteReport {
-    /// The report of a planned site, with the names the plan has.
-    pub fn from_plan(s: SitePlan) -> Self {
-        SiteReport {
-            addr: s.write.addr,
-            function: s.function,
-            choice: s.choice,
-            candidates: s.candidates,
-            before: s.write.original,
-            after: s.write.new,
-        }
-    }
-
-    /// The function name, or `?` where unknown.
-    pub fn label(&self) -> &str {
-        self.function.unwrap_or("?")
-    }
-
-    /// Whether the site's bytes changed.
-    pub fn changed(&self) -> bool {
-        self.before != self.after
-    }
-
-    /// The capability the decision turned on: the chosen entry's, or, for the default, the
-    /// first candidate's.
-    pub fn capability(&self) -> Option<Capability> {
-        match self.chosen() {
-            Some(c) => Some(c.capability),
-            None => self.candidates.first().map(|c| c.capability),
-        }
-    }
-
-    /// The chosen candidate, if any.
-    pub fn chosen(&self) -> Option<&Candidate> {
-        self.choice.chosen_in(&self.candidates)
-    }
-
-    /// Name of the chosen variant: the entry's name where known, `"default"` for the default.
-    pub fn variant(&self) -> String {
-        match self.chosen() {
-            None => String::from("default"),
-            Some(c) => match c.name {
-                Some(name) => String::from(name),
-                None => format!("entry {}", c.entry),
-            },
-        }
-    }
-
-    /// Short name of the decision.
-    pub fn decision(&self) -> &'static str {
-        match self.choice {
-            Choice::Default => "default",
-            Choice::Inline { .. } => "inline",
-            Choice::DirectCall { .. } => "direct_call",
-        }
-    }
-
-    /// Why: the chosen entry's condition, or why every entry failed.
-    pub fn why(&self) -> String {
-        let cond = |c: &Candidate| {
-            let state = if c.capability_present() {
-                "present"
-            } else {
-                "absent"
-            };
-            if c.negated {
-                format!("!{} ({state})", c.capability)
-            } else {
-                format!("{} ({state})", c.capability)
-            }
-        };
-        match self.chosen() {
-            Some(c) => format!("{} holds", cond(c)),
-            None => {
-                let all: Vec<String> = self.candidates.iter().map(cond).collect();
-                format!("no entry holds: {}", all.join(", "))
-            }
-        }
-    }
-}
+pub use crate::sites::SiteReport;
+use crate::sites::Sites;
 
 /// What was done at one paravirt site.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -202,8 +105,8 @@ pub struct CapabilityTotal {
 pub struct Report {
     /// The capabilities the plan was made for.
     pub capabilities: CapabilitySet,
-    /// Every alternatives site, sorted by address.
-    pub sites: Vec<SiteReport>,
+    /// Every alternatives site, sorted by address (each read as a [`SiteReport`]).
+    pub sites: Sites,
     /// Every paravirt site, sorted by address.
     pub paravirt: Vec<PvSiteReport>,
     /// Pages whose contents changed.
@@ -219,13 +122,12 @@ fn diff(before: &[u8], after: &[u8]) -> usize {
 impl Report {
     /// Sites whose bytes changed, of both kinds.
     pub fn sites_changed(&self) -> usize {
-        self.sites.iter().filter(|s| s.changed()).count()
-            + self.paravirt.iter().filter(|s| s.changed()).count()
+        self.sites.changes().count() + self.paravirt.iter().filter(|s| s.changed()).count()
     }
 
     /// Bytes that differ between before and after, over all sites.
     pub fn bytes_changed(&self) -> usize {
-        let alt: usize = self.sites.iter().map(|s| diff(&s.before, &s.after)).sum();
+        let alt: usize = self.sites.changes().map(|c| diff(c.from, c.to)).sum();
         let pv: usize = self
             .paravirt
             .iter()
@@ -235,9 +137,8 @@ impl Report {
     }
 
     /// The alternatives site at `addr`.
-    pub fn site(&self, addr: u64) -> Option<&SiteReport> {
-        let i = self.sites.binary_search_by_key(&addr, |s| s.addr).ok()?;
-        Some(&self.sites[i])
+    pub fn site(&self, addr: u64) -> Option<SiteReport> {
+        self.sites.get(self.sites.position(addr)?)
     }
 
     /// Totals per capability, in capability id order.

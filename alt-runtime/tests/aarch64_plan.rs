@@ -135,15 +135,15 @@ fn replacements_are_retargeted_padded_and_calls_become_bl() {
     // Erratum absent: both sites keep their default, byte for byte.
     let plan = plan_alternatives_for::<Aarch64, _>(&entries, &layout, &caps(Errata::empty()), &mem)
         .unwrap();
-    assert!(plan.sites.iter().all(|s| s.write.new == s.write.original));
+    assert!(plan.sites.iter().all(|s| s.after == s.before));
     assert!(plan.sites.iter().all(|s| s.choice == Choice::Default));
 
     // Present: site A gets the relocated block and a NOP; site B a BL to the target.
     let plan =
         plan_alternatives_for::<Aarch64, _>(&entries, &layout, &caps(ERRATUM), &mem).unwrap();
-    assert_eq!(plan.sites[0].choice, Choice::Inline { entry: 0 });
+    assert_eq!(plan.sites.at(0).choice, Choice::Inline { entry: 0 });
     assert_eq!(
-        plan.sites[1].choice,
+        plan.sites.at(1).choice,
         Choice::DirectCall {
             entry: 1,
             target: 0x10_0400

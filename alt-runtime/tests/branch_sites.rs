@@ -69,15 +69,16 @@ fn a_feature_branch_is_a_jump_until_patched_then_nops() {
     let plan = buf
         .plan(&table, &caps(Features::empty(), Errata::empty()))
         .unwrap();
-    assert_eq!(plan.sites[0].choice, Choice::Default);
-    assert_eq!(plan.sites[0].write.new, plan.sites[0].write.original);
+    assert_eq!(plan.sites.at(0).choice, Choice::Default);
+    assert_eq!(plan.sites.at(0).after, plan.sites.at(0).before);
 
     let plan = buf
         .plan(&table, &caps(Features::POPCNT, Errata::empty()))
         .unwrap();
-    assert_eq!(plan.sites[0].choice, Choice::Inline { entry: 0 });
+    assert_eq!(plan.sites.at(0).choice, Choice::Inline { entry: 0 });
     assert_eq!(
-        plan.sites[0].write.new, NOP5,
+        plan.sites.at(0).after,
+        NOP5,
         "an empty replacement is a 5-byte NOP"
     );
     let p = apply(plan).unwrap();
@@ -106,19 +107,20 @@ fn an_erratum_branch_falls_through_until_patched_then_jumps_to_the_other_arm() {
     let plan = buf
         .plan(&table, &caps(Features::empty(), Errata::AMD_DIV0))
         .unwrap();
-    assert_eq!(plan.sites[0].choice, Choice::Default);
-    assert_eq!(plan.sites[0].write.new, NOP5);
+    assert_eq!(plan.sites.at(0).choice, Choice::Default);
+    assert_eq!(plan.sites.at(0).after, NOP5);
 
     let plan = buf
         .plan(&table, &caps(Features::empty(), Errata::empty()))
         .unwrap();
-    assert_eq!(plan.sites[0].choice, Choice::Inline { entry: 0 });
+    assert_eq!(plan.sites.at(0).choice, Choice::Inline { entry: 0 });
     let want = jmp_rel32(site, no).unwrap();
     assert_eq!(
-        plan.sites[0].write.new, want,
+        plan.sites.at(0).after,
+        want,
         "the jump re-targeted to the site"
     );
-    let insns = decode_whole(&plan.sites[0].write.new, site);
+    let insns = decode_whole(&plan.sites.at(0).after, site);
     assert_eq!(insns.len(), 1);
     assert_eq!(insns[0].mnemonic(), Mnemonic::Jmp);
     assert_eq!(

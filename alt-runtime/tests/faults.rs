@@ -214,7 +214,7 @@ fn a_revert_that_failed_part_way_can_be_retried() {
     let p = apply(plan(&f)).expect("patch");
     // Restore the sites of page 0 behind the record's back, as a revert that failed after its
     // first run would have left them.
-    for s in &p.report().sites[..2] {
+    for s in p.report().sites.iter().take(2) {
         f.buf.put(s.addr, &s.before);
     }
     let stats = p
@@ -809,8 +809,9 @@ fn text_the_writer_cannot_write_is_refused_in_prepare_before_anyone_is_stopped()
     assert_eq!(w.sys().get(SIM + PAGE + 8, 3), [1, 2, 3]);
 
     // Through the driver: the refusal comes before the rendezvous is asked to stop anyone.
-    use alt_runtime::patch::{PatchError, SiteWrite};
-    use alt_runtime::plan::{Choice, SitePlan};
+    use alt_runtime::patch::PatchError;
+    use alt_runtime::plan::Choice;
+    use alt_runtime::report::SiteReport;
     struct Watch(usize);
     // SAFETY: it stops no one; the writer below writes a simulation only.
     unsafe impl alt_runtime::rendezvous::Rendezvous for Watch {
@@ -824,16 +825,16 @@ fn text_the_writer_cannot_write_is_refused_in_prepare_before_anyone_is_stopped()
         fn release(&mut self) {}
     }
     let plan = Plan {
-        sites: vec![SitePlan {
-            write: SiteWrite {
-                addr: SIM + 0x10,
-                original: [0xcc].into(),
-                new: [0x90].into(),
-            },
+        sites: [SiteReport {
+            addr: SIM + 0x10,
             function: None,
             choice: Choice::Default,
             candidates: Default::default(),
-        }],
+            before: [0xcc].into(),
+            after: [0x90].into(),
+        }]
+        .into_iter()
+        .collect(),
         capabilities: CapabilitySet::default(),
     };
     // SAFETY: the writer's system calls go to a simulation: no real memory is written.

@@ -118,9 +118,9 @@ fn present_feature_gets_the_inline_replacement_with_recommended_nops() {
         .plan(&table, &caps(Features::POPCNT, Errata::empty()))
         .unwrap();
     assert_eq!(plan.sites.len(), 1);
-    assert_eq!(plan.sites[0].choice, Choice::Inline { entry: 0 });
+    assert_eq!(plan.sites.at(0).choice, Choice::Inline { entry: 0 });
     assert_eq!(
-        plan.sites[0].candidates,
+        plan.sites.at(0).candidates,
         [Candidate {
             entry: 0,
             capability: popcnt,
@@ -157,8 +157,8 @@ fn absent_feature_keeps_the_default_with_its_nop_run_optimised() {
         )],
     );
     let plan = f.buf.plan(&table, &CapabilitySet::default()).unwrap();
-    assert_eq!(plan.sites[0].choice, Choice::Default);
-    assert!(!plan.sites[0].candidates[0].held);
+    assert_eq!(plan.sites.at(0).choice, Choice::Default);
+    assert!(!plan.sites.at(0).candidates[0].held);
     let p = patch(plan);
     let call = call_to(f.site, f.sw);
     assert_eq!(
@@ -206,8 +206,8 @@ fn not_flag_patches_when_the_capability_is_absent() {
     let table = buf.table(0, &[Spec::inline(site, 3, repl, 3, cap).not()]);
 
     let plan = buf.plan(&table, &CapabilitySet::default()).unwrap();
-    assert_eq!(plan.sites[0].choice, Choice::Inline { entry: 0 });
-    assert!(plan.sites[0].candidates[0].negated && plan.sites[0].candidates[0].held);
+    assert_eq!(plan.sites.at(0).choice, Choice::Inline { entry: 0 });
+    assert!(plan.sites.at(0).candidates[0].negated && plan.sites.at(0).candidates[0].held);
     let p = patch(plan);
     assert_eq!(buf.read(site, 3), [0x0f, 0xae, 0xe8]);
     revert(p);
@@ -215,8 +215,8 @@ fn not_flag_patches_when_the_capability_is_absent() {
     let plan = buf
         .plan(&table, &caps(Features::LFENCE_SERIALIZING, Errata::empty()))
         .unwrap();
-    assert_eq!(plan.sites[0].choice, Choice::Default);
-    assert!(!plan.sites[0].candidates[0].held);
+    assert_eq!(plan.sites.at(0).choice, Choice::Default);
+    assert!(!plan.sites.at(0).candidates[0].held);
     let p = patch(plan);
     assert_eq!(buf.read(site, 3), [0x0f, 0x1f, 0x00]);
     revert(p);
@@ -237,13 +237,13 @@ fn direct_call_gets_a_hand_computed_call_rel32_and_fill() {
         .plan(&table, &caps(Features::AVX2, Errata::empty()))
         .unwrap();
     assert_eq!(
-        plan.sites[0].choice,
+        plan.sites.at(0).choice,
         Choice::DirectCall {
             entry: 0,
             target: f.identity
         }
     );
-    assert!(plan.sites[0].candidates[0].direct_call);
+    assert!(plan.sites.at(0).candidates[0].direct_call);
     let p = patch(plan);
     let rel = (f.identity as i64 - (f.dsite as i64 + 5)) as i32;
     let mut want = vec![0xe8];
@@ -417,7 +417,7 @@ fn first_entry_in_table_order_that_holds_wins() {
         let table = m.buf.table(slot as u64, specs);
         let plan = m.buf.plan(&table, caps).unwrap();
         assert_eq!(plan.sites.len(), 1, "one site, two candidates");
-        let site = &plan.sites[0];
+        let site = &plan.sites.at(0);
         assert_eq!(site.choice, *choice, "case {slot}");
         let entries: Vec<usize> = site.candidates.iter().map(|c| c.entry).collect();
         assert_eq!(entries, [0, 1], "candidates in table order");
@@ -459,8 +459,8 @@ fn erratum_keyed_entries_follow_the_errata_not_the_feature_with_the_same_bit() {
     let plan = buf
         .plan(&table, &caps(Features::empty(), Errata::AMD_DIV0))
         .unwrap();
-    assert_eq!(plan.sites[0].choice, Choice::Inline { entry: 0 });
-    assert_eq!(plan.sites[0].candidates[0].capability, div0);
+    assert_eq!(plan.sites.at(0).choice, Choice::Inline { entry: 0 });
+    assert_eq!(plan.sites.at(0).candidates[0].capability, div0);
     let p = patch(plan);
     assert_eq!(buf.read(site, 5), [0x0f, 0xae, 0xe8, 0x66, 0x90]);
     revert(p);
@@ -468,7 +468,7 @@ fn erratum_keyed_entries_follow_the_errata_not_the_feature_with_the_same_bit() {
     let plan = buf
         .plan(&table, &caps(Features::all(), Errata::empty()))
         .unwrap();
-    assert_eq!(plan.sites[0].choice, Choice::Default);
+    assert_eq!(plan.sites.at(0).choice, Choice::Default);
     let p = patch(plan);
     assert_eq!(buf.read(site, 5), LINUX_NOPS[5]);
     revert(p);
@@ -548,7 +548,7 @@ fn every_default_nop_run_length_is_optimised_to_whole_instructions() {
         assert_eq!(run(site, 0), 1, "run of {n} bytes runs through");
     }
     // A run of one byte is already optimal: that site is not written.
-    assert!(!p.report().sites[0].changed());
+    assert!(!p.report().sites.at(0).changed());
     assert_eq!(p.report().sites_changed(), 63);
     revert(p);
 }
@@ -1078,8 +1078,8 @@ fn sites_that_touch_each_other_or_the_replacement_section_are_patched() {
     };
     let table = buf.table(2, &[Spec::inline(after, 8, repl, 5, popcnt())]);
     let plan = alt_runtime::plan::plan_alternatives(&table, &layout, &set, &writer()).unwrap();
-    assert_eq!(plan.sites[0].write.addr, after);
-    assert_eq!(plan.sites[0].write.new, patched);
+    assert_eq!(plan.sites.at(0).addr, after);
+    assert_eq!(plan.sites.at(0).after, patched);
 }
 
 #[test]
@@ -1170,7 +1170,7 @@ fn placeholders_are_skipped_and_still_count_in_entry_indices() {
         .plan(&table, &caps(Features::POPCNT, Errata::empty()))
         .unwrap();
     assert_eq!(plan.sites.len(), 1);
-    assert_eq!(plan.sites[0].choice, Choice::Inline { entry: 1 });
+    assert_eq!(plan.sites.at(0).choice, Choice::Inline { entry: 1 });
 }
 
 // --- 5. Expected bytes -------------------------------------------------------------------------
@@ -1976,8 +1976,8 @@ fn many_replacements_that_move_unchanged_do_not_stand_in_for_one_that_must_be_re
         .sites
         .iter()
         .zip(&expected)
-        .filter(|(s, (site, code))| (s.write.addr, &s.write.new[..]) != (*site, &code[..]))
-        .map(|(s, (_, code))| (s.write.addr, s.write.new.to_vec(), code.clone()))
+        .filter(|(s, (site, code))| (s.addr, &s.after[..]) != (*site, &code[..]))
+        .map(|(s, (_, code))| (s.addr, s.after.to_vec(), code.clone()))
         .collect();
     assert!(
         wrong.is_empty(),
@@ -2014,7 +2014,7 @@ fn sites_that_share_one_replacement_each_get_the_call_relocated_to_them() {
     let plan = buf
         .plan(&table, &caps(Features::POPCNT, Errata::empty()))
         .unwrap();
-    let got: Vec<Vec<u8>> = plan.sites.iter().map(|s| s.write.new.to_vec()).collect();
+    let got: Vec<Vec<u8>> = plan.sites.iter().map(|s| s.after.to_vec()).collect();
     assert_eq!(
         got,
         [
@@ -2084,7 +2084,7 @@ fn a_return_inside_the_direct_call_is_refused_and_one_at_its_start_is_kept() {
         .plan(&table, &caps(Features::AVX2, Errata::empty()))
         .unwrap();
     assert_eq!(
-        plan.sites[0].write.new,
+        plan.sites.at(0).after,
         cat(&[&[0x66, 0x90], &call_to(site + 2, other), &[0x90]])
     );
 }
@@ -2101,7 +2101,7 @@ fn a_direct_call_may_fill_a_site_of_exactly_its_length() {
     let plan = buf
         .plan(&table, &caps(Features::AVX2, Errata::empty()))
         .unwrap();
-    assert_eq!(plan.sites[0].write.new, call_to(site, other));
+    assert_eq!(plan.sites.at(0).after, call_to(site, other));
 }
 
 #[test]
@@ -2120,7 +2120,7 @@ fn a_default_s_nops_are_merged_only_where_no_call_returns_inside_them() {
     let table = buf.table(0, &[Spec::inline(site, 11, repl, 3, popcnt)]);
     let plan = buf.plan(&table, &none).unwrap();
     assert_eq!(
-        plan.sites[0].write.new,
+        plan.sites.at(0).after,
         cat(&[&call_to(site, default), LINUX_NOPS[6]])
     );
 
@@ -2132,7 +2132,7 @@ fn a_default_s_nops_are_merged_only_where_no_call_returns_inside_them() {
     buf.put(repl, &[0xff, 0xd0]);
     let table = buf.table(1, &[Spec::inline(site, 8, repl, 2, popcnt)]);
     let plan = buf.plan(&table, &none).unwrap();
-    assert_eq!(plan.sites[0].write.new, [0x90; 8]);
+    assert_eq!(plan.sites.at(0).after, [0x90; 8]);
 }
 
 #[test]
@@ -2162,7 +2162,7 @@ fn the_fill_after_a_direct_call_keeps_a_boundary_where_a_later_call_returns() {
         .plan(&table, &caps(Features::AVX2, Errata::empty()))
         .unwrap();
     assert_eq!(
-        plan.sites[0].write.new,
+        plan.sites.at(0).after,
         cat(&[&call_to(site, other), LINUX_NOPS[5], LINUX_NOPS[2]])
     );
 }

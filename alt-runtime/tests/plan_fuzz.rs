@@ -214,16 +214,16 @@ fn random_tables_never_panic_and_accepted_plans_are_sound() {
         };
         accepted += 1;
         for s in &plan.sites {
-            assert_eq!(s.write.new.len(), s.write.original.len(), "round {round}");
+            assert_eq!(s.after.len(), s.before.len(), "round {round}");
             assert!(
-                s.write.addr >= TEXT && s.write.addr + s.write.new.len() as u64 <= TEXT + TEXT_LEN,
+                s.addr >= TEXT && s.addr + s.after.len() as u64 <= TEXT + TEXT_LEN,
                 "round {round}: site {:#x} outside the text",
-                s.write.addr
+                s.addr
             );
-            ends_exactly(&s.write.new).unwrap_or_else(|e| {
+            ends_exactly(&s.after).unwrap_or_else(|e| {
                 panic!(
                     "round {round}: site {:#x} new bytes {:02x?}: {e}",
-                    s.write.addr, s.write.new
+                    s.addr, s.after
                 )
             });
         }

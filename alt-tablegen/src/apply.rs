@@ -187,16 +187,15 @@ pub fn apply(obj: &Object<'_>, cpu: &CpuSpec) -> Result<Applied, Error> {
     let mut image = obj.data.to_vec();
     let mut sites = Vec::with_capacity(plan.sites.len());
     for s in &plan.sites {
-        let w = &s.write;
-        let len = w.original.len();
-        let file_offset = mem.file_offset(w.addr, len as u64).ok_or_else(|| {
+        let len = s.before.len();
+        let file_offset = mem.file_offset(s.addr, len as u64).ok_or_else(|| {
             Error::new(
                 obj.location(),
-                ErrorKind::Other(format!("site {:#x} is not in the file", w.addr)),
+                ErrorKind::Other(format!("site {:#x} is not in the file", s.addr)),
             )
         })?;
         let start = file_offset as usize;
-        image[start..start + len].copy_from_slice(&w.new);
+        image[start..start + len].copy_from_slice(&s.after);
         let chosen = s.chosen();
         let (choice, target) = match s.choice {
             Choice::Inline { .. } => ("replacement", None),
@@ -204,7 +203,7 @@ pub fn apply(obj: &Object<'_>, cpu: &CpuSpec) -> Result<Applied, Error> {
             _ => ("default", None),
         };
         sites.push(AppliedSite {
-            site: w.addr,
+            site: s.addr,
             len,
             file_offset,
             choice,
@@ -217,9 +216,9 @@ pub fn apply(obj: &Object<'_>, cpu: &CpuSpec) -> Result<Applied, Error> {
                 )
             }),
             target,
-            before: to_hex(&w.original),
-            after: to_hex(&w.new),
-            changed: w.changed(),
+            before: to_hex(&s.before),
+            after: to_hex(&s.after),
+            changed: s.changed(),
         });
     }
     Ok(Applied {

@@ -429,7 +429,7 @@ pub fn verify(obj: &Object<'_>, tables: &Tables) -> Vec<Problem> {
         loop {
             match plan_for(obj, &entries, &layout, &caps) {
                 Ok(plan) => {
-                    sites = plan.sites.iter().map(|s| s.write.range()).collect();
+                    sites = plan.sites.iter().map(|s| s.range()).collect();
                     break;
                 }
                 Err(e) => {
@@ -564,8 +564,8 @@ pub fn plan(
                 }
             };
             SiteDecision {
-                site: s.write.addr,
-                site_len: s.write.original.len() as u8,
+                site: s.addr,
+                site_len: s.before.len() as u8,
                 entries: s.candidates.iter().map(|c| c.entry).collect(),
                 chosen: s.chosen().map(|c| c.entry),
                 outcome,

@@ -1,0 +1,656 @@
+//! Every alternatives site of a plan or a report, kept compactly: a program can have a hundred
+//! thousand sites, and each must cost a few dozen bytes, not a few hundred.
+//!
+//! [`Sites`] keeps per site its address, its length, the decision and where its bytes and
+//! entries are in two shared lists: the bytes (what the site held, then what it holds, one
+//! after the other) and the entries considered. Names are not copied: the function's and each
+//! variant's are looked up in the program's name tables when a site is read
+//! ([`crate::linker::Names`]). Reading a site builds a [`SiteReport`], the same value whether it
+//! comes from a plan or from the report of the plan carried out.
+//!
+//! The planner and the driver fill it; everyone else reads it.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use core::ops::Range;
+
+use crate::bytes::SiteBytes;
+use crate::capability::Capability;
+use crate::linker::Names;
+
+/// What was decided for a site.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Choice {
+    /// No entry holds: the default code stays (its NOP fill optimised).
+    Default,
+    /// The replacement of entry `entry` is copied in, relocated, and NOP-filled.
+    Inline {
+        /// Index of the chosen entry.
+        entry: usize,
+    },
+    /// A direct call to `target` (entry `entry`), NOP-filled.
+    DirectCall {
+        /// Index of the chosen entry.
+        entry: usize,
+        /// The call target.
+        target: u64,
+    },
+}
+
+impl Choice {
+    /// The index of the entry this choice applies, if it applies one.
+    pub fn entry(&self) -> Option<usize> {
+        match *self {
+            Choice::Inline { entry } | Choice::DirectCall { entry, .. } => Some(entry),
+            Choice::Default => None,
+        }
+    }
+
+    /// The candidate this choice applies, among a site's candidates.
+    pub fn chosen_in<'a>(&self, candidates: &'a [Candidate]) -> Option<&'a Candidate> {
+        let entry = self.entry()?;
+        candidates.iter().find(|c| c.entry == entry)
+    }
+}
+
+/// A site's entries, in priority (table) order: two inline, more on the heap.
+pub type Candidates = crate::bytes::SmallVec<Candidate, 2>;
+
+/// One entry considered for a site, and whether it held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// Index of the entry in the table.
+    pub entry: usize,
+    /// Its capability.
+    pub capability: Capability,
+    /// Whether it holds when the capability is absent.
+    pub negated: bool,
+    /// Whether it is a direct call.
+    pub direct_call: bool,
+    /// Whether its condition held on this system.
+    pub held: bool,
+    /// The name of its variant, where the table names it (attached by the driver).
+    pub name: Option<&'static str>,
+}
+
+impl Default for Candidate {
+    /// A placeholder (unused slots of [`Candidates`]).
+    fn default() -> Self {
+        const FIRST: Capability = match Capability::from_id(0) {
+            Some(c) => c,
+            None => panic!("capability id 0 exists"),
+        };
+        Candidate {
+            entry: 0,
+            capability: FIRST,
+            negated: false,
+            direct_call: false,
+            held: false,
+            name: None,
+        }
+    }
+}
+
+impl Candidate {
+    /// Whether the candidate's capability was present (as opposed to whether it held).
+    pub fn capability_present(&self) -> bool {
+        self.held != self.negated
+    }
+}
+
+/// What was done at one alternatives site.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteReport {
+    /// Address of the site.
+    pub addr: u64,
+    /// Name of the function the site belongs to, where the table names it.
+    pub function: Option<&'static str>,
+    /// The decision.
+    pub choice: Choice,
+    /// Every entry considered, in priority order, with whether it held.
+    pub candidates: Candidates,
+    /// The bytes before.
+    pub before: SiteBytes,
+    /// The bytes after.
+    pub after: SiteBytes,
+}
+
+impl SiteReport {
+    /// The function name, or `?` where unknown.
+    pub fn label(&self) -> &str {
+        self.function.unwrap_or("?")
+    }
+
+    /// Whether the site's bytes changed.
+    pub fn changed(&self) -> bool {
+        self.before != self.after
+    }
+
+    /// The site's address range.
+    pub fn range(&self) -> core::ops::Range<u64> {
+        self.addr..self.addr + self.before.len() as u64
+    }
+
+    /// The capability the decision turned on: the chosen entry's, or, for the default, the
+    /// first candidate's.
+    pub fn capability(&self) -> Option<Capability> {
+        match self.chosen() {
+            Some(c) => Some(c.capability),
+            None => self.candidates.first().map(|c| c.capability),
+        }
+    }
+
+    /// The chosen candidate, if any.
+    pub fn chosen(&self) -> Option<&Candidate> {
+        self.choice.chosen_in(&self.candidates)
+    }
+
+    /// Name of the chosen variant: the entry's name where known, `"default"` for the default.
+    pub fn variant(&self) -> String {
+        match self.chosen() {
+            None => String::from("default"),
+            Some(c) => match c.name {
+                Some(name) => String::from(name),
+                None => format!("entry {}", c.entry),
+            },
+        }
+    }
+
+    /// Short name of the decision.
+    pub fn decision(&self) -> &'static str {
+        match self.choice {
+            Choice::Default => "default",
+            Choice::Inline { .. } => "inline",
+            Choice::DirectCall { .. } => "direct_call",
+        }
+    }
+
+    /// Why: the chosen entry's condition, or why every entry failed.
+    pub fn why(&self) -> String {
+        let cond = |c: &Candidate| {
+            let state = if c.capability_present() {
+                "present"
+            } else {
+                "absent"
+            };
+            if c.negated {
+                format!("!{} ({state})", c.capability)
+            } else {
+                format!("{} ({state})", c.capability)
+            }
+        };
+        match self.chosen() {
+            Some(c) => format!("{} holds", cond(c)),
+            None => {
+                let all: Vec<String> = self.candidates.iter().map(cond).collect();
+                format!("no entry holds: {}", all.join(", "))
+            }
+        }
+    }
+}
+
+/// One site, compactly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Slot {
+    addr: u64,
+    /// Where its bytes start in [`Sites::bytes`]: `len` bytes before, then `len` after.
+    bytes: u32,
+    /// Where its entries start in [`Sites::entries`].
+    entries: u32,
+    /// How many entries it has.
+    count: u16,
+    len: u8,
+    /// 0: the default; `k + 1`: the `k`-th of its entries applies.
+    chosen: u8,
+}
+
+/// One entry considered for a site, compactly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Entry {
+    /// Where the entry lives (its variant's name is looked up by it).
+    addr: u64,
+    index: u32,
+    capability: Capability,
+    flags: u8,
+}
+
+const NEGATED: u8 = 1;
+const DIRECT_CALL: u8 = 2;
+const HELD: u8 = 4;
+
+/// The sites of a plan or a report, sorted by address.
+#[derive(Clone, Default)]
+pub struct Sites {
+    slots: Vec<Slot>,
+    entries: Vec<Entry>,
+    bytes: Vec<u8>,
+    /// Direct-call targets, by site index, for the sites that take a direct call.
+    targets: Vec<(u32, u64)>,
+    names: Names,
+}
+
+/// A site's change: where, what it holds, what it will hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SiteChange<'a> {
+    /// Address of the site.
+    pub addr: u64,
+    /// The bytes it holds before the change.
+    pub from: &'a [u8],
+    /// The bytes it holds after.
+    pub to: &'a [u8],
+}
+
+impl SiteChange<'_> {
+    /// The change that undoes this one.
+    pub fn reversed(self) -> Self {
+        SiteChange {
+            addr: self.addr,
+            from: self.to,
+            to: self.from,
+        }
+    }
+
+    /// The site's address range.
+    pub fn range(&self) -> Range<u64> {
+        self.addr..self.addr + self.from.len() as u64
+    }
+}
+
+/// Why a site could not be added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SitesError {
+    /// The site's bytes before and after differ in length, or are empty or longer than 255.
+    Length,
+    /// More than 65,535 entries for one site, or more than 4 GiB of bytes or entries.
+    TooMany,
+    /// The choice names an entry the site does not have.
+    Choice,
+}
+
+impl fmt::Display for SitesError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SitesError::Length => "its bytes before and after are not of one length of 1 to 255",
+            SitesError::TooMany => "too many entries or sites",
+            SitesError::Choice => "the choice names an entry the site does not have",
+        })
+    }
+}
+
+impl Sites {
+    /// No sites.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Room for `sites` sites with one entry each (a hint; nothing is touched until used).
+    pub fn with_capacity(sites: usize) -> Self {
+        Sites {
+            slots: Vec::with_capacity(sites),
+            entries: Vec::with_capacity(sites),
+            bytes: Vec::new(),
+            targets: Vec::new(),
+            names: Names::default(),
+        }
+    }
+
+    /// Adds a site after the others (sites must come in address order, not overlapping):
+    /// `before` and `after` of one length, its entries with the address each lives at
+    /// (`Candidate::name` is ignored: names are looked up when read), and the choice.
+    pub fn push(
+        &mut self,
+        addr: u64,
+        before: &[u8],
+        after: &[u8],
+        candidates: impl IntoIterator<Item = (Candidate, u64)>,
+        choice: Choice,
+    ) -> Result<(), SitesError> {
+        let len = before.len();
+        if len != after.len() || len == 0 || len > usize::from(u8::MAX) {
+            return Err(SitesError::Length);
+        }
+        let bytes = u32::try_from(self.bytes.len()).map_err(|_| SitesError::TooMany)?;
+        let start = u32::try_from(self.entries.len()).map_err(|_| SitesError::TooMany)?;
+        let index = u32::try_from(self.slots.len()).map_err(|_| SitesError::TooMany)?;
+        let undo = |s: &mut Self| s.entries.truncate(start as usize);
+        let mut chosen = 0u8;
+        for (k, (c, entry_addr)) in candidates.into_iter().enumerate() {
+            let (Ok(i), true) = (u32::try_from(c.entry), k < usize::from(u16::MAX)) else {
+                undo(self);
+                return Err(SitesError::TooMany);
+            };
+            if Some(c.entry) == choice.entry() && chosen == 0 {
+                match u8::try_from(k + 1) {
+                    Ok(n) => chosen = n,
+                    Err(_) => {
+                        undo(self);
+                        return Err(SitesError::TooMany);
+                    }
+                }
+            }
+            let flags = (c.negated as u8 * NEGATED)
+                | (c.direct_call as u8 * DIRECT_CALL)
+                | (c.held as u8 * HELD);
+            self.entries.push(Entry {
+                addr: entry_addr,
+                index: i,
+                capability: c.capability,
+                flags,
+            });
+        }
+        let count = self.entries.len() - start as usize;
+        if choice.entry().is_some() && chosen == 0 {
+            undo(self);
+            return Err(SitesError::Choice);
+        }
+        self.bytes.extend_from_slice(before);
+        self.bytes.extend_from_slice(after);
+        if let Choice::DirectCall { target, .. } = choice {
+            self.targets.push((index, target));
+        }
+        self.slots.push(Slot {
+            addr,
+            bytes,
+            entries: start,
+            count: count as u16,
+            len: len as u8,
+            chosen,
+        });
+        Ok(())
+    }
+
+    /// Looks the sites' names up in `names` from now on.
+    pub fn set_names(&mut self, names: Names) {
+        self.names = names;
+    }
+
+    /// How many sites.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    fn before_of(&self, s: &Slot) -> &[u8] {
+        let at = s.bytes as usize;
+        &self.bytes[at..at + usize::from(s.len)]
+    }
+
+    fn after_of(&self, s: &Slot) -> &[u8] {
+        let at = s.bytes as usize + usize::from(s.len);
+        &self.bytes[at..at + usize::from(s.len)]
+    }
+
+    fn entries_of(&self, s: &Slot) -> &[Entry] {
+        let at = s.entries as usize;
+        &self.entries[at..at + usize::from(s.count)]
+    }
+
+    fn choice_of(&self, i: usize, s: &Slot) -> Choice {
+        let Some(k) = usize::from(s.chosen).checked_sub(1) else {
+            return Choice::Default;
+        };
+        let e = &self.entries_of(s)[k];
+        let entry = e.index as usize;
+        if e.flags & DIRECT_CALL == 0 {
+            return Choice::Inline { entry };
+        }
+        let at = self.targets.partition_point(|t| (t.0 as usize) < i);
+        let target = self.targets.get(at).map_or(0, |t| t.1);
+        Choice::DirectCall { entry, target }
+    }
+
+    /// The `i`-th site, if there is one.
+    pub fn get(&self, i: usize) -> Option<SiteReport> {
+        let s = self.slots.get(i)?;
+        let candidates: Candidates = self
+            .entries_of(s)
+            .iter()
+            .map(|e| Candidate {
+                entry: e.index as usize,
+                capability: e.capability,
+                negated: e.flags & NEGATED != 0,
+                direct_call: e.flags & DIRECT_CALL != 0,
+                held: e.flags & HELD != 0,
+                name: self.names.entry(e.addr),
+            })
+            .collect();
+        Some(SiteReport {
+            addr: s.addr,
+            function: self.names.site(s.addr),
+            choice: self.choice_of(i, s),
+            candidates,
+            before: self.before_of(s).into(),
+            after: self.after_of(s).into(),
+        })
+    }
+
+    /// The `i`-th site.
+    ///
+    /// # Panics
+    ///
+    /// If there are not more than `i` sites.
+    pub fn at(&self, i: usize) -> SiteReport {
+        match self.get(i) {
+            Some(s) => s,
+            None => panic!("site {i} of {}", self.len()),
+        }
+    }
+
+    /// The first site.
+    pub fn first(&self) -> Option<SiteReport> {
+        self.get(0)
+    }
+
+    /// The last site.
+    pub fn last(&self) -> Option<SiteReport> {
+        self.get(self.len().checked_sub(1)?)
+    }
+
+    /// Every site, in address order.
+    pub fn iter(&self) -> Iter<'_> {
+        Iter {
+            sites: self,
+            range: 0..self.len(),
+        }
+    }
+
+    /// The index of the site at `addr`.
+    pub fn position(&self, addr: u64) -> Option<usize> {
+        self.slots.binary_search_by_key(&addr, |s| s.addr).ok()
+    }
+
+    /// Every site's address range.
+    pub fn ranges(&self) -> impl ExactSizeIterator<Item = Range<u64>> + '_ {
+        self.slots.iter().map(|s| s.addr..s.addr + u64::from(s.len))
+    }
+
+    /// Every site whose bytes change, from what it held to what it holds, without building
+    /// the sites.
+    pub fn changes(&self) -> impl Iterator<Item = SiteChange<'_>> + '_ {
+        self.slots
+            .iter()
+            .map(|s| SiteChange {
+                addr: s.addr,
+                from: self.before_of(s),
+                to: self.after_of(s),
+            })
+            .filter(|c| c.from != c.to)
+    }
+
+    /// Every capability some site's entry is keyed by, each once per entry.
+    pub fn capabilities(&self) -> impl Iterator<Item = Capability> + '_ {
+        self.entries.iter().map(|e| e.capability)
+    }
+}
+
+impl fmt::Debug for Sites {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl PartialEq for Sites {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Sites {}
+
+/// The sites, one [`SiteReport`] each, in address order.
+#[derive(Clone, Debug)]
+pub struct Iter<'a> {
+    sites: &'a Sites,
+    range: Range<usize>,
+}
+
+impl Iterator for Iter<'_> {
+    type Item = SiteReport;
+
+    fn next(&mut self) -> Option<SiteReport> {
+        let i = self.range.next()?;
+        self.sites.get(i)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.range.size_hint()
+    }
+
+    fn nth(&mut self, n: usize) -> Option<SiteReport> {
+        let i = self.range.nth(n)?;
+        self.sites.get(i)
+    }
+}
+
+impl DoubleEndedIterator for Iter<'_> {
+    fn next_back(&mut self) -> Option<SiteReport> {
+        let i = self.range.next_back()?;
+        self.sites.get(i)
+    }
+}
+
+impl ExactSizeIterator for Iter<'_> {}
+
+impl<'a> IntoIterator for &'a Sites {
+    type Item = SiteReport;
+    type IntoIter = Iter<'a>;
+
+    fn into_iter(self) -> Iter<'a> {
+        self.iter()
+    }
+}
+
+impl FromIterator<SiteReport> for Sites {
+    /// Sites from their reports (in address order), as a test or a tool builds a plan by hand.
+    /// Names are not kept (entry addresses are unknown): [`Sites::set_names`] gives them.
+    ///
+    /// # Panics
+    ///
+    /// If a site's bytes before and after differ in length, or its choice names an entry it
+    /// does not have.
+    fn from_iter<T: IntoIterator<Item = SiteReport>>(iter: T) -> Self {
+        let mut sites = Sites::new();
+        for s in iter {
+            let candidates = s.candidates.iter().map(|c| (*c, 0));
+            if let Err(e) = sites.push(s.addr, &s.before, &s.after, candidates, s.choice) {
+                panic!("site at {:#x}: {e:?}", s.addr);
+            }
+        }
+        sites
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capability::Features;
+
+    fn cap(f: Features) -> Capability {
+        Capability::feature(f).expect("a single feature")
+    }
+
+    fn candidate(entry: usize, f: Features, held: bool, direct_call: bool) -> Candidate {
+        Candidate {
+            entry,
+            capability: cap(f),
+            negated: false,
+            direct_call,
+            held,
+            name: None,
+        }
+    }
+
+    #[test]
+    fn sites_read_back_as_pushed() {
+        let mut sites = Sites::with_capacity(3);
+        let a = candidate(0, Features::POPCNT, true, false);
+        let b = candidate(1, Features::AVX2, false, true);
+        let c = candidate(2, Features::AVX2, true, true);
+        sites
+            .push(0x100, &[1, 2, 3], &[1, 2, 3], [(a, 0)], Choice::Default)
+            .unwrap();
+        let inline = Choice::Inline { entry: 0 };
+        sites
+            .push(
+                0x200,
+                &[0xe8, 0, 0, 0, 0],
+                &[9; 5],
+                [(b, 0), (a, 0)],
+                inline,
+            )
+            .unwrap();
+        let call = Choice::DirectCall {
+            entry: 2,
+            target: 0x1234,
+        };
+        sites
+            .push(0x300, &[0x90; 5], &[0xe8, 1, 2, 3, 4], [(c, 0)], call)
+            .unwrap();
+        assert_eq!(sites.len(), 3);
+        let all: Vec<SiteReport> = sites.iter().collect();
+        assert_eq!(all[0].choice, Choice::Default);
+        assert_eq!(&all[0].before[..], [1, 2, 3]);
+        assert_eq!(all[1].choice, inline);
+        assert_eq!(all[1].candidates[..], [b, a]);
+        assert_eq!(all[1].chosen(), Some(&a));
+        assert_eq!(&all[1].after[..], [9; 5]);
+        assert_eq!(all[2].choice, call);
+        assert_eq!(sites.at(2), all[2]);
+        assert_eq!(sites.iter().next_back(), Some(all[2].clone()));
+        assert_eq!(sites.position(0x200), Some(1));
+        assert_eq!(sites.position(0x201), None);
+        // Only the sites that change, without building them.
+        let changed: Vec<u64> = sites.changes().map(|c| c.addr).collect();
+        assert_eq!(changed, [0x200, 0x300]);
+        assert_eq!(sites.ranges().nth(1), Some(0x200..0x205));
+        // What was pushed is what a plan made by hand holds.
+        let again: Sites = all.iter().cloned().collect();
+        assert_eq!(again, sites);
+    }
+
+    #[test]
+    fn bad_sites_are_refused_and_leave_the_others() {
+        let mut sites = Sites::new();
+        let a = candidate(0, Features::POPCNT, true, false);
+        assert_eq!(
+            sites.push(0x100, &[1, 2], &[1], [(a, 0)], Choice::Default),
+            Err(SitesError::Length)
+        );
+        assert_eq!(
+            sites.push(0x100, &[], &[], [(a, 0)], Choice::Default),
+            Err(SitesError::Length)
+        );
+        assert_eq!(
+            sites.push(0x100, &[1], &[2], [(a, 0)], Choice::Inline { entry: 7 }),
+            Err(SitesError::Choice)
+        );
+        assert!(sites.is_empty());
+        assert!(sites.capabilities().next().is_none(), "no entry kept");
+    }
+}
