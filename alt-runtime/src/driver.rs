@@ -36,7 +36,8 @@ use crate::isa::{Isa, X86_64};
 use crate::linker::Names;
 use crate::memory::Memory;
 use crate::paravirt::{plan_paravirt, Backend, PvError, PvPlan, PvTableEntry, TableDesc};
-use crate::patch::{carry_out, Direction, Failure, PatchError, SiteChange, SiteWrite, SlotWrite};
+use crate::patch::Direction::{Back, Forward};
+use crate::patch::{carry_out, Changes, Failure, PatchError, SiteChange, SiteWrite, SlotWrite};
 use crate::plan::{plan_alternatives_for, Layout, Plan, TableEntry, TableError};
 use crate::rendezvous::Rendezvous;
 use crate::report::{PvSiteReport, Report};
@@ -320,21 +321,26 @@ impl<I: Isa> Prepared<I> {
             .collect();
         let done = {
             let pv_sites: usize = self.pv.iter().map(|p| p.sites.len()).sum();
-            let mut writes: Vec<SiteChange<'_>> =
-                Vec::with_capacity(self.alt.sites.len() + pv_sites);
-            writes.extend(self.alt.sites.changes());
-            if pv_sites > 0 {
+            // SAFETY (both calls): `Patcher::new`'s contract (the sites are this program's, the
+            // bytes planned from trusted tables), `Patcher::paravirt`'s (the slots are live)
+            // and the unsafe `Rendezvous` trait's (it really stops everyone).
+            if pv_sites == 0 {
+                // The alternatives alone, in address order already: a batch of indices.
+                let writes = self.alt.sites.changed(false);
+                unsafe { carry_out::<I, W, R, _>(&writes, &slots, Forward, writer, rendezvous) }
+            } else {
+                let mut writes: Vec<SiteChange<'_>> =
+                    Vec::with_capacity(self.alt.sites.len() + pv_sites);
+                writes.extend(self.alt.sites.changes());
                 let pv = self
                     .pv
                     .iter()
                     .flat_map(|p| p.sites.iter().map(|s| &s.write));
                 writes.extend(pv.filter(|w| w.changed()).map(SiteWrite::change));
                 writes.sort_unstable_by_key(|w| w.addr);
+                let writes = &writes[..];
+                unsafe { carry_out::<I, W, R, _>(writes, &slots, Forward, writer, rendezvous) }
             }
-            // SAFETY: `Patcher::new`'s contract (the sites are this program's, the bytes
-            // planned from trusted tables), `Patcher::paravirt`'s (the slots are live) and the
-            // unsafe `Rendezvous` trait's (it really stops everyone).
-            unsafe { carry_out::<I, W, R>(&writes, &slots, Direction::Forward, writer, rendezvous) }
         };
         match done {
             Ok(stats) => Ok(Patched {
@@ -400,9 +406,10 @@ impl<I: Isa> Patched<I> {
         &self.report
     }
 
-    /// Mutable access to the report, to attach timing (copied first if shared).
-    pub fn report_mut(&mut self) -> &mut Report {
-        alloc::sync::Arc::make_mut(&mut self.report)
+    /// Attaches the time patching took to the report (copied first if shared). The rest of
+    /// the report is the record that [`Patched::revert`] writes back, so it cannot be changed.
+    pub fn set_elapsed_ns(&mut self, ns: Option<u64>) {
+        alloc::sync::Arc::make_mut(&mut self.report).elapsed_ns = ns;
     }
 
     /// The report, shared: handing it out copies nothing.
@@ -439,9 +446,10 @@ impl<I: Isa> Patched<I> {
     ) -> Result<WriteStats, (Self, PatchError)> {
         // Back: from what was written to what the sites held.
         let report = &self.report;
-        let mut all: Vec<SiteChange<'_>> =
-            report.sites.changes().map(SiteChange::reversed).collect();
+        let mut alone = report.sites.changed(true);
+        let mut all: Vec<SiteChange<'_>> = Vec::new();
         if !report.paravirt.is_empty() {
+            all.extend(report.sites.changes().map(SiteChange::reversed));
             all.extend(
                 report
                     .paravirt
@@ -455,10 +463,22 @@ impl<I: Isa> Patched<I> {
             );
             all.sort_unstable_by_key(|w| w.addr);
         }
-        let writes = match still_patched(writer, all) {
+        // Sites already back to their originals are left out.
+        let pending = if report.paravirt.is_empty() {
+            still_patched(writer, &alone)
+        } else {
+            still_patched(writer, &all[..])
+        };
+        let pending = match pending {
             Ok(p) => p,
             Err(e) => return Err((self, e)),
         };
+        alone.retain(|i| pending[i]);
+        let mut i = 0;
+        all.retain(|_| {
+            i += 1;
+            pending[i - 1]
+        });
         let mut slots = Vec::with_capacity(self.slots.len());
         for s in &self.slots {
             // SAFETY: the slots were stored by `apply`, under `Patcher::paravirt`'s contract.
@@ -475,8 +495,11 @@ impl<I: Isa> Patched<I> {
             }
         }
         // SAFETY: as for `apply`: the originals are the bytes the sites held before.
-        let done =
-            unsafe { carry_out::<I, W, R>(&writes, &slots, Direction::Back, writer, rendezvous) };
+        let done = if report.paravirt.is_empty() {
+            unsafe { carry_out::<I, W, R, _>(&alone, &slots, Back, writer, rendezvous) }
+        } else {
+            unsafe { carry_out::<I, W, R, _>(&all[..], &slots, Back, writer, rendezvous) }
+        };
         match done {
             Ok(stats) => Ok(stats),
             Err(f) => Err((self, f.error)),
@@ -486,30 +509,28 @@ impl<I: Isa> Patched<I> {
 
 /// The indices of the sites that still hold what was written; an error for a site that holds
 /// neither that nor its original.
-fn still_patched<'a, M: Memory>(
+fn still_patched<M: Memory, C: Changes + ?Sized>(
     mem: &M,
-    mut sites: Vec<SiteChange<'a>>,
-) -> Result<Vec<SiteChange<'a>>, PatchError> {
-    let ranges: Vec<Range<u64>> = sites.iter().map(|s| s.range()).collect();
-    let mut now = alloc::vec![0u8; sites.iter().map(|s| s.from.len()).sum()];
+    sites: &C,
+) -> Result<Vec<bool>, PatchError> {
+    let each = || (0..sites.len()).map(|i| sites.change(i));
+    let ranges: Vec<Range<u64>> = each().map(|s| s.range()).collect();
+    let mut now = alloc::vec![0u8; each().map(|s| s.from.len()).sum()];
     mem.read_each(&ranges, &mut now)
         .map_err(PatchError::Memory)?;
     let mut at = 0;
-    let mut error = None;
-    sites.retain(|s| {
+    let mut pending = Vec::with_capacity(sites.len());
+    for s in each() {
         let found = &now[at..at + s.from.len()];
         at += s.from.len();
-        if found != s.from && found != s.to && error.is_none() {
-            error = Some(PatchError::UnexpectedBytes {
+        if found != s.from && found != s.to {
+            return Err(PatchError::UnexpectedBytes {
                 addr: s.addr,
                 expected: s.from.to_vec(),
                 found: found.to_vec(),
             });
         }
-        found == s.from
-    });
-    match error {
-        Some(e) => Err(e),
-        None => Ok(sites),
+        pending.push(found == s.from);
     }
+    Ok(pending)
 }

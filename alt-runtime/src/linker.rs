@@ -339,9 +339,9 @@ impl Names {
     ///
     /// # Safety
     ///
-    /// Every non-placeholder entry's `name` field must point at a live `&'static str` (as the
-    /// macros emit them), and the tables must stay as they are for as long as these names (or
-    /// a clone) are used: a table in address order is read when a name is looked up.
+    /// Every non-placeholder entry's `name` field must point at a `&'static str` (as the macros
+    /// emit them) that stays valid and unchanged for the rest of the program: a table in
+    /// address order is read, and those `&str`s loaded, each time a name is looked up.
     pub unsafe fn new(sites: &'static [NameEntry], entries: &'static [NameEntry]) -> Self {
         // SAFETY: the caller's contract.
         unsafe {

@@ -27,7 +27,7 @@ use crate::bytes::SiteBytes;
 use crate::isa::Isa;
 use crate::memory::MemoryError;
 use crate::rendezvous::{Rendezvous, RendezvousError};
-pub use crate::sites::SiteChange;
+pub use crate::sites::{Changes, SiteChange};
 use crate::writer::{Chunk, WriteError, WriteStats, Writer};
 
 /// One site's change: where, the bytes it holds, the bytes it will hold.
@@ -205,8 +205,8 @@ impl Direction {
 /// Every site must be code of this program for which both byte strings are valid, every slot a
 /// live, 8-aligned, writable slot whose values are valid for it, and `rendezvous` must really
 /// keep every other CPU or thread out of the sites while they are written.
-pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized>(
-    sites: &[SiteChange<'_>],
+pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized, C: Changes + ?Sized>(
+    sites: &C,
     slots: &[SlotWrite],
     direction: Direction,
     writer: &mut W,
@@ -214,15 +214,20 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized>(
 ) -> Result<WriteStats, Failure> {
     // 1. Expected bytes and values, read in one go.
     // The sites' ranges: read before and after, and the rendezvous keeps threads out of them.
-    let ranges: Vec<Range<u64>> = sites.iter().map(|s| s.range()).collect();
-    let total = sites.iter().map(|s| s.from.len()).sum();
+    let each = || (0..sites.len()).map(|i| sites.change(i));
+    let ranges: Vec<Range<u64>> = each().map(|s| s.range()).collect();
+    let total = each().map(|s| s.from.len()).sum();
     let mut found = vec![0u8; total];
     writer
         .read_each(&ranges, &mut found)
         .map_err(PatchError::Memory)?;
     let mut at = 0;
-    for s in sites {
+    for s in each() {
         let from = s.from;
+        if s.to.len() != from.len() {
+            let reason = "the new bytes are not as long as the site";
+            return Err(PatchError::Write(WriteError::unchanged(s.addr, reason, None)).into());
+        }
         let now = &found[at..at + from.len()];
         if now != from {
             return Err(PatchError::UnexpectedBytes {
@@ -252,8 +257,7 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized>(
     }
 
     // 2. Everything that allocates or may fail, before anyone is stopped.
-    let mut chunks: Vec<Chunk<'_>> = sites
-        .iter()
+    let mut chunks: Vec<Chunk<'_>> = each()
         .map(|s| Chunk {
             addr: s.addr,
             bytes: s.to,
@@ -296,7 +300,7 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized>(
     if let Some(addr) = first_mismatch(writer, &ranges, &chunks, &mut found) {
         // The chunks turn into their undo in place: nothing is allocated while the others
         // are stopped.
-        for (c, s) in chunks.iter_mut().zip(sites) {
+        for (c, s) in chunks.iter_mut().zip(each()) {
             c.bytes = s.from;
         }
         // SAFETY: as for the write: the originals are valid code for the sites.

@@ -550,6 +550,9 @@ fn check_entry<I: Isa, M: Memory>(
     }
     let n = usize::from(e.replacement_len);
     let at = arena.len();
+    let (Ok(_), Ok(shape_index)) = (u32::try_from(at + n), u32::try_from(shapes.len())) else {
+        return Err(err(TableErrorKind::TooManyEntries(SitesError::TooMany)));
+    };
     let inline = |shape| Variant::Inline {
         at: at as u32,
         len: e.replacement_len,
@@ -583,7 +586,7 @@ fn check_entry<I: Isa, M: Memory>(
     arena.resize(at + n, 0);
     let shape = I::relocate(src, repl.start, site.start, &mut arena[at..])
         .map_err(|e| err(TableErrorKind::Replacement(e)))?;
-    let index = shapes.len() as u32;
+    let index = shape_index;
     shapes.push(shape);
     // Moved elsewhere and still the same bytes: nothing in it depends on where it is.
     if repl.start != site.start && arena[at..] == *src {

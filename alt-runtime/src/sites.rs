@@ -203,7 +203,7 @@ struct Slot {
     count: u16,
     len: u8,
     /// 0: the default; `k + 1`: the `k`-th of its entries applies.
-    chosen: u8,
+    chosen: u16,
 }
 
 /// One entry considered for a site, compactly.
@@ -258,6 +258,72 @@ impl SiteChange<'_> {
     }
 }
 
+/// A batch of site changes, in address order, read one at a time: what
+/// [`crate::patch::carry_out`] writes. A slice of [`SiteChange`]s is one; so is
+/// [`Sites::changed`], which keeps 4 bytes per site instead of the change itself.
+pub trait Changes {
+    /// How many changes.
+    fn len(&self) -> usize;
+
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `i`-th change (`i < len()`).
+    fn change(&self, i: usize) -> SiteChange<'_>;
+}
+
+impl Changes for [SiteChange<'_>] {
+    fn len(&self) -> usize {
+        <[SiteChange<'_>]>::len(self)
+    }
+
+    fn change(&self, i: usize) -> SiteChange<'_> {
+        self[i]
+    }
+}
+
+/// The sites of a [`Sites`] whose bytes change, forward (from what each held to what it holds)
+/// or back.
+#[derive(Clone, Debug)]
+pub struct Changed<'a> {
+    sites: &'a Sites,
+    which: Vec<u32>,
+    back: bool,
+}
+
+impl Changed<'_> {
+    /// Keeps only the changes whose index `keep` says to, in order.
+    pub fn retain(&mut self, mut keep: impl FnMut(usize) -> bool) {
+        let mut i = 0;
+        self.which.retain(|_| {
+            i += 1;
+            keep(i - 1)
+        });
+    }
+}
+
+impl Changes for Changed<'_> {
+    fn len(&self) -> usize {
+        self.which.len()
+    }
+
+    fn change(&self, i: usize) -> SiteChange<'_> {
+        let s = &self.sites.slots[self.which[i] as usize];
+        let c = SiteChange {
+            addr: s.addr,
+            from: self.sites.before_of(s),
+            to: self.sites.after_of(s),
+        };
+        if self.back {
+            c.reversed()
+        } else {
+            c
+        }
+    }
+}
+
 /// Why a site could not be added.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SitesError {
@@ -265,8 +331,11 @@ pub enum SitesError {
     Length,
     /// More than 65,535 entries for one site, or more than 4 GiB of bytes or entries.
     TooMany,
-    /// The choice names an entry the site does not have.
+    /// The choice names an entry the site does not have, or one of another kind (a direct
+    /// call chosen as inline, or the other way round).
     Choice,
+    /// The site begins before the end of the site added before it.
+    Order,
 }
 
 impl fmt::Display for SitesError {
@@ -275,6 +344,7 @@ impl fmt::Display for SitesError {
             SitesError::Length => "its bytes before and after are not of one length of 1 to 255",
             SitesError::TooMany => "too many entries or sites",
             SitesError::Choice => "the choice names an entry the site does not have",
+            SitesError::Order => "the site begins inside or before the site before it",
         })
     }
 }
@@ -315,20 +385,27 @@ impl Sites {
         let start = u32::try_from(self.entries.len()).map_err(|_| SitesError::TooMany)?;
         let index = u32::try_from(self.slots.len()).map_err(|_| SitesError::TooMany)?;
         let undo = |s: &mut Self| s.entries.truncate(start as usize);
-        let mut chosen = 0u8;
+        if self
+            .slots
+            .last()
+            .is_some_and(|l| l.addr + u64::from(l.len) > addr)
+        {
+            return Err(SitesError::Order);
+        }
+        let mut chosen = 0u16;
         for (k, (c, entry_addr)) in candidates.into_iter().enumerate() {
             let (Ok(i), true) = (u32::try_from(c.entry), k < usize::from(u16::MAX)) else {
                 undo(self);
                 return Err(SitesError::TooMany);
             };
             if Some(c.entry) == choice.entry() && chosen == 0 {
-                match u8::try_from(k + 1) {
-                    Ok(n) => chosen = n,
-                    Err(_) => {
-                        undo(self);
-                        return Err(SitesError::TooMany);
-                    }
+                // The choice's kind must be the entry's: a report read back says what was done.
+                if c.direct_call != matches!(choice, Choice::DirectCall { .. }) {
+                    undo(self);
+                    return Err(SitesError::Choice);
                 }
+                // k < u16::MAX, checked above.
+                chosen = k as u16 + 1;
             }
             let flags = (c.negated as u8 * NEGATED)
                 | (c.direct_call as u8 * DIRECT_CALL)
@@ -401,7 +478,12 @@ impl Sites {
             return Choice::Inline { entry };
         }
         let at = self.targets.partition_point(|t| (t.0 as usize) < i);
-        let target = self.targets.get(at).map_or(0, |t| t.1);
+        // Every direct-call choice pushed its target (`push` checks the kinds agree).
+        let target = self
+            .targets
+            .get(at)
+            .filter(|t| t.0 as usize == i)
+            .map_or(0, |t| t.1);
         Choice::DirectCall { entry, target }
     }
 
@@ -481,6 +563,23 @@ impl Sites {
                 to: self.after_of(s),
             })
             .filter(|c| c.from != c.to)
+    }
+
+    /// The sites whose bytes change, as a batch: forward, or `back` from what each holds to
+    /// what it held.
+    pub fn changed(&self, back: bool) -> Changed<'_> {
+        let which = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| self.before_of(s) != self.after_of(s))
+            .map(|(i, _)| i as u32)
+            .collect();
+        Changed {
+            sites: self,
+            which,
+            back,
+        }
     }
 
     /// Every capability some site's entry is keyed by, each once per entry.
@@ -650,7 +749,46 @@ mod tests {
             sites.push(0x100, &[1], &[2], [(a, 0)], Choice::Inline { entry: 7 }),
             Err(SitesError::Choice)
         );
+        // A direct call recorded as inline (or the other way round) would read back wrong.
+        let call = candidate(1, Features::AVX2, true, true);
+        assert_eq!(
+            sites.push(0x100, &[1], &[2], [(call, 0)], Choice::Inline { entry: 1 }),
+            Err(SitesError::Choice)
+        );
+        let direct = Choice::DirectCall {
+            entry: 0,
+            target: 0x10,
+        };
+        assert_eq!(
+            sites.push(0x100, &[1], &[2], [(a, 0)], direct),
+            Err(SitesError::Choice)
+        );
         assert!(sites.is_empty());
         assert!(sites.capabilities().next().is_none(), "no entry kept");
+        sites
+            .push(0x100, &[1, 2], &[1, 2], [(a, 0)], Choice::Default)
+            .unwrap();
+        // Sites come in address order and do not overlap.
+        for addr in [0x101, 0x80] {
+            assert_eq!(
+                sites.push(addr, &[1], &[1], [(a, 0)], Choice::Default),
+                Err(SitesError::Order),
+                "{addr:#x}"
+            );
+        }
+        assert_eq!(sites.len(), 1);
+        assert_eq!(sites.capabilities().count(), 1);
+    }
+
+    #[test]
+    fn a_site_may_choose_any_of_many_entries() {
+        let mut sites = Sites::new();
+        let many = (0..300).map(|i| (candidate(i, Features::POPCNT, i == 299, false), 0));
+        let inline = Choice::Inline { entry: 299 };
+        sites.push(0x100, &[1], &[2], many, inline).unwrap();
+        let site = sites.at(0);
+        assert_eq!(site.choice, inline);
+        assert_eq!(site.chosen().map(|c| c.entry), Some(299));
+        assert_eq!(site.candidates.len(), 300);
     }
 }

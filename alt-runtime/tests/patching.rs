@@ -1856,7 +1856,7 @@ fn the_record_says_which_capabilities_patching_used_and_holds_the_time_taken() {
     assert_eq!(p.used(), used);
     assert!(p.slots().is_empty());
     assert_eq!(p.report().elapsed_ns, None);
-    p.report_mut().elapsed_ns = Some(1234);
+    p.set_elapsed_ns(Some(1234));
     assert_eq!(p.report().elapsed_ns, Some(1234));
     revert(p);
 }

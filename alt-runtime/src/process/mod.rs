@@ -345,7 +345,7 @@ fn patch_now(options: &PatchOptions, at_load: bool) -> Result<Arc<Report>, Proce
     let applied = prepared.apply(&mut writer, &mut threads);
     note_stop(&threads);
     let mut patched = applied.map_err(|e| ProcessError::Patch(alloc::boxed::Box::new(e)))?;
-    patched.report_mut().elapsed_ns = Some(started.elapsed().as_nanos() as u64);
+    patched.set_elapsed_ns(Some(started.elapsed().as_nanos() as u64));
     let report = patched.shared_report();
     *guard = Some(patched);
     Ok(report)
@@ -415,7 +415,7 @@ pub unsafe fn install_paravirt(
     let applied = prepared.apply(&mut writer, &mut threads);
     note_stop(&threads);
     let mut patched = applied.map_err(|e| ProcessError::Patch(alloc::boxed::Box::new(e)))?;
-    patched.report_mut().elapsed_ns = Some(started.elapsed().as_nanos() as u64);
+    patched.set_elapsed_ns(Some(started.elapsed().as_nanos() as u64));
     Ok(patched)
 }
 
