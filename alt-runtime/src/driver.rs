@@ -38,9 +38,10 @@ use crate::memory::Memory;
 use crate::paravirt::{plan_paravirt, Backend, PvError, PvPlan, PvTableEntry, TableDesc};
 use crate::patch::Direction::{Back, Forward};
 use crate::patch::{carry_out, Changes, Failure, PatchError, SiteChange, SiteWrite, SlotWrite};
-use crate::plan::{plan_alternatives_for, Layout, Plan, TableEntry, TableError};
+use crate::plan::{plan_table_for, InMemory, Layout, Plan, TableEntry, TableError};
 use crate::rendezvous::Rendezvous;
 use crate::report::{PvSiteReport, Report};
+use crate::table::AltEntry;
 use crate::writer::{WriteStats, Writer};
 
 /// Why planning failed. Nothing was written.
@@ -94,12 +95,21 @@ pub fn first_overlap(sites: &mut [Range<u64>]) -> Option<(u64, u64)> {
         .map(|w| (w[0].start, w[1].start))
 }
 
+/// The alternatives table a patcher plans.
+#[derive(Debug)]
+enum Alternatives<'a> {
+    /// Entries given one by one, with their addresses.
+    Listed(Vec<TableEntry>),
+    /// A table of this address space, read where it lies (no copy of it is kept).
+    InMemory(&'a [AltEntry]),
+}
+
 /// What to patch: the capabilities, the text, and the tables.
 #[derive(Debug)]
 pub struct Patcher<'a, I: Isa = X86_64> {
     caps: CapabilitySet,
     layout: Layout<'a>,
-    alternatives: Vec<TableEntry>,
+    alternatives: Alternatives<'a>,
     names: Names,
     paravirt: Vec<PvTable<'a>>,
     isa: PhantomData<I>,
@@ -133,7 +143,7 @@ impl<'a, I: Isa> Patcher<'a, I> {
         Patcher {
             caps,
             layout,
-            alternatives: Vec::new(),
+            alternatives: Alternatives::Listed(Vec::new()),
             names: Names::default(),
             paravirt: Vec::new(),
             isa: PhantomData,
@@ -142,7 +152,13 @@ impl<'a, I: Isa> Patcher<'a, I> {
 
     /// The alternatives table: its entries in table order, with their addresses.
     pub fn alternatives(mut self, entries: impl IntoIterator<Item = TableEntry>) -> Self {
-        self.alternatives = entries.into_iter().collect();
+        self.alternatives = Alternatives::Listed(entries.into_iter().collect());
+        self
+    }
+
+    /// The alternatives table of this address space, read where it lies.
+    pub fn alternatives_in_memory(mut self, table: &'a [AltEntry]) -> Self {
+        self.alternatives = Alternatives::InMemory(table);
         self
     }
 
@@ -155,7 +171,7 @@ impl<'a, I: Isa> Patcher<'a, I> {
     /// The alternatives table and its names from a program's sections.
     #[cfg(target_arch = "x86_64")]
     pub fn sections(self, s: &crate::linker::Sections) -> Self {
-        self.alternatives(TableEntry::in_memory(s.alt_entries()))
+        self.alternatives_in_memory(s.alt_entries())
             .names(s.names())
     }
 
@@ -197,9 +213,15 @@ impl<'a, I: Isa> Patcher<'a, I> {
     /// Validates every entry of every table and decides every site, reading the code through
     /// `mem`. Nothing is written.
     pub fn plan<M: Memory>(&self, mem: &M) -> Result<Prepared<I>, PlanError> {
-        let mut alt =
-            plan_alternatives_for::<I, M>(&self.alternatives, &self.layout, &self.caps, mem)
-                .map_err(PlanError::Table)?;
+        let mut alt = match &self.alternatives {
+            Alternatives::Listed(entries) => {
+                plan_table_for::<I, M, _>(&entries[..], &self.layout, &self.caps, mem)
+            }
+            Alternatives::InMemory(table) => {
+                plan_table_for::<I, M, _>(&InMemory(table), &self.layout, &self.caps, mem)
+            }
+        }
+        .map_err(PlanError::Table)?;
         // Names are looked up when a site is read, not now.
         alt.sites.set_names(self.names.clone());
         let mut pv = Vec::with_capacity(self.paravirt.len());

@@ -80,10 +80,7 @@ impl TableEntry {
     /// are kept, so that an entry's position is its index in the table (the index a
     /// [`TableError`] names); the planner skips them.
     pub fn in_memory(table: &[AltEntry]) -> impl Iterator<Item = TableEntry> + '_ {
-        table.iter().map(|e| TableEntry {
-            addr: e as *const AltEntry as usize as u64,
-            entry: *e,
-        })
+        (0..table.len()).map(move |i| InMemory(table).get(i))
     }
 
     /// Whether this is a placeholder: every field zero.
@@ -286,14 +283,69 @@ pub fn plan_alternatives_for<I: Isa, M: Memory>(
     caps: &CapabilitySet,
     mem: &M,
 ) -> Result<Plan, TableError> {
+    plan_table_for::<I, M, _>(entries, layout, caps, mem)
+}
+
+/// A table's entries in table order, each with the address it lives at: a slice of
+/// [`TableEntry`]s, or [`InMemory`], a table of this address space read where it lies (the
+/// planner then keeps no copy of it).
+pub trait EntryList {
+    /// How many entries (placeholders count).
+    fn len(&self) -> usize;
+
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `i`-th entry (`i < len()`).
+    fn get(&self, i: usize) -> TableEntry;
+}
+
+impl EntryList for [TableEntry] {
+    fn len(&self) -> usize {
+        <[TableEntry]>::len(self)
+    }
+
+    fn get(&self, i: usize) -> TableEntry {
+        self[i]
+    }
+}
+
+/// An alternatives table of this address space, read in place: each entry's address is where
+/// it lies.
+#[derive(Clone, Copy, Debug)]
+pub struct InMemory<'a>(pub &'a [AltEntry]);
+
+impl EntryList for InMemory<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn get(&self, i: usize) -> TableEntry {
+        let e = &self.0[i];
+        TableEntry {
+            addr: e as *const AltEntry as usize as u64,
+            entry: *e,
+        }
+    }
+}
+
+/// [`plan_alternatives_for`] for any [`EntryList`].
+pub fn plan_table_for<I: Isa, M: Memory, E: EntryList + ?Sized>(
+    entries: &E,
+    layout: &Layout<'_>,
+    caps: &CapabilitySet,
+    mem: &M,
+) -> Result<Plan, TableError> {
     let mut parsed = Vec::with_capacity(entries.len());
     let mut arena = Vec::new();
     let mut shapes = Vec::new();
     let mut unchanged = MovesUnchanged::new(entries.len());
-    for (index, t) in entries.iter().enumerate() {
+    for index in 0..entries.len() {
         parsed.push(check_entry::<I, M>(
             index,
-            t,
+            &entries.get(index),
             layout,
             mem,
             &mut arena,
@@ -318,7 +370,7 @@ pub fn plan_alternatives_for<I: Isa, M: Memory>(
     let mut k = 0;
     let mut previous: Option<(u64, usize)> = None;
     while k < order.len() {
-        let g = next_group::<I, M>(entries, &order, k, previous, mem)?;
+        let g = next_group::<I, M, E>(entries, &order, k, previous, mem)?;
         previous = Some((g.site.end, order[k]));
         k = g.entries.end;
         if later.is_none() {
@@ -337,15 +389,15 @@ pub fn plan_alternatives_for<I: Isa, M: Memory>(
 }
 
 /// What the per-entry pass found, for planning the sites one by one.
-struct Planned<'p> {
-    entries: &'p [TableEntry],
+struct Planned<'p, E: ?Sized> {
+    entries: &'p E,
     parsed: &'p [Parsed],
     arena: &'p [u8],
     shapes: &'p [Shape],
     order: &'p [usize],
 }
 
-impl Planned<'_> {
+impl<E: EntryList + ?Sized> Planned<'_, E> {
     /// Plans one site into `sites`: the return-address rule, the decision and its bytes.
     fn site<I: Isa>(
         &self,
@@ -353,11 +405,11 @@ impl Planned<'_> {
         g: Group,
         caps: &CapabilitySet,
     ) -> Result<(), TableError> {
-        let returns = check_returns::<I>(self, &g)?;
+        let returns = check_returns::<I, E>(self, &g)?;
         let entries = g.entries(self.order);
-        let candidate = |&i: &usize| (self.parsed[i].candidate(i, caps), self.entries[i].addr);
+        let candidate = |&i: &usize| (self.parsed[i].candidate(i, caps), self.entries.get(i).addr);
         let choice = decide(self.parsed, entries.iter().map(|i| candidate(i).0));
-        let new = encode::<I>(self, &g, choice, returns)?;
+        let new = encode::<I, E>(self, &g, choice, returns)?;
         let first = entries[0];
         sites
             .push(
@@ -369,7 +421,7 @@ impl Planned<'_> {
             )
             .map_err(|e| {
                 let kind = TableErrorKind::TooManyEntries(e);
-                error(first, &self.entries[first], kind)
+                error(first, &self.entries.get(first), kind)
             })
     }
 
@@ -617,11 +669,12 @@ impl Group {
 
 /// The entries' indices sorted by site (table order kept among the entries of one site),
 /// placeholders left out.
-fn site_order(entries: &[TableEntry]) -> Vec<usize> {
+fn site_order<E: EntryList + ?Sized>(entries: &E) -> Vec<usize> {
     let mut order: Vec<usize> = Vec::with_capacity(entries.len());
     let mut sorted = true;
     let mut last = 0;
-    for (i, t) in entries.iter().enumerate() {
+    for i in 0..entries.len() {
+        let t = entries.get(i);
         if !t.is_placeholder() {
             let start = t.entry.site_addr(t.addr);
             sorted &= start >= last;
@@ -632,7 +685,7 @@ fn site_order(entries: &[TableEntry]) -> Vec<usize> {
     // Tables usually come in address order already (the linker keeps the order of the code):
     // then the stable sort below would not move anything.
     if !sorted {
-        order.sort_by_key(|&i| (entries[i].site().start, i));
+        order.sort_by_key(|&i| (entries.get(i).site().start, i));
     }
     order
 }
@@ -640,19 +693,19 @@ fn site_order(entries: &[TableEntry]) -> Vec<usize> {
 /// The site whose first entry is `order[k]`: its entries (checked to agree on its length), its
 /// bytes (read and checked), after checking it does not overlap the previous site (its end and
 /// first entry).
-fn next_group<I: Isa, M: Memory>(
-    entries: &[TableEntry],
+fn next_group<I: Isa, M: Memory, E: EntryList + ?Sized>(
+    entries: &E,
     order: &[usize],
     k: usize,
     previous: Option<(u64, usize)>,
     mem: &M,
 ) -> Result<Group, TableError> {
     let i = order[k];
-    let t = &entries[i];
+    let t = &entries.get(i);
     let site = t.site();
     if let Some((end, first)) = previous {
         if end > site.start {
-            let other_site = entries[first].site().start;
+            let other_site = entries.get(first).site().start;
             let kind = TableErrorKind::Overlap {
                 other: first,
                 other_site,
@@ -667,7 +720,7 @@ fn next_group<I: Isa, M: Memory>(
         I::shape(site.start, &original).map_err(|e| error(i, t, TableErrorKind::Site(e)))?;
     let mut end = k + 1;
     while let Some(&j) = order.get(end) {
-        let other = &entries[j];
+        let other = &entries.get(j);
         let other_site = other.site();
         if other_site.start != site.start {
             break;
@@ -701,7 +754,10 @@ fn call_end<I: Isa>(g: &Group) -> usize {
 
 /// The return-address rule (see the [module documentation](self)): returns the offsets that
 /// must stay instruction boundaries in every variant of the site.
-fn check_returns<I: Isa>(p: &Planned<'_>, g: &Group) -> Result<Offsets, TableError> {
+fn check_returns<I: Isa, E: EntryList + ?Sized>(
+    p: &Planned<'_, E>,
+    g: &Group,
+) -> Result<Offsets, TableError> {
     let (entries, parsed, order) = (p.entries, p.parsed, p.order);
     let call_end = call_end::<I>(g);
     let call_start = call_end - usize::from(I::CALL_LEN);
@@ -727,7 +783,7 @@ fn check_returns<I: Isa>(p: &Planned<'_>, g: &Group) -> Result<Offsets, TableErr
                 offset,
                 in_default: true,
             };
-            return Err(error(first, &entries[first], kind));
+            return Err(error(first, &entries.get(first), kind));
         }
         for &i in g.entries(order) {
             let straddles = match &parsed[i].variant {
@@ -742,7 +798,7 @@ fn check_returns<I: Isa>(p: &Planned<'_>, g: &Group) -> Result<Offsets, TableErr
                     offset,
                     in_default: false,
                 };
-                return Err(error(i, &entries[i], kind));
+                return Err(error(i, &entries.get(i), kind));
             }
         }
     }
@@ -764,8 +820,8 @@ fn decide(parsed: &[Parsed], mut candidates: impl Iterator<Item = Candidate>) ->
 }
 
 /// The bytes the site will hold for `choice`, keeping a boundary at every offset of `returns`.
-fn encode<I: Isa>(
-    p: &Planned<'_>,
+fn encode<I: Isa, E: EntryList + ?Sized>(
+    p: &Planned<'_, E>,
     g: &Group,
     choice: Choice,
     returns: Offsets,
@@ -796,7 +852,7 @@ fn encode<I: Isa>(
             let end = call_end::<I>(g);
             let start = end - usize::from(I::CALL_LEN);
             let call = I::call(g.site.start + start as u64, target)
-                .map_err(|e| error(entry, &p.entries[entry], TableErrorKind::Replacement(e)))?;
+                .map_err(|e| error(entry, &p.entries.get(entry), TableErrorKind::Replacement(e)))?;
             let mut new = SiteBytes::filled(0, len);
             fill_keeping::<I>(&mut new[..start], 0, returns);
             new[start..end].copy_from_slice(&call);

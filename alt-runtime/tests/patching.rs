@@ -1754,6 +1754,55 @@ fn name_table(
 }
 
 #[test]
+fn a_table_read_where_it_lies_plans_as_the_same_table_listed() {
+    use alt_runtime::driver::{Patcher, PlanError};
+    let _g = lock();
+    let b = bad_fixture();
+    let text = b.buf.text_ranges();
+    let layout = || alt_runtime::plan::Layout {
+        text: &text,
+        replacements: b.buf.repl_range(),
+    };
+    let c = caps(Features::POPCNT, Errata::empty());
+    let plan_both = |specs: &[Spec]| {
+        let table = b.buf.table(0, specs);
+        // SAFETY: the entries were just written there, 4-aligned, in the buffer that outlives
+        // this closure's plans.
+        let in_place: &[AltEntry] =
+            unsafe { std::slice::from_raw_parts(table[0].addr as *const AltEntry, table.len()) };
+        // SAFETY: the layout and the table are the test buffer's.
+        let listed = unsafe { Patcher::new(c, layout()) }
+            .alternatives(table.iter().copied())
+            .plan(&writer())
+            .map(|p| p.alternatives().clone());
+        // SAFETY: as above.
+        let read = unsafe { Patcher::new(c, layout()) }
+            .alternatives_in_memory(in_place)
+            .plan(&writer())
+            .map(|p| p.alternatives().clone());
+        (listed, read)
+    };
+    let specs = [
+        b.good,
+        Spec::inline(b.site, 8, b.repl, 5, feature(Features::AVX2)),
+        Spec::inline(b.site, 8, b.repl, 5, popcnt()),
+    ];
+    let (listed, read) = plan_both(&specs);
+    assert_eq!(read, listed);
+    let plan = read.unwrap();
+    assert_eq!(plan.sites.len(), 2);
+    assert_eq!(plan.sites.at(1).choice, Choice::Inline { entry: 2 });
+    // A refusal names the same entry, at its address in the table.
+    let bad = [b.good, Spec::inline(b.site, 0, b.repl, 5, popcnt())];
+    let (listed, read) = plan_both(&bad);
+    assert_eq!(read, listed);
+    assert!(matches!(
+        read,
+        Err(PlanError::Table(TableError { index: 1, .. }))
+    ));
+}
+
+#[test]
 fn the_report_names_each_site_s_function_and_each_entry_s_variant() {
     use alt_runtime::driver::Patcher;
     use alt_runtime::linker::Names;
