@@ -214,20 +214,31 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized, C: Changes + 
 ) -> Result<WriteStats, Failure> {
     // 1. Expected bytes and values, read in one go.
     // The sites' ranges: read before and after, and the rendezvous keeps threads out of them.
-    let each = || (0..sites.len()).map(|i| sites.change(i));
-    let ranges: Vec<Range<u64>> = each().map(|s| s.range()).collect();
-    let total = each().map(|s| s.from.len()).sum();
+    // One pass builds the ranges and the chunks (the new bytes), and checks the lengths.
+    let mut ranges: Vec<Range<u64>> = Vec::with_capacity(sites.len());
+    let mut chunks: Vec<Chunk<'_>> = Vec::with_capacity(sites.len());
+    let mut total = 0;
+    for i in 0..sites.len() {
+        let s = sites.change(i);
+        if s.to.len() != s.from.len() {
+            let reason = "the new bytes are not as long as the site";
+            return Err(PatchError::Write(WriteError::unchanged(s.addr, reason, None)).into());
+        }
+        ranges.push(s.range());
+        chunks.push(Chunk {
+            addr: s.addr,
+            bytes: s.to,
+        });
+        total += s.from.len();
+    }
     let mut found = vec![0u8; total];
     writer
         .read_each(&ranges, &mut found)
         .map_err(PatchError::Memory)?;
     let mut at = 0;
-    for s in each() {
+    for i in 0..sites.len() {
+        let s = sites.change(i);
         let from = s.from;
-        if s.to.len() != from.len() {
-            let reason = "the new bytes are not as long as the site";
-            return Err(PatchError::Write(WriteError::unchanged(s.addr, reason, None)).into());
-        }
         let now = &found[at..at + from.len()];
         if now != from {
             return Err(PatchError::UnexpectedBytes {
@@ -257,12 +268,6 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized, C: Changes + 
     }
 
     // 2. Everything that allocates or may fail, before anyone is stopped.
-    let mut chunks: Vec<Chunk<'_>> = each()
-        .map(|s| Chunk {
-            addr: s.addr,
-            bytes: s.to,
-        })
-        .collect();
     writer.prepare(&chunks).map_err(PatchError::Write)?;
 
     // 3. Stop the others.
@@ -300,8 +305,8 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized, C: Changes + 
     if let Some(addr) = first_mismatch(writer, &ranges, &chunks, &mut found) {
         // The chunks turn into their undo in place: nothing is allocated while the others
         // are stopped.
-        for (c, s) in chunks.iter_mut().zip(each()) {
-            c.bytes = s.from;
+        for (i, c) in chunks.iter_mut().enumerate() {
+            c.bytes = sites.change(i).from;
         }
         // SAFETY: as for the write: the originals are valid code for the sites.
         let undone = unsafe { writer.write(&chunks) }.is_ok()

@@ -408,7 +408,12 @@ impl<E: EntryList + ?Sized> Planned<'_, E> {
         let returns = check_returns::<I, E>(self, &g)?;
         let entries = g.entries(self.order);
         let candidate = |&i: &usize| (self.parsed[i].candidate(i, caps), self.entries.get(i).addr);
-        let choice = decide(self.parsed, entries.iter().map(|i| candidate(i).0));
+        // Each entry's candidate once (two inline, more on the heap).
+        let candidates: crate::bytes::SmallVec<(Candidate, u64), 2> = match *entries {
+            [i] => [candidate(&i)][..].into(),
+            ref several => several.iter().map(candidate).collect::<Vec<_>>().into(),
+        };
+        let choice = decide(self.parsed, candidates.iter().map(|c| c.0));
         let new = encode::<I, E>(self, &g, choice, returns)?;
         let first = entries[0];
         sites
@@ -416,7 +421,7 @@ impl<E: EntryList + ?Sized> Planned<'_, E> {
                 g.site.start,
                 &g.original,
                 &new,
-                entries.iter().map(candidate),
+                candidates.iter().copied(),
                 choice,
             )
             .map_err(|e| {
