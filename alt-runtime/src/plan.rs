@@ -413,7 +413,7 @@ impl<E: EntryList + ?Sized> Planned<'_, E> {
             [i] => [candidate(&i)][..].into(),
             ref several => several.iter().map(candidate).collect::<Vec<_>>().into(),
         };
-        let choice = decide(self.parsed, candidates.iter().map(|c| c.0));
+        let choice = decide(self.entries, candidates.iter().map(|c| c.0));
         let new = encode::<I, E>(self, &g, choice, returns)?;
         let first = entries[0];
         sites
@@ -449,8 +449,9 @@ enum Variant {
     /// arena, one buffer for every entry), and its shape (an index in the planner's list of
     /// shapes: a program's many sites of one function share one).
     Inline { at: u32, len: u8, shape: u32 },
-    /// A direct call to this target.
-    Call(u64),
+    /// A direct call to the entry's target (read from the entry again: it is its
+    /// `replacement` address).
+    Call,
 }
 
 impl Parsed {
@@ -460,7 +461,7 @@ impl Parsed {
             entry,
             capability,
             negated: self.negated,
-            direct_call: matches!(self.variant, Variant::Call(_)),
+            direct_call: matches!(self.variant, Variant::Call),
             held: caps.has(capability) != self.negated,
             name: None,
         }
@@ -589,7 +590,7 @@ fn check_entry<I: Isa, M: Memory>(
         return Ok(Parsed {
             capability: Some(capability),
             negated,
-            variant: Variant::Call(target),
+            variant: Variant::Call,
         });
     }
 
@@ -770,7 +771,7 @@ fn check_returns<I: Isa, E: EntryList + ?Sized>(
     for &i in g.entries(order) {
         match &parsed[i].variant {
             Variant::Inline { shape, .. } => returns = returns.union(p.shape(*shape).returns),
-            Variant::Call(_) => returns.insert(call_end),
+            Variant::Call => returns.insert(call_end),
             Variant::None => {}
         }
     }
@@ -795,7 +796,7 @@ fn check_returns<I: Isa, E: EntryList + ?Sized>(
                 Variant::Inline { len, shape, .. } => {
                     r < usize::from(*len) && !p.shape(*shape).boundaries.contains(r)
                 }
-                Variant::Call(_) => r > call_start && r < call_end,
+                Variant::Call => r > call_start && r < call_end,
                 Variant::None => false,
             };
             if straddles {
@@ -811,16 +812,20 @@ fn check_returns<I: Isa, E: EntryList + ?Sized>(
 }
 
 /// The priority rule: the first entry, in table order, that holds.
-fn decide(parsed: &[Parsed], mut candidates: impl Iterator<Item = Candidate>) -> Choice {
+fn decide<E: EntryList + ?Sized>(
+    entries: &E,
+    mut candidates: impl Iterator<Item = Candidate>,
+) -> Choice {
     match candidates.find(|c| c.held) {
         None => Choice::Default,
-        Some(c) => match parsed[c.entry].variant {
-            Variant::Call(target) => Choice::DirectCall {
+        Some(c) if c.direct_call => {
+            let t = entries.get(c.entry);
+            Choice::DirectCall {
                 entry: c.entry,
-                target,
-            },
-            _ => Choice::Inline { entry: c.entry },
-        },
+                target: t.entry.replacement_addr(t.addr),
+            }
+        }
+        Some(c) => Choice::Inline { entry: c.entry },
     }
 }
 
