@@ -292,8 +292,8 @@ impl<I: Isa> fmt::Display for ApplyError<I> {
 impl<I: Isa + fmt::Debug> std::error::Error for ApplyError<I> {}
 
 impl<I: Isa> Prepared<I> {
-    /// A prepared pass for an alternatives plan made elsewhere (by [`plan_alternatives_for`]
-    /// directly), without names.
+    /// A prepared pass for an alternatives plan made elsewhere (by
+    /// [`crate::plan::plan_alternatives_for`] directly), without names.
     ///
     /// # Safety
     ///

@@ -24,6 +24,12 @@
 //! `sites` are the alternatives' sites and `paravirt` the paravirt sites, each sorted by
 //! address; `entry` is the index of the chosen entry in its table (for a paravirt site, in its
 //! table's entry section). `sites_changed`, `bytes_changed` and `pages` count both kinds.
+//!
+//! [`Report::sites`] keeps the alternatives' sites compactly ([`crate::sites::Sites`]: a few
+//! dozen bytes a site, names looked up in the program's name tables when read); iterating it
+//! (`for s in &report.sites`, `report.sites.iter()`, `report.sites.at(i)`) gives each as a
+//! [`SiteReport`] value. A program with a hundred thousand sites pays for their reports' text
+//! only when it prints them.
 
 use alloc::format;
 use alloc::string::String;
