@@ -295,21 +295,27 @@ fn a_direct_call_ends_where_the_default_call_returns() {
     revert(p2);
 }
 
-#[test]
-fn fill_keeps_a_boundary_where_a_call_returns_and_a_straddling_replacement_is_refused() {
-    let _g = lock();
-    let mut buf = Buf::new();
-    // `call default` first, then 6 bytes of padding: calls return to offset 5.
+/// An 11-byte site at text 0x100 that calls first (`call default`, then 6 bytes of padding:
+/// calls return to offset 5), and a 7-byte replacement at repl 0x10 whose second instruction
+/// covers offset 5.
+fn call_site_and_straddling_replacement(buf: &mut Buf) -> (u64, u64) {
     let site = buf.text(0x100);
     let default = buf.text(0x800);
     buf.put(site, &cat(&[&call_to(site, default), &[0x90; 6], &[0xc3]]));
     buf.put(default, &cat(&[&mov_eax(1), &[0xc3]]));
+    let long = buf.repl(0x10);
+    buf.put(long, &cat(&[&[0x31, 0xc0], &mov_eax(3)]));
+    (site, long)
+}
+
+#[test]
+fn fill_keeps_a_boundary_where_a_call_returns_and_a_straddling_replacement_is_refused() {
+    let _g = lock();
+    let mut buf = Buf::new();
+    let (site, long) = call_site_and_straddling_replacement(&mut buf);
     // A 3-byte replacement: the fill keeps a boundary at 5 (a 2-byte NOP, then a 6-byte one).
     let short = buf.repl(0);
     buf.put(short, &[0x31, 0xc0, 0x90]); // xor eax, eax; nop
-                                         // A 7-byte replacement whose second instruction covers offset 5.
-    let long = buf.repl(0x10);
-    buf.put(long, &cat(&[&[0x31, 0xc0], &mov_eax(3)]));
     buf.seal();
     let table = buf.table(
         0,
@@ -759,15 +765,10 @@ fn a_site_s_grouping_error_is_reported_before_an_earlier_site_s_return_address_e
     // table: every site's grouping (lengths, overlaps, bytes) before any site's return rule.
     let _g = lock();
     let mut buf = Buf::new();
-    let site = buf.text(0x100);
-    let default = buf.text(0x800);
-    buf.put(site, &cat(&[&call_to(site, default), &[0x90; 6], &[0xc3]]));
-    buf.put(default, &cat(&[&mov_eax(1), &[0xc3]]));
+    // `long` straddles the return to offset 5 of the first site.
+    let (site, long) = call_site_and_straddling_replacement(&mut buf);
     let later = buf.text(0x200);
     buf.put(later, &cat(&[&mov_eax(1), &[0x90, 0x90, 0x90, 0xc3]]));
-    // Straddles the return to offset 5 of the first site.
-    let long = buf.repl(0x10);
-    buf.put(long, &cat(&[&[0x31, 0xc0], &mov_eax(3)]));
     let short = buf.repl(0x20);
     buf.put(short, &mov_eax(2));
     buf.seal();
