@@ -258,6 +258,18 @@ fn target_of(n: &NameEntry) -> u64 {
     crate::table::resolve(n as *const NameEntry as u64, n.target)
 }
 
+/// The name a name entry points at.
+///
+/// # Safety
+///
+/// `n` is not a placeholder and its `name` field points at a live `&'static str` (as the
+/// macros emit them).
+unsafe fn name_of(n: &NameEntry) -> &'static str {
+    let at = crate::table::resolve(n as *const NameEntry as u64 + 4, n.name);
+    // SAFETY: the caller's contract.
+    unsafe { *(at as usize as *const &'static str) }
+}
+
 #[cfg(feature = "alloc")]
 impl List {
     /// # Safety
@@ -301,29 +313,19 @@ impl List {
 
     fn name(&self, i: usize) -> &'static str {
         match self {
-            List::InPlace(t) => {
-                let n = &t[i];
-                let at = crate::table::resolve(n as *const NameEntry as u64 + 4, n.name);
-                // SAFETY: `Names::new`'s contract: a table entry that is not a placeholder
-                // points at a live `&'static str`.
-                unsafe { *(at as usize as *const &'static str) }
-            }
+            // SAFETY: `Names::new`'s contract: an entry of an in-place list is not a
+            // placeholder and points at a live `&'static str`.
+            List::InPlace(t) => unsafe { name_of(&t[i]) },
             List::Sorted(v) => v[i].1,
         }
     }
 
     /// The first index whose target is not below `addr`.
     fn partition_point(&self, addr: u64) -> usize {
-        let (mut lo, mut hi) = (0, self.len());
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if self.target(mid) < addr {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
+        match self {
+            List::InPlace(t) => t.partition_point(|n| target_of(n) < addr),
+            List::Sorted(v) => v.partition_point(|e| e.0 < addr),
         }
-        lo
     }
 
     fn find(&self, addr: u64) -> Option<&'static str> {
@@ -370,11 +372,8 @@ impl Names {
 unsafe fn sorted(table: &'static [NameEntry]) -> alloc::vec::Vec<(u64, &'static str)> {
     let mut v: alloc::vec::Vec<(u64, &'static str)> = alloc::vec::Vec::with_capacity(table.len());
     for n in table.iter().filter(|n| !is_placeholder(n)) {
-        let name = crate::table::resolve(n as *const NameEntry as u64 + 4, n.name);
-        // SAFETY: the caller's contract.
-        v.push((target_of(n), unsafe {
-            *(name as usize as *const &'static str)
-        }));
+        // SAFETY: the caller's contract; placeholders are left out.
+        v.push((target_of(n), unsafe { name_of(n) }));
     }
     v.sort_unstable_by_key(|e| e.0);
     v
@@ -390,10 +389,8 @@ pub unsafe fn lookup_name(table: &'static [NameEntry], addr: u64) -> Option<&'st
         if is_placeholder(n) || target_of(n) != addr {
             return None;
         }
-        let base = n as *const NameEntry as u64;
-        let name = crate::table::resolve(base + 4, n.name) as usize as *const &'static str;
-        // SAFETY: the caller's contract.
-        Some(unsafe { *name })
+        // SAFETY: the caller's contract; `n` is not a placeholder.
+        Some(unsafe { name_of(n) })
     })
 }
 
