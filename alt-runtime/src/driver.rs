@@ -41,6 +41,7 @@ use crate::patch::{carry_out, Changes, Failure, PatchError, SiteChange, SiteWrit
 use crate::plan::{plan_table_for, InMemory, Layout, Plan, TableEntry, TableError};
 use crate::rendezvous::Rendezvous;
 use crate::report::{PvSiteReport, Report};
+use crate::sites::keep_flagged;
 use crate::table::AltEntry;
 use crate::writer::{WriteStats, Writer};
 
@@ -495,12 +496,8 @@ impl<I: Isa> Patched<I> {
             Ok(p) => p,
             Err(e) => return Err((self, e)),
         };
-        alone.retain(|i| pending[i]);
-        let mut i = 0;
-        all.retain(|_| {
-            i += 1;
-            pending[i - 1]
-        });
+        alone.keep(&pending);
+        keep_flagged(&mut all, &pending);
         let mut slots = Vec::with_capacity(self.slots.len());
         for s in &self.slots {
             // SAFETY: the slots were stored by `apply`, under `Patcher::paravirt`'s contract.

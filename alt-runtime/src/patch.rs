@@ -49,7 +49,7 @@ impl SiteWrite {
 
     /// The site's address range.
     pub fn range(&self) -> Range<u64> {
-        self.addr..self.addr + self.original.len() as u64
+        self.change().range()
     }
 
     /// The change from the original to the new bytes.

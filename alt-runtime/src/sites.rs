@@ -294,13 +294,9 @@ pub struct Changed<'a> {
 }
 
 impl Changed<'_> {
-    /// Keeps only the changes whose index `keep` says to, in order.
-    pub fn retain(&mut self, mut keep: impl FnMut(usize) -> bool) {
-        let mut i = 0;
-        self.which.retain(|_| {
-            i += 1;
-            keep(i - 1)
-        });
+    /// Keeps only the changes for which `keep` (one flag per change, in order) is true.
+    pub fn keep(&mut self, keep: &[bool]) {
+        keep_flagged(&mut self.which, keep);
     }
 }
 
@@ -310,18 +306,21 @@ impl Changes for Changed<'_> {
     }
 
     fn change(&self, i: usize) -> SiteChange<'_> {
-        let s = &self.sites.slots[self.which[i] as usize];
-        let c = SiteChange {
-            addr: s.addr,
-            from: self.sites.before_of(s),
-            to: self.sites.after_of(s),
-        };
+        let c = self
+            .sites
+            .change_of(&self.sites.slots[self.which[i] as usize]);
         if self.back {
             c.reversed()
         } else {
             c
         }
     }
+}
+
+/// Keeps the items of `v` whose flag in `keep` (one per item, in order) is true.
+pub(crate) fn keep_flagged<T>(v: &mut Vec<T>, keep: &[bool]) {
+    let mut flags = keep.iter();
+    v.retain(|_| flags.next() == Some(&true));
 }
 
 /// Why a site could not be added.
@@ -343,7 +342,9 @@ impl fmt::Display for SitesError {
         f.write_str(match self {
             SitesError::Length => "its bytes before and after are not of one length of 1 to 255",
             SitesError::TooMany => "too many entries or sites",
-            SitesError::Choice => "the choice names an entry the site does not have",
+            SitesError::Choice => {
+                "the choice names an entry the site does not have, or one of another kind"
+            }
             SitesError::Order => "the site begins inside or before the site before it",
         })
     }
@@ -549,7 +550,7 @@ impl Sites {
 
     /// Every site's address range.
     pub fn ranges(&self) -> impl ExactSizeIterator<Item = Range<u64>> + '_ {
-        self.slots.iter().map(|s| s.addr..s.addr + u64::from(s.len))
+        self.slots.iter().map(|s| self.change_of(s).range())
     }
 
     /// Every site whose bytes change, from what it held to what it holds, without building
@@ -557,12 +558,17 @@ impl Sites {
     pub fn changes(&self) -> impl Iterator<Item = SiteChange<'_>> + '_ {
         self.slots
             .iter()
-            .map(|s| SiteChange {
-                addr: s.addr,
-                from: self.before_of(s),
-                to: self.after_of(s),
-            })
+            .map(|s| self.change_of(s))
             .filter(|c| c.from != c.to)
+    }
+
+    /// A site's change, from what it held to what it holds.
+    fn change_of(&self, s: &Slot) -> SiteChange<'_> {
+        SiteChange {
+            addr: s.addr,
+            from: self.before_of(s),
+            to: self.after_of(s),
+        }
     }
 
     /// The sites whose bytes change, as a batch: forward, or `back` from what each holds to
@@ -572,7 +578,10 @@ impl Sites {
             .slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| self.before_of(s) != self.after_of(s))
+            .filter(|(_, s)| {
+                let c = self.change_of(s);
+                c.from != c.to
+            })
             .map(|(i, _)| i as u32)
             .collect();
         Changed {
