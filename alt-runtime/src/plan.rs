@@ -411,7 +411,7 @@ impl<E: EntryList + ?Sized> Planned<'_, E> {
         // Each entry's candidate once (two inline, more on the heap).
         let candidates: crate::bytes::SmallVec<(Candidate, u64), 2> = match *entries {
             [i] => [candidate(&i)][..].into(),
-            ref several => several.iter().map(candidate).collect::<Vec<_>>().into(),
+            ref several => several.iter().map(candidate).collect(),
         };
         let choice = decide(self.entries, candidates.iter().map(|c| c.0));
         let new = encode::<I, E>(self, &g, choice, returns)?;
