@@ -15,13 +15,18 @@ pub trait Memory {
     fn read_each(&self, ranges: &[Range<u64>], out: &mut [u8]) -> Result<(), MemoryError> {
         let mut at = 0;
         for r in ranges {
-            let (addr, len) = (r.start, r.end.saturating_sub(r.start) as usize);
+            let (addr, len) = start_len(r);
             let buf = out.get_mut(at..at + len).ok_or(MemoryError { addr })?;
             self.read(addr, buf)?;
             at += len;
         }
         Ok(())
     }
+}
+
+/// A range's start and length, as [`Memory::read_each`] reads it.
+pub(crate) fn start_len(r: &Range<u64>) -> (u64, usize) {
+    (r.start, r.end.saturating_sub(r.start) as usize)
 }
 
 /// A read that could not be done.

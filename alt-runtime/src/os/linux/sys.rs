@@ -44,7 +44,7 @@ pub trait TextSys {
     fn read_each(&self, ranges: &[Range<u64>], out: &mut [u8]) -> Result<(), (u64, Errno)> {
         let mut at = 0;
         for r in ranges {
-            let (addr, len) = (r.start, r.end.saturating_sub(r.start) as usize);
+            let (addr, len) = crate::memory::start_len(r);
             self.read(addr, &mut out[at..at + len])
                 .map_err(|e| (addr, e))?;
             at += len;
@@ -131,7 +131,7 @@ impl TextSys for LinuxSys {
             let start = at;
             let mut total = 0;
             for (i, r) in group.iter().enumerate() {
-                let (addr, len) = (r.start, r.end.saturating_sub(r.start) as usize);
+                let (addr, len) = crate::memory::start_len(r);
                 local[i] = libc::iovec {
                     iov_base: out[at..].as_mut_ptr() as *mut libc::c_void,
                     iov_len: len,
@@ -152,7 +152,7 @@ impl TextSys for LinuxSys {
             if got != total as isize {
                 let mut off = start;
                 for r in group {
-                    let (addr, len) = (r.start, r.end.saturating_sub(r.start) as usize);
+                    let (addr, len) = crate::memory::start_len(r);
                     self.read(addr, &mut out[off..off + len])
                         .map_err(|e| (addr, e))?;
                     off += len;

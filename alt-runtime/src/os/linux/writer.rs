@@ -420,7 +420,7 @@ impl<S: TextSys> Memory for MprotectWriter<S> {
         let mut at = 0;
         let mut direct = true;
         for r in ranges {
-            let (addr, len) = (r.start, r.end.saturating_sub(r.start) as usize);
+            let (addr, len) = crate::memory::start_len(r);
             if !self.direct(addr, len) {
                 direct = false;
                 break;
