@@ -63,6 +63,7 @@ pub mod process;
 pub mod rendezvous;
 #[cfg(feature = "alloc")]
 pub mod report;
+mod short;
 #[cfg(feature = "alloc")]
 pub mod sites;
 #[cfg(feature = "std")]

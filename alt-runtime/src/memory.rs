@@ -86,7 +86,7 @@ impl Memory for LiveMemory<'_> {
         check_within(self.ranges, addr, buf.len())?;
         // SAFETY: the range lies inside the creator's ranges, which it vouched are readable.
         unsafe {
-            core::ptr::copy_nonoverlapping(addr as usize as *const u8, buf.as_mut_ptr(), buf.len())
+            crate::short::copy_small(addr as usize as *const u8, buf.as_mut_ptr(), buf.len())
         };
         Ok(())
     }

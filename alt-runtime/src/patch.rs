@@ -240,7 +240,7 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized, C: Changes + 
         let s = sites.change(i);
         let from = s.from;
         let now = &found[at..at + from.len()];
-        if now != from {
+        if !crate::short::same(now, from) {
             return Err(PatchError::UnexpectedBytes {
                 addr: s.addr,
                 expected: from.to_vec(),
@@ -338,7 +338,7 @@ fn first_mismatch<W: Writer>(
     }
     let mut at = 0;
     chunks.iter().find_map(|c| {
-        let ok = buf[at..at + c.bytes.len()] == *c.bytes;
+        let ok = crate::short::same(&buf[at..at + c.bytes.len()], c.bytes);
         at += c.bytes.len();
         (!ok).then_some(c.addr)
     })

@@ -624,7 +624,7 @@ fn check_entry<I: Isa, M: Memory>(
         mem.read(repl.start, &mut key[..n])
             .map_err(|e| err(TableErrorKind::Unreadable(e)))?;
         if let Some(shape) = unchanged.get(&key, n) {
-            arena.extend_from_slice(&key[..n]);
+            crate::short::extend(arena, &key[..n]);
             return Ok(Parsed {
                 capability: Some(capability),
                 negated,
@@ -636,7 +636,7 @@ fn check_entry<I: Isa, M: Memory>(
     let mut src = [0u8; 255];
     let src = &mut src[..n];
     if short {
-        src.copy_from_slice(&key[..n]);
+        crate::short::copy_into(src, &key[..n]);
     } else {
         mem.read(repl.start, src)
             .map_err(|e| err(TableErrorKind::Unreadable(e)))?;
@@ -854,7 +854,7 @@ fn encode<I: Isa, E: EntryList + ?Sized>(
             };
             let (at, n) = (at as usize, usize::from(n));
             let mut new = SiteBytes::filled(0, len);
-            new[..n].copy_from_slice(&p.arena[at..at + n]);
+            crate::short::copy_into(&mut new[..n], &p.arena[at..at + n]);
             fill_keeping::<I>(&mut new, n, returns);
             Ok(new)
         }
@@ -865,7 +865,7 @@ fn encode<I: Isa, E: EntryList + ?Sized>(
                 .map_err(|e| error(entry, &p.entries.get(entry), TableErrorKind::Replacement(e)))?;
             let mut new = SiteBytes::filled(0, len);
             fill_keeping::<I>(&mut new[..start], 0, returns);
-            new[start..end].copy_from_slice(&call);
+            crate::short::copy_into(&mut new[start..end], &call);
             let mut after = Offsets::EMPTY;
             for r in returns.iter().filter(|&r| r > end) {
                 after.insert(r - end);

@@ -423,8 +423,8 @@ impl Sites {
             undo(self);
             return Err(SitesError::Choice);
         }
-        self.bytes.extend_from_slice(before);
-        self.bytes.extend_from_slice(after);
+        crate::short::extend(&mut self.bytes, before);
+        crate::short::extend(&mut self.bytes, after);
         if let Choice::DirectCall { target, .. } = choice {
             self.targets.push((index, target));
         }
@@ -580,7 +580,7 @@ impl Sites {
             .enumerate()
             .filter(|(_, s)| {
                 let c = self.change_of(s);
-                c.from != c.to
+                !crate::short::same(c.from, c.to)
             })
             .map(|(i, _)| i as u32)
             .collect();

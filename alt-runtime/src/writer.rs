@@ -167,7 +167,7 @@ impl Memory for DirectWriter<'_> {
         check_within(self.writable, addr, buf.len())?;
         // SAFETY: inside the ranges the creator vouched are mapped.
         unsafe {
-            core::ptr::copy_nonoverlapping(addr as usize as *const u8, buf.as_mut_ptr(), buf.len())
+            crate::short::copy_small(addr as usize as *const u8, buf.as_mut_ptr(), buf.len())
         };
         Ok(())
     }
@@ -189,7 +189,7 @@ impl Writer for DirectWriter<'_> {
             // SAFETY: inside the ranges the creator vouched are writable; the caller's contract
             // keeps every other CPU away from them.
             unsafe {
-                core::ptr::copy_nonoverlapping(
+                crate::short::copy_small(
                     c.bytes.as_ptr(),
                     c.addr as usize as *mut u8,
                     c.bytes.len(),

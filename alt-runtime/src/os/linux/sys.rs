@@ -104,9 +104,7 @@ impl TextSys for LinuxSys {
 
     unsafe fn copy(&self, addr: u64, bytes: &[u8]) -> Result<(), Errno> {
         // SAFETY: the caller's contract: the destination is writable and not in use.
-        unsafe {
-            core::ptr::copy_nonoverlapping(bytes.as_ptr(), addr as usize as *mut u8, bytes.len())
-        };
+        unsafe { crate::short::copy_small(bytes.as_ptr(), addr as usize as *mut u8, bytes.len()) };
         Ok(())
     }
 

@@ -403,11 +403,7 @@ impl<S: TextSys> Memory for MprotectWriter<S> {
         if self.direct(addr, buf.len()) {
             // SAFETY: inside the ranges the creator vouched stay mapped and readable.
             unsafe {
-                core::ptr::copy_nonoverlapping(
-                    addr as usize as *const u8,
-                    buf.as_mut_ptr(),
-                    buf.len(),
-                )
+                crate::short::copy_small(addr as usize as *const u8, buf.as_mut_ptr(), buf.len())
             };
             return Ok(());
         }
@@ -427,9 +423,7 @@ impl<S: TextSys> Memory for MprotectWriter<S> {
             }
             let buf = out.get_mut(at..at + len).ok_or(MemoryError { addr })?;
             // SAFETY: inside the ranges the creator vouched stay mapped and readable.
-            unsafe {
-                core::ptr::copy_nonoverlapping(addr as usize as *const u8, buf.as_mut_ptr(), len)
-            };
+            unsafe { crate::short::copy_small(addr as usize as *const u8, buf.as_mut_ptr(), len) };
             at += len;
         }
         if direct {
