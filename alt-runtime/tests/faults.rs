@@ -850,6 +850,30 @@ fn text_the_writer_cannot_write_is_refused_in_prepare_before_anyone_is_stopped()
 }
 
 #[test]
+fn a_write_of_other_chunks_than_those_prepared_is_prepared_anew() {
+    let s = sim();
+    s.put(SIM + 0x10, &[0xa1, 0xa2, 0xa3]);
+    s.put(SIM + 2 * PAGE + 0x20, &[0xb1]);
+    let mut w = MprotectWriter::with_sys(s);
+    let prepared = [(SIM + 0x10, vec![1, 2, 3])];
+    w.prepare(&as_chunks(&prepared)).unwrap();
+    // As many chunks and bytes, but on another page (`r--`, another run): written only if
+    // that page is made writable, which the prepared run does not cover.
+    let other = [(SIM + 2 * PAGE + 0x20, vec![8])];
+    let longer = [(SIM + 0x10, vec![1, 2, 3, 4])];
+    write_all(&mut w, &other).unwrap();
+    assert_eq!(w.sys().get(SIM + 2 * PAGE + 0x20, 1), [8]);
+    assert_eq!(
+        *w.sys().prot.borrow(),
+        [R | X, R | X, R, R | X, R | W | X, 0]
+    );
+    // A chunk longer than the one prepared, in the same run.
+    w.prepare(&as_chunks(&prepared)).unwrap();
+    write_all(&mut w, &longer).unwrap();
+    assert_eq!(w.sys().get(SIM + 0x10, 4), [1, 2, 3, 4]);
+}
+
+#[test]
 fn reads_inside_the_ranges_read_directly_are_plain_copies_and_others_go_to_the_system() {
     use alt_runtime::memory::{Memory, MemoryError};
     // Real bytes outside the simulated pages: the simulation cannot read them (EFAULT).

@@ -17,10 +17,13 @@
 //!
 //! **All or nothing.** Before the first byte changes, [`Writer::prepare`] reads the maps, refuses
 //! text that is not mapped or is in a shared mapping (`s` in `/proc/self/maps`: a write there
-//! would reach the file on disk or another process), and saves the bytes to be overwritten.
-//! If anything fails after that, every run already written is restored from those bytes, by the
-//! path that wrote it, before the error is returned; the error says if even that failed. A
-//! failed attempt to restore a protection is retried once, so that no run is left writable.
+//! would reach the file on disk or another process), and makes room for the bytes to be
+//! overwritten; [`Writer::write`] saves them there right before it writes (nothing is kept per
+//! chunk in between: the batch written is checked against the runs prepared, byte for byte
+//! covered). If anything fails after that, every run already written is restored from those
+//! bytes, by the path that wrote it, before the error is returned; the error says if even that
+//! failed. A failed attempt to restore a protection is retried once, so that no run is left
+//! writable.
 //!
 //! Reads ([`Memory::read`]) go through `process_vm_readv` (or `/proc/self/mem`): an address
 //! unmapped since it was planned is an error, not a crash.
@@ -64,16 +67,38 @@ struct Run {
 /// What [`Writer::prepare`] worked out for one batch.
 #[derive(Debug)]
 struct Prepared {
-    /// Address and length of every chunk, to recognise the batch in `write`.
-    batch: Vec<Range<u64>>,
+    /// How many chunks the batch has.
+    chunks: usize,
     runs: Vec<Run>,
-    /// The bytes each chunk overwrites, concatenated in chunk order.
+    /// The bytes each chunk overwrites, concatenated in chunk order: read by each `write` right
+    /// before it writes (room for them is made by `prepare`).
     originals: Vec<u8>,
     /// Per run: written through `/proc/self/mem` (else with `mprotect`).
     via_mem: Vec<bool>,
-    /// Whether `originals` were read by `prepare` for the next write; after a write they are
-    /// stale, and a later write of the same chunks reads them again into the same buffer.
-    fresh: bool,
+}
+
+impl Prepared {
+    /// Whether `chunks` is a batch these runs were prepared for: as many chunks, and every byte
+    /// of each inside a run that lists it (so the protections cover every byte written, and
+    /// `originals` has room for them all). Each byte lies in at most one run, so the bytes the
+    /// runs cover add up to the chunks' total exactly when every byte is covered.
+    fn fits(&self, chunks: &[Chunk<'_>]) -> bool {
+        if self.chunks != chunks.len() {
+            return false;
+        }
+        let total: usize = chunks.iter().map(|c| c.bytes.len()).sum();
+        let mut covered = 0usize;
+        for r in &self.runs {
+            let Some(listed) = chunks.get(r.chunks.clone()) else {
+                return false;
+            };
+            for c in listed {
+                let (start, end) = (c.addr.max(r.range.start), c.range().end.min(r.range.end));
+                covered += end.saturating_sub(start) as usize;
+            }
+        }
+        covered == total && total == self.originals.len()
+    }
 }
 
 /// How a run's bytes are written.
@@ -236,18 +261,33 @@ impl<S: TextSys> MprotectWriter<S> {
                 }
             }
         }
-        let mut originals = vec![0; total];
-        let ranges: Vec<Range<u64>> = chunks.iter().map(|c| c.range()).collect();
-        self.read_each(&ranges, &mut originals).map_err(|e| {
-            WriteError::unchanged(e.addr, "cannot read the text to be overwritten", None)
-        })?;
         Ok(Prepared {
-            batch: ranges,
+            chunks: chunks.len(),
             via_mem: vec![false; runs.len()],
             runs,
-            originals,
-            fresh: true,
+            originals: vec![0; total],
         })
+    }
+
+    /// Reads the bytes `chunks` will overwrite into `out` (their total length), in few system
+    /// calls where they are not read directly; allocates nothing.
+    fn read_originals(&self, chunks: &[Chunk<'_>], out: &mut [u8]) -> Result<(), MemoryError> {
+        const GROUP: usize = 64;
+        let mut ranges: [Range<u64>; GROUP] = core::array::from_fn(|_| 0..0);
+        let mut at = 0;
+        for group in chunks.chunks(GROUP) {
+            let mut len = 0;
+            for (r, c) in ranges.iter_mut().zip(group) {
+                *r = c.range();
+                len += c.bytes.len();
+            }
+            let buf = out.get_mut(at..at + len).ok_or(MemoryError {
+                addr: group[0].addr,
+            })?;
+            self.read_each(&ranges[..group.len()], buf)?;
+            at += len;
+        }
+        Ok(())
     }
 
     /// Writes the parts of the run's chunks that fall inside it: the new bytes, or the saved
@@ -443,25 +483,18 @@ impl<S: TextSys> Writer for MprotectWriter<S> {
     }
 
     unsafe fn write(&mut self, chunks: &[Chunk<'_>]) -> Result<WriteStats, WriteError> {
-        let same = |p: &Prepared| {
-            p.batch.len() == chunks.len()
-                && p.batch.iter().zip(chunks).all(|(r, c)| *r == c.range())
-        };
         let mut p = match self.prepared.take() {
-            Some(p) if same(&p) => p,
+            Some(p) if p.fits(chunks) => p,
             _ => self.prepare_batch(chunks)?,
         };
-        if !p.fresh {
-            let Prepared {
-                batch, originals, ..
-            } = &mut p;
-            if let Err(e) = self.read_each(batch, originals) {
-                let reason = "cannot read the text to be overwritten";
-                self.prepared = Some(p);
-                return Err(WriteError::unchanged(e.addr, reason, None));
-            }
+        let mut originals = core::mem::take(&mut p.originals);
+        let read = self.read_originals(chunks, &mut originals);
+        p.originals = originals;
+        if let Err(e) = read {
+            let reason = "cannot read the text to be overwritten";
+            self.prepared = Some(p);
+            return Err(WriteError::unchanged(e.addr, reason, None));
         }
-        p.fresh = false;
         let result = self.write_prepared(&mut p, chunks);
         // Kept: writing the same chunks again (such as the originals, to undo) needs no
         // preparing, so it allocates nothing.
