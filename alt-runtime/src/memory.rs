@@ -12,16 +12,100 @@ pub trait Memory {
 
     /// Reads each of `ranges` into `out`, one after another (`out.len()` is the sum of their
     /// lengths). Readers that go through a system call do it in few calls.
-    fn read_each(&self, ranges: &[Range<u64>], out: &mut [u8]) -> Result<(), MemoryError> {
+    fn read_each<S: Spans + ?Sized>(&self, ranges: &S, out: &mut [u8]) -> Result<(), MemoryError> {
         let mut at = 0;
-        for r in ranges {
-            let (addr, len) = start_len(r);
+        for i in 0..ranges.len() {
+            let (addr, len) = start_len(&ranges.span(i));
             let buf = out.get_mut(at..at + len).ok_or(MemoryError { addr })?;
             self.read(addr, buf)?;
             at += len;
         }
         Ok(())
     }
+}
+
+/// Address ranges in order, read one at a time: a slice of ranges, or a batch of a writer's
+/// chunks ([`crate::writer::Chunk`]) read as the ranges they cover, so that a batch is read or
+/// kept clear of without being copied into a list of ranges first.
+pub trait Spans {
+    /// How many ranges.
+    fn len(&self) -> usize;
+
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `i`-th range (`i < len()`).
+    fn span(&self, i: usize) -> Range<u64>;
+}
+
+impl Spans for [Range<u64>] {
+    fn len(&self) -> usize {
+        <[Range<u64>]>::len(self)
+    }
+
+    fn span(&self, i: usize) -> Range<u64> {
+        self[i].clone()
+    }
+}
+
+impl<const N: usize> Spans for [Range<u64>; N] {
+    fn len(&self) -> usize {
+        N
+    }
+
+    fn span(&self, i: usize) -> Range<u64> {
+        self[i].clone()
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Spans for alloc::vec::Vec<Range<u64>> {
+    fn len(&self) -> usize {
+        <[Range<u64>]>::len(self)
+    }
+
+    fn span(&self, i: usize) -> Range<u64> {
+        self[i].clone()
+    }
+}
+
+/// The ranges of `spans` at `at`: a part of a batch, read on its own.
+#[cfg(feature = "alloc")]
+pub(crate) struct Window<'a, S: ?Sized> {
+    /// The whole batch.
+    pub spans: &'a S,
+    /// The indices of the part.
+    pub at: Range<usize>,
+}
+
+#[cfg(feature = "alloc")]
+impl<S: Spans + ?Sized> Spans for Window<'_, S> {
+    fn len(&self) -> usize {
+        self.at.len()
+    }
+
+    fn span(&self, i: usize) -> Range<u64> {
+        self.spans.span(self.at.start + i)
+    }
+}
+
+/// Whether `addr` lies inside one of `spans`, which are sorted and do not overlap (a binary
+/// search).
+#[cfg(feature = "std")]
+pub(crate) fn inside_sorted<S: Spans + ?Sized>(spans: &S, addr: u64) -> bool {
+    let (mut lo, mut hi) = (0, spans.len());
+    // The first span that ends after `addr`.
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if spans.span(mid).end <= addr {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo < spans.len() && spans.span(lo).contains(&addr)
 }
 
 /// A range's start and length, as [`Memory::read_each`] reads it.
@@ -97,7 +181,7 @@ impl<M: Memory + ?Sized> Memory for &M {
         (**self).read(addr, buf)
     }
 
-    fn read_each(&self, ranges: &[Range<u64>], out: &mut [u8]) -> Result<(), MemoryError> {
+    fn read_each<S: Spans + ?Sized>(&self, ranges: &S, out: &mut [u8]) -> Result<(), MemoryError> {
         (**self).read_each(ranges, out)
     }
 }
@@ -105,6 +189,18 @@ impl<M: Memory + ?Sized> Memory for &M {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg(feature = "std")]
+    fn a_binary_search_finds_the_sorted_range_an_address_is_in() {
+        let spans = [0x10..0x15, 0x15..0x18, 0x20..0x28, 0x30..0x30, 0x40..0x41];
+        let inside: alloc::vec::Vec<u64> =
+            (0..0x50).filter(|&a| inside_sorted(&spans, a)).collect();
+        let expected: alloc::vec::Vec<u64> =
+            (0x10..0x18).chain(0x20..0x28).chain(0x40..0x41).collect();
+        assert_eq!(inside, expected);
+        assert!(!inside_sorted(&[] as &[core::ops::Range<u64>; 0], 0));
+    }
 
     #[test]
     fn live_memory_reads_only_inside_its_ranges() {

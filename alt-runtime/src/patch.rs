@@ -25,7 +25,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::bytes::SiteBytes;
 use crate::isa::Isa;
-use crate::memory::MemoryError;
+use crate::memory::{Memory, MemoryError, Window};
 use crate::rendezvous::{Rendezvous, RendezvousError};
 pub use crate::sites::{Changes, SiteChange};
 use crate::writer::{Chunk, WriteError, WriteStats, Writer};
@@ -212,43 +212,37 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized, C: Changes + 
     writer: &mut W,
     rendezvous: &mut R,
 ) -> Result<WriteStats, Failure> {
-    // 1. Expected bytes and values, read in one go.
-    // The sites' ranges: read before and after, and the rendezvous keeps threads out of them.
-    // One pass builds the ranges and the chunks (the new bytes), and checks the lengths.
-    let mut ranges: Vec<Range<u64>> = Vec::with_capacity(sites.len());
+    // 1. Expected bytes and values. One pass builds the chunks (the new bytes; read as
+    // ranges, they are the sites' ranges: what is read and what the rendezvous keeps threads
+    // out of) and checks the lengths; the sites are then read a few at a time and compared.
     let mut chunks: Vec<Chunk<'_>> = Vec::with_capacity(sites.len());
-    let mut total = 0;
     for i in 0..sites.len() {
         let s = sites.change(i);
         if s.to.len() != s.from.len() {
             let reason = "the new bytes are not as long as the site";
             return Err(PatchError::Write(WriteError::unchanged(s.addr, reason, None)).into());
         }
-        ranges.push(s.range());
         chunks.push(Chunk {
             addr: s.addr,
             bytes: s.to,
         });
-        total += s.from.len();
     }
-    let mut found = vec![0u8; total];
-    writer
-        .read_each(&ranges, &mut found)
-        .map_err(PatchError::Memory)?;
-    let mut at = 0;
-    for i in 0..sites.len() {
-        let s = sites.change(i);
-        let from = s.from;
-        let now = &found[at..at + from.len()];
-        if !crate::short::same(now, from) {
+    match first_unlike(writer, &chunks, |i| sites.change(i).from) {
+        Ok(None) => {}
+        Ok(Some(i)) => {
+            let s = sites.change(i);
+            let mut found = vec![0; s.from.len()];
+            writer
+                .read(s.addr, &mut found)
+                .map_err(PatchError::Memory)?;
             return Err(PatchError::UnexpectedBytes {
                 addr: s.addr,
-                expected: from.to_vec(),
-                found: now.to_vec(),
+                expected: s.from.to_vec(),
+                found,
             }
             .into());
         }
-        at += from.len();
+        Err(e) => return Err(PatchError::Memory(e).into()),
     }
     for s in slots {
         let (from, _) = direction.slot(s);
@@ -271,7 +265,9 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized, C: Changes + 
     writer.prepare(&chunks).map_err(PatchError::Write)?;
 
     // 3. Stop the others.
-    rendezvous.stop(&ranges).map_err(PatchError::Rendezvous)?;
+    rendezvous
+        .stop(&chunks[..])
+        .map_err(PatchError::Rendezvous)?;
 
     // 4. Write (nothing below allocates).
     let store_all = |to_new: bool| {
@@ -286,7 +282,7 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized, C: Changes + 
         }
     };
     store_all(true);
-    let sync = || I::sync(&mut ranges.iter().cloned());
+    let sync = || I::sync(&mut chunks.iter().map(|c| c.range()));
     // SAFETY: the caller's contract; the rendezvous holds every other CPU or thread.
     let stats = match unsafe { writer.write(&chunks) } {
         Ok(stats) => stats,
@@ -302,17 +298,17 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized, C: Changes + 
         }
     };
     sync();
-    if let Some(addr) = first_mismatch(writer, &ranges, &chunks, &mut found) {
+    if let Some(addr) = first_mismatch(writer, &chunks) {
         // The chunks turn into their undo in place: nothing is allocated while the others
         // are stopped.
         for (i, c) in chunks.iter_mut().enumerate() {
             c.bytes = sites.change(i).from;
         }
         // SAFETY: as for the write: the originals are valid code for the sites.
-        let undone = unsafe { writer.write(&chunks) }.is_ok()
-            && first_mismatch(writer, &ranges, &chunks, &mut found).is_none();
+        let undone =
+            unsafe { writer.write(&chunks) }.is_ok() && first_mismatch(writer, &chunks).is_none();
         store_all(false);
-        sync();
+        I::sync(&mut chunks.iter().map(|c| c.range()));
         rendezvous.release();
         return Err(Failure {
             error: PatchError::ReadBack { addr },
@@ -325,21 +321,119 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized, C: Changes + 
     Ok(stats)
 }
 
-/// Reads the sites back into `buf` (preallocated) and returns the first one that does not hold
-/// its chunk's bytes, or the first that cannot be read.
-fn first_mismatch<W: Writer>(
-    writer: &W,
-    ranges: &[Range<u64>],
+/// The first site (its index) that does not hold the bytes `expected` gives for it. The
+/// sites are read a few at a time into a buffer on the stack: nothing is allocated (the
+/// others may be stopped).
+fn first_unlike<'e, M: Memory>(
+    mem: &M,
     chunks: &[Chunk<'_>],
-    buf: &mut [u8],
-) -> Option<u64> {
-    if let Err(e) = writer.read_each(ranges, buf) {
-        return Some(e.addr);
+    expected: impl Fn(usize) -> &'e [u8],
+) -> Result<Option<usize>, MemoryError> {
+    const BUF: usize = 512;
+    let mut buf = [0u8; BUF];
+    let mut i = 0;
+    while i < chunks.len() {
+        // As many chunks as fit (at least one; a longer one is read in parts).
+        let (mut end, mut total) = (i, 0);
+        while end < chunks.len() && (end == i || total + chunks[end].bytes.len() <= BUF) {
+            total += chunks[end].bytes.len();
+            end += 1;
+        }
+        if total <= BUF {
+            let group = Window {
+                spans: chunks,
+                at: i..end,
+            };
+            mem.read_each(&group, &mut buf[..total])?;
+            let mut at = 0;
+            for (k, c) in chunks.iter().enumerate().take(end).skip(i) {
+                let n = c.bytes.len();
+                let now = &buf[at..at + n];
+                if !crate::short::same(now, expected(k)) {
+                    return Ok(Some(k));
+                }
+                at += n;
+            }
+        } else {
+            let (c, want) = (&chunks[i], expected(i));
+            for off in (0..want.len()).step_by(BUF) {
+                let part = &want[off..want.len().min(off + BUF)];
+                mem.read(c.addr + off as u64, &mut buf[..part.len()])?;
+                if buf[..part.len()] != *part {
+                    return Ok(Some(i));
+                }
+            }
+        }
+        i = end;
     }
-    let mut at = 0;
-    chunks.iter().find_map(|c| {
-        let ok = crate::short::same(&buf[at..at + c.bytes.len()], c.bytes);
-        at += c.bytes.len();
-        (!ok).then_some(c.addr)
-    })
+    Ok(None)
+}
+
+/// The first site that does not read back as its chunk, or the first that cannot be read:
+/// its address. Allocates nothing while every site reads back right.
+fn first_mismatch<W: Writer>(writer: &W, chunks: &[Chunk<'_>]) -> Option<u64> {
+    match first_unlike(writer, chunks, |k| chunks[k].bytes) {
+        Ok(None) => None,
+        Ok(Some(k)) => Some(chunks[k].addr),
+        Err(e) => Some(e.addr),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::LiveMemory;
+
+    #[test]
+    fn the_first_site_unlike_its_expected_bytes_is_found_in_groups_and_parts() {
+        // Sites of 5 bytes, one of 1,300 (longer than the buffer) and more short ones: each
+        // group read together, the long one in parts.
+        let text: Vec<u8> = (0..4000u32).map(|i| (i * 7) as u8).collect();
+        let base = text.as_ptr() as u64;
+        let range = base..base + text.len() as u64;
+        // SAFETY: `text` outlives the reader and is not written meanwhile.
+        let mem = unsafe { LiveMemory::new(core::slice::from_ref(&range)) };
+        let mut spots: Vec<(usize, usize)> = (0..150).map(|k| (k * 6, 5)).collect();
+        spots.push((1000, 1300));
+        spots.extend((0..100).map(|k| (2400 + k * 10, 9)));
+        let expected: Vec<Vec<u8>> = spots
+            .iter()
+            .map(|&(at, n)| text[at..at + n].to_vec())
+            .collect();
+        let chunks: Vec<Chunk<'_>> = spots
+            .iter()
+            .zip(&expected)
+            .map(|(&(at, _), b)| Chunk {
+                addr: base + at as u64,
+                bytes: b,
+            })
+            .collect();
+        assert_eq!(first_unlike(&mem, &chunks, |k| &expected[k]), Ok(None));
+        for (wrong, byte) in [
+            (0, 0),
+            (97, 4),
+            (149, 2),
+            (150, 0),
+            (150, 1299),
+            (150, 700),
+            (250, 8),
+        ] {
+            let mut other = expected.clone();
+            other[wrong][byte] ^= 1;
+            assert_eq!(
+                first_unlike(&mem, &chunks, |k| &other[k]),
+                Ok(Some(wrong)),
+                "site {wrong} differs at byte {byte}"
+            );
+        }
+        // Unreadable: the address that could not be read.
+        let past = [Chunk {
+            addr: base + 3998,
+            bytes: &[0; 4],
+        }];
+        assert_eq!(
+            first_unlike(&mem, &past, |_| &[0; 4]),
+            Err(MemoryError { addr: base + 4000 })
+        );
+    }
 }

@@ -23,7 +23,7 @@
 use core::fmt;
 use core::ops::Range;
 
-use crate::memory::{check_within, Memory, MemoryError};
+use crate::memory::{check_within, Memory, MemoryError, Spans};
 
 /// One contiguous change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +38,27 @@ impl Chunk<'_> {
     /// The addresses the chunk covers.
     pub fn range(&self) -> Range<u64> {
         self.addr..self.addr.saturating_add(self.bytes.len() as u64)
+    }
+}
+
+impl Spans for [Chunk<'_>] {
+    fn len(&self) -> usize {
+        <[Chunk<'_>]>::len(self)
+    }
+
+    fn span(&self, i: usize) -> Range<u64> {
+        self[i].range()
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Spans for alloc::vec::Vec<Chunk<'_>> {
+    fn len(&self) -> usize {
+        <[Chunk<'_>]>::len(self)
+    }
+
+    fn span(&self, i: usize) -> Range<u64> {
+        self[i].range()
     }
 }
 

@@ -390,9 +390,9 @@ fn load(addr: u64) -> u64 {
 
 // SAFETY: it never lets anyone write.
 unsafe impl alt_runtime::rendezvous::Rendezvous for RefuseAndLook {
-    fn stop(
+    fn stop<S: alt_runtime::rendezvous::Spans + ?Sized>(
         &mut self,
-        _sites: &[std::ops::Range<u64>],
+        _sites: &S,
     ) -> Result<(), alt_runtime::rendezvous::RendezvousError> {
         self.1 = Some(load(self.0));
         Err(alt_runtime::rendezvous::RendezvousError::new("refused"))
@@ -815,9 +815,9 @@ fn text_the_writer_cannot_write_is_refused_in_prepare_before_anyone_is_stopped()
     struct Watch(usize);
     // SAFETY: it stops no one; the writer below writes a simulation only.
     unsafe impl alt_runtime::rendezvous::Rendezvous for Watch {
-        fn stop(
+        fn stop<S: alt_runtime::rendezvous::Spans + ?Sized>(
             &mut self,
-            _: &[std::ops::Range<u64>],
+            _: &S,
         ) -> Result<(), alt_runtime::rendezvous::RendezvousError> {
             self.0 += 1;
             Ok(())

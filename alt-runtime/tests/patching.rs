@@ -14,7 +14,7 @@ use alt_runtime::memory::MemoryError;
 use alt_runtime::os::linux::read_maps;
 use alt_runtime::patch::PatchError;
 use alt_runtime::plan::{Candidate, Choice, Plan, TableEntry, TableError, TableErrorKind};
-use alt_runtime::rendezvous::{Rendezvous, RendezvousError};
+use alt_runtime::rendezvous::{Rendezvous, RendezvousError, Spans};
 use alt_runtime::table::{AltEntry, AltFlags};
 use alt_runtime::x86_64::insn::DecodeError;
 use alt_runtime::x86_64::relocate::{RelocError, RelocErrorKind};
@@ -1369,7 +1369,7 @@ struct Refusing;
 
 // SAFETY: it never lets anyone write.
 unsafe impl Rendezvous for Refusing {
-    fn stop(&mut self, _sites: &[std::ops::Range<u64>]) -> Result<(), RendezvousError> {
+    fn stop<S: Spans + ?Sized>(&mut self, _sites: &S) -> Result<(), RendezvousError> {
         Err(RendezvousError {
             who: Some(42),
             ..RendezvousError::new("thread did not stop")
@@ -1542,8 +1542,9 @@ struct Recording {
 
 // SAFETY: the tests that use it run their sites on their own thread only, after the write.
 unsafe impl Rendezvous for Recording {
-    fn stop(&mut self, sites: &[std::ops::Range<u64>]) -> Result<(), RendezvousError> {
-        self.stops.push(sites.to_vec());
+    fn stop<S: Spans + ?Sized>(&mut self, sites: &S) -> Result<(), RendezvousError> {
+        self.stops
+            .push((0..sites.len()).map(|i| sites.span(i)).collect());
         Ok(())
     }
 

@@ -110,7 +110,8 @@
 use core::ffi::c_void;
 use core::fmt;
 use core::marker::PhantomData;
-use core::ops::Range;
+
+use crate::memory::Spans;
 use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 use core::sync::atomic::{
     AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
@@ -506,9 +507,9 @@ pub fn membarrier_sync_core() -> bool {
 /// stops it while it holds the others. When it is the only thread of the process, nothing is
 /// signalled and no handler is installed ([`Stopped::alone`]). See the module documentation for
 /// how it works, what a program must allow, and how it fails.
-pub fn stop_other_threads(
+pub fn stop_other_threads<S: Spans + ?Sized>(
     options: &StopOptions,
-    forbidden: &[Range<u64>],
+    forbidden: &S,
 ) -> Result<Stopped, StopError> {
     let busy = BusyGuard::take()?;
     let mask = CallerMask::block_all()?;
@@ -1291,20 +1292,23 @@ impl Plan {
     /// to run on (the others stay stopped), signalled again a moment later, and checked again,
     /// up to `max_tries` looks in all. Threads it creates meanwhile are stopped too. Returns
     /// how many looks it took, or [`Failure::Inside`].
-    fn move_out_of(
+    fn move_out_of<S: Spans + ?Sized>(
         &mut self,
         gen: u64,
-        forbidden: &[Range<u64>],
+        forbidden: &S,
         max_tries: u32,
     ) -> Result<u32, Failure> {
-        let sorted = forbidden.windows(2).all(|w| w[0].start <= w[1].start)
-            && forbidden.windows(2).all(|w| w[0].end <= w[1].start);
+        let n = forbidden.len();
+        // Each range ends where or after it starts, and before the next starts.
+        let sorted = (0..n).all(|i| {
+            let r = forbidden.span(i);
+            r.start <= r.end && (i == 0 || forbidden.span(i - 1).end <= r.start)
+        });
         let inside = |ip: u64| {
             if sorted {
-                let i = forbidden.partition_point(|r| r.end <= ip);
-                forbidden.get(i).is_some_and(|r| r.contains(&ip))
+                crate::memory::inside_sorted(forbidden, ip)
             } else {
-                forbidden.iter().any(|r| r.contains(&ip))
+                (0..n).any(|i| forbidden.span(i).contains(&ip))
             }
         };
         let mut tries = 1;

@@ -1,10 +1,9 @@
 //! The hosted [`Rendezvous`]: [`Threads`].
 
-use core::ops::Range;
 use std::time::Instant;
 
 use crate::os::rendezvous::{stop_other_threads, StopError, StopOptions, Stopped};
-use crate::rendezvous::{Rendezvous, RendezvousError};
+use crate::rendezvous::{Rendezvous, RendezvousError, Spans};
 
 /// The hosted [`Rendezvous`]: every other thread of the process waits in a signal handler
 /// ([`crate::os::rendezvous`]) while the driver writes a batch, none of them strictly inside a
@@ -73,7 +72,7 @@ impl Threads {
 // is the only thread; the guard's release makes every thread, the caller included, serialise
 // before it runs on.
 unsafe impl Rendezvous for Threads {
-    fn stop(&mut self, sites: &[Range<u64>]) -> Result<(), RendezvousError> {
+    fn stop<S: Spans + ?Sized>(&mut self, sites: &S) -> Result<(), RendezvousError> {
         // Dropping a guard left by a caller that did not release is the release.
         self.stopped = None;
         let start = Instant::now();

@@ -11,6 +11,7 @@ use core::cell::OnceCell;
 use core::ops::Range;
 
 use super::maps::{read_maps, Mapping};
+use crate::memory::Spans;
 use crate::writer::WriteError;
 
 /// An operating-system error number (`errno`).
@@ -41,10 +42,10 @@ pub trait TextSys {
 
     /// Reads each of `ranges` into `out`, one after another; on error, the address that
     /// failed.
-    fn read_each(&self, ranges: &[Range<u64>], out: &mut [u8]) -> Result<(), (u64, Errno)> {
+    fn read_each<R: Spans + ?Sized>(&self, ranges: &R, out: &mut [u8]) -> Result<(), (u64, Errno)> {
         let mut at = 0;
-        for r in ranges {
-            let (addr, len) = crate::memory::start_len(r);
+        for i in 0..ranges.len() {
+            let (addr, len) = crate::memory::start_len(&ranges.span(i));
             self.read(addr, &mut out[at..at + len])
                 .map_err(|e| (addr, e))?;
             at += len;
@@ -115,7 +116,7 @@ impl TextSys for LinuxSys {
             .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
     }
 
-    fn read_each(&self, ranges: &[Range<u64>], out: &mut [u8]) -> Result<(), (u64, Errno)> {
+    fn read_each<R: Spans + ?Sized>(&self, ranges: &R, out: &mut [u8]) -> Result<(), (u64, Errno)> {
         // process_vm_readv takes up to IOV_MAX (1024) ranges per call; a failing range ends a
         // call early, and is then read alone to find out why.
         const BATCH: usize = 256;
@@ -125,11 +126,12 @@ impl TextSys for LinuxSys {
         }; BATCH];
         let mut remote = local;
         let mut at = 0;
-        for group in ranges.chunks(BATCH) {
+        for first in (0..ranges.len()).step_by(BATCH) {
+            let group = first..ranges.len().min(first + BATCH);
             let start = at;
             let mut total = 0;
-            for (i, r) in group.iter().enumerate() {
-                let (addr, len) = crate::memory::start_len(r);
+            for (i, k) in group.clone().enumerate() {
+                let (addr, len) = crate::memory::start_len(&ranges.span(k));
                 local[i] = libc::iovec {
                     iov_base: out[at..].as_mut_ptr() as *mut libc::c_void,
                     iov_len: len,
@@ -149,8 +151,8 @@ impl TextSys for LinuxSys {
             };
             if got != total as isize {
                 let mut off = start;
-                for r in group {
-                    let (addr, len) = crate::memory::start_len(r);
+                for k in group {
+                    let (addr, len) = crate::memory::start_len(&ranges.span(k));
                     self.read(addr, &mut out[off..off + len])
                         .map_err(|e| (addr, e))?;
                     off += len;

@@ -37,7 +37,7 @@ use core::ops::Range;
 
 use super::maps::Mapping;
 use super::sys::{Errno, LinuxSys, TextSys};
-use crate::memory::{Memory, MemoryError};
+use crate::memory::{Memory, MemoryError, Spans};
 use crate::writer::{pages_touched, Chunk, WriteError, WriteStats, Writer, PAGE_SIZE};
 
 /// Writes the process's own text with `mprotect` (or `/proc/self/mem`).
@@ -269,27 +269,6 @@ impl<S: TextSys> MprotectWriter<S> {
         })
     }
 
-    /// Reads the bytes `chunks` will overwrite into `out` (their total length), in few system
-    /// calls where they are not read directly; allocates nothing.
-    fn read_originals(&self, chunks: &[Chunk<'_>], out: &mut [u8]) -> Result<(), MemoryError> {
-        const GROUP: usize = 64;
-        let mut ranges: [Range<u64>; GROUP] = core::array::from_fn(|_| 0..0);
-        let mut at = 0;
-        for group in chunks.chunks(GROUP) {
-            let mut len = 0;
-            for (r, c) in ranges.iter_mut().zip(group) {
-                *r = c.range();
-                len += c.bytes.len();
-            }
-            let buf = out.get_mut(at..at + len).ok_or(MemoryError {
-                addr: group[0].addr,
-            })?;
-            self.read_each(&ranges[..group.len()], buf)?;
-            at += len;
-        }
-        Ok(())
-    }
-
     /// Writes the parts of the run's chunks that fall inside it: the new bytes, or the saved
     /// originals.
     fn copy_run(
@@ -450,13 +429,13 @@ impl<S: TextSys> Memory for MprotectWriter<S> {
         self.sys.read(addr, buf).map_err(|_| MemoryError { addr })
     }
 
-    fn read_each(&self, ranges: &[Range<u64>], out: &mut [u8]) -> Result<(), MemoryError> {
+    fn read_each<R: Spans + ?Sized>(&self, ranges: &R, out: &mut [u8]) -> Result<(), MemoryError> {
         // One pass: plain copies while every range is read directly; at the first that is
         // not, the whole batch goes through the system call instead.
         let mut at = 0;
         let mut direct = true;
-        for r in ranges {
-            let (addr, len) = crate::memory::start_len(r);
+        for i in 0..ranges.len() {
+            let (addr, len) = crate::memory::start_len(&ranges.span(i));
             if !self.direct(addr, len) {
                 direct = false;
                 break;
@@ -488,7 +467,7 @@ impl<S: TextSys> Writer for MprotectWriter<S> {
             _ => self.prepare_batch(chunks)?,
         };
         let mut originals = core::mem::take(&mut p.originals);
-        let read = self.read_originals(chunks, &mut originals);
+        let read = self.read_each(chunks, &mut originals);
         p.originals = originals;
         if let Err(e) = read {
             let reason = "cannot read the text to be overwritten";
