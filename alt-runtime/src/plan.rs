@@ -353,7 +353,7 @@ pub fn plan_table_for<I: Isa, M: Memory, E: EntryList + ?Sized>(
             &mut unchanged,
         )?);
     }
-    let order = site_order(entries);
+    let order = Order::new(entries);
     let planned = Planned {
         entries,
         parsed: &parsed,
@@ -371,7 +371,7 @@ pub fn plan_table_for<I: Isa, M: Memory, E: EntryList + ?Sized>(
     let mut previous: Option<(u64, usize)> = None;
     while k < order.len() {
         let g = next_group::<I, M, E>(entries, &order, k, previous, mem)?;
-        previous = Some((g.site.end, order[k]));
+        previous = Some((g.site.end, order.at(k)));
         k = g.entries.end;
         if later.is_none() {
             if let Err(e) = planned.site::<I>(&mut sites, g, caps) {
@@ -394,7 +394,7 @@ struct Planned<'p, E: ?Sized> {
     parsed: &'p [Parsed],
     arena: &'p [u8],
     shapes: &'p [Shape],
-    order: &'p [usize],
+    order: &'p Order,
 }
 
 impl<E: EntryList + ?Sized> Planned<'_, E> {
@@ -406,16 +406,19 @@ impl<E: EntryList + ?Sized> Planned<'_, E> {
         caps: &CapabilitySet,
     ) -> Result<(), TableError> {
         let returns = check_returns::<I, E>(self, &g)?;
-        let entries = g.entries(self.order);
-        let candidate = |&i: &usize| (self.parsed[i].candidate(i, caps), self.entries.get(i).addr);
+        let candidate = |i: usize| {
+            let t = self.entries.get(i);
+            (self.parsed[i].candidate(i, &t, caps), t.addr)
+        };
         // Each entry's candidate once (two inline, more on the heap).
-        let candidates: crate::bytes::SmallVec<(Candidate, u64), 2> = match *entries {
-            [i] => [candidate(&i)][..].into(),
-            ref several => several.iter().map(candidate).collect(),
+        let first = self.order.at(g.entries.start);
+        let candidates: crate::bytes::SmallVec<(Candidate, u64), 2> = if g.entries.len() == 1 {
+            [candidate(first)][..].into()
+        } else {
+            g.indices(self.order).map(candidate).collect()
         };
         let choice = decide(self.entries, candidates.iter().map(|c| c.0));
         let new = encode::<I, E>(self, &g, choice, returns)?;
-        let first = entries[0];
         sites
             .push(
                 g.site.start,
@@ -435,34 +438,64 @@ impl<E: EntryList + ?Sized> Planned<'_, E> {
     }
 }
 
-/// What a valid entry would put at its site.
+/// What a valid entry would put at its site, in 8 bytes (a program has one per site): its
+/// capability and condition are not kept, they are read from the entry again.
+#[derive(Clone, Copy)]
 struct Parsed {
-    capability: Option<Capability>,
-    negated: bool,
-    variant: Variant,
+    /// For an inline replacement: where its bytes, relocated to the site's start, are in the
+    /// planner's arena (one buffer for every entry; entries with the same bytes share them).
+    at: u32,
+    /// The replacement's shape (an index in the planner's list of shapes: a program's many
+    /// sites of one function share one), or [`Parsed::NONE`] or [`Parsed::CALL`].
+    shape: u32,
 }
 
+/// What an entry puts at its site.
 enum Variant {
     /// A placeholder: never a candidate.
     None,
-    /// The replacement, relocated to the site's start (`len` bytes at `at` in the planner's
-    /// arena, one buffer for every entry), and its shape (an index in the planner's list of
-    /// shapes: a program's many sites of one function share one).
-    Inline { at: u32, len: u8, shape: u32 },
+    /// The replacement (its length is the entry's), relocated to the site's start: `at` in the
+    /// arena, its shape at `shape` in the list of shapes.
+    Inline { at: u32, shape: u32 },
     /// A direct call to the entry's target (read from the entry again: it is its
     /// `replacement` address).
     Call,
 }
 
 impl Parsed {
-    fn candidate(&self, entry: usize, caps: &CapabilitySet) -> Candidate {
-        let capability = self.capability.expect("checked entry has a capability");
+    const NONE: u32 = u32::MAX;
+    const CALL: u32 = u32::MAX - 1;
+    /// The most shapes a plan can keep: indices below the two markers.
+    const SHAPES: usize = Self::CALL as usize;
+
+    const PLACEHOLDER: Parsed = Parsed {
+        at: 0,
+        shape: Self::NONE,
+    };
+    const DIRECT_CALL: Parsed = Parsed {
+        at: 0,
+        shape: Self::CALL,
+    };
+
+    fn variant(self) -> Variant {
+        match self.shape {
+            Self::NONE => Variant::None,
+            Self::CALL => Variant::Call,
+            shape => Variant::Inline { at: self.at, shape },
+        }
+    }
+
+    /// The entry `t` (checked; index `entry`) as a candidate under `caps`.
+    fn candidate(self, entry: usize, t: &TableEntry, caps: &CapabilitySet) -> Candidate {
+        let capability =
+            Capability::from_id(t.entry.capability_id()).expect("checked entry has a capability");
+        let negated = t.entry.flags().contains(AltFlags::NOT);
         Candidate {
             entry,
             capability,
-            negated: self.negated,
-            direct_call: matches!(self.variant, Variant::Call),
-            held: caps.has(capability) != self.negated,
+            negated,
+            direct_call: self.shape == Self::CALL,
+            held: caps.has(capability) != negated,
             name: None,
         }
     }
@@ -487,12 +520,11 @@ pub fn overlaps(a: &Range<u64>, b: &Range<u64>) -> bool {
     a.start < b.end && b.start < a.end
 }
 
-/// Validates one entry on its own and works out what it would write.
 /// Replacements that move unchanged (no operand reaches outside them), by their bytes, with
 /// their shapes: a program's many sites of one function have the same replacement, so it is
 /// decoded once. Direct-mapped, small.
 struct MovesUnchanged {
-    slots: Vec<Option<(u8, [u8; 16], u32)>>,
+    slots: Vec<Option<(u8, [u8; 16], Parsed)>>,
 }
 
 impl MovesUnchanged {
@@ -500,7 +532,7 @@ impl MovesUnchanged {
     const SLOTS: usize = 64;
 
     /// A cache for a table of `entries`: a slot per entry up to [`Self::SLOTS`] (a small
-    /// program's table touches no more memory than it needs; a slot is 24 bytes).
+    /// program's table touches no more memory than it needs; a slot is 28 bytes).
     fn new(entries: usize) -> Self {
         MovesUnchanged {
             slots: vec![None; entries.next_power_of_two().clamp(1, Self::SLOTS)],
@@ -518,15 +550,16 @@ impl MovesUnchanged {
         (h >> 58) as usize % self.slots.len()
     }
 
-    /// The shape (its index) of the `n` bytes of `key` (`n <= KEY`, the rest zero), if cached.
-    fn get(&self, key: &[u8; Self::KEY], n: usize) -> Option<u32> {
+    /// What the `n` bytes of `key` (`n <= KEY`, the rest zero) were parsed as (their bytes in
+    /// the arena and their shape), if cached.
+    fn get(&self, key: &[u8; Self::KEY], n: usize) -> Option<Parsed> {
         match &self.slots[self.slot(key, n)] {
             Some((len, b, shape)) if usize::from(*len) == n && b == key => Some(*shape),
             _ => None,
         }
     }
 
-    fn put(&mut self, code: &[u8], shape: u32) {
+    fn put(&mut self, code: &[u8], shape: Parsed) {
         if code.len() <= Self::KEY {
             let mut key = [0; Self::KEY];
             key[..code.len()].copy_from_slice(code);
@@ -536,6 +569,7 @@ impl MovesUnchanged {
     }
 }
 
+/// Validates one entry on its own and works out what it would write.
 fn check_entry<I: Isa, M: Memory>(
     index: usize,
     t: &TableEntry,
@@ -547,19 +581,16 @@ fn check_entry<I: Isa, M: Memory>(
 ) -> Result<Parsed, TableError> {
     let e = &t.entry;
     if t.is_placeholder() {
-        return Ok(Parsed {
-            capability: None,
-            negated: false,
-            variant: Variant::None,
-        });
+        return Ok(Parsed::PLACEHOLDER);
     }
     let err = |kind| error(index, t, kind);
     let reserved = e.key & KEY_RESERVED_MASK;
     if reserved != 0 {
         return Err(err(TableErrorKind::ReservedFlags(reserved)));
     }
-    let capability = Capability::from_id(e.capability_id())
-        .ok_or_else(|| err(TableErrorKind::UnknownCapability(e.capability_id())))?;
+    if Capability::from_id(e.capability_id()).is_none() {
+        return Err(err(TableErrorKind::UnknownCapability(e.capability_id())));
+    }
     if e.site_len == 0 {
         return Err(err(TableErrorKind::EmptySite));
     }
@@ -572,7 +603,6 @@ fn check_entry<I: Isa, M: Memory>(
         return Err(err(TableErrorKind::SiteOutsideText));
     }
     let flags = e.flags();
-    let negated = flags.contains(AltFlags::NOT);
     let target = e.replacement_addr(t.addr);
 
     if flags.contains(AltFlags::DIRECT_CALL) {
@@ -587,11 +617,7 @@ fn check_entry<I: Isa, M: Memory>(
         }
         // Reach from the site's start; `encode` places the call and checks again.
         I::call(site.start, target).map_err(|e| err(TableErrorKind::Replacement(e)))?;
-        return Ok(Parsed {
-            capability: Some(capability),
-            negated,
-            variant: Variant::Call,
-        });
+        return Ok(Parsed::DIRECT_CALL);
     }
 
     if e.replacement_len > e.site_len {
@@ -608,28 +634,19 @@ fn check_entry<I: Isa, M: Memory>(
     }
     let n = usize::from(e.replacement_len);
     let at = arena.len();
-    let (Ok(_), Ok(shape_index)) = (u32::try_from(at + n), u32::try_from(shapes.len())) else {
+    let fits = u32::try_from(at + n).is_ok() && shapes.len() < Parsed::SHAPES;
+    if !fits {
         return Err(err(TableErrorKind::TooManyEntries(SitesError::TooMany)));
-    };
-    let inline = |shape| Variant::Inline {
-        at: at as u32,
-        len: e.replacement_len,
-        shape,
-    };
+    }
     // A short replacement is read into its cache key directly: one seen before (by its bytes)
-    // is then done.
+    // is then done, and shares the bytes relocated for it.
     let mut key = [0u8; MovesUnchanged::KEY];
     let short = n <= MovesUnchanged::KEY;
     if short {
         mem.read(repl.start, &mut key[..n])
             .map_err(|e| err(TableErrorKind::Unreadable(e)))?;
-        if let Some(shape) = unchanged.get(&key, n) {
-            crate::short::extend(arena, &key[..n]);
-            return Ok(Parsed {
-                capability: Some(capability),
-                negated,
-                variant: inline(shape),
-            });
+        if let Some(seen) = unchanged.get(&key, n) {
+            return Ok(seen);
         }
     }
     // Not seen before: relocate it from a copy of its bytes.
@@ -644,17 +661,17 @@ fn check_entry<I: Isa, M: Memory>(
     arena.resize(at + n, 0);
     let shape = I::relocate(src, repl.start, site.start, &mut arena[at..])
         .map_err(|e| err(TableErrorKind::Replacement(e)))?;
-    let index = shape_index;
+    // Both fit in 32 bits (checked above).
+    let parsed = Parsed {
+        at: at as u32,
+        shape: shapes.len() as u32,
+    };
     shapes.push(shape);
     // Moved elsewhere and still the same bytes: nothing in it depends on where it is.
     if repl.start != site.start && arena[at..] == *src {
-        unchanged.put(src, index);
+        unchanged.put(src, parsed);
     }
-    Ok(Parsed {
-        capability: Some(capability),
-        negated,
-        variant: inline(index),
-    })
+    Ok(parsed)
 }
 
 /// The entries of one site, and the site's bytes.
@@ -668,32 +685,67 @@ struct Group {
 }
 
 impl Group {
-    fn entries<'o>(&self, order: &'o [usize]) -> &'o [usize] {
-        &order[self.entries.clone()]
+    /// The site's entries (their indices), in table order.
+    fn indices<'o>(&self, order: &'o Order) -> impl Iterator<Item = usize> + 'o {
+        self.entries.clone().map(|k| order.at(k))
     }
 }
 
 /// The entries' indices sorted by site (table order kept among the entries of one site),
-/// placeholders left out.
-fn site_order<E: EntryList + ?Sized>(entries: &E) -> Vec<usize> {
-    let mut order: Vec<usize> = Vec::with_capacity(entries.len());
-    let mut sorted = true;
-    let mut last = 0;
-    for i in 0..entries.len() {
-        let t = entries.get(i);
-        if !t.is_placeholder() {
+/// placeholders left out. A table in address order (as the linker leaves it) with no
+/// placeholder between its entries is its own order: then no list is kept.
+enum Order {
+    /// The entries at these indices, as they are.
+    Table(Range<usize>),
+    /// Sorted.
+    Sorted(Vec<usize>),
+}
+
+impl Order {
+    fn new<E: EntryList + ?Sized>(entries: &E) -> Order {
+        let mut sorted = true;
+        let mut last = 0;
+        // The real entries' first and last index, and whether a placeholder lies between.
+        let (mut first, mut end, mut gap) = (None, 0, false);
+        for i in 0..entries.len() {
+            let t = entries.get(i);
+            if t.is_placeholder() {
+                continue;
+            }
             let start = t.entry.site_addr(t.addr);
             sorted &= start >= last;
             last = start;
-            order.push(i);
+            gap |= first.is_some() && end != i;
+            first.get_or_insert(i);
+            end = i + 1;
+        }
+        let first = first.unwrap_or(0);
+        if sorted && !gap {
+            return Order::Table(first..end.max(first));
+        }
+        let mut order: Vec<usize> = (first..end)
+            .filter(|&i| !entries.get(i).is_placeholder())
+            .collect();
+        if !sorted {
+            order.sort_by_key(|&i| (entries.get(i).site().start, i));
+        }
+        Order::Sorted(order)
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Order::Table(r) => r.len(),
+            Order::Sorted(v) => v.len(),
         }
     }
-    // Tables usually come in address order already (the linker keeps the order of the code):
-    // then the stable sort below would not move anything.
-    if !sorted {
-        order.sort_by_key(|&i| (entries.get(i).site().start, i));
+
+    /// The index of the `k`-th entry in site order (`k < len()`).
+    fn at(&self, k: usize) -> usize {
+        match self {
+            Order::Table(r) => r.start + k,
+            Order::Sorted(v) => v[k],
+        }
     }
-    order
 }
 
 /// The site whose first entry is `order[k]`: its entries (checked to agree on its length), its
@@ -701,12 +753,12 @@ fn site_order<E: EntryList + ?Sized>(entries: &E) -> Vec<usize> {
 /// first entry).
 fn next_group<I: Isa, M: Memory, E: EntryList + ?Sized>(
     entries: &E,
-    order: &[usize],
+    order: &Order,
     k: usize,
     previous: Option<(u64, usize)>,
     mem: &M,
 ) -> Result<Group, TableError> {
-    let i = order[k];
+    let i = order.at(k);
     let t = &entries.get(i);
     let site = t.site();
     if let Some((end, first)) = previous {
@@ -725,7 +777,8 @@ fn next_group<I: Isa, M: Memory, E: EntryList + ?Sized>(
     let shape =
         I::shape(site.start, &original).map_err(|e| error(i, t, TableErrorKind::Site(e)))?;
     let mut end = k + 1;
-    while let Some(&j) = order.get(end) {
+    while end < order.len() {
+        let j = order.at(end);
         let other = &entries.get(j);
         let other_site = other.site();
         if other_site.start != site.start {
@@ -768,9 +821,9 @@ fn check_returns<I: Isa, E: EntryList + ?Sized>(
     let call_end = call_end::<I>(g);
     let call_start = call_end - usize::from(I::CALL_LEN);
     let mut returns = g.shape.returns;
-    for &i in g.entries(order) {
-        match &parsed[i].variant {
-            Variant::Inline { shape, .. } => returns = returns.union(p.shape(*shape).returns),
+    for i in g.indices(order) {
+        match parsed[i].variant() {
+            Variant::Inline { shape, .. } => returns = returns.union(p.shape(shape).returns),
             Variant::Call => returns.insert(call_end),
             Variant::None => {}
         }
@@ -783,7 +836,7 @@ fn check_returns<I: Isa, E: EntryList + ?Sized>(
     // A return to the site's end is fine in every variant: each ends there.
     for r in returns.iter().take_while(|&r| r < len) {
         let offset = r as u8;
-        let first = g.entries(order)[0];
+        let first = order.at(g.entries.start);
         if !g.shape.boundaries.contains(r) {
             let kind = TableErrorKind::ReturnInsideInstruction {
                 offset,
@@ -791,10 +844,11 @@ fn check_returns<I: Isa, E: EntryList + ?Sized>(
             };
             return Err(error(first, &entries.get(first), kind));
         }
-        for &i in g.entries(order) {
-            let straddles = match &parsed[i].variant {
-                Variant::Inline { len, shape, .. } => {
-                    r < usize::from(*len) && !p.shape(*shape).boundaries.contains(r)
+        for i in g.indices(order) {
+            let straddles = match parsed[i].variant() {
+                Variant::Inline { shape, .. } => {
+                    let len = entries.get(i).entry.replacement_len;
+                    r < usize::from(len) && !p.shape(shape).boundaries.contains(r)
                 }
                 Variant::Call => r > call_start && r < call_end,
                 Variant::None => false,
@@ -849,10 +903,11 @@ fn encode<I: Isa, E: EntryList + ?Sized>(
             Ok(if keeps { kept } else { g.original.clone() })
         }
         Choice::Inline { entry } => {
-            let Variant::Inline { at, len: n, .. } = p.parsed[entry].variant else {
+            let Variant::Inline { at, .. } = p.parsed[entry].variant() else {
                 unreachable!("an inline choice has inline bytes")
             };
-            let (at, n) = (at as usize, usize::from(n));
+            let n = usize::from(p.entries.get(entry).entry.replacement_len);
+            let at = at as usize;
             let mut new = SiteBytes::filled(0, len);
             crate::short::copy_into(&mut new[..n], &p.arena[at..at + n]);
             fill_keeping::<I>(&mut new, n, returns);
@@ -873,5 +928,60 @@ fn encode<I: Isa, E: EntryList + ?Sized>(
             fill_keeping::<I>(&mut new[end..], 0, after);
             Ok(new)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Entries at 0x1000, 0x100c, ...: `Some(site)` for an entry of the site at `site`, `None`
+    /// for a placeholder.
+    fn table(sites: &[Option<u64>]) -> Vec<TableEntry> {
+        sites
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let addr = 0x1000 + 12 * i as u64;
+                let entry = match s {
+                    Some(site) => AltEntry {
+                        site: (*site as i64 - addr as i64) as i32,
+                        replacement: 0,
+                        key: 4,
+                        site_len: 5,
+                        replacement_len: 0,
+                    },
+                    None => AltEntry {
+                        site: 0,
+                        replacement: 0,
+                        key: 0,
+                        site_len: 0,
+                        replacement_len: 0,
+                    },
+                };
+                TableEntry { addr, entry }
+            })
+            .collect()
+    }
+
+    fn order(sites: &[Option<u64>]) -> (Vec<usize>, bool) {
+        let t = table(sites);
+        let o = Order::new(&t[..]);
+        let listed = matches!(o, Order::Sorted(_));
+        ((0..o.len()).map(|k| o.at(k)).collect(), listed)
+    }
+
+    #[test]
+    fn a_table_in_address_order_is_its_own_order_and_others_are_sorted_by_site() {
+        let (a, b, c) = (Some(0x5000), Some(0x5010), Some(0x5020));
+        // In order, placeholders only at the ends: no list.
+        assert_eq!(order(&[None, a, b, b, c, None]), (vec![1, 2, 3, 4], false));
+        assert_eq!(order(&[a, b]), (vec![0, 1], false));
+        assert_eq!(order(&[None, None]), (vec![], false));
+        assert_eq!(order(&[]), (vec![], false));
+        // A placeholder between entries is left out of a list.
+        assert_eq!(order(&[a, None, b, None]), (vec![0, 2], true));
+        // Out of order: sorted by site, table order kept among one site's entries.
+        assert_eq!(order(&[c, a, b, a, None]), (vec![1, 3, 2, 0], true));
     }
 }
