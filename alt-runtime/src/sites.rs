@@ -19,6 +19,7 @@ use core::ops::Range;
 use crate::bytes::SiteBytes;
 use crate::capability::Capability;
 use crate::linker::Names;
+use crate::table::ALT_ENTRY_SIZE;
 
 /// What was decided for a site.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,11 +207,10 @@ struct Slot {
     chosen: u16,
 }
 
-/// One entry considered for a site, compactly.
+/// One entry considered for a site, compactly (8 bytes; where it lives is
+/// [`Sites::entry_addr`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry {
-    /// Where the entry lives (its variant's name is looked up by it).
-    addr: u64,
     index: u32,
     capability: Capability,
     flags: u8,
@@ -228,6 +228,12 @@ pub struct Sites {
     bytes: Vec<u8>,
     /// Direct-call targets, by site index, for the sites that take a direct call.
     targets: Vec<(u32, u64)>,
+    /// Where the entries live (their variants' names are looked up by it): while every entry
+    /// is where a table of [`ALT_ENTRY_SIZE`]-byte entries at `entry_base` puts it, as a
+    /// program's own table has them, `entry_addrs` is empty and each address is computed from
+    /// the entry's index; from the first that is not, every entry's address is listed.
+    entry_base: Option<u64>,
+    entry_addrs: Vec<u64>,
     names: Names,
 }
 
@@ -363,6 +369,8 @@ impl Sites {
             entries: Vec::with_capacity(sites),
             bytes: Vec::new(),
             targets: Vec::new(),
+            entry_base: None,
+            entry_addrs: Vec::new(),
             names: Names::default(),
         }
     }
@@ -385,7 +393,10 @@ impl Sites {
         let bytes = u32::try_from(self.bytes.len()).map_err(|_| SitesError::TooMany)?;
         let start = u32::try_from(self.entries.len()).map_err(|_| SitesError::TooMany)?;
         let index = u32::try_from(self.slots.len()).map_err(|_| SitesError::TooMany)?;
-        let undo = |s: &mut Self| s.entries.truncate(start as usize);
+        let undo = |s: &mut Self| {
+            s.entries.truncate(start as usize);
+            s.entry_addrs.truncate(start as usize);
+        };
         if self
             .slots
             .last()
@@ -411,8 +422,8 @@ impl Sites {
             let flags = (c.negated as u8 * NEGATED)
                 | (c.direct_call as u8 * DIRECT_CALL)
                 | (c.held as u8 * HELD);
+            self.note_entry_addr(i, entry_addr);
             self.entries.push(Entry {
-                addr: entry_addr,
                 index: i,
                 capability: c.capability,
                 flags,
@@ -437,6 +448,36 @@ impl Sites {
             chosen,
         });
         Ok(())
+    }
+
+    /// Notes where the entry with table index `index`, about to be added, lives.
+    fn note_entry_addr(&mut self, index: u32, addr: u64) {
+        let at = u64::from(index).wrapping_mul(ALT_ENTRY_SIZE as u64);
+        if self.entry_addrs.is_empty() {
+            let base = *self.entry_base.get_or_insert(addr.wrapping_sub(at));
+            if base.wrapping_add(at) == addr {
+                return;
+            }
+            // The first entry elsewhere: every entry's address is listed from now on.
+            self.entry_addrs = self
+                .entries
+                .iter()
+                .map(|e| base.wrapping_add(u64::from(e.index) * ALT_ENTRY_SIZE as u64))
+                .collect();
+        }
+        self.entry_addrs.push(addr);
+    }
+
+    /// Where the `k`-th entry (of all sites' entries) lives.
+    fn entry_addr(&self, k: usize) -> u64 {
+        match self.entry_addrs.get(k) {
+            Some(&addr) => addr,
+            None => {
+                let index = u64::from(self.entries[k].index);
+                let base = self.entry_base.unwrap_or(0);
+                base.wrapping_add(index * ALT_ENTRY_SIZE as u64)
+            }
+        }
     }
 
     /// Looks the sites' names up in `names` from now on.
@@ -491,16 +532,18 @@ impl Sites {
     /// The `i`-th site, if there is one.
     pub fn get(&self, i: usize) -> Option<SiteReport> {
         let s = self.slots.get(i)?;
+        let first = s.entries as usize;
         let candidates: Candidates = self
             .entries_of(s)
             .iter()
-            .map(|e| Candidate {
+            .enumerate()
+            .map(|(k, e)| Candidate {
                 entry: e.index as usize,
                 capability: e.capability,
                 negated: e.flags & NEGATED != 0,
                 direct_call: e.flags & DIRECT_CALL != 0,
                 held: e.flags & HELD != 0,
-                name: self.names.entry(e.addr),
+                name: self.names.entry(self.entry_addr(first + k)),
             })
             .collect();
         Some(SiteReport {
@@ -692,6 +735,53 @@ mod tests {
             held,
             name: None,
         }
+    }
+
+    #[test]
+    fn entry_addresses_are_computed_while_regular_and_listed_from_the_first_that_is_not() {
+        let at = |i: usize| 0x9000 + 12 * i as u64;
+        let c = |i| candidate(i, Features::POPCNT, false, false);
+        let addrs =
+            |s: &Sites| -> Vec<u64> { (0..s.entries.len()).map(|k| s.entry_addr(k)).collect() };
+        let mut sites = Sites::new();
+        sites
+            .push(
+                0x100,
+                &[1],
+                &[1],
+                [(c(3), at(3)), (c(4), at(4))],
+                Choice::Default,
+            )
+            .unwrap();
+        sites
+            .push(0x200, &[1], &[1], [(c(7), at(7))], Choice::Default)
+            .unwrap();
+        assert!(
+            sites.entry_addrs.is_empty(),
+            "nothing listed while every entry is in place"
+        );
+        assert_eq!(addrs(&sites), [at(3), at(4), at(7)]);
+        // A refused site (out of order) that brought the first irregular entry leaves the
+        // others as they were.
+        let refused = sites.push(0x150, &[1], &[1], [(c(8), 0x5)], Choice::Default);
+        assert_eq!(refused, Err(SitesError::Order));
+        assert_eq!(addrs(&sites), [at(3), at(4), at(7)]);
+        let wrong = Choice::Inline { entry: 99 };
+        let refused = sites.push(0x300, &[1], &[1], [(c(8), 0x5)], wrong);
+        assert_eq!(refused, Err(SitesError::Choice));
+        assert_eq!(addrs(&sites), [at(3), at(4), at(7)]);
+        // An entry elsewhere: from then on every address is listed.
+        sites
+            .push(
+                0x300,
+                &[1],
+                &[1],
+                [(c(8), 0x5), (c(9), at(9))],
+                Choice::Default,
+            )
+            .unwrap();
+        assert_eq!(addrs(&sites), [at(3), at(4), at(7), 0x5, at(9)]);
+        assert_eq!(sites.entry_addrs.len(), 5);
     }
 
     #[test]
