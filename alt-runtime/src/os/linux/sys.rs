@@ -41,17 +41,24 @@ pub trait TextSys {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Errno>;
 
     /// Reads each of `ranges` into `out`, one after another; on error, the address that
-    /// failed.
+    /// failed (`EINVAL` for a range that does not fit in the rest of `out`).
     fn read_each<R: Spans + ?Sized>(&self, ranges: &R, out: &mut [u8]) -> Result<(), (u64, Errno)> {
         let mut at = 0;
         for i in 0..ranges.len() {
             let (addr, len) = crate::memory::start_len(&ranges.span(i));
-            self.read(addr, &mut out[at..at + len])
-                .map_err(|e| (addr, e))?;
+            let buf = room(out, at, len).map_err(|e| (addr, e))?;
+            self.read(addr, buf).map_err(|e| (addr, e))?;
             at += len;
         }
         Ok(())
     }
+}
+
+/// The `len` bytes of `out` at `at`, or `EINVAL` if it is shorter.
+fn room(out: &mut [u8], at: usize, len: usize) -> Result<&mut [u8], Errno> {
+    at.checked_add(len)
+        .and_then(|end| out.get_mut(at..end))
+        .ok_or(libc::EINVAL)
 }
 
 /// The real calls: `mprotect`, `memcpy`, `/proc/self/mem` and `process_vm_readv`.
@@ -132,8 +139,10 @@ impl TextSys for LinuxSys {
             let mut total = 0;
             for (i, k) in group.clone().enumerate() {
                 let (addr, len) = crate::memory::start_len(&ranges.span(k));
+                // The kernel writes `len` bytes there: they must be `out`'s.
+                let buf = room(out, at, len).map_err(|e| (addr, e))?;
                 local[i] = libc::iovec {
-                    iov_base: out[at..].as_mut_ptr() as *mut libc::c_void,
+                    iov_base: buf.as_mut_ptr() as *mut libc::c_void,
                     iov_len: len,
                 };
                 remote[i] = libc::iovec {
@@ -153,8 +162,8 @@ impl TextSys for LinuxSys {
                 let mut off = start;
                 for k in group {
                     let (addr, len) = crate::memory::start_len(&ranges.span(k));
-                    self.read(addr, &mut out[off..off + len])
-                        .map_err(|e| (addr, e))?;
+                    let buf = room(out, off, len).map_err(|e| (addr, e))?;
+                    self.read(addr, buf).map_err(|e| (addr, e))?;
                     off += len;
                 }
             }
