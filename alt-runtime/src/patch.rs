@@ -25,10 +25,10 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::bytes::SiteBytes;
 use crate::isa::Isa;
-use crate::memory::{Memory, MemoryError, Window};
+use crate::memory::{Memory, MemoryError, Spans, Window};
 use crate::rendezvous::{Rendezvous, RendezvousError};
 pub use crate::sites::{Changes, SiteChange};
-use crate::writer::{Chunk, WriteError, WriteStats, Writer};
+use crate::writer::{Chunk, Chunks, WriteError, WriteStats, Writer};
 
 /// One site's change: where, the bytes it holds, the bytes it will hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -212,21 +212,21 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized, C: Changes + 
     writer: &mut W,
     rendezvous: &mut R,
 ) -> Result<WriteStats, Failure> {
-    // 1. Expected bytes and values. One pass builds the chunks (the new bytes; read as
-    // ranges, they are the sites' ranges: what is read and what the rendezvous keeps threads
-    // out of) and checks the lengths; the sites are then read a few at a time and compared.
-    let mut chunks: Vec<Chunk<'_>> = Vec::with_capacity(sites.len());
+    // 1. Expected bytes and values. The batch is written as it is (its new bytes are the
+    // chunks; read as ranges, they are the sites' ranges: what is read and what the rendezvous
+    // keeps threads out of), nothing copied; one pass checks the lengths, and the sites are
+    // read a few at a time and compared.
     for i in 0..sites.len() {
         let s = sites.change(i);
         if s.to.len() != s.from.len() {
             let reason = "the new bytes are not as long as the site";
             return Err(PatchError::Write(WriteError::unchanged(s.addr, reason, None)).into());
         }
-        chunks.push(Chunk {
-            addr: s.addr,
-            bytes: s.to,
-        });
     }
+    let chunks = AsChunks {
+        changes: sites,
+        undo: false,
+    };
     match first_unlike(writer, &chunks, |i| sites.change(i).from) {
         Ok(None) => {}
         Ok(Some(i)) => {
@@ -265,9 +265,7 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized, C: Changes + 
     writer.prepare(&chunks).map_err(PatchError::Write)?;
 
     // 3. Stop the others.
-    rendezvous
-        .stop(&chunks[..])
-        .map_err(PatchError::Rendezvous)?;
+    rendezvous.stop(&chunks).map_err(PatchError::Rendezvous)?;
 
     // 4. Write (nothing below allocates).
     let store_all = |to_new: bool| {
@@ -282,7 +280,7 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized, C: Changes + 
         }
     };
     store_all(true);
-    let sync = || I::sync(&mut chunks.iter().map(|c| c.range()));
+    let sync = || I::sync(&mut (0..chunks.len()).map(|i| chunks.span(i)));
     // SAFETY: the caller's contract; the rendezvous holds every other CPU or thread.
     let stats = match unsafe { writer.write(&chunks) } {
         Ok(stats) => stats,
@@ -299,16 +297,17 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized, C: Changes + 
     };
     sync();
     if let Some(addr) = first_mismatch(writer, &chunks) {
-        // The chunks turn into their undo in place: nothing is allocated while the others
-        // are stopped.
-        for (i, c) in chunks.iter_mut().enumerate() {
-            c.bytes = sites.change(i).from;
-        }
+        // The undo is the same batch read the other way: nothing is allocated while the
+        // others are stopped.
+        let undo = AsChunks {
+            changes: sites,
+            undo: true,
+        };
         // SAFETY: as for the write: the originals are valid code for the sites.
         let undone =
-            unsafe { writer.write(&chunks) }.is_ok() && first_mismatch(writer, &chunks).is_none();
+            unsafe { writer.write(&undo) }.is_ok() && first_mismatch(writer, &undo).is_none();
         store_all(false);
-        I::sync(&mut chunks.iter().map(|c| c.range()));
+        sync();
         rendezvous.release();
         return Err(Failure {
             error: PatchError::ReadBack { addr },
@@ -321,22 +320,57 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized, C: Changes + 
     Ok(stats)
 }
 
-/// The first site (its index) that does not hold the bytes `expected` gives for it. The
-/// sites are read a few at a time into a buffer on the stack: nothing is allocated (the
-/// others may be stopped).
-fn first_unlike<'e, M: Memory>(
+/// A batch of site changes read as the writer's chunks: each site's new bytes, or (`undo`) the
+/// bytes it held.
+struct AsChunks<'c, C: ?Sized> {
+    changes: &'c C,
+    undo: bool,
+}
+
+impl<C: Changes + ?Sized> Spans for AsChunks<'_, C> {
+    fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    #[inline]
+    fn span(&self, i: usize) -> Range<u64> {
+        self.changes.change(i).range()
+    }
+}
+
+impl<C: Changes + ?Sized> Chunks for AsChunks<'_, C> {
+    #[inline]
+    fn chunk(&self, i: usize) -> Chunk<'_> {
+        let c = self.changes.change(i);
+        Chunk {
+            addr: c.addr,
+            bytes: if self.undo { c.from } else { c.to },
+        }
+    }
+}
+
+/// The first site (its index) that does not hold the bytes `expected` gives for it. Every
+/// site is read (in order: the first that cannot be read is the error, whichever sites differ)
+/// a few at a time into a buffer on the stack: nothing is allocated (the others may be
+/// stopped).
+fn first_unlike<'e, M: Memory, C: Chunks + ?Sized>(
     mem: &M,
-    chunks: &[Chunk<'_>],
+    chunks: &C,
     expected: impl Fn(usize) -> &'e [u8],
 ) -> Result<Option<usize>, MemoryError> {
     const BUF: usize = 512;
     let mut buf = [0u8; BUF];
+    let mut first = None;
     let mut i = 0;
     while i < chunks.len() {
         // As many chunks as fit (at least one; a longer one is read in parts).
         let (mut end, mut total) = (i, 0);
-        while end < chunks.len() && (end == i || total + chunks[end].bytes.len() <= BUF) {
-            total += chunks[end].bytes.len();
+        while end < chunks.len() {
+            let n = chunks.chunk(end).bytes.len();
+            if end > i && total + n > BUF {
+                break;
+            }
+            total += n;
             end += 1;
         }
         if total <= BUF {
@@ -346,35 +380,35 @@ fn first_unlike<'e, M: Memory>(
             };
             mem.read_each(&group, &mut buf[..total])?;
             let mut at = 0;
-            for (k, c) in chunks.iter().enumerate().take(end).skip(i) {
-                let n = c.bytes.len();
+            for k in i..end {
+                let n = chunks.chunk(k).bytes.len();
                 let now = &buf[at..at + n];
-                if !crate::short::same(now, expected(k)) {
-                    return Ok(Some(k));
+                if first.is_none() && !crate::short::same(now, expected(k)) {
+                    first = Some(k);
                 }
                 at += n;
             }
         } else {
-            let (c, want) = (&chunks[i], expected(i));
+            let (c, want) = (chunks.chunk(i), expected(i));
             for off in (0..want.len()).step_by(BUF) {
                 let part = &want[off..want.len().min(off + BUF)];
                 mem.read(c.addr + off as u64, &mut buf[..part.len()])?;
-                if buf[..part.len()] != *part {
-                    return Ok(Some(i));
+                if first.is_none() && buf[..part.len()] != *part {
+                    first = Some(i);
                 }
             }
         }
         i = end;
     }
-    Ok(None)
+    Ok(first)
 }
 
 /// The first site that does not read back as its chunk, or the first that cannot be read:
 /// its address. Allocates nothing while every site reads back right.
-fn first_mismatch<W: Writer>(writer: &W, chunks: &[Chunk<'_>]) -> Option<u64> {
-    match first_unlike(writer, chunks, |k| chunks[k].bytes) {
+fn first_mismatch<W: Writer, C: Chunks + ?Sized>(writer: &W, chunks: &C) -> Option<u64> {
+    match first_unlike(writer, chunks, |k| chunks.chunk(k).bytes) {
         Ok(None) => None,
-        Ok(Some(k)) => Some(chunks[k].addr),
+        Ok(Some(k)) => Some(chunks.chunk(k).addr),
         Err(e) => Some(e.addr),
     }
 }
@@ -426,13 +460,18 @@ mod tests {
                 "site {wrong} differs at byte {byte}"
             );
         }
-        // Unreadable: the address that could not be read.
-        let past = [Chunk {
+        // Unreadable: the address that could not be read, even after a site that differs
+        // (in an earlier group).
+        let mut past = chunks.clone();
+        past.push(Chunk {
             addr: base + 3998,
             bytes: &[0; 4],
-        }];
+        });
+        let mut other = expected.clone();
+        other[0][0] ^= 1;
+        other.push(vec![0; 4]);
         assert_eq!(
-            first_unlike(&mem, &past, |_| &[0; 4]),
+            first_unlike(&mem, &past, |k| &other[k]),
             Err(MemoryError { addr: base + 4000 })
         );
     }

@@ -72,7 +72,7 @@ pub unsafe trait Rendezvous {
     /// Stops every other CPU or thread that could run the text, each at a point that is not
     /// strictly inside one of `sites` (the ranges about to be rewritten; a site's first byte is
     /// a fine place to wait). On error no one is left stopped.
-    fn stop<S: Spans + ?Sized>(&mut self, sites: &S) -> Result<(), RendezvousError>;
+    fn stop(&mut self, sites: &dyn Spans) -> Result<(), RendezvousError>;
 
     /// Lets the others run again. Each must synchronise its instruction stream before it runs
     /// patched code. Called once after every successful [`Rendezvous::stop`].
@@ -99,7 +99,7 @@ impl Alone {
 
 // SAFETY: `Alone::new`'s contract: there is no one else.
 unsafe impl Rendezvous for Alone {
-    fn stop<S: Spans + ?Sized>(&mut self, _sites: &S) -> Result<(), RendezvousError> {
+    fn stop(&mut self, _sites: &dyn Spans) -> Result<(), RendezvousError> {
         Ok(())
     }
 
@@ -108,7 +108,7 @@ unsafe impl Rendezvous for Alone {
 
 // SAFETY: forwards to `R`, which keeps the promise.
 unsafe impl<R: Rendezvous + ?Sized> Rendezvous for &mut R {
-    fn stop<S: Spans + ?Sized>(&mut self, sites: &S) -> Result<(), RendezvousError> {
+    fn stop(&mut self, sites: &dyn Spans) -> Result<(), RendezvousError> {
         (**self).stop(sites)
     }
 

@@ -311,14 +311,21 @@ impl Changes for Changed<'_> {
         self.which.len()
     }
 
+    #[inline]
     fn change(&self, i: usize) -> SiteChange<'_> {
-        let c = self
-            .sites
-            .change_of(&self.sites.slots[self.which[i] as usize]);
-        if self.back {
-            c.reversed()
+        let s = &self.sites.slots[self.which[i] as usize];
+        // One slice of both: before, then after.
+        let (at, len) = (s.bytes as usize, usize::from(s.len));
+        let (before, after) = self.sites.bytes[at..at + 2 * len].split_at(len);
+        let (from, to) = if self.back {
+            (after, before)
         } else {
-            c
+            (before, after)
+        };
+        SiteChange {
+            addr: s.addr,
+            from,
+            to,
         }
     }
 }
@@ -396,6 +403,10 @@ impl Sites {
         let undo = |s: &mut Self| {
             s.entries.truncate(start as usize);
             s.entry_addrs.truncate(start as usize);
+            if s.entries.is_empty() {
+                // The base came from a refused entry: the next one sets it again.
+                s.entry_base = None;
+            }
         };
         if self
             .slots
@@ -782,6 +793,20 @@ mod tests {
             .unwrap();
         assert_eq!(addrs(&sites), [at(3), at(4), at(7), 0x5, at(9)]);
         assert_eq!(sites.entry_addrs.len(), 5);
+
+        // A refused first site does not leave its entry's base behind.
+        let mut sites = Sites::new();
+        let wrong = Choice::Inline { entry: 99 };
+        let refused = sites.push(0x100, &[1], &[1], [(c(0), 0x5)], wrong);
+        assert_eq!(refused, Err(SitesError::Choice));
+        sites
+            .push(0x100, &[1], &[1], [(c(3), at(3))], Choice::Default)
+            .unwrap();
+        sites
+            .push(0x200, &[1], &[1], [(c(4), at(4))], Choice::Default)
+            .unwrap();
+        assert!(sites.entry_addrs.is_empty(), "in place: nothing listed");
+        assert_eq!(addrs(&sites), [at(3), at(4)]);
     }
 
     #[test]

@@ -41,6 +41,32 @@ impl Chunk<'_> {
     }
 }
 
+/// A batch of chunks in address order, read one at a time: a slice of [`Chunk`]s, or a batch
+/// of site changes read as chunks where it lies ([`crate::patch::carry_out`] writes the sites'
+/// new bytes from the plan itself, copying none). As [`Spans`], the ranges the chunks cover.
+pub trait Chunks: Spans {
+    /// The `i`-th chunk (`i < len()`); its range is `span(i)`.
+    fn chunk(&self, i: usize) -> Chunk<'_>;
+
+    /// The chunks in order.
+    fn iter(&self) -> impl Iterator<Item = Chunk<'_>> + '_ {
+        (0..self.len()).map(move |i| self.chunk(i))
+    }
+}
+
+impl Chunks for [Chunk<'_>] {
+    fn chunk(&self, i: usize) -> Chunk<'_> {
+        self[i]
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Chunks for alloc::vec::Vec<Chunk<'_>> {
+    fn chunk(&self, i: usize) -> Chunk<'_> {
+        self[i]
+    }
+}
+
 impl Spans for [Chunk<'_>] {
     fn len(&self) -> usize {
         <[Chunk<'_>]>::len(self)
@@ -118,7 +144,7 @@ pub trait Writer: Memory {
     /// Everything that must happen before the batch `chunks` is written and may fail or
     /// allocate: lookups, checks, saving the bytes to be overwritten. Changes nothing.
     /// [`Writer::write`] is then called with the same chunks. The default does nothing.
-    fn prepare(&mut self, chunks: &[Chunk<'_>]) -> Result<(), WriteError> {
+    fn prepare<C: Chunks + ?Sized>(&mut self, chunks: &C) -> Result<(), WriteError> {
         let _ = chunks;
         Ok(())
     }
@@ -135,18 +161,18 @@ pub trait Writer: Memory {
     /// Every chunk must be code (or data) of this program that the new bytes are valid for, and
     /// no other CPU or thread may execute or access it while the call runs (a
     /// [rendezvous](crate::rendezvous) stopped them, or none exists).
-    unsafe fn write(&mut self, chunks: &[Chunk<'_>]) -> Result<WriteStats, WriteError>;
+    unsafe fn write<C: Chunks + ?Sized>(&mut self, chunks: &C) -> Result<WriteStats, WriteError>;
 }
 
 /// Page size used for batching and statistics.
 pub const PAGE_SIZE: u64 = 4096;
 
 /// Number of distinct pages the chunks touch.
-pub fn pages_touched(chunks: &[Chunk<'_>]) -> usize {
+pub fn pages_touched<C: Chunks + ?Sized>(chunks: &C) -> usize {
     let mut count = 0;
     let mut last: Option<u64> = None;
     // Chunks come sorted by address from the patcher; count page transitions.
-    for c in chunks {
+    for c in chunks.iter() {
         if c.bytes.is_empty() {
             continue;
         }
@@ -195,18 +221,18 @@ impl Memory for DirectWriter<'_> {
 }
 
 impl Writer for DirectWriter<'_> {
-    fn prepare(&mut self, chunks: &[Chunk<'_>]) -> Result<(), WriteError> {
-        for c in chunks {
+    fn prepare<C: Chunks + ?Sized>(&mut self, chunks: &C) -> Result<(), WriteError> {
+        for c in chunks.iter() {
             check_within(self.writable, c.addr, c.bytes.len())
                 .map_err(|e| WriteError::unchanged(e.addr, "outside the writable text", None))?;
         }
         Ok(())
     }
 
-    unsafe fn write(&mut self, chunks: &[Chunk<'_>]) -> Result<WriteStats, WriteError> {
+    unsafe fn write<C: Chunks + ?Sized>(&mut self, chunks: &C) -> Result<WriteStats, WriteError> {
         // Check every chunk before the first byte changes: then nothing below can fail.
         self.prepare(chunks)?;
-        for c in chunks {
+        for c in chunks.iter() {
             // SAFETY: inside the ranges the creator vouched are writable; the caller's contract
             // keeps every other CPU away from them.
             unsafe {
@@ -249,8 +275,8 @@ mod tests {
                 bytes: &b[..1],
             },
         ];
-        assert_eq!(pages_touched(&chunks), 3);
-        assert_eq!(pages_touched(&[]), 0);
+        assert_eq!(pages_touched(&chunks[..]), 3);
+        assert_eq!(pages_touched(&[][..]), 0);
     }
 
     #[test]
@@ -262,16 +288,18 @@ mod tests {
         let mut w = unsafe { DirectWriter::new(core::slice::from_ref(&range)) };
         // SAFETY: the buffer is not code and no other thread sees it.
         let outside = unsafe {
-            w.write(&[
-                Chunk {
-                    addr: base,
-                    bytes: &[1, 2],
-                },
-                Chunk {
-                    addr: base + 15,
-                    bytes: &[3, 4],
-                },
-            ])
+            w.write(
+                &[
+                    Chunk {
+                        addr: base,
+                        bytes: &[1, 2],
+                    },
+                    Chunk {
+                        addr: base + 15,
+                        bytes: &[3, 4],
+                    },
+                ][..],
+            )
         }
         .unwrap_err();
         assert_eq!(
@@ -283,10 +311,12 @@ mod tests {
         assert_eq!(now, [0; 16], "nothing written");
         // SAFETY: as above.
         unsafe {
-            w.write(&[Chunk {
-                addr: base + 3,
-                bytes: &[7],
-            }])
+            w.write(
+                &[Chunk {
+                    addr: base + 3,
+                    bytes: &[7],
+                }][..],
+            )
         }
         .unwrap();
         w.read(base, &mut now).unwrap();

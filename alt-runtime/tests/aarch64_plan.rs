@@ -14,7 +14,7 @@ use alt_runtime::memory::{Memory, MemoryError};
 use alt_runtime::plan::{plan_alternatives_for, Choice, Layout, TableEntry, TableErrorKind};
 use alt_runtime::rendezvous::Alone;
 use alt_runtime::table::{AltEntry, AltFlags};
-use alt_runtime::writer::{Chunk, WriteError, WriteStats, Writer};
+use alt_runtime::writer::{Chunks, WriteError, WriteStats, Writer};
 use alt_runtime::{Capability, CapabilitySet, Errata, Features};
 
 const TEXT: u64 = 0x10_0000;
@@ -58,9 +58,9 @@ impl Memory for Sim {
 }
 
 impl Writer for Sim {
-    unsafe fn write(&mut self, chunks: &[Chunk<'_>]) -> Result<WriteStats, WriteError> {
+    unsafe fn write<C: Chunks + ?Sized>(&mut self, chunks: &C) -> Result<WriteStats, WriteError> {
         let mut m = self.0.borrow_mut();
-        for c in chunks {
+        for c in chunks.iter() {
             for (i, b) in c.bytes.iter().enumerate() {
                 m.insert(c.addr + i as u64, *b);
             }
@@ -288,7 +288,7 @@ impl Memory for NotingSim {
 }
 
 impl Writer for NotingSim {
-    unsafe fn write(&mut self, chunks: &[Chunk<'_>]) -> Result<WriteStats, WriteError> {
+    unsafe fn write<C: Chunks + ?Sized>(&mut self, chunks: &C) -> Result<WriteStats, WriteError> {
         WRITTEN.store(true, std::sync::atomic::Ordering::SeqCst);
         // SAFETY: simulated memory.
         unsafe { self.0.write(chunks) }

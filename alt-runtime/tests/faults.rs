@@ -269,7 +269,7 @@ fn text_in_a_shared_mapping_is_refused_and_the_file_is_unchanged() {
                 &[alt_runtime::writer::Chunk {
                     addr: addr + 1,
                     bytes: &[0x42],
-                }],
+                }][..],
             )
         }
         .unwrap_err();
@@ -390,9 +390,9 @@ fn load(addr: u64) -> u64 {
 
 // SAFETY: it never lets anyone write.
 unsafe impl alt_runtime::rendezvous::Rendezvous for RefuseAndLook {
-    fn stop<S: alt_runtime::rendezvous::Spans + ?Sized>(
+    fn stop(
         &mut self,
-        _sites: &S,
+        _sites: &dyn alt_runtime::rendezvous::Spans,
     ) -> Result<(), alt_runtime::rendezvous::RendezvousError> {
         self.1 = Some(load(self.0));
         Err(alt_runtime::rendezvous::RendezvousError::new("refused"))
@@ -815,9 +815,9 @@ fn text_the_writer_cannot_write_is_refused_in_prepare_before_anyone_is_stopped()
     struct Watch(usize);
     // SAFETY: it stops no one; the writer below writes a simulation only.
     unsafe impl alt_runtime::rendezvous::Rendezvous for Watch {
-        fn stop<S: alt_runtime::rendezvous::Spans + ?Sized>(
+        fn stop(
             &mut self,
-            _: &S,
+            _: &dyn alt_runtime::rendezvous::Spans,
         ) -> Result<(), alt_runtime::rendezvous::RendezvousError> {
             self.0 += 1;
             Ok(())
@@ -871,6 +871,51 @@ fn a_write_of_other_chunks_than_those_prepared_is_prepared_anew() {
     w.prepare(&as_chunks(&prepared)).unwrap();
     write_all(&mut w, &longer).unwrap();
     assert_eq!(w.sys().get(SIM + 0x10, 4), [1, 2, 3, 4]);
+}
+
+#[test]
+fn a_batch_that_fits_the_runs_but_not_their_saved_bytes_is_prepared_anew_and_rolls_back_exactly() {
+    use alt_runtime::os::linux::{Call, Fault, FaultInjector};
+    // Prepared: 1 byte on page 0, 3 on page 3; written: 3 and 1. As many chunks and bytes,
+    // all inside the runs; but page 3's run would restore its bytes from the wrong place
+    // (or past the end of the saved bytes, the other way round).
+    for (prepared, written) in [((1, 3), (3, 1)), ((3, 1), (1, 3))] {
+        let s = sim();
+        s.put(SIM + 0x10, &[0xa1, 0xa2, 0xa3]);
+        s.put(SIM + 3 * PAGE + 0x10, &[0xb1, 0xb2, 0xb3]);
+        let before = snapshot(&s);
+        // The second copy (page 3's run) fails: the first run is rolled back.
+        let inj = FaultInjector::new(s, Some((Call::Copy, 2, Fault::Fail(libc::ENOMEM))));
+        let mut w = MprotectWriter::with_sys(inj);
+        let batch = |(a, b): (usize, usize)| {
+            [
+                (SIM + 0x10, vec![7; a]),
+                (SIM + 3 * PAGE + 0x10, vec![8; b]),
+            ]
+        };
+        w.prepare(&as_chunks(&batch(prepared))).unwrap();
+        let e = write_all(&mut w, &batch(written)).unwrap_err();
+        assert!(!e.text_changed, "{e}");
+        assert!(
+            snapshot(w.sys()) == before,
+            "every byte restored ({prepared:?} then {written:?})"
+        );
+    }
+}
+
+#[test]
+fn a_batch_read_into_too_short_a_buffer_is_refused_and_writes_nothing_past_it() {
+    let src = [0xabu8; 100];
+    let r = src.as_ptr() as u64..src.as_ptr() as u64 + 100;
+    let mut buf = [0u8; 200];
+    let e = LinuxSys::default().read_each(std::slice::from_ref(&r), &mut buf[..10]);
+    assert_eq!(e, Err((r.start, libc::EINVAL)));
+    assert!(buf.iter().all(|&b| b == 0), "nothing read");
+    // The trait's own batch read (the simulation has no other).
+    let s = sim();
+    let hundred = SIM..SIM + 100;
+    let e = s.read_each(std::slice::from_ref(&hundred), &mut buf[..10]);
+    assert_eq!(e, Err((SIM, libc::EINVAL)));
 }
 
 #[test]

@@ -1369,7 +1369,7 @@ struct Refusing;
 
 // SAFETY: it never lets anyone write.
 unsafe impl Rendezvous for Refusing {
-    fn stop<S: Spans + ?Sized>(&mut self, _sites: &S) -> Result<(), RendezvousError> {
+    fn stop(&mut self, _sites: &dyn Spans) -> Result<(), RendezvousError> {
         Err(RendezvousError {
             who: Some(42),
             ..RendezvousError::new("thread did not stop")
@@ -1542,7 +1542,7 @@ struct Recording {
 
 // SAFETY: the tests that use it run their sites on their own thread only, after the write.
 unsafe impl Rendezvous for Recording {
-    fn stop<S: Spans + ?Sized>(&mut self, sites: &S) -> Result<(), RendezvousError> {
+    fn stop(&mut self, sites: &dyn Spans) -> Result<(), RendezvousError> {
         self.stops
             .push((0..sites.len()).map(|i| sites.span(i)).collect());
         Ok(())

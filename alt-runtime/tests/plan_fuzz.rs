@@ -16,7 +16,7 @@ use alt_runtime::memory::{Memory, MemoryError};
 use alt_runtime::plan::{plan_alternatives, Layout, TableEntry};
 use alt_runtime::rendezvous::Alone;
 use alt_runtime::table::{AltEntry, AltFlags};
-use alt_runtime::writer::{Chunk, WriteError, WriteStats, Writer};
+use alt_runtime::writer::{Chunks, WriteError, WriteStats, Writer};
 use alt_runtime::x86_64::insn::ends_exactly;
 use alt_runtime::{CapabilitySet, Errata, Features};
 
@@ -49,9 +49,9 @@ impl Memory for Sim {
 }
 
 impl Writer for Sim {
-    unsafe fn write(&mut self, chunks: &[Chunk<'_>]) -> Result<WriteStats, WriteError> {
+    unsafe fn write<C: Chunks + ?Sized>(&mut self, chunks: &C) -> Result<WriteStats, WriteError> {
         // All or nothing: every chunk is checked before the first is written.
-        for c in chunks {
+        for c in chunks.iter() {
             self.range(c.addr, c.bytes.len())
                 .ok_or(WriteError::unchanged(
                     c.addr,
@@ -59,7 +59,7 @@ impl Writer for Sim {
                     None,
                 ))?;
         }
-        for c in chunks {
+        for c in chunks.iter() {
             let r = self.range(c.addr, c.bytes.len()).expect("checked");
             self.bytes.borrow_mut()[r].copy_from_slice(c.bytes);
         }

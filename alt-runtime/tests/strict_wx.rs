@@ -50,10 +50,12 @@ fn text_is_patched_without_ever_becoming_writable() {
     let mut w = MprotectWriter::new().through_proc_self_mem();
     // SAFETY: the page is private to this test; no other thread runs it.
     let stats = unsafe {
-        w.write(&[Chunk {
-            addr: addr + 1,
-            bytes: &[42],
-        }])
+        w.write(
+            &[Chunk {
+                addr: addr + 1,
+                bytes: &[42],
+            }][..],
+        )
     }
     .unwrap();
     assert_eq!(stats.protection_changes, 0, "no mprotect at all");

@@ -15,7 +15,7 @@ use alloc::vec::Vec;
 use core::ops::Range;
 
 use alt::memory::{Memory, MemoryError};
-use alt::writer::{Chunk, WriteError, WriteStats, Writer};
+use alt::writer::{Chunks, WriteError, WriteStats, Writer};
 
 use crate::boot::{Table, BOOT_PD, BOOT_PDPT};
 
@@ -240,7 +240,10 @@ impl Memory for AliasWriter {
 }
 
 impl Writer for AliasWriter {
-    unsafe fn write(&mut self, chunks: &[Chunk<'_>]) -> Result<WriteStats, WriteError> {
+    unsafe fn write<C: Chunks + ?Sized>(
+        &mut self,
+        chunks: &C,
+    ) -> Result<WriteStats, WriteError> {
         // Check everything before the first byte changes.
         let mut pages: Vec<u64> = Vec::new();
         for c in chunks.iter().filter(|c| !c.bytes.is_empty()) {
@@ -269,7 +272,7 @@ impl Writer for AliasWriter {
             invlpg(ALIAS_BASE + slot as u64 * PAGE);
             self.mappings += 1;
         }
-        for c in chunks {
+        for c in chunks.iter() {
             for (i, &b) in c.bytes.iter().enumerate() {
                 let addr = c.addr + i as u64;
                 let slot = pages.binary_search(&(addr / PAGE)).expect("page mapped") as u64;

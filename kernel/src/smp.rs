@@ -375,7 +375,7 @@ impl Rendezvous {
 // and runs no patched code until `release` raises `Phase::Patched`; each AP then serialises
 // (`cpuid`) before it runs the workload again.
 unsafe impl alt::rendezvous::Rendezvous for Rendezvous {
-    fn stop<S: alt::rendezvous::Spans + ?Sized>(&mut self, _sites: &S) -> Result<(), RendezvousError> {
+    fn stop(&mut self, _sites: &dyn alt::rendezvous::Spans) -> Result<(), RendezvousError> {
         enter_rendezvous(self.aps);
         Ok(())
     }

@@ -72,7 +72,7 @@ impl Threads {
 // is the only thread; the guard's release makes every thread, the caller included, serialise
 // before it runs on.
 unsafe impl Rendezvous for Threads {
-    fn stop<S: Spans + ?Sized>(&mut self, sites: &S) -> Result<(), RendezvousError> {
+    fn stop(&mut self, sites: &dyn Spans) -> Result<(), RendezvousError> {
         // Dropping a guard left by a caller that did not release is the release.
         self.stopped = None;
         let start = Instant::now();
@@ -197,7 +197,7 @@ mod tests {
         if pid == 0 {
             let mut t = Threads::new(StopOptions::new());
             let site = 0..1;
-            let ok = t.stop(core::slice::from_ref(&site)).is_ok();
+            let ok = t.stop(&[site]).is_ok();
             t.release();
             let last = t.last().unwrap_or_default();
             let code = if ok

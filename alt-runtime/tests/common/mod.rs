@@ -127,7 +127,7 @@ impl Buf {
         assert!(addr >= self.base && addr + bytes.len() as u64 <= self.base + NONE);
         if self.sealed && addr < self.base + DATA {
             // SAFETY: the buffer is the test's own; its code runs only on the test's thread.
-            unsafe { writer().write(&[Chunk { addr, bytes }]) }
+            unsafe { writer().write(&[Chunk { addr, bytes }][..]) }
                 .expect("test write through the writer");
         } else {
             // SAFETY: the range is inside the buffer and, here, mapped writable.

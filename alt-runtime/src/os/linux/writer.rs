@@ -38,7 +38,7 @@ use core::ops::Range;
 use super::maps::Mapping;
 use super::sys::{Errno, LinuxSys, TextSys};
 use crate::memory::{Memory, MemoryError, Spans};
-use crate::writer::{pages_touched, Chunk, WriteError, WriteStats, Writer, PAGE_SIZE};
+use crate::writer::{pages_touched, Chunks, WriteError, WriteStats, Writer, PAGE_SIZE};
 
 /// Writes the process's own text with `mprotect` (or `/proc/self/mem`).
 #[derive(Debug, Default)]
@@ -78,21 +78,32 @@ struct Prepared {
 }
 
 impl Prepared {
-    /// Whether `chunks` is a batch these runs were prepared for: as many chunks, and every byte
-    /// of each inside a run that lists it (so the protections cover every byte written, and
-    /// `originals` has room for them all). Each byte lies in at most one run, so the bytes the
-    /// runs cover add up to the chunks' total exactly when every byte is covered.
-    fn fits(&self, chunks: &[Chunk<'_>]) -> bool {
+    /// Whether `chunks` is a batch these runs were prepared for: as many chunks; every byte of
+    /// each inside a run that lists it (so the protections cover every byte written, and
+    /// `originals` has room for them all: each byte lies in at most one run, so the bytes the
+    /// runs cover add up to the chunks' total exactly when every byte is covered); and each
+    /// run's first chunk starting in `originals` where its saved bytes start (a run restores
+    /// its chunks' bytes from there on).
+    fn fits<C: Chunks + ?Sized>(&self, chunks: &C) -> bool {
         if self.chunks != chunks.len() {
             return false;
         }
         let total: usize = chunks.iter().map(|c| c.bytes.len()).sum();
-        let mut covered = 0usize;
+        let (mut covered, mut k, mut offset) = (0usize, 0, 0usize);
         for r in &self.runs {
-            let Some(listed) = chunks.get(r.chunks.clone()) else {
+            if r.chunks.end > chunks.len() {
                 return false;
-            };
-            for c in listed {
+            }
+            // The saved bytes of the chunks before this run's first (runs list their chunks in
+            // order: a run's first is at or after the one before's).
+            while k < r.chunks.start {
+                offset += chunks.chunk(k).bytes.len();
+                k += 1;
+            }
+            if r.originals_at != offset {
+                return false;
+            }
+            for c in r.chunks.clone().map(|i| chunks.chunk(i)) {
                 let (start, end) = (c.addr.max(r.range.start), c.range().end.min(r.range.end));
                 covered += end.saturating_sub(start) as usize;
             }
@@ -161,7 +172,7 @@ impl<S: TextSys> MprotectWriter<S> {
     }
 
     /// Whether every chunk lies inside one of the [known](Self::loader_mappings) mappings.
-    fn known_cover(&self, chunks: &[Chunk<'_>]) -> bool {
+    fn known_cover<C: Chunks + ?Sized>(&self, chunks: &C) -> bool {
         !self.known.is_empty()
             && chunks.iter().all(|c| {
                 let end = c.addr.saturating_add(c.bytes.len() as u64);
@@ -201,7 +212,7 @@ impl<S: TextSys> MprotectWriter<S> {
         &self.sys
     }
 
-    fn prepare_batch(&self, chunks: &[Chunk<'_>]) -> Result<Prepared, WriteError> {
+    fn prepare_batch<C: Chunks + ?Sized>(&self, chunks: &C) -> Result<Prepared, WriteError> {
         let read;
         let maps: &[Mapping] = if self.known_cover(chunks) {
             &self.known
@@ -271,16 +282,16 @@ impl<S: TextSys> MprotectWriter<S> {
 
     /// Writes the parts of the run's chunks that fall inside it: the new bytes, or the saved
     /// originals.
-    fn copy_run(
+    fn copy_run<C: Chunks + ?Sized>(
         &self,
         p: &Prepared,
         run: &Run,
-        chunks: &[Chunk<'_>],
+        chunks: &C,
         originals: bool,
         path: Path,
     ) -> Result<(), (u64, Errno)> {
         let mut at = run.originals_at;
-        for c in &chunks[run.chunks.clone()] {
+        for c in run.chunks.clone().map(|i| chunks.chunk(i)) {
             let offset = at;
             at += c.bytes.len();
             let start = c.addr.max(run.range.start);
@@ -316,11 +327,11 @@ impl<S: TextSys> MprotectWriter<S> {
     /// Writes one run (new bytes or originals), by `path` or, if the kernel refuses to make it
     /// writable, through `/proc/self/mem`. Returns the path used and the protection changes
     /// made; an error says whether the run's bytes may have changed.
-    fn write_run(
+    fn write_run<C: Chunks + ?Sized>(
         &self,
         p: &Prepared,
         run: &Run,
-        chunks: &[Chunk<'_>],
+        chunks: &C,
         originals: bool,
         path: Path,
     ) -> Result<(Path, usize), (WriteError, bool)> {
@@ -359,7 +370,11 @@ impl<S: TextSys> MprotectWriter<S> {
     }
 
     /// Writes every run of a prepared batch; returns the protection changes made.
-    fn write_prepared(&self, p: &mut Prepared, chunks: &[Chunk<'_>]) -> Result<usize, WriteError> {
+    fn write_prepared<C: Chunks + ?Sized>(
+        &self,
+        p: &mut Prepared,
+        chunks: &C,
+    ) -> Result<usize, WriteError> {
         let mut path = if self.proc_mem {
             Path::Mem
         } else {
@@ -387,7 +402,7 @@ impl<S: TextSys> MprotectWriter<S> {
     }
 
     /// Restores the runs `0..upto` from the saved originals, by the path that wrote each.
-    fn roll_back(&self, p: &Prepared, chunks: &[Chunk<'_>], upto: usize) -> bool {
+    fn roll_back<C: Chunks + ?Sized>(&self, p: &Prepared, chunks: &C, upto: usize) -> bool {
         let mut ok = true;
         for i in (0..upto).rev() {
             let path = if p.via_mem[i] {
@@ -455,13 +470,13 @@ impl<S: TextSys> Memory for MprotectWriter<S> {
 }
 
 impl<S: TextSys> Writer for MprotectWriter<S> {
-    fn prepare(&mut self, chunks: &[Chunk<'_>]) -> Result<(), WriteError> {
+    fn prepare<C: Chunks + ?Sized>(&mut self, chunks: &C) -> Result<(), WriteError> {
         self.prepared = None;
         self.prepared = Some(self.prepare_batch(chunks)?);
         Ok(())
     }
 
-    unsafe fn write(&mut self, chunks: &[Chunk<'_>]) -> Result<WriteStats, WriteError> {
+    unsafe fn write<C: Chunks + ?Sized>(&mut self, chunks: &C) -> Result<WriteStats, WriteError> {
         let mut p = match self.prepared.take() {
             Some(p) if p.fits(chunks) => p,
             _ => self.prepare_batch(chunks)?,
