@@ -38,7 +38,7 @@ use core::ops::Range;
 use super::maps::Mapping;
 use super::sys::{Errno, LinuxSys, TextSys};
 use crate::memory::{Memory, MemoryError, Spans};
-use crate::writer::{pages_touched, Chunks, WriteError, WriteStats, Writer, PAGE_SIZE};
+use crate::writer::{Chunks, WriteError, WriteStats, Writer, PAGE_SIZE};
 
 /// Writes the process's own text with `mprotect` (or `/proc/self/mem`).
 #[derive(Debug, Default)]
@@ -88,7 +88,6 @@ impl Prepared {
         if self.chunks != chunks.len() {
             return false;
         }
-        let total: usize = chunks.iter().map(|c| c.bytes.len()).sum();
         let (mut covered, mut k, mut offset) = (0usize, 0, 0usize);
         for r in &self.runs {
             if r.chunks.end > chunks.len() {
@@ -108,7 +107,19 @@ impl Prepared {
                 covered += end.saturating_sub(start) as usize;
             }
         }
-        covered == total && total == self.originals.len()
+        // The rest of the chunks: then `offset` is their total.
+        while k < chunks.len() {
+            offset += chunks.chunk(k).bytes.len();
+            k += 1;
+        }
+        covered == offset && offset == self.originals.len()
+    }
+
+    /// Pages whose contents the batch changes: those of the runs (a run is made of the pages
+    /// its chunks touch).
+    fn pages(&self) -> usize {
+        let bytes: u64 = self.runs.iter().map(|r| r.range.end - r.range.start).sum();
+        (bytes / PAGE_SIZE) as usize
     }
 }
 
@@ -490,12 +501,13 @@ impl<S: TextSys> Writer for MprotectWriter<S> {
             return Err(WriteError::unchanged(e.addr, reason, None));
         }
         let result = self.write_prepared(&mut p, chunks);
+        let pages = p.pages();
         // Kept: writing the same chunks again (such as the originals, to undo) needs no
         // preparing, so it allocates nothing.
         self.prepared = Some(p);
         let protection_changes = result?;
         Ok(WriteStats {
-            pages: pages_touched(chunks),
+            pages,
             protection_changes,
         })
     }
