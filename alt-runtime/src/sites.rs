@@ -462,6 +462,7 @@ impl Sites {
     }
 
     /// Notes where the entry with table index `index`, about to be added, lives.
+    #[inline]
     fn note_entry_addr(&mut self, index: u32, addr: u64) {
         let at = u64::from(index).wrapping_mul(ALT_ENTRY_SIZE as u64);
         if self.entry_addrs.is_empty() {
