@@ -2,10 +2,13 @@
 //!
 //! A [`Writer`] receives every change of one patching pass at once, so it can batch pages and
 //! keep text writable for as short a time as possible. The pass is in two steps:
-//! [`Writer::prepare`] does everything that can fail or allocate (lookups, checks, saving the
+//! [`Writer::prepare`] does everything that can fail or allocate (lookups, checks, room for the
 //! bytes it will overwrite) while the rest of the system still runs; [`Writer::write`] then
 //! writes, possibly while every other CPU or thread is stopped at a rendezvous, so it must not
 //! allocate or take a lock another thread may hold.
+//!
+//! A batch is any [`Chunks`]: a slice of [`Chunk`]s, or a view that reads each chunk where it
+//! lies (the driver passes its plan's sites, copying none).
 //!
 //! **All or nothing.** When `write` fails, it first restores every byte it changed; the error
 //! says whether that succeeded ([`WriteError::text_changed`]). Synchronising the instruction
@@ -142,7 +145,7 @@ impl std::error::Error for WriteError {}
 /// Makes text writable, writes, restores.
 pub trait Writer: Memory {
     /// Everything that must happen before the batch `chunks` is written and may fail or
-    /// allocate: lookups, checks, saving the bytes to be overwritten. Changes nothing.
+    /// allocate: lookups, checks, room for the bytes to be overwritten. Changes nothing.
     /// [`Writer::write`] is then called with the same chunks. The default does nothing.
     fn prepare<C: Chunks + ?Sized>(&mut self, chunks: &C) -> Result<(), WriteError> {
         let _ = chunks;
