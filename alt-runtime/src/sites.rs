@@ -295,25 +295,37 @@ impl Changes for [SiteChange<'_>] {
 #[derive(Clone, Debug)]
 pub struct Changed<'a> {
     sites: &'a Sites,
-    which: Vec<u32>,
+    /// The indices of the sites, or none kept when every site changes (a program patched for a
+    /// CPU that has what its sites want: nothing is kept per site then).
+    which: Option<Vec<u32>>,
     back: bool,
 }
 
 impl Changed<'_> {
     /// Keeps only the changes for which `keep` (one flag per change, in order) is true.
     pub fn keep(&mut self, keep: &[bool]) {
-        keep_flagged(&mut self.which, keep);
+        let which = self
+            .which
+            .get_or_insert_with(|| (0..self.sites.slots.len() as u32).collect());
+        keep_flagged(which, keep);
     }
 }
 
 impl Changes for Changed<'_> {
     fn len(&self) -> usize {
-        self.which.len()
+        match &self.which {
+            Some(which) => which.len(),
+            None => self.sites.slots.len(),
+        }
     }
 
     #[inline]
     fn change(&self, i: usize) -> SiteChange<'_> {
-        let s = &self.sites.slots[self.which[i] as usize];
+        let at = match &self.which {
+            Some(which) => which[i] as usize,
+            None => i,
+        };
+        let s = &self.sites.slots[at];
         // One slice of both: before, then after.
         let (at, len) = (s.bytes as usize, usize::from(s.len));
         let (before, after) = self.sites.bytes[at..at + 2 * len].split_at(len);
@@ -629,16 +641,19 @@ impl Sites {
     /// The sites whose bytes change, as a batch: forward, or `back` from what each holds to
     /// what it held.
     pub fn changed(&self, back: bool) -> Changed<'_> {
-        let which = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| {
-                let c = self.change_of(s);
-                !crate::short::same(c.from, c.to)
-            })
-            .map(|(i, _)| i as u32)
-            .collect();
+        let changes = |s: &Slot| {
+            let c = self.change_of(s);
+            !crate::short::same(c.from, c.to)
+        };
+        // Listed only if some site keeps its bytes (more than 4 GiB of sites cannot be).
+        let which = (!self.slots.iter().all(changes)).then(|| {
+            self.slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| changes(s))
+                .map(|(i, _)| i as u32)
+                .collect()
+        });
         Changed {
             sites: self,
             which,
@@ -733,6 +748,7 @@ impl FromIterator<SiteReport> for Sites {
 mod tests {
     use super::*;
     use crate::capability::Features;
+    use alloc::vec;
 
     fn cap(f: Features) -> Capability {
         Capability::feature(f).expect("a single feature")
@@ -808,6 +824,50 @@ mod tests {
             .unwrap();
         assert!(sites.entry_addrs.is_empty(), "in place: nothing listed");
         assert_eq!(addrs(&sites), [at(3), at(4)]);
+    }
+
+    #[test]
+    fn the_changed_sites_are_a_batch_forward_and_back_and_keep_what_is_asked() {
+        let c = candidate(0, Features::POPCNT, false, false);
+        let site = |s: &mut Sites, addr: u64, after: u8| {
+            s.push(addr, &[1, 2], &[1, after], [(c, 0)], Choice::Default)
+                .unwrap();
+        };
+        let list = |b: &Changed<'_>| -> Vec<(u64, Vec<u8>, Vec<u8>)> {
+            (0..b.len())
+                .map(|i| b.change(i))
+                .map(|c| (c.addr, c.from.to_vec(), c.to.to_vec()))
+                .collect()
+        };
+        // Every site changes: nothing listed.
+        let mut all = Sites::new();
+        site(&mut all, 0x10, 7);
+        site(&mut all, 0x20, 8);
+        let mut forward = all.changed(false);
+        assert!(forward.which.is_none());
+        assert_eq!(
+            list(&forward),
+            [
+                (0x10, vec![1, 2], vec![1, 7]),
+                (0x20, vec![1, 2], vec![1, 8])
+            ]
+        );
+        assert_eq!(list(&all.changed(true))[1], (0x20, vec![1, 8], vec![1, 2]));
+        forward.keep(&[false, true]);
+        assert_eq!(list(&forward), [(0x20, vec![1, 2], vec![1, 8])]);
+        // One keeps its bytes: the others are listed.
+        let mut some = Sites::new();
+        site(&mut some, 0x10, 7);
+        site(&mut some, 0x20, 2);
+        site(&mut some, 0x30, 9);
+        let back = some.changed(true);
+        assert_eq!(
+            list(&back),
+            [
+                (0x10, vec![1, 7], vec![1, 2]),
+                (0x30, vec![1, 9], vec![1, 2])
+            ]
+        );
     }
 
     #[test]
