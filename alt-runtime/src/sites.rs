@@ -645,7 +645,7 @@ impl Sites {
             let c = self.change_of(s);
             !crate::short::same(c.from, c.to)
         };
-        // Listed only if some site keeps its bytes (more than 4 GiB of sites cannot be).
+        // Listed only if some site keeps its bytes (`push` keeps the indices within 32 bits).
         let which = (!self.slots.iter().all(changes)).then(|| {
             self.slots
                 .iter()
