@@ -93,17 +93,19 @@ pub struct NameEntry {
     pub name: i32,
 }
 
-/// The bounds of this program's alt sections.
+/// The bounds of this program's alt sections, as the linker defines them ([`sections`] is the
+/// only way to get one: its methods turn the bounds into `'static` slices, which is sound only
+/// for bounds the linker gave).
 #[derive(Clone, Copy, Debug)]
 pub struct Sections {
     /// `alt_instr`.
-    pub alt_instr: (usize, usize),
+    alt_instr: (usize, usize),
     /// `alt_replacement`.
-    pub alt_replacement: (usize, usize),
+    alt_replacement: (usize, usize),
     /// `alt_site_names`.
-    pub site_names: (usize, usize),
+    site_names: (usize, usize),
     /// `alt_entry_names`.
-    pub entry_names: (usize, usize),
+    entry_names: (usize, usize),
 }
 
 /// The bounds of this program's alt sections, with placeholders that keep them defined.
@@ -184,6 +186,11 @@ impl Sections {
     pub fn entry_names(&self) -> &'static [NameEntry] {
         // SAFETY: as for alt_instr, with 8-byte entries.
         unsafe { slice_between(self.entry_names) }
+    }
+
+    /// The address range of `alt_instr`, the table of alternative entries.
+    pub fn alt_instr(&self) -> core::ops::Range<u64> {
+        self.alt_instr.0 as u64..self.alt_instr.1 as u64
     }
 
     /// The replacement section's address range.

@@ -134,7 +134,7 @@ fn at_load() -> LoadOutcome {
         Err(e) => LoadOutcome::Failed(e),
     };
     if mode == Mode::Report {
-        let object = crate::os::linux::object_name_containing(s.alt_instr.0 as u64);
+        let object = crate::os::linux::object_name_containing(s.alt_instr().start);
         std::eprintln!("alt: {object}: {outcome}");
     }
     outcome

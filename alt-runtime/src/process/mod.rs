@@ -144,7 +144,7 @@ fn object_text(addr: u64) -> (Vec<Range<u64>>, Range<u64>) {
 
 /// The layout of this program's text and replacement section.
 pub fn process_text() -> (Vec<Range<u64>>, Range<u64>) {
-    object_text(sections().alt_instr.0 as u64)
+    object_text(sections().alt_instr().start)
 }
 
 /// How [`patch_self_with`] patches: which capabilities (probed, or given), whether other threads
@@ -325,7 +325,7 @@ fn patch_now(options: &PatchOptions, at_load: bool) -> Result<Arc<Report>, Proce
     }
     let started = Instant::now();
     let s = sections();
-    let segments = LoadSegments::containing(s.alt_instr.0 as u64);
+    let segments = LoadSegments::containing(s.alt_instr().start);
     let (text, replacements) = (segments.executable(), s.replacements());
     let mut readable = text.clone();
     readable.push(replacements.clone());
