@@ -84,17 +84,18 @@ fn revert_clean(p: Patched) {
 }
 
 /// The faults worth injecting into each kind of call. A lying `mprotect` would make the copy
-/// fault, and a lying read would make the writer restore zeros: neither is an error the
-/// kernel can report, so neither is injected.
+/// fault, and a lying read would make the writer restore zeros: `TextSys` promises neither
+/// happens, and the injector keeps the promise by failing them with `EIO` instead (injected
+/// here: they must be survived as any failure).
 fn faults(call: Call) -> &'static [Fault] {
     const REFUSED: Fault = Fault::Fail(libc::EACCES);
     const OTHER: Fault = Fault::Fail(libc::ENOMEM);
     const HALF: Fault = Fault::Partial(libc::EIO);
     match call {
         Call::Maps => &[OTHER, Fault::Lie],
-        Call::Protect => &[REFUSED, OTHER],
+        Call::Protect => &[REFUSED, OTHER, Fault::Lie],
         Call::Copy | Call::MemWrite => &[OTHER, HALF, Fault::Lie],
-        Call::Read => &[Fault::Fail(libc::EFAULT)],
+        Call::Read => &[Fault::Fail(libc::EFAULT), Fault::Lie],
     }
 }
 
@@ -552,12 +553,13 @@ impl Sim {
     }
 }
 
-impl TextSys for Sim {
+// SAFETY: a simulation: its maps, protections and reads are its own pages' and say what it did.
+unsafe impl TextSys for Sim {
     fn maps(&self) -> Result<Vec<Mapping>, alt_runtime::writer::WriteError> {
         Ok(self.mappings.clone())
     }
 
-    fn protect(&self, range: std::ops::Range<u64>, prot: i32) -> Result<(), i32> {
+    unsafe fn protect(&self, range: std::ops::Range<u64>, prot: i32) -> Result<(), i32> {
         assert_eq!(range.start % PAGE, 0);
         assert_eq!(range.end % PAGE, 0);
         for page in (range.start - SIM) / PAGE..(range.end - SIM) / PAGE {
@@ -584,7 +586,7 @@ impl TextSys for Sim {
         Ok(())
     }
 
-    fn mem_write(&self, addr: u64, bytes: &[u8]) -> Result<(), i32> {
+    unsafe fn mem_write(&self, addr: u64, bytes: &[u8]) -> Result<(), i32> {
         self.put(addr, bytes);
         self.made
             .borrow_mut()
@@ -1004,23 +1006,26 @@ struct FailingFrom {
     calls: std::cell::Cell<usize>,
 }
 
-impl TextSys for FailingFrom {
+// SAFETY: the simulation's answers, or a failure.
+unsafe impl TextSys for FailingFrom {
     fn maps(&self) -> Result<Vec<Mapping>, alt_runtime::writer::WriteError> {
         self.inner.maps()
     }
-    fn protect(&self, range: std::ops::Range<u64>, prot: i32) -> Result<(), i32> {
-        self.inner.protect(range, prot)
+    unsafe fn protect(&self, range: std::ops::Range<u64>, prot: i32) -> Result<(), i32> {
+        // SAFETY: a simulation; the caller's contract passes through.
+        unsafe { self.inner.protect(range, prot) }
     }
     unsafe fn copy(&self, addr: u64, bytes: &[u8]) -> Result<(), i32> {
         // SAFETY: a simulation; the caller's contract passes through.
         unsafe { self.inner.copy(addr, bytes) }
     }
-    fn mem_write(&self, addr: u64, bytes: &[u8]) -> Result<(), i32> {
+    unsafe fn mem_write(&self, addr: u64, bytes: &[u8]) -> Result<(), i32> {
         self.calls.set(self.calls.get() + 1);
         if self.calls.get() >= self.from {
             return Err(libc::EIO);
         }
-        self.inner.mem_write(addr, bytes)
+        // SAFETY: a simulation; the caller's contract passes through.
+        unsafe { self.inner.mem_write(addr, bytes) }
     }
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), i32> {
         self.inner.read(addr, buf)

@@ -18,12 +18,27 @@ use crate::writer::WriteError;
 pub type Errno = i32;
 
 /// What the hosted writer asks of the operating system.
-pub trait TextSys {
+///
+/// # Safety
+///
+/// The writer relies on the answers to write into live code: an implementation promises that
+/// every mapping [`TextSys::maps`] lists exists with the protection it says (it may list
+/// fewer: the writer then refuses the pages it does not find), that [`TextSys::protect`]
+/// returns `Ok` only when the range has the protection asked for, and that [`TextSys::read`]
+/// (and [`TextSys::read_each`]) return `Ok` only with the bytes that are there: the writer
+/// restores what it read.
+pub unsafe trait TextSys {
     /// The process's mappings (`/proc/self/maps`).
     fn maps(&self) -> Result<Vec<Mapping>, WriteError>;
 
     /// Sets the protection of the page-aligned `range` (`mprotect`).
-    fn protect(&self, range: Range<u64>, prot: i32) -> Result<(), Errno>;
+    ///
+    /// # Safety
+    ///
+    /// Nothing the program does while the range has `prot` may rely on another protection
+    /// (no reference into it is used in a way `prot` forbids, no code in it runs if `prot`
+    /// lacks execute), and the caller restores what the program relies on afterwards.
+    unsafe fn protect(&self, range: Range<u64>, prot: i32) -> Result<(), Errno>;
 
     /// Copies `bytes` to `addr` in this address space.
     ///
@@ -34,7 +49,13 @@ pub trait TextSys {
     unsafe fn copy(&self, addr: u64, bytes: &[u8]) -> Result<(), Errno>;
 
     /// Writes `bytes` at `addr` through `/proc/self/mem`, whatever the pages' protection.
-    fn mem_write(&self, addr: u64, bytes: &[u8]) -> Result<(), Errno>;
+    ///
+    /// # Safety
+    ///
+    /// As for [`TextSys::copy`], whatever the protection: the bytes are valid for
+    /// `addr..addr + bytes.len()`, and no other thread executes, reads or writes it (nor
+    /// holds a reference into it) while the call runs.
+    unsafe fn mem_write(&self, addr: u64, bytes: &[u8]) -> Result<(), Errno>;
 
     /// Reads `buf.len()` bytes at `addr`; an unmapped or unreadable byte is an error, never a
     /// fault.
@@ -93,15 +114,16 @@ impl LinuxSys {
     }
 }
 
-impl TextSys for LinuxSys {
+// SAFETY: the maps are the kernel's (`/proc/self/maps`), `mprotect` and `process_vm_readv`
+// report what they did.
+unsafe impl TextSys for LinuxSys {
     fn maps(&self) -> Result<Vec<Mapping>, WriteError> {
         read_maps()
     }
 
-    fn protect(&self, range: Range<u64>, prot: i32) -> Result<(), Errno> {
-        let len = (range.end - range.start) as usize;
-        // SAFETY: changing the protection of pages is memory-safe for this process as long as
-        // no access relies on the old protection; callers pass text pages they restore after.
+    unsafe fn protect(&self, range: Range<u64>, prot: i32) -> Result<(), Errno> {
+        let len = range.end.checked_sub(range.start).ok_or(libc::EINVAL)? as usize;
+        // SAFETY: the caller's contract: no access relies on another protection meanwhile.
         let rc = unsafe { libc::mprotect(range.start as usize as *mut libc::c_void, len, prot) };
         if rc == 0 {
             Ok(())
@@ -116,7 +138,7 @@ impl TextSys for LinuxSys {
         Ok(())
     }
 
-    fn mem_write(&self, addr: u64, bytes: &[u8]) -> Result<(), Errno> {
+    unsafe fn mem_write(&self, addr: u64, bytes: &[u8]) -> Result<(), Errno> {
         use std::os::unix::fs::FileExt;
         let mem = self.mem()?;
         mem.write_all_at(bytes, addr)
@@ -227,8 +249,10 @@ pub enum Fault {
     /// The call does half its work, then fails with this error number (copies and writes: the
     /// first half of the bytes; other calls as `Fail`).
     Partial(Errno),
-    /// The call reports success but does nothing (a copy or write that silently did not
-    /// happen; a read that returns zeros).
+    /// The call reports success but does nothing: a copy or write that silently did not
+    /// happen, or maps that list nothing. (A lying `protect` or read would break
+    /// [`TextSys`]'s promise, on which the writer writes live code: injected into those, `Lie`
+    /// fails with `EIO` instead.)
     Lie,
 }
 
@@ -279,7 +303,10 @@ impl<S: TextSys> FaultInjector<S> {
     }
 }
 
-impl<S: TextSys> TextSys for FaultInjector<S> {
+// SAFETY: every call goes to `inner`, which keeps the promise, or fails, or (copies, writes)
+// does nothing while saying it did, which the promise allows; maps that list nothing list no
+// wrong mapping; no `protect` or read says it did what it did not.
+unsafe impl<S: TextSys> TextSys for FaultInjector<S> {
     fn maps(&self) -> Result<Vec<Mapping>, WriteError> {
         match self.tick(Call::Maps) {
             None => self.inner.maps(),
@@ -292,10 +319,11 @@ impl<S: TextSys> TextSys for FaultInjector<S> {
         }
     }
 
-    fn protect(&self, range: Range<u64>, prot: i32) -> Result<(), Errno> {
+    unsafe fn protect(&self, range: Range<u64>, prot: i32) -> Result<(), Errno> {
         match self.tick(Call::Protect) {
-            None => self.inner.protect(range, prot),
-            Some(Fault::Lie) => Ok(()),
+            // SAFETY: the caller's contract, passed on.
+            None => unsafe { self.inner.protect(range, prot) },
+            Some(Fault::Lie) => Err(libc::EIO),
             Some(Fault::Fail(e) | Fault::Partial(e)) => Err(e),
         }
     }
@@ -314,13 +342,15 @@ impl<S: TextSys> TextSys for FaultInjector<S> {
         }
     }
 
-    fn mem_write(&self, addr: u64, bytes: &[u8]) -> Result<(), Errno> {
+    unsafe fn mem_write(&self, addr: u64, bytes: &[u8]) -> Result<(), Errno> {
         match self.tick(Call::MemWrite) {
-            None => self.inner.mem_write(addr, bytes),
+            // SAFETY: the caller's contract, passed on.
+            None => unsafe { self.inner.mem_write(addr, bytes) },
             Some(Fault::Lie) => Ok(()),
             Some(Fault::Fail(e)) => Err(e),
             Some(Fault::Partial(e)) => {
-                let _ = self.inner.mem_write(addr, &bytes[..bytes.len() / 2]);
+                // SAFETY: as above, for the first half of the range.
+                let _ = unsafe { self.inner.mem_write(addr, &bytes[..bytes.len() / 2]) };
                 Err(e)
             }
         }
@@ -329,10 +359,7 @@ impl<S: TextSys> TextSys for FaultInjector<S> {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
         match self.tick(Call::Read) {
             None => self.inner.read(addr, buf),
-            Some(Fault::Lie) => {
-                buf.fill(0);
-                Ok(())
-            }
+            Some(Fault::Lie) => Err(libc::EIO),
             Some(Fault::Fail(e) | Fault::Partial(e)) => Err(e),
         }
     }

@@ -293,7 +293,13 @@ impl<S: TextSys> MprotectWriter<S> {
 
     /// Writes the parts of the run's chunks that fall inside it: the new bytes, or the saved
     /// originals.
-    fn copy_run<C: Chunks + ?Sized>(
+    ///
+    /// # Safety
+    ///
+    /// As [`Writer::write`]'s: the chunks are code (or data) of this program that their bytes
+    /// (and the saved originals) are valid for, prepared as `p`, and no other thread executes or
+    /// accesses them meanwhile.
+    unsafe fn copy_run<C: Chunks + ?Sized>(
         &self,
         p: &Prepared,
         run: &Run,
@@ -318,9 +324,10 @@ impl<S: TextSys> MprotectWriter<S> {
                 &c.bytes[from..from + n]
             };
             let r = match path {
-                Path::Mem => self.sys.mem_write(start, bytes),
-                // SAFETY: the run was just made writable; the contract of `Writer::write` keeps
-                // other threads out of the text while the batch is written.
+                // SAFETY: this function's contract: the bytes are valid there, no one else
+                // touches them meanwhile.
+                Path::Mem => unsafe { self.sys.mem_write(start, bytes) },
+                // SAFETY: as above; and the run was just made writable.
                 Path::Protect => unsafe { self.sys.copy(start, bytes) },
             };
             r.map_err(|e| (start, e))?;
@@ -330,15 +337,22 @@ impl<S: TextSys> MprotectWriter<S> {
 
     /// Restores a run's original protection, trying twice.
     fn restore_protection(&self, run: &Run) -> Result<(), Errno> {
-        self.sys
-            .protect(run.range.clone(), run.prot)
-            .or_else(|_| self.sys.protect(run.range.clone(), run.prot))
+        // SAFETY: the protection the maps (or the loader) gave these pages: what the program
+        // relies on.
+        let again = || unsafe { self.sys.protect(run.range.clone(), run.prot) };
+        again().or_else(|_| again())
     }
 
     /// Writes one run (new bytes or originals), by `path` or, if the kernel refuses to make it
     /// writable, through `/proc/self/mem`. Returns the path used and the protection changes
     /// made; an error says whether the run's bytes may have changed.
-    fn write_run<C: Chunks + ?Sized>(
+    ///
+    /// # Safety
+    ///
+    /// As [`Writer::write`]'s: the chunks are code (or data) of this program that their bytes
+    /// (and the saved originals) are valid for, prepared as `p`, and no other thread executes or
+    /// accesses them meanwhile.
+    unsafe fn write_run<C: Chunks + ?Sized>(
         &self,
         p: &Prepared,
         run: &Run,
@@ -348,12 +362,15 @@ impl<S: TextSys> MprotectWriter<S> {
     ) -> Result<(Path, usize), (WriteError, bool)> {
         let fail = |addr, reason, e| WriteError::unchanged(addr, reason, Some(e));
         if path == Path::Protect {
-            match self
-                .sys
-                .protect(run.range.clone(), run.prot | libc::PROT_WRITE)
-            {
+            // SAFETY: the pages keep their protection and gain write (code on them may run);
+            // `restore_protection` gives them back their own right after the copy.
+            match unsafe {
+                self.sys
+                    .protect(run.range.clone(), run.prot | libc::PROT_WRITE)
+            } {
                 Ok(()) => {
-                    let copied = self.copy_run(p, run, chunks, originals, Path::Protect);
+                    // SAFETY: this function's contract.
+                    let copied = unsafe { self.copy_run(p, run, chunks, originals, Path::Protect) };
                     let restored = self.restore_protection(run);
                     if let Err((addr, e)) = copied {
                         return Err((fail(addr, "copying into the text failed", e), true));
@@ -372,16 +389,22 @@ impl<S: TextSys> MprotectWriter<S> {
                 Err(_) => {}
             }
         }
-        self.copy_run(p, run, chunks, originals, Path::Mem)
-            .map_err(|(addr, e)| {
-                let reason = "writing through /proc/self/mem failed";
-                (fail(addr, reason, e), true)
-            })?;
+        // SAFETY: this function's contract.
+        unsafe { self.copy_run(p, run, chunks, originals, Path::Mem) }.map_err(|(addr, e)| {
+            let reason = "writing through /proc/self/mem failed";
+            (fail(addr, reason, e), true)
+        })?;
         Ok((Path::Mem, 0))
     }
 
     /// Writes every run of a prepared batch; returns the protection changes made.
-    fn write_prepared<C: Chunks + ?Sized>(
+    ///
+    /// # Safety
+    ///
+    /// As [`Writer::write`]'s: the chunks are code (or data) of this program that their bytes
+    /// (and the saved originals) are valid for, prepared as `p`, and no other thread executes or
+    /// accesses them meanwhile.
+    unsafe fn write_prepared<C: Chunks + ?Sized>(
         &self,
         p: &mut Prepared,
         chunks: &C,
@@ -393,7 +416,8 @@ impl<S: TextSys> MprotectWriter<S> {
         };
         let mut protection_changes = 0;
         for i in 0..p.runs.len() {
-            match self.write_run(p, &p.runs[i], chunks, false, path) {
+            // SAFETY: this function's contract.
+            match unsafe { self.write_run(p, &p.runs[i], chunks, false, path) } {
                 Ok((used, changes)) => {
                     // Once the kernel refused to make text writable, it will refuse again.
                     path = used;
@@ -404,7 +428,8 @@ impl<S: TextSys> MprotectWriter<S> {
                     // A run that may be partly written is restored too, by either path.
                     p.via_mem[i] = path == Path::Mem;
                     let upto = if touched { i + 1 } else { i };
-                    e.text_changed = !self.roll_back(p, chunks, upto);
+                    // SAFETY: this function's contract.
+                    e.text_changed = !unsafe { self.roll_back(p, chunks, upto) };
                     return Err(e);
                 }
             }
@@ -413,7 +438,13 @@ impl<S: TextSys> MprotectWriter<S> {
     }
 
     /// Restores the runs `0..upto` from the saved originals, by the path that wrote each.
-    fn roll_back<C: Chunks + ?Sized>(&self, p: &Prepared, chunks: &C, upto: usize) -> bool {
+    ///
+    /// # Safety
+    ///
+    /// As [`Writer::write`]'s: the chunks are code (or data) of this program that their bytes
+    /// (and the saved originals) are valid for, prepared as `p`, and no other thread executes or
+    /// accesses them meanwhile.
+    unsafe fn roll_back<C: Chunks + ?Sized>(&self, p: &Prepared, chunks: &C, upto: usize) -> bool {
         let mut ok = true;
         for i in (0..upto).rev() {
             let path = if p.via_mem[i] {
@@ -421,7 +452,8 @@ impl<S: TextSys> MprotectWriter<S> {
             } else {
                 Path::Protect
             };
-            ok &= self.write_run(p, &p.runs[i], chunks, true, path).is_ok();
+            // SAFETY: this function's contract; the originals are what the text held.
+            ok &= unsafe { self.write_run(p, &p.runs[i], chunks, true, path) }.is_ok();
         }
         ok
     }
@@ -500,7 +532,8 @@ impl<S: TextSys> Writer for MprotectWriter<S> {
             self.prepared = Some(p);
             return Err(WriteError::unchanged(e.addr, reason, None));
         }
-        let result = self.write_prepared(&mut p, chunks);
+        // SAFETY: the caller's contract; `p` was prepared for these chunks (`fits`, or just now).
+        let result = unsafe { self.write_prepared(&mut p, chunks) };
         let pages = p.pages();
         // Kept: writing the same chunks again (such as the originals, to undo) needs no
         // preparing, so it allocates nothing.
