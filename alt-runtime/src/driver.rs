@@ -181,7 +181,9 @@ impl<'a, I: Isa> Patcher<'a, I> {
     /// # Safety
     ///
     /// `table` must describe a live operations table of this program (its slots, thunks and
-    /// entry section, as the generated `descriptor()` does), and every
+    /// entry section, as the generated `descriptor()` does) that stays mapped for as long as
+    /// the plan, or any [`Patched`] record made from it, lives (reverting reads and stores its
+    /// slots; an object unloaded meanwhile must not be reverted), and every
     /// [`crate::paravirt::OpChoice::Function`] of `backend` must be an `extern "C"` function
     /// with the operation's signature that is sound to call wherever the operation is called.
     pub unsafe fn paravirt(mut self, table: TableDesc<'a>, backend: Backend<'a>) -> Self {

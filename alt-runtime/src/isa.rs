@@ -172,7 +172,12 @@ pub trait Isa {
     ///
     /// Does nothing when the runtime is built for another architecture than `Self` (planning
     /// foreign code on a host).
-    fn sync(ranges: &mut dyn Iterator<Item = core::ops::Range<u64>>);
+    ///
+    /// # Safety
+    ///
+    /// Every range must be mapped in this address space (AArch64's cache maintenance by
+    /// address faults on an unmapped one).
+    unsafe fn sync(ranges: &mut dyn Iterator<Item = core::ops::Range<u64>>);
 
     /// Makes this CPU discard instructions it fetched before another CPU wrote text (x86-64:
     /// serialising; AArch64: `ISB`). Does nothing for a foreign architecture.

@@ -16,7 +16,7 @@ pub trait Memory {
         let mut at = 0;
         for i in 0..ranges.len() {
             let (addr, len) = start_len(&ranges.span(i));
-            let buf = out.get_mut(at..at + len).ok_or(MemoryError { addr })?;
+            let buf = room(out, at, len).ok_or(MemoryError { addr })?;
             self.read(addr, buf)?;
             at += len;
         }
@@ -108,6 +108,11 @@ pub(crate) fn inside_sorted<S: Spans + ?Sized>(spans: &S, addr: u64) -> bool {
     lo < spans.len() && spans.span(lo).contains(&addr)
 }
 
+/// The `len` bytes of `out` at `at`, if it has them.
+pub(crate) fn room(out: &mut [u8], at: usize, len: usize) -> Option<&mut [u8]> {
+    out.get_mut(at..at.checked_add(len)?)
+}
+
 /// A range's start and length, as [`Memory::read_each`] reads it.
 pub(crate) fn start_len(r: &Range<u64>) -> (u64, usize) {
     (r.start, r.end.saturating_sub(r.start) as usize)
@@ -158,8 +163,9 @@ impl<'a> LiveMemory<'a> {
     ///
     /// # Safety
     ///
-    /// Every byte of every range must be mapped and readable, and hold no data another thread
-    /// writes without synchronisation, for as long as this reader is used.
+    /// Every byte of every range must be mapped and readable, and no one (another thread, or
+    /// the caller: no `&mut` into it, such as the buffer a read fills) may write it without
+    /// synchronisation, for as long as this reader is used.
     pub unsafe fn new(ranges: &'a [Range<u64>]) -> Self {
         Self { ranges }
     }
@@ -200,6 +206,18 @@ mod tests {
             (0x10..0x18).chain(0x20..0x28).chain(0x40..0x41).collect();
         assert_eq!(inside, expected);
         assert!(!inside_sorted(&[] as &[core::ops::Range<u64>; 0], 0));
+    }
+
+    #[test]
+    fn a_batch_read_longer_than_the_address_space_is_an_error_not_a_panic() {
+        static DATA: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
+        let base = DATA.as_ptr() as u64;
+        let range = base..base + 8;
+        // SAFETY: the range is a static.
+        let mem = unsafe { LiveMemory::new(core::slice::from_ref(&range)) };
+        let mut out = [0u8; 8];
+        let huge = [base..base + 1, 0..u64::MAX];
+        assert_eq!(mem.read_each(&huge, &mut out), Err(MemoryError { addr: 0 }));
     }
 
     #[test]

@@ -280,7 +280,8 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized, C: Changes + 
         }
     };
     store_all(true);
-    let sync = || I::sync(&mut (0..chunks.len()).map(|i| chunks.span(i)));
+    // SAFETY: the sites are code of this program (the caller's contract): mapped.
+    let sync = || unsafe { I::sync(&mut (0..chunks.len()).map(|i| chunks.span(i))) };
     // SAFETY: the caller's contract; the rendezvous holds every other CPU or thread.
     let stats = match unsafe { writer.write(&chunks) } {
         Ok(stats) => stats,

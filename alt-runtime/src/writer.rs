@@ -180,7 +180,9 @@ pub fn pages_touched<C: Chunks + ?Sized>(chunks: &C) -> usize {
             continue;
         }
         let first = c.addr / PAGE_SIZE;
-        let end = (c.addr + c.bytes.len() as u64 - 1) / PAGE_SIZE;
+        // The last byte's page (a chunk that would pass the end of the address space stops
+        // there).
+        let end = (c.range().end - 1) / PAGE_SIZE;
         let from = match last {
             Some(l) if end <= l => continue,
             Some(l) => first.max(l + 1),
@@ -205,7 +207,8 @@ impl<'a> DirectWriter<'a> {
     /// # Safety
     ///
     /// Every byte of `writable` must be mapped readable and writable for as long as the writer is
-    /// used, and no other CPU may execute or write the code being written while
+    /// used, written by no one but this writer (no `&mut` into it, such as the buffer a read
+    /// fills), and no other CPU may execute or write the code being written while
     /// [`Writer::write`] runs.
     pub unsafe fn new(writable: &'a [Range<u64>]) -> Self {
         Self { writable }
@@ -280,6 +283,12 @@ mod tests {
         ];
         assert_eq!(pages_touched(&chunks[..]), 3);
         assert_eq!(pages_touched(&[][..]), 0);
+        // A chunk at the very end of the address space: its last page, no overflow.
+        let end = [Chunk {
+            addr: u64::MAX - 1,
+            bytes: &b[..4],
+        }];
+        assert_eq!(pages_touched(&end[..]), 1);
     }
 
     #[test]

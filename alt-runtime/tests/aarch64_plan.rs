@@ -271,7 +271,7 @@ impl alt_runtime::isa::Isa for RecordingA64 {
     fn keep_default(code: &[u8], out: &mut [u8]) {
         Aarch64::keep_default(code, out)
     }
-    fn sync(ranges: &mut dyn Iterator<Item = std::ops::Range<u64>>) {
+    unsafe fn sync(ranges: &mut dyn Iterator<Item = std::ops::Range<u64>>) {
         let written = WRITTEN.load(std::sync::atomic::Ordering::SeqCst);
         SYNCED.lock().unwrap().extend(ranges.map(|r| (r, written)));
     }

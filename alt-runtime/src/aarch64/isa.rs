@@ -82,9 +82,12 @@ impl Isa for Aarch64 {
         out.copy_from_slice(code)
     }
 
-    fn sync(ranges: &mut dyn Iterator<Item = Range<u64>>) {
+    unsafe fn sync(ranges: &mut dyn Iterator<Item = Range<u64>>) {
+        // SAFETY: the caller's contract: the ranges are mapped.
         #[cfg(target_arch = "aarch64")]
-        native::sync_ranges(ranges);
+        unsafe {
+            native::sync_ranges(ranges)
+        };
         #[cfg(not(target_arch = "aarch64"))]
         let _ = ranges;
     }
@@ -113,18 +116,25 @@ mod native {
         v
     }
 
-    pub(super) fn sync_ranges(ranges: &mut dyn Iterator<Item = Range<u64>>) {
+    /// # Safety
+    ///
+    /// Every range is mapped.
+    pub(super) unsafe fn sync_ranges(ranges: &mut dyn Iterator<Item = Range<u64>>) {
         let ctr = ctr_el0();
         for r in ranges {
-            for op in sync_sequence(ctr, r.start, r.end - r.start).iter() {
-                run(op);
+            for op in sync_sequence(ctr, r.start, r.end.saturating_sub(r.start)).iter() {
+                // SAFETY: the caller's contract.
+                unsafe { run(op) };
             }
         }
     }
 
-    fn run(op: &CacheOp) {
-        // SAFETY: cache maintenance by virtual address on mapped text, and barriers; none of
-        // them changes memory contents.
+    /// # Safety
+    ///
+    /// The lines `op` names are mapped.
+    unsafe fn run(op: &CacheOp) {
+        // SAFETY: cache maintenance by virtual address on mapped memory (the caller's
+        // contract), and barriers; none of them changes memory contents.
         unsafe {
             match op {
                 CacheOp::CleanDcacheToPoU { .. } => {

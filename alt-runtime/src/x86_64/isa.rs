@@ -75,7 +75,7 @@ impl Isa for X86_64 {
         nops::optimize_nops_into(code, out)
     }
 
-    fn sync(_ranges: &mut dyn Iterator<Item = Range<u64>>) {
+    unsafe fn sync(_ranges: &mut dyn Iterator<Item = Range<u64>>) {
         // x86 keeps instruction caches coherent with stores; the CPU that wrote only has to
         // discard what it may have fetched already.
         Self::sync_cpu();

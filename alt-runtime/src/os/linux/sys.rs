@@ -77,9 +77,7 @@ pub unsafe trait TextSys {
 
 /// The `len` bytes of `out` at `at`, or `EINVAL` if it is shorter.
 fn room(out: &mut [u8], at: usize, len: usize) -> Result<&mut [u8], Errno> {
-    at.checked_add(len)
-        .and_then(|end| out.get_mut(at..end))
-        .ok_or(libc::EINVAL)
+    crate::memory::room(out, at, len).ok_or(libc::EINVAL)
 }
 
 /// The real calls: `mprotect`, `memcpy`, `/proc/self/mem` and `process_vm_readv`.

@@ -199,7 +199,9 @@ impl<S: TextSys> MprotectWriter<S> {
     ///
     /// # Safety
     ///
-    /// Every byte of `ranges` must stay mapped and readable for as long as the writer is used.
+    /// Every byte of `ranges` must stay mapped and readable for as long as the writer is used,
+    /// and be written by no one but this writer meanwhile (no other thread without
+    /// synchronisation, no `&mut` into it, such as the buffer a read fills).
     pub unsafe fn reading_directly(mut self, ranges: Vec<Range<u64>>) -> Self {
         self.direct = ranges;
         self
@@ -312,7 +314,7 @@ impl<S: TextSys> MprotectWriter<S> {
             let offset = at;
             at += c.bytes.len();
             let start = c.addr.max(run.range.start);
-            let end = (c.addr + c.bytes.len() as u64).min(run.range.end);
+            let end = c.range().end.min(run.range.end);
             if start >= end {
                 continue;
             }
@@ -498,7 +500,7 @@ impl<S: TextSys> Memory for MprotectWriter<S> {
                 direct = false;
                 break;
             }
-            let buf = out.get_mut(at..at + len).ok_or(MemoryError { addr })?;
+            let buf = crate::memory::room(out, at, len).ok_or(MemoryError { addr })?;
             // SAFETY: inside the ranges the creator vouched stay mapped and readable.
             unsafe { crate::short::copy_small(addr as usize as *const u8, buf.as_mut_ptr(), len) };
             at += len;
