@@ -364,33 +364,9 @@ fn first_unlike<'e, M: Memory, C: Chunks + ?Sized>(
     let mut first = None;
     let mut i = 0;
     while i < chunks.len() {
-        // As many chunks as fit (at least one; a longer one is read in parts).
-        let (mut end, mut total) = (i, 0);
-        while end < chunks.len() {
-            let n = chunks.chunk(end).bytes.len();
-            if end > i && total + n > BUF {
-                break;
-            }
-            total += n;
-            end += 1;
-        }
-        if total <= BUF {
-            let group = Window {
-                spans: chunks,
-                at: i..end,
-            };
-            mem.read_each(&group, &mut buf[..total])?;
-            let mut at = 0;
-            for k in i..end {
-                let n = chunks.chunk(k).bytes.len();
-                let now = &buf[at..at + n];
-                if first.is_none() && !crate::short::same(now, expected(k)) {
-                    first = Some(k);
-                }
-                at += n;
-            }
-        } else {
-            let (c, want) = (chunks.chunk(i), expected(i));
+        let (c, want) = (chunks.chunk(i), expected(i));
+        if c.bytes.len() > BUF {
+            // A chunk longer than the buffer (no site is): read in parts, on its own.
             for off in (0..want.len()).step_by(BUF) {
                 let part = &want[off..want.len().min(off + BUF)];
                 mem.read(c.addr + off as u64, &mut buf[..part.len()])?;
@@ -398,6 +374,32 @@ fn first_unlike<'e, M: Memory, C: Chunks + ?Sized>(
                     first = Some(i);
                 }
             }
+            i += 1;
+            continue;
+        }
+        // As many chunks as fit in the buffer (this one does), read together.
+        let (mut end, mut total) = (i, 0);
+        while end < chunks.len() {
+            let n = chunks.chunk(end).bytes.len();
+            if total + n > BUF {
+                break;
+            }
+            total += n;
+            end += 1;
+        }
+        let group = Window {
+            spans: chunks,
+            at: i..end,
+        };
+        mem.read_each(&group, &mut buf[..total])?;
+        let mut at = 0;
+        for k in i..end {
+            let n = chunks.chunk(k).bytes.len();
+            let now = &buf[at..at + n];
+            if first.is_none() && !crate::short::same(now, expected(k)) {
+                first = Some(k);
+            }
+            at += n;
         }
         i = end;
     }
