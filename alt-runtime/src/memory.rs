@@ -236,6 +236,12 @@ mod tests {
         // Adjacent ranges cover a read across both; past their end is refused.
         mem.read(base + 2, &mut b).unwrap();
         assert_eq!(b, [3, 4, 5, 6]);
+        // A batch read from a slice of ranges (every one of them).
+        let mut five = [0u8; 5];
+        let inside = [base + 4..base + 6, base..base + 2, base + 3..base + 4];
+        mem.read_each(&inside[..], &mut five).unwrap();
+        assert_eq!(five, [5, 6, 1, 2, 4]);
+        assert!(!Spans::is_empty(&inside[..]) && Spans::is_empty(&inside[..0]));
         assert_eq!(
             mem.read(base + 4, &mut b),
             Err(MemoryError { addr: base + 6 })

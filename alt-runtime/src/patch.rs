@@ -446,6 +446,23 @@ mod tests {
             })
             .collect();
         assert_eq!(first_unlike(&mem, &chunks, |k| &expected[k]), Ok(None));
+        // 600 one-byte sites: groups fill the buffer exactly, never past it.
+        let ones: Vec<Chunk<'_>> = (0..600)
+            .map(|k| Chunk {
+                addr: base + k as u64,
+                bytes: &text[k..k + 1],
+            })
+            .collect();
+        assert_eq!(first_unlike(&mem, &ones, |k| &text[k..k + 1]), Ok(None));
+        let flipped = [text[599] ^ 1];
+        assert_eq!(
+            first_unlike(&mem, &ones, |k| if k == 599 {
+                &flipped
+            } else {
+                &text[k..k + 1]
+            }),
+            Ok(Some(599))
+        );
         for (wrong, byte) in [
             (0, 0),
             (97, 4),

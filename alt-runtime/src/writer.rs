@@ -283,6 +283,16 @@ mod tests {
         ];
         assert_eq!(pages_touched(&chunks[..]), 3);
         assert_eq!(pages_touched(&[][..]), 0);
+        // A chunk that ends where a page ends touches no more.
+        assert_eq!(
+            pages_touched(
+                &[Chunk {
+                    addr: 0x1ff8,
+                    bytes: &b
+                }][..]
+            ),
+            1
+        );
         // A chunk at the very end of the address space: its last page, no overflow.
         let end = [Chunk {
             addr: u64::MAX - 1,

@@ -2078,6 +2078,34 @@ fn sites_that_share_one_replacement_each_get_the_call_relocated_to_them() {
     );
 }
 
+#[test]
+fn a_replacement_relocated_for_one_site_is_never_reused_for_the_next() {
+    let _g = lock();
+    let buf = Buf::new();
+    let target = buf.text(0x3000);
+    // Four sites in a row with one `call target` replacement: the planner remembers only
+    // replacements that move unchanged, so each site gets the call relocated to it (were the
+    // first site's relocated bytes remembered, the others would call elsewhere).
+    let call = buf.repl(0);
+    buf.put(call, &call_to(call, target));
+    let sites: Vec<u64> = (1..=4).map(|i| buf.text(0x100 * i)).collect();
+    let cap = feature(Features::POPCNT);
+    let specs: Vec<Spec> = sites
+        .iter()
+        .map(|&s| {
+            buf.put(s, &mov_eax(1));
+            Spec::inline(s, 5, call, 5, cap)
+        })
+        .collect();
+    let table = buf.table(0, &specs);
+    let plan = buf
+        .plan(&table, &caps(Features::POPCNT, Errata::empty()))
+        .unwrap();
+    let got: Vec<Vec<u8>> = plan.sites.iter().map(|s| s.after.to_vec()).collect();
+    let want: Vec<Vec<u8>> = sites.iter().map(|&s| call_to(s, target).to_vec()).collect();
+    assert_eq!(got, want);
+}
+
 /// A site of five one-byte NOPs, `call rax` at offset 5 (returning to 7) and a NOP: a direct
 /// call placed here ends at 7 and so covers offsets 2 to 7.
 fn call_rax_site(buf: &Buf, at: u64) -> u64 {
