@@ -127,7 +127,10 @@ impl<'a> Patcher<'a, X86_64> {
     /// to be correct code for its site. Every feature in `caps` must be usable on every CPU
     /// that will run the patched code (the probed features, or fewer): a variant chosen for a
     /// feature runs its instructions, and direct calls and `has!` arms call `#[target_feature]`
-    /// functions on its word. Errata may be added or left out freely.
+    /// functions on its word. Errata may be added or left out freely. The memory given to
+    /// [`Patcher::plan`] must read that code as it is (the bytes planned from it are written
+    /// into the text), and the text must stay mapped for as long as the plan, or a
+    /// [`Patched`] record made from it, is used (reverting writes it back).
     pub unsafe fn new(caps: CapabilitySet, layout: Layout<'a>) -> Self {
         // SAFETY: the caller's contract.
         unsafe { Self::for_isa(caps, layout) }

@@ -161,8 +161,9 @@ pub trait Writer: Memory {
     ///
     /// # Safety
     ///
-    /// Every chunk must be code (or data) of this program that the new bytes are valid for, and
-    /// no other CPU or thread may execute or access it while the call runs (a
+    /// Every chunk must be code (or data) of this program that the new bytes are valid for, no
+    /// reference into it may be held (nor may a chunk's bytes lie inside the ranges written),
+    /// and no other CPU or thread may execute or access it while the call runs (a
     /// [rendezvous](crate::rendezvous) stopped them, or none exists).
     unsafe fn write<C: Chunks + ?Sized>(&mut self, chunks: &C) -> Result<WriteStats, WriteError>;
 }

@@ -999,11 +999,14 @@ fn a_rolled_back_chunk_in_two_runs_gets_back_its_own_saved_bytes() {
     assert_eq!(snapshot(w.sys()), before, "every byte as it was");
 }
 
-/// `/proc/self/mem` writes fail from the `from`-th on, for good.
+/// `/proc/self/mem` writes fail from the `from`-th on, for good (or, `lying`, the `from`-th
+/// fails and every later one says it wrote and does nothing: `TextSys` lets a write say so,
+/// not a read).
 struct FailingFrom {
     inner: Sim,
     from: usize,
     calls: std::cell::Cell<usize>,
+    lying: bool,
 }
 
 // SAFETY: the simulation's answers, or a failure.
@@ -1021,6 +1024,9 @@ unsafe impl TextSys for FailingFrom {
     }
     unsafe fn mem_write(&self, addr: u64, bytes: &[u8]) -> Result<(), i32> {
         self.calls.set(self.calls.get() + 1);
+        if self.lying && self.calls.get() > self.from {
+            return Ok(());
+        }
         if self.calls.get() >= self.from {
             return Err(libc::EIO);
         }
@@ -1037,16 +1043,21 @@ fn a_roll_back_that_fails_says_the_text_changed() {
     // Strict W^X: every run through /proc/self/mem. The write of page 3's run fails, and so does
     // every write after it: the runs already written cannot be restored, and the error must say
     // so (a caller that believed the text unchanged would run half-patched code unawares).
-    let s = FailingFrom {
-        inner: sim(),
-        from: 4,
-        calls: std::cell::Cell::new(0),
-    };
-    let mut w = MprotectWriter::with_sys(s).through_proc_self_mem();
-    let before = snapshot(w.sys());
-    let e = write_all(&mut w, &chunks()).unwrap_err();
-    assert_eq!(e.addr, SIM + 4 * PAGE - 1);
-    assert!(e.text_changed, "{e}");
-    assert!(e.to_string().contains("could not be fully restored"), "{e}");
-    assert_ne!(snapshot(w.sys()), before, "the first runs stay written");
+    // The same when the roll back's writes say they were done and were not: the writer reads
+    // the runs back before it says the text is as before.
+    for lying in [false, true] {
+        let s = FailingFrom {
+            inner: sim(),
+            from: 4,
+            calls: std::cell::Cell::new(0),
+            lying,
+        };
+        let mut w = MprotectWriter::with_sys(s).through_proc_self_mem();
+        let before = snapshot(w.sys());
+        let e = write_all(&mut w, &chunks()).unwrap_err();
+        assert_eq!(e.addr, SIM + 4 * PAGE - 1);
+        assert!(e.text_changed, "lying {lying}: {e}");
+        assert!(e.to_string().contains("could not be fully restored"), "{e}");
+        assert_ne!(snapshot(w.sys()), before, "the first runs stay written");
+    }
 }

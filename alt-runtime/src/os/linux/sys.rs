@@ -22,11 +22,13 @@ pub type Errno = i32;
 /// # Safety
 ///
 /// The writer relies on the answers to write into live code: an implementation promises that
-/// every mapping [`TextSys::maps`] lists exists with the protection it says (it may list
-/// fewer: the writer then refuses the pages it does not find), that [`TextSys::protect`]
-/// returns `Ok` only when the range has the protection asked for, and that [`TextSys::read`]
-/// (and [`TextSys::read_each`]) return `Ok` only with the bytes that are there: the writer
-/// restores what it read.
+/// every mapping [`TextSys::maps`] lists exists with the protection and sharing it says (it
+/// may list fewer: the writer then refuses the pages it does not find), that
+/// [`TextSys::protect`] returns `Ok` only when the range has the protection asked for, and that
+/// [`TextSys::read`] (and [`TextSys::read_each`]) return `Ok` only with the bytes that are
+/// there: the writer restores what it read, and reads back what it restored. A write
+/// ([`TextSys::copy`], [`TextSys::mem_write`]) may say it was done when it was not: the writer
+/// does not rely on it.
 pub unsafe trait TextSys {
     /// The process's mappings (`/proc/self/maps`).
     fn maps(&self) -> Result<Vec<Mapping>, WriteError>;
