@@ -459,27 +459,25 @@ impl<S: TextSys> MprotectWriter<S> {
         }
         // A write may say it was done when it was not (`TextSys` lets it; a read may not):
         // the text is as before only if it reads back so.
-        ok && self.holds_originals(p, chunks, upto)
+        ok && self.holds_originals(p, chunks)
     }
 
-    /// Whether the runs `0..upto` hold the saved originals again, read back a few bytes at a
-    /// time through a buffer on the stack (nothing is allocated: the others may be stopped).
-    fn holds_originals<C: Chunks + ?Sized>(&self, p: &Prepared, chunks: &C, upto: usize) -> bool {
+    /// Whether every chunk holds the bytes saved for it again (those of runs not written
+    /// still do), read back a few bytes at a time through a buffer on the stack (nothing is
+    /// allocated: the others may be stopped).
+    fn holds_originals<C: Chunks + ?Sized>(&self, p: &Prepared, chunks: &C) -> bool {
         let mut buf = [0u8; 64];
-        p.runs[..upto].iter().all(|run| {
-            let mut at = run.originals_at;
-            run.chunks.clone().map(|i| chunks.chunk(i)).all(|c| {
-                let offset = at;
-                at += c.bytes.len();
-                let (start, end) = (
-                    c.addr.max(run.range.start),
-                    c.range().end.min(run.range.end),
-                );
-                (start..end).step_by(buf.len()).all(|from| {
-                    let n = (end - from).min(buf.len() as u64) as usize;
-                    let saved = offset + (from - c.addr) as usize;
-                    self.read(from, &mut buf[..n]).is_ok()
-                        && p.originals.get(saved..saved + n) == Some(&buf[..n])
+        let mut at = 0;
+        chunks.iter().all(|c| {
+            let saved = p.originals.get(at..at + c.bytes.len());
+            at += c.bytes.len();
+            saved.is_some_and(|saved| {
+                let mut addr = c.addr;
+                saved.chunks(buf.len()).all(|part| {
+                    let now = &mut buf[..part.len()];
+                    let same = self.read(addr, now).is_ok() && *now == *part;
+                    addr += part.len() as u64;
+                    same
                 })
             })
         })
