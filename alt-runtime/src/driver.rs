@@ -38,7 +38,9 @@ use crate::memory::Memory;
 use crate::paravirt::{plan_paravirt, Backend, PvError, PvPlan, PvTableEntry, TableDesc};
 use crate::patch::Direction::{Back, Forward};
 use crate::patch::{carry_out, Changes, Failure, PatchError, SiteChange, SiteWrite, SlotWrite};
-use crate::plan::{plan_table_for, InMemory, Layout, Plan, TableEntry, TableError};
+use crate::plan::{
+    plan_static_table, plan_table_for, InMemory, Layout, Plan, TableEntry, TableError,
+};
 use crate::rendezvous::Rendezvous;
 use crate::report::{PvSiteReport, Report};
 use crate::sites::keep_flagged;
@@ -103,6 +105,9 @@ enum Alternatives<'a> {
     Listed(Vec<TableEntry>),
     /// A table of this address space, read where it lies (no copy of it is kept).
     InMemory(&'a [AltEntry]),
+    /// A table of this program that lies in memory for good (from its sections): the plan and
+    /// the report read their sites' entries from it again.
+    Static(&'static [AltEntry]),
 }
 
 /// What to patch: the capabilities, the text, and the tables.
@@ -166,6 +171,14 @@ impl<'a, I: Isa> Patcher<'a, I> {
         self
     }
 
+    /// The alternatives table of this program, which lies in memory for good (as its
+    /// sections do): read where it lies, and the plan and its report read each site's entries
+    /// from it again instead of keeping a copy (a few bytes a site instead of a few dozen).
+    pub fn alternatives_static(mut self, table: &'static [AltEntry]) -> Self {
+        self.alternatives = Alternatives::Static(table);
+        self
+    }
+
     /// Names for the report.
     pub fn names(mut self, names: Names) -> Self {
         self.names = names;
@@ -175,8 +188,7 @@ impl<'a, I: Isa> Patcher<'a, I> {
     /// The alternatives table and its names from a program's sections.
     #[cfg(target_arch = "x86_64")]
     pub fn sections(self, s: &crate::linker::Sections) -> Self {
-        self.alternatives_in_memory(s.alt_entries())
-            .names(s.names())
+        self.alternatives_static(s.alt_entries()).names(s.names())
     }
 
     /// An operations table, patched for `backend`.
@@ -225,6 +237,9 @@ impl<'a, I: Isa> Patcher<'a, I> {
             }
             Alternatives::InMemory(table) => {
                 plan_table_for::<I, M, _>(&InMemory(table), &self.layout, &self.caps, mem)
+            }
+            Alternatives::Static(table) => {
+                plan_static_table::<I, M>(table, &self.layout, &self.caps, mem)
             }
         }
         .map_err(PlanError::Table)?;
@@ -355,7 +370,14 @@ impl<I: Isa> Prepared<I> {
             if pv_sites == 0 {
                 // The alternatives alone, in address order already: a batch of indices.
                 let writes = self.alt.sites.changed(false);
-                unsafe { carry_out::<I, W, R, _>(&writes, &slots, Forward, writer, rendezvous) }
+                match writes.alike() {
+                    Some(alike) => unsafe {
+                        carry_out::<I, W, R, _>(&alike, &slots, Forward, writer, rendezvous)
+                    },
+                    None => unsafe {
+                        carry_out::<I, W, R, _>(&writes, &slots, Forward, writer, rendezvous)
+                    },
+                }
             } else {
                 let mut writes: Vec<SiteChange<'_>> =
                     Vec::with_capacity(self.alt.sites.len() + pv_sites);
@@ -520,7 +542,14 @@ impl<I: Isa> Patched<I> {
         }
         // SAFETY: as for `apply`: the originals are the bytes the sites held before.
         let done = if report.paravirt.is_empty() {
-            unsafe { carry_out::<I, W, R, _>(&alone, &slots, Back, writer, rendezvous) }
+            match alone.alike() {
+                Some(alike) => unsafe {
+                    carry_out::<I, W, R, _>(&alike, &slots, Back, writer, rendezvous)
+                },
+                None => unsafe {
+                    carry_out::<I, W, R, _>(&alone, &slots, Back, writer, rendezvous)
+                },
+            }
         } else {
             unsafe { carry_out::<I, W, R, _>(&all[..], &slots, Back, writer, rendezvous) }
         };

@@ -333,14 +333,14 @@ impl<C: Changes + ?Sized> Spans for AsChunks<'_, C> {
         self.changes.len()
     }
 
-    #[inline]
+    #[inline(always)]
     fn span(&self, i: usize) -> Range<u64> {
         self.changes.change(i).range()
     }
 }
 
 impl<C: Changes + ?Sized> Chunks for AsChunks<'_, C> {
-    #[inline]
+    #[inline(always)]
     fn chunk(&self, i: usize) -> Chunk<'_> {
         let c = self.changes.change(i);
         Chunk {

@@ -338,6 +338,29 @@ pub fn plan_table_for<I: Isa, M: Memory, E: EntryList + ?Sized>(
     caps: &CapabilitySet,
     mem: &M,
 ) -> Result<Plan, TableError> {
+    plan_entries::<I, M, E>(entries, None, layout, caps, mem)
+}
+
+/// Plans a table of this program that lies in memory for good (a program's own, from its
+/// sections): the plan reads each site's entries from it again instead of keeping them
+/// ([`Sites::in_place`]), where the table is in address order.
+pub(crate) fn plan_static_table<I: Isa, M: Memory>(
+    table: &'static [AltEntry],
+    layout: &Layout<'_>,
+    caps: &CapabilitySet,
+    mem: &M,
+) -> Result<Plan, TableError> {
+    plan_entries::<I, M, _>(&InMemory(table), Some(table), layout, caps, mem)
+}
+
+/// Plans `entries`; `place` is the same table when it lies in memory for good.
+fn plan_entries<I: Isa, M: Memory, E: EntryList + ?Sized>(
+    entries: &E,
+    place: Option<&'static [AltEntry]>,
+    layout: &Layout<'_>,
+    caps: &CapabilitySet,
+    mem: &M,
+) -> Result<Plan, TableError> {
     let mut parsed = Vec::with_capacity(entries.len());
     let mut arena = Vec::new();
     let mut shapes = Vec::new();
@@ -365,7 +388,18 @@ pub fn plan_table_for<I: Isa, M: Memory, E: EntryList + ?Sized>(
     // decided and encoded, so no list of every site's group is kept. The checks of the
     // grouping (lengths, overlaps, the site's bytes) come first for the whole table: an error
     // of a later step is held until every site has passed them.
-    let mut sites = Sites::with_capacity(order.len());
+    let mut sites = match (place, &order) {
+        (Some(table), Order::Table(r)) => {
+            // Room for sites as long as the first (a hint: pages are touched as used).
+            let len = r
+                .clone()
+                .next()
+                .map_or(0, |i| entries.get(i).entry.site_len);
+            Sites::in_place(table, *caps, 2 * usize::from(len) * r.len())
+        }
+        _ => Sites::with_capacity(order.len()),
+    };
+    let in_place = sites.is_in_place();
     let mut later: Option<TableError> = None;
     let mut k = 0;
     let mut previous: Option<(u64, usize)> = None;
@@ -374,7 +408,7 @@ pub fn plan_table_for<I: Isa, M: Memory, E: EntryList + ?Sized>(
         previous = Some((g.site.end, order.at(k)));
         k = g.entries.end;
         if later.is_none() {
-            if let Err(e) = planned.site::<I>(&mut sites, g, caps) {
+            if let Err(e) = planned.site::<I>(&mut sites, in_place, g, caps) {
                 later = Some(e);
             }
         }
@@ -402,6 +436,7 @@ impl<E: EntryList + ?Sized> Planned<'_, E> {
     fn site<I: Isa>(
         &self,
         sites: &mut Sites,
+        in_place: bool,
         g: Group,
         caps: &CapabilitySet,
     ) -> Result<(), TableError> {
@@ -419,18 +454,23 @@ impl<E: EntryList + ?Sized> Planned<'_, E> {
         };
         let choice = decide(self.entries, candidates.iter().map(|c| c.0));
         let new = encode::<I, E>(self, &g, choice, returns)?;
-        sites
-            .push(
+        let pushed = if in_place {
+            // In table order: the order's positions are the table's indices.
+            let entries = first..first + g.entries.len();
+            sites.push_in_place(entries, &g.original, &new)
+        } else {
+            sites.push(
                 g.site.start,
                 &g.original,
                 &new,
                 candidates.iter().copied(),
                 choice,
             )
-            .map_err(|e| {
-                let kind = TableErrorKind::TooManyEntries(e);
-                error(first, &self.entries.get(first), kind)
-            })
+        };
+        pushed.map_err(|e| {
+            let kind = TableErrorKind::TooManyEntries(e);
+            error(first, &self.entries.get(first), kind)
+        })
     }
 
     fn shape(&self, index: u32) -> &Shape {

@@ -1,12 +1,20 @@
 //! Every alternatives site of a plan or a report, kept compactly: a program can have a hundred
-//! thousand sites, and each must cost a few dozen bytes, not a few hundred.
+//! thousand sites, and each must cost a few bytes, not a few hundred.
 //!
-//! [`Sites`] keeps per site its address, its length, the decision and where its bytes and
-//! entries are in two shared lists: the bytes (what the site held, then what it holds, one
-//! after the other) and the entries considered. Names are not copied: the function's and each
-//! variant's are looked up in the program's name tables when a site is read
-//! ([`crate::linker::Names`]). Reading a site builds a [`SiteReport`], the same value whether it
-//! comes from a plan or from the report of the plan carried out.
+//! A plan made from a program's own table (which lies in memory for as long as the program
+//! runs: [`crate::driver::Patcher::sections`]) keeps per site only its bytes, what it held and
+//! what it holds, one after the other; while every site has as many entries and bytes as the
+//! first, not even where they start (10 bytes for a site of a 5-byte call). Its address, its
+//! entries and the decision are read from the table again when the site is read: the decision
+//! is the planner's rule, the first entry whose condition holds.
+//!
+//! Sites pushed one by one ([`Sites::push`]: a table given entry by entry, a tool's plan) keep
+//! their address, length, decision and where their bytes and entries are in shared lists.
+//!
+//! Names are not copied: the function's and each variant's are looked up in the program's name
+//! tables when a site is read ([`crate::linker::Names`]). Reading a site builds a
+//! [`SiteReport`], the same value however the sites are kept and whether it comes from a plan
+//! or from the report of the plan carried out.
 //!
 //! The planner and the driver fill it; everyone else reads it.
 
@@ -17,9 +25,9 @@ use core::fmt;
 use core::ops::Range;
 
 use crate::bytes::SiteBytes;
-use crate::capability::Capability;
+use crate::capability::{Capability, CapabilitySet};
 use crate::linker::Names;
-use crate::table::ALT_ENTRY_SIZE;
+use crate::table::{AltEntry, AltFlags, ALT_ENTRY_SIZE};
 
 /// What was decided for a site.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,6 +231,29 @@ const HELD: u8 = 4;
 /// The sites of a plan or a report, sorted by address.
 #[derive(Clone, Default)]
 pub struct Sites {
+    repr: Repr,
+    names: Names,
+}
+
+/// How the sites are kept.
+#[derive(Clone)]
+enum Repr {
+    /// Each site as it was pushed: its address, entries, choice and bytes.
+    Recorded(Recorded),
+    /// Planned from a table of this program that lies in memory for good: only the bytes
+    /// are kept, everything else is read from the table again ([`InPlace`]).
+    InPlace(InPlace),
+}
+
+impl Default for Repr {
+    fn default() -> Self {
+        Repr::Recorded(Recorded::default())
+    }
+}
+
+/// Sites as pushed.
+#[derive(Clone, Default)]
+struct Recorded {
     slots: Vec<Slot>,
     entries: Vec<Entry>,
     bytes: Vec<u8>,
@@ -234,7 +265,35 @@ pub struct Sites {
     /// the entry's index; from the first that is not, every entry's address is listed.
     entry_base: Option<u64>,
     entry_addrs: Vec<u64>,
-    names: Names,
+}
+
+/// Sites planned from a `'static` table in address order, whose sites' entries follow one
+/// another in it: per site only its bytes (before, then after) are kept, and while every
+/// site has as many entries and bytes as the first, not even where they start. A site's
+/// address, entries and choice are read from the table again (the choice is the planner's
+/// rule: the first entry whose condition holds under `caps`).
+#[derive(Clone)]
+struct InPlace {
+    table: &'static [AltEntry],
+    caps: CapabilitySet,
+    index: Index,
+    bytes: Vec<u8>,
+}
+
+/// Where each site's entries (table indices) and bytes start.
+#[derive(Clone)]
+enum Index {
+    /// Site `i`'s entries are `first + i * count ..` (`count` of them), its bytes at
+    /// `i * 2 * len`.
+    Uniform {
+        first: u32,
+        count: u32,
+        len: u8,
+        sites: u32,
+    },
+    /// Site `i`'s first entry and first byte; its entries end where the next site's begin
+    /// (the last site's at `end`).
+    Listed { starts: Vec<(u32, u32)>, end: u32 },
 }
 
 /// A site's change: where, what it holds, what it will hold.
@@ -292,13 +351,23 @@ impl Changes for [SiteChange<'_>] {
 
 /// The sites of a [`Sites`] whose bytes change, forward (from what each held to what it holds)
 /// or back.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Changed<'a> {
-    sites: &'a Sites,
+    view: View<'a>,
+    /// How many sites.
+    sites: usize,
     /// The indices of the sites, or none kept when every site changes (a program patched for a
     /// CPU that has what its sites want: nothing is kept per site then).
     which: Option<Vec<u32>>,
     back: bool,
+}
+
+impl fmt::Debug for Changed<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries((0..self.len()).map(|i| self.change(i)))
+            .finish()
+    }
 }
 
 impl Changed<'_> {
@@ -306,7 +375,7 @@ impl Changed<'_> {
     pub fn keep(&mut self, keep: &[bool]) {
         let which = self
             .which
-            .get_or_insert_with(|| (0..self.sites.slots.len() as u32).collect());
+            .get_or_insert_with(|| (0..self.sites as u32).collect());
         keep_flagged(which, keep);
     }
 }
@@ -315,29 +384,144 @@ impl Changes for Changed<'_> {
     fn len(&self) -> usize {
         match &self.which {
             Some(which) => which.len(),
-            None => self.sites.slots.len(),
+            None => self.sites,
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn change(&self, i: usize) -> SiteChange<'_> {
         let at = match &self.which {
             Some(which) => which[i] as usize,
             None => i,
         };
-        let s = &self.sites.slots[at];
-        // One slice of both: before, then after.
-        let (at, len) = (s.bytes as usize, usize::from(s.len));
-        let (before, after) = self.sites.bytes[at..at + 2 * len].split_at(len);
+        let c = self.view.change(at);
+        if self.back {
+            c.reversed()
+        } else {
+            c
+        }
+    }
+}
+
+impl<'a> Changed<'a> {
+    /// The same batch as [`Alike`], when it is one: every site kept in place, all alike and
+    /// all changing. Read with a multiply and no branch, where [`Changed`] asks which kind of
+    /// sites it has for every change.
+    pub(crate) fn alike(&self) -> Option<Alike<'a>> {
+        match (self.view, &self.which) {
+            (
+                View::Uniform {
+                    entries,
+                    count,
+                    len,
+                    bytes,
+                },
+                None,
+            ) => Some(Alike {
+                entries,
+                count,
+                site_len: len,
+                bytes,
+                sites: self.sites,
+                back: self.back,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A batch of every site of a [`Sites`] kept in place whose sites are all alike (as many
+/// entries, as many bytes) and all change: [`Changed::alike`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Alike<'a> {
+    /// Site `i`'s first entry is `entries[i * count]`, its bytes at `i * 2 * site_len`.
+    entries: &'static [AltEntry],
+    count: usize,
+    site_len: usize,
+    bytes: &'a [u8],
+    sites: usize,
+    back: bool,
+}
+
+impl Changes for Alike<'_> {
+    fn len(&self) -> usize {
+        self.sites
+    }
+
+    #[inline(always)]
+    fn change(&self, i: usize) -> SiteChange<'_> {
+        let e = &self.entries[i * self.count];
+        let addr = e.site_addr(e as *const AltEntry as usize as u64);
+        let (before, after) =
+            self.bytes[i * 2 * self.site_len..][..2 * self.site_len].split_at(self.site_len);
         let (from, to) = if self.back {
             (after, before)
         } else {
             (before, after)
         };
-        SiteChange {
-            addr: s.addr,
-            from,
-            to,
+        SiteChange { addr, from, to }
+    }
+}
+
+/// Where each site's change is read from, worked out once for every site.
+#[derive(Clone, Copy)]
+enum View<'a> {
+    /// Kept in place, every site alike: site `i`'s first entry is `entries[i * count]`, its
+    /// bytes at `i * 2 * len`.
+    Uniform {
+        entries: &'static [AltEntry],
+        count: usize,
+        len: usize,
+        bytes: &'a [u8],
+    },
+    Recorded(&'a Recorded),
+    Listed(&'a InPlace),
+}
+
+impl<'a> View<'a> {
+    fn of(sites: &'a Sites) -> Self {
+        match &sites.repr {
+            Repr::Recorded(r) => View::Recorded(r),
+            Repr::InPlace(p) => match p.index {
+                Index::Uniform {
+                    first, count, len, ..
+                } => View::Uniform {
+                    entries: p.table.get(first as usize..).unwrap_or_default(),
+                    count: count as usize,
+                    len: usize::from(len),
+                    bytes: &p.bytes,
+                },
+                Index::Listed { .. } => View::Listed(p),
+            },
+        }
+    }
+
+    /// Site `i`'s change (`i` below the number of sites), from what it held to what it holds.
+    #[inline(always)]
+    fn change(&self, i: usize) -> SiteChange<'a> {
+        match *self {
+            View::Uniform {
+                entries,
+                count,
+                len,
+                bytes,
+            } => {
+                let e = &entries[i * count];
+                let addr = e.site_addr(e as *const AltEntry as usize as u64);
+                let (from, to) = bytes[i * 2 * len..][..2 * len].split_at(len);
+                SiteChange { addr, from, to }
+            }
+            _ => self.change_listed(i),
+        }
+    }
+
+    /// [`View::change`] for sites that are not all alike.
+    #[inline(never)]
+    fn change_listed(&self, i: usize) -> SiteChange<'a> {
+        match *self {
+            View::Recorded(r) => r.change_of(&r.slots[i]),
+            View::Listed(p) => p.change(i),
+            View::Uniform { .. } => unreachable!("alike sites are read inline"),
         }
     }
 }
@@ -384,12 +568,30 @@ impl Sites {
     /// Room for `sites` sites with one entry each (a hint; nothing is touched until used).
     pub fn with_capacity(sites: usize) -> Self {
         Sites {
-            slots: Vec::with_capacity(sites),
-            entries: Vec::with_capacity(sites),
-            bytes: Vec::new(),
-            targets: Vec::new(),
-            entry_base: None,
-            entry_addrs: Vec::new(),
+            repr: Repr::Recorded(Recorded {
+                slots: Vec::with_capacity(sites),
+                entries: Vec::with_capacity(sites),
+                ..Recorded::default()
+            }),
+            names: Names::default(),
+        }
+    }
+
+    /// Sites that the planner adds from `table`, which lies in memory for good, with
+    /// [`Sites::push_in_place`], deciding by `caps`; room for `bytes` bytes (a hint).
+    pub(crate) fn in_place(table: &'static [AltEntry], caps: CapabilitySet, bytes: usize) -> Self {
+        Sites {
+            repr: Repr::InPlace(InPlace {
+                table,
+                caps,
+                index: Index::Uniform {
+                    first: 0,
+                    count: 0,
+                    len: 0,
+                    sites: 0,
+                },
+                bytes: Vec::with_capacity(bytes),
+            }),
             names: Names::default(),
         }
     }
@@ -398,6 +600,190 @@ impl Sites {
     /// `before` and `after` of one length, its entries with the address each lives at
     /// (`Candidate::name` is ignored: names are looked up when read), and the choice.
     pub fn push(
+        &mut self,
+        addr: u64,
+        before: &[u8],
+        after: &[u8],
+        candidates: impl IntoIterator<Item = (Candidate, u64)>,
+        choice: Choice,
+    ) -> Result<(), SitesError> {
+        if let Repr::InPlace(_) = self.repr {
+            // Read from a table no longer: every site so far as pushed, from now on.
+            let mut r = Recorded::default();
+            for i in 0..self.len() {
+                if let Some(s) = self.get(i) {
+                    let addrs = self.entries_in_place(i);
+                    let candidates = s.candidates.iter().copied().zip(addrs);
+                    r.push(s.addr, &s.before, &s.after, candidates, s.choice)?;
+                }
+            }
+            self.repr = Repr::Recorded(r);
+        }
+        match &mut self.repr {
+            Repr::Recorded(r) => r.push(addr, before, after, candidates, choice),
+            Repr::InPlace(_) => unreachable!("recorded above"),
+        }
+    }
+
+    /// Where site `i`'s entries live, for sites kept in place.
+    fn entries_in_place(&self, i: usize) -> impl Iterator<Item = u64> + '_ {
+        let place = match &self.repr {
+            Repr::InPlace(p) => Some(p),
+            Repr::Recorded(_) => None,
+        };
+        place
+            .into_iter()
+            .flat_map(move |p| p.entries(i).map(move |k| p.entry_addr(k)))
+    }
+
+    /// Adds a site planned from the table given to [`Sites::in_place`]: its entries are the
+    /// table's `entries` (following the previous site's), its bytes `before` and `after`.
+    pub(crate) fn push_in_place(
+        &mut self,
+        entries: Range<usize>,
+        before: &[u8],
+        after: &[u8],
+    ) -> Result<(), SitesError> {
+        match &mut self.repr {
+            Repr::InPlace(p) => p.push(entries, before, after),
+            Repr::Recorded(_) => Err(SitesError::Order),
+        }
+    }
+
+    /// Whether the sites are read from a table in place ([`Sites::in_place`]).
+    pub(crate) fn is_in_place(&self) -> bool {
+        matches!(self.repr, Repr::InPlace(_))
+    }
+
+    /// Looks the sites' names up in `names` from now on.
+    pub fn set_names(&mut self, names: Names) {
+        self.names = names;
+    }
+
+    /// How many sites.
+    pub fn len(&self) -> usize {
+        match &self.repr {
+            Repr::Recorded(r) => r.slots.len(),
+            Repr::InPlace(p) => p.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `i`-th site, if there is one.
+    pub fn get(&self, i: usize) -> Option<SiteReport> {
+        match &self.repr {
+            Repr::Recorded(r) => r.get(i, &self.names),
+            Repr::InPlace(p) => p.get(i, &self.names),
+        }
+    }
+
+    /// The `i`-th site.
+    ///
+    /// # Panics
+    ///
+    /// If there are not more than `i` sites.
+    pub fn at(&self, i: usize) -> SiteReport {
+        match self.get(i) {
+            Some(s) => s,
+            None => panic!("site {i} of {}", self.len()),
+        }
+    }
+
+    /// The first site.
+    pub fn first(&self) -> Option<SiteReport> {
+        self.get(0)
+    }
+
+    /// The last site.
+    pub fn last(&self) -> Option<SiteReport> {
+        self.get(self.len().checked_sub(1)?)
+    }
+
+    /// Every site, in address order.
+    pub fn iter(&self) -> Iter<'_> {
+        Iter {
+            sites: self,
+            range: 0..self.len(),
+        }
+    }
+
+    /// The index of the site at `addr`.
+    pub fn position(&self, addr: u64) -> Option<usize> {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.change_at(mid).addr.cmp(&addr) {
+                core::cmp::Ordering::Less => lo = mid + 1,
+                core::cmp::Ordering::Greater => hi = mid,
+                core::cmp::Ordering::Equal => return Some(mid),
+            }
+        }
+        None
+    }
+
+    /// Every site's address range.
+    pub fn ranges(&self) -> impl ExactSizeIterator<Item = Range<u64>> + '_ {
+        let view = View::of(self);
+        (0..self.len()).map(move |i| view.change(i).range())
+    }
+
+    /// Every site whose bytes change, from what it held to what it holds, without building
+    /// the sites.
+    pub fn changes(&self) -> impl Iterator<Item = SiteChange<'_>> + '_ {
+        let view = View::of(self);
+        (0..self.len())
+            .map(move |i| view.change(i))
+            .filter(|c| c.from != c.to)
+    }
+
+    /// Site `i`'s change (`i < len()`), from what it held to what it holds.
+    #[inline]
+    fn change_at(&self, i: usize) -> SiteChange<'_> {
+        View::of(self).change(i)
+    }
+
+    /// The sites whose bytes change, as a batch: forward, or `back` from what each holds to
+    /// what it held.
+    pub fn changed(&self, back: bool) -> Changed<'_> {
+        let view = View::of(self);
+        let changes = |i: usize| {
+            let c = view.change(i);
+            !crate::short::same(c.from, c.to)
+        };
+        // Listed only if some site keeps its bytes (`push` keeps the indices within 32 bits).
+        let which = (!(0..self.len()).all(changes)).then(|| {
+            (0..self.len())
+                .filter(|&i| changes(i))
+                .map(|i| i as u32)
+                .collect()
+        });
+        Changed {
+            view,
+            sites: self.len(),
+            which,
+            back,
+        }
+    }
+
+    /// Every capability some site's entry is keyed by, each once per entry.
+    pub fn capabilities(&self) -> impl Iterator<Item = Capability> + '_ {
+        let (recorded, in_place) = match &self.repr {
+            Repr::Recorded(r) => (Some(r.entries.iter().map(|e| e.capability)), None),
+            Repr::InPlace(p) => (None, Some(p.capabilities())),
+        };
+        recorded
+            .into_iter()
+            .flatten()
+            .chain(in_place.into_iter().flatten())
+    }
+}
+
+impl Recorded {
+    fn push(
         &mut self,
         addr: u64,
         before: &[u8],
@@ -504,31 +890,6 @@ impl Sites {
         }
     }
 
-    /// Looks the sites' names up in `names` from now on.
-    pub fn set_names(&mut self, names: Names) {
-        self.names = names;
-    }
-
-    /// How many sites.
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
-    fn before_of(&self, s: &Slot) -> &[u8] {
-        let at = s.bytes as usize;
-        &self.bytes[at..at + usize::from(s.len)]
-    }
-
-    fn after_of(&self, s: &Slot) -> &[u8] {
-        let at = s.bytes as usize + usize::from(s.len);
-        &self.bytes[at..at + usize::from(s.len)]
-    }
-
     fn entries_of(&self, s: &Slot) -> &[Entry] {
         let at = s.entries as usize;
         &self.entries[at..at + usize::from(s.count)]
@@ -553,8 +914,7 @@ impl Sites {
         Choice::DirectCall { entry, target }
     }
 
-    /// The `i`-th site, if there is one.
-    pub fn get(&self, i: usize) -> Option<SiteReport> {
+    fn get(&self, i: usize, names: &Names) -> Option<SiteReport> {
         let s = self.slots.get(i)?;
         let first = s.entries as usize;
         let candidates: Candidates = self
@@ -567,103 +927,195 @@ impl Sites {
                 negated: e.flags & NEGATED != 0,
                 direct_call: e.flags & DIRECT_CALL != 0,
                 held: e.flags & HELD != 0,
-                name: self.names.entry(self.entry_addr(first + k)),
+                name: names.entry(self.entry_addr(first + k)),
             })
             .collect();
+        let c = self.change_of(s);
         Some(SiteReport {
             addr: s.addr,
-            function: self.names.site(s.addr),
+            function: names.site(s.addr),
             choice: self.choice_of(i, s),
             candidates,
-            before: self.before_of(s).into(),
-            after: self.after_of(s).into(),
+            before: c.from.into(),
+            after: c.to.into(),
         })
     }
 
-    /// The `i`-th site.
-    ///
-    /// # Panics
-    ///
-    /// If there are not more than `i` sites.
-    pub fn at(&self, i: usize) -> SiteReport {
-        match self.get(i) {
-            Some(s) => s,
-            None => panic!("site {i} of {}", self.len()),
-        }
-    }
-
-    /// The first site.
-    pub fn first(&self) -> Option<SiteReport> {
-        self.get(0)
-    }
-
-    /// The last site.
-    pub fn last(&self) -> Option<SiteReport> {
-        self.get(self.len().checked_sub(1)?)
-    }
-
-    /// Every site, in address order.
-    pub fn iter(&self) -> Iter<'_> {
-        Iter {
-            sites: self,
-            range: 0..self.len(),
-        }
-    }
-
-    /// The index of the site at `addr`.
-    pub fn position(&self, addr: u64) -> Option<usize> {
-        self.slots.binary_search_by_key(&addr, |s| s.addr).ok()
-    }
-
-    /// Every site's address range.
-    pub fn ranges(&self) -> impl ExactSizeIterator<Item = Range<u64>> + '_ {
-        self.slots.iter().map(|s| self.change_of(s).range())
-    }
-
-    /// Every site whose bytes change, from what it held to what it holds, without building
-    /// the sites.
-    pub fn changes(&self) -> impl Iterator<Item = SiteChange<'_>> + '_ {
-        self.slots
-            .iter()
-            .map(|s| self.change_of(s))
-            .filter(|c| c.from != c.to)
-    }
-
     /// A site's change, from what it held to what it holds.
+    #[inline]
     fn change_of(&self, s: &Slot) -> SiteChange<'_> {
+        // One slice of both: before, then after.
+        let (at, len) = (s.bytes as usize, usize::from(s.len));
+        let (from, to) = self.bytes[at..at + 2 * len].split_at(len);
         SiteChange {
             addr: s.addr,
-            from: self.before_of(s),
-            to: self.after_of(s),
+            from,
+            to,
+        }
+    }
+}
+
+impl InPlace {
+    fn len(&self) -> usize {
+        match &self.index {
+            Index::Uniform { sites, .. } => *sites as usize,
+            Index::Listed { starts, .. } => starts.len(),
         }
     }
 
-    /// The sites whose bytes change, as a batch: forward, or `back` from what each holds to
-    /// what it held.
-    pub fn changed(&self, back: bool) -> Changed<'_> {
-        let changes = |s: &Slot| {
-            let c = self.change_of(s);
-            !crate::short::same(c.from, c.to)
+    /// Site `i`'s entries (table indices; `i < len()`).
+    #[inline]
+    fn entries(&self, i: usize) -> Range<usize> {
+        match &self.index {
+            Index::Uniform { first, count, .. } => {
+                let start = *first as usize + i * *count as usize;
+                start..start + *count as usize
+            }
+            Index::Listed { starts, end } => {
+                let next = starts.get(i + 1).map_or(*end, |s| s.0);
+                starts[i].0 as usize..next as usize
+            }
+        }
+    }
+
+    /// Where site `i`'s bytes are (before, then after), and its length.
+    #[inline]
+    fn bytes_of(&self, i: usize) -> (usize, usize) {
+        match &self.index {
+            Index::Uniform { len, .. } => (i * 2 * usize::from(*len), usize::from(*len)),
+            Index::Listed { starts, .. } => {
+                let at = starts[i].1 as usize;
+                let next = starts.get(i + 1).map_or(self.bytes.len(), |s| s.1 as usize);
+                (at, (next - at) / 2)
+            }
+        }
+    }
+
+    fn entry_addr(&self, k: usize) -> u64 {
+        &self.table[k] as *const AltEntry as usize as u64
+    }
+
+    #[inline]
+    fn change(&self, i: usize) -> SiteChange<'_> {
+        let k = self.entries(i).start;
+        let addr = self.table[k].site_addr(self.entry_addr(k));
+        let (at, len) = self.bytes_of(i);
+        let (from, to) = self.bytes[at..at + 2 * len].split_at(len);
+        SiteChange { addr, from, to }
+    }
+
+    /// The entry at table index `k` as a candidate: its condition under `caps`.
+    fn candidate(&self, k: usize, names: &Names) -> Candidate {
+        let e = &self.table[k];
+        // The planner checked every entry of a site: its capability is known.
+        let capability =
+            Capability::from_id(e.capability_id()).unwrap_or(Candidate::default().capability);
+        let negated = e.flags().contains(AltFlags::NOT);
+        Candidate {
+            entry: k,
+            capability,
+            negated,
+            direct_call: e.flags().contains(AltFlags::DIRECT_CALL),
+            held: self.caps.has(capability) != negated,
+            name: names.entry(self.entry_addr(k)),
+        }
+    }
+
+    fn get(&self, i: usize, names: &Names) -> Option<SiteReport> {
+        if i >= self.len() {
+            return None;
+        }
+        let candidates: Candidates = self.entries(i).map(|k| self.candidate(k, names)).collect();
+        // The planner's rule: the first entry that holds.
+        let choice = match candidates.iter().find(|c| c.held) {
+            None => Choice::Default,
+            Some(c) if c.direct_call => Choice::DirectCall {
+                entry: c.entry,
+                target: self.table[c.entry].replacement_addr(self.entry_addr(c.entry)),
+            },
+            Some(c) => Choice::Inline { entry: c.entry },
         };
-        // Listed only if some site keeps its bytes (`push` keeps the indices within 32 bits).
-        let which = (!self.slots.iter().all(changes)).then(|| {
-            self.slots
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| changes(s))
-                .map(|(i, _)| i as u32)
-                .collect()
-        });
-        Changed {
-            sites: self,
-            which,
-            back,
-        }
+        let c = self.change(i);
+        Some(SiteReport {
+            addr: c.addr,
+            function: names.site(c.addr),
+            choice,
+            candidates,
+            before: c.from.into(),
+            after: c.to.into(),
+        })
     }
 
-    /// Every capability some site's entry is keyed by, each once per entry.
-    pub fn capabilities(&self) -> impl Iterator<Item = Capability> + '_ {
-        self.entries.iter().map(|e| e.capability)
+    fn push(
+        &mut self,
+        entries: Range<usize>,
+        before: &[u8],
+        after: &[u8],
+    ) -> Result<(), SitesError> {
+        let len = before.len();
+        if len != after.len() || len == 0 || len > usize::from(u8::MAX) {
+            return Err(SitesError::Length);
+        }
+        let end = self
+            .len()
+            .checked_sub(1)
+            .map_or(entries.start, |i| self.entries(i).end);
+        if entries.start != end || entries.is_empty() || entries.end > self.table.len() {
+            return Err(SitesError::Order);
+        }
+        let (Ok(first), Ok(count), Ok(bytes), Ok(next)) = (
+            u32::try_from(entries.start),
+            u32::try_from(entries.len()),
+            u32::try_from(self.bytes.len()),
+            u32::try_from(entries.end),
+        ) else {
+            return Err(SitesError::TooMany);
+        };
+        if u32::try_from(self.bytes.len() + 2 * len).is_err() {
+            return Err(SitesError::TooMany);
+        }
+        match &mut self.index {
+            Index::Uniform {
+                first: f,
+                count: c,
+                len: l,
+                sites,
+            } => {
+                if *sites == 0 {
+                    (*f, *c, *l) = (first, count, len as u8);
+                }
+                if *c == count && usize::from(*l) == len {
+                    *sites += 1;
+                } else {
+                    // The first site unlike the others: every start is listed from now on.
+                    let (f, c, l) = (*f, *c, u32::from(*l));
+                    let starts = (0..*sites).map(|i| (f + i * c, i * 2 * l)).collect();
+                    self.index = Index::Listed { starts, end: next };
+                    if let Index::Listed { starts, .. } = &mut self.index {
+                        starts.push((first, bytes));
+                    }
+                }
+            }
+            Index::Listed { starts, end } => {
+                starts.push((first, bytes));
+                *end = next;
+            }
+        }
+        crate::short::extend(&mut self.bytes, before);
+        crate::short::extend(&mut self.bytes, after);
+        Ok(())
+    }
+
+    /// Every capability the sites' entries are keyed by, each once per entry.
+    fn capabilities(&self) -> impl Iterator<Item = Capability> + '_ {
+        let n = self.len();
+        let all = match n {
+            0 => 0..0,
+            _ => self.entries(0).start..self.entries(n - 1).end,
+        };
+        self.table[all]
+            .iter()
+            .filter_map(|e| Capability::from_id(e.capability_id()))
     }
 }
 
@@ -750,6 +1202,13 @@ mod tests {
     use crate::capability::Features;
     use alloc::vec;
 
+    fn recorded(s: &Sites) -> &Recorded {
+        match &s.repr {
+            Repr::Recorded(r) => r,
+            Repr::InPlace(_) => panic!("sites kept in place"),
+        }
+    }
+
     fn cap(f: Features) -> Capability {
         Capability::feature(f).expect("a single feature")
     }
@@ -769,8 +1228,10 @@ mod tests {
     fn entry_addresses_are_computed_while_regular_and_listed_from_the_first_that_is_not() {
         let at = |i: usize| 0x9000 + 12 * i as u64;
         let c = |i| candidate(i, Features::POPCNT, false, false);
-        let addrs =
-            |s: &Sites| -> Vec<u64> { (0..s.entries.len()).map(|k| s.entry_addr(k)).collect() };
+        let addrs = |s: &Sites| -> Vec<u64> {
+            let r = recorded(s);
+            (0..r.entries.len()).map(|k| r.entry_addr(k)).collect()
+        };
         let mut sites = Sites::new();
         sites
             .push(
@@ -785,7 +1246,7 @@ mod tests {
             .push(0x200, &[1], &[1], [(c(7), at(7))], Choice::Default)
             .unwrap();
         assert!(
-            sites.entry_addrs.is_empty(),
+            recorded(&sites).entry_addrs.is_empty(),
             "nothing listed while every entry is in place"
         );
         assert_eq!(addrs(&sites), [at(3), at(4), at(7)]);
@@ -809,7 +1270,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(addrs(&sites), [at(3), at(4), at(7), 0x5, at(9)]);
-        assert_eq!(sites.entry_addrs.len(), 5);
+        assert_eq!(recorded(&sites).entry_addrs.len(), 5);
 
         // A refused first site does not leave its entry's base behind.
         let mut sites = Sites::new();
@@ -822,7 +1283,10 @@ mod tests {
         sites
             .push(0x200, &[1], &[1], [(c(4), at(4))], Choice::Default)
             .unwrap();
-        assert!(sites.entry_addrs.is_empty(), "in place: nothing listed");
+        assert!(
+            recorded(&sites).entry_addrs.is_empty(),
+            "in place: nothing listed"
+        );
         assert_eq!(addrs(&sites), [at(3), at(4)]);
     }
 
@@ -867,6 +1331,204 @@ mod tests {
                 (0x10, vec![1, 7], vec![1, 2]),
                 (0x30, vec![1, 9], vec![1, 2])
             ]
+        );
+    }
+
+    /// A table of `n` entries that lives for good, entry `k` for the site at `site(k)` past the
+    /// table's start, keyed by `key(k)`, its replacement (or call target) `0x7000 + k` past it.
+    fn leaked_table(
+        n: usize,
+        site: impl Fn(usize) -> u64,
+        key: impl Fn(usize) -> u16,
+        site_len: u8,
+    ) -> &'static [AltEntry] {
+        let table: &'static mut [AltEntry] = alloc::boxed::Box::leak(
+            vec![
+                AltEntry {
+                    site: 0,
+                    replacement: 0,
+                    key: 0,
+                    site_len: 0,
+                    replacement_len: 0,
+                };
+                n
+            ]
+            .into_boxed_slice(),
+        );
+        let base = table.as_ptr() as usize as u64;
+        for (k, e) in table.iter_mut().enumerate() {
+            let at = e as *const AltEntry as usize as u64;
+            e.site = (base + site(k)).wrapping_sub(at) as i32;
+            e.replacement = (base + 0x7000 + k as u64).wrapping_sub(at + 4) as i32;
+            e.key = key(k);
+            e.site_len = site_len;
+        }
+        table
+    }
+
+    fn changes_of<C: Changes + ?Sized>(c: &C) -> Vec<(u64, Vec<u8>, Vec<u8>)> {
+        (0..c.len())
+            .map(|i| c.change(i))
+            .map(|c| (c.addr, c.from.to_vec(), c.to.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn sites_kept_in_place_read_as_the_same_sites_recorded() {
+        use crate::capability::{CapabilitySet, Errata};
+        let (popcnt, avx2) = (cap(Features::POPCNT).id(), cap(Features::AVX2).id());
+        // Sites at 0x1000, 0x1100, ... two entries each (avx2 inline, then popcnt as a direct
+        // call), then two sites of one entry each (avx2, then popcnt).
+        let site = |k: usize| 0x1000 + 0x100 * (if k < 4 { k / 2 } else { k - 2 }) as u64;
+        let key = |k: usize| match k % 2 {
+            0 => AltEntry::make_key(avx2, AltFlags::empty()),
+            _ => AltEntry::make_key(popcnt, AltFlags::DIRECT_CALL),
+        };
+        let table = leaked_table(6, site, key, 5);
+        let base = table.as_ptr() as usize as u64;
+        let site = |k: usize| base + site(k);
+        let caps = CapabilitySet::new(Features::POPCNT, Errata::empty());
+        let addr_of = |k: usize| &table[k] as *const AltEntry as usize as u64;
+        let candidates = |ks: Range<usize>| -> Vec<(Candidate, u64)> {
+            ks.map(|k| {
+                let held = k % 2 == 1;
+                let c = if held {
+                    candidate(k, Features::POPCNT, true, true)
+                } else {
+                    candidate(k, Features::AVX2, false, false)
+                };
+                (c, addr_of(k))
+            })
+            .collect()
+        };
+        let call = |k: usize| Choice::DirectCall {
+            entry: k,
+            target: base + 0x7000 + k as u64,
+        };
+        let bytes = |b: u8| ([b; 5], [b + 1; 5]);
+        let mut in_place = Sites::in_place(table, caps, 0);
+        let mut recorded = Sites::new();
+        for (s, ks) in [(0, 0..2), (1, 2..4)] {
+            let (before, after) = bytes(s as u8 * 2);
+            in_place.push_in_place(ks.clone(), &before, &after).unwrap();
+            let choice = call(ks.start + 1);
+            recorded
+                .push(site(ks.start), &before, &after, candidates(ks), choice)
+                .unwrap();
+        }
+        assert!(matches!(
+            &in_place.repr,
+            Repr::InPlace(InPlace {
+                index: Index::Uniform { .. },
+                ..
+            })
+        ));
+        assert_eq!(in_place, recorded);
+        let alike = in_place.changed(false).alike().expect("every site alike");
+        assert_eq!(changes_of(&alike), changes_of(&recorded.changed(false)));
+        let back = in_place.changed(true).alike().unwrap();
+        assert_eq!(changes_of(&back), changes_of(&recorded.changed(true)));
+
+        // A site unlike the others (one entry): from then on every start is listed.
+        let (before, after) = bytes(4);
+        in_place.push_in_place(4..5, &before, &after).unwrap();
+        let refused = in_place.push_in_place(4..5, &before, &after);
+        assert_eq!(
+            refused,
+            Err(SitesError::Order),
+            "entries follow the previous site's"
+        );
+        recorded
+            .push(site(4), &before, &after, candidates(4..5), Choice::Default)
+            .unwrap();
+        let (before, after) = bytes(6);
+        in_place.push_in_place(5..6, &before, &after).unwrap();
+        recorded
+            .push(site(5), &before, &after, candidates(5..6), call(5))
+            .unwrap();
+        assert!(matches!(
+            &in_place.repr,
+            Repr::InPlace(InPlace {
+                index: Index::Listed { .. },
+                ..
+            })
+        ));
+        assert_eq!(in_place, recorded);
+        assert!(in_place.changed(false).alike().is_none());
+        assert_eq!(
+            changes_of(&in_place.changed(true)),
+            changes_of(&recorded.changed(true))
+        );
+        let ranges: Vec<_> = in_place.ranges().collect();
+        assert_eq!(ranges, recorded.ranges().collect::<Vec<_>>());
+        assert_eq!(ranges[2], site(4)..site(4) + 5);
+        assert_eq!(in_place.position(site(2)), Some(1));
+        assert_eq!(in_place.position(site(2) + 1), None);
+        let caps_of = |s: &Sites| s.capabilities().map(|c| c.id()).collect::<Vec<_>>();
+        assert_eq!(
+            caps_of(&in_place),
+            [avx2, popcnt, avx2, popcnt, avx2, popcnt]
+        );
+        assert_eq!(caps_of(&in_place), caps_of(&recorded));
+        assert_eq!(in_place.get(4), None);
+        // Where more than one entry holds, the first in table order is the choice.
+        let both = CapabilitySet::new(Features::POPCNT | Features::AVX2, Errata::empty());
+        let mut first_wins = Sites::in_place(table, both, 0);
+        first_wins.push_in_place(0..2, &[1; 5], &[2; 5]).unwrap();
+        assert_eq!(first_wins.at(0).choice, Choice::Inline { entry: 0 });
+        assert!(first_wins.at(0).candidates.iter().all(|c| c.held));
+
+        // A site pushed as a report: every site is recorded from then on, the same.
+        let c = candidate(9, Features::POPCNT, true, false);
+        let more = |s: &mut Sites| {
+            s.push(
+                site(5) + 0x100,
+                &[1],
+                &[2],
+                [(c, 0x55)],
+                Choice::Inline { entry: 9 },
+            )
+        };
+        more(&mut in_place).unwrap();
+        more(&mut recorded).unwrap();
+        assert!(!in_place.is_in_place());
+        assert_eq!(in_place, recorded);
+        assert_eq!(recorded_addrs(&in_place), recorded_addrs(&recorded));
+    }
+
+    fn recorded_addrs(s: &Sites) -> Vec<u64> {
+        let r = recorded(s);
+        (0..r.entries.len()).map(|k| r.entry_addr(k)).collect()
+    }
+
+    #[test]
+    fn sites_kept_in_place_refuse_what_the_planner_never_pushes() {
+        let table = leaked_table(3, |k| 0x1000 + 0x10 * k as u64, |_| 4, 2);
+        let mut sites = Sites::in_place(table, Default::default(), 0);
+        assert_eq!(
+            sites.push_in_place(0..1, &[1, 2], &[1]),
+            Err(SitesError::Length)
+        );
+        assert_eq!(sites.push_in_place(0..1, &[], &[]), Err(SitesError::Length));
+        assert_eq!(
+            sites.push_in_place(0..4, &[1, 2], &[3, 4]),
+            Err(SitesError::Order)
+        );
+        assert_eq!(
+            sites.push_in_place(1..1, &[1, 2], &[3, 4]),
+            Err(SitesError::Order)
+        );
+        sites.push_in_place(1..2, &[1, 2], &[3, 4]).unwrap();
+        assert_eq!(
+            sites.push_in_place(0..1, &[1, 2], &[3, 4]),
+            Err(SitesError::Order)
+        );
+        assert_eq!(sites.len(), 1);
+        assert_eq!(sites.at(0).addr, table.as_ptr() as usize as u64 + 0x1010);
+        // A recorded batch takes no site in place.
+        assert_eq!(
+            Sites::new().push_in_place(0..1, &[1, 2], &[3, 4]),
+            Err(SitesError::Order)
         );
     }
 

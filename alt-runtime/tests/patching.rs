@@ -1755,6 +1755,13 @@ fn name_table(
     unsafe { std::slice::from_raw_parts(table as *const NameEntry, names.len()) }
 }
 
+/// The entries of `table` where they lie, as a table that lives for good: the caller leaks the
+/// buffer holding them (`std::mem::forget`).
+fn for_good(table: &[TableEntry]) -> &'static [AltEntry] {
+    // SAFETY: the entries were written there, 4-aligned, in a buffer the caller never unmaps.
+    unsafe { std::slice::from_raw_parts(table[0].addr as *const AltEntry, table.len()) }
+}
+
 #[test]
 fn a_table_read_where_it_lies_plans_as_the_same_table_listed() {
     use alt_runtime::driver::{Patcher, PlanError};
@@ -1782,6 +1789,12 @@ fn a_table_read_where_it_lies_plans_as_the_same_table_listed() {
             .alternatives_in_memory(in_place)
             .plan(&writer())
             .map(|p| p.alternatives().clone());
+        // SAFETY: as above.
+        let for_good = unsafe { Patcher::new(c, layout()) }
+            .alternatives_static(for_good(&table))
+            .plan(&writer())
+            .map(|p| p.alternatives().clone());
+        assert_eq!(for_good, read, "a table kept in place plans the same");
         (listed, read)
     };
     let specs = [
@@ -1802,6 +1815,26 @@ fn a_table_read_where_it_lies_plans_as_the_same_table_listed() {
         read,
         Err(PlanError::Table(TableError { index: 1, .. }))
     ));
+    // Sites all alike (one entry, eight bytes each), every one changing.
+    let third = b.buf.text(0x300);
+    let alike = [b.good, Spec::inline(third, 8, b.repl, 5, popcnt())];
+    let (listed, read) = plan_both(&alike);
+    assert_eq!(read, listed);
+    assert_eq!(read.unwrap().sites.len(), 2);
+    // Written and restored from the table kept in place (the batch of sites all alike).
+    let table = b.buf.table(0, &alike);
+    // SAFETY: as above.
+    let patched = unsafe { Patcher::new(c, layout()) }
+        .alternatives_static(for_good(&table))
+        .plan(&writer())
+        .unwrap()
+        .apply(&mut writer(), &mut alone())
+        .unwrap();
+    assert_eq!((run(b.good.site, 0), run(third, 0)), (2, 3));
+    revert(patched);
+    assert_eq!((run(b.good.site, 0), run(third, 0)), (1, 1));
+    // The plans read the table where it lies for as long as they live.
+    std::mem::forget(b);
 }
 
 #[test]
@@ -1836,11 +1869,20 @@ fn the_report_names_each_site_s_function_and_each_entry_s_variant() {
         replacements: b.buf.repl_range(),
     };
     // SAFETY: the layout and the table are the test buffer's.
-    let patcher = unsafe { Patcher::new(caps(Features::POPCNT, Errata::empty()), layout) }
+    let patcher = unsafe { Patcher::new(caps(Features::POPCNT, Errata::empty()), layout.clone()) }
         .alternatives(table.iter().copied())
-        .names(names);
+        .names(names.clone());
     let prepared = patcher.plan(&writer()).unwrap();
     let preview = prepared.preview();
+    // The table kept where it lies for good: the same report, names and all, and the same
+    // bytes written and restored.
+    // SAFETY: as above.
+    let kept = unsafe { Patcher::new(caps(Features::POPCNT, Errata::empty()), layout.clone()) }
+        .alternatives_static(for_good(&table))
+        .names(names);
+    let kept = kept.plan(&writer()).unwrap();
+    assert_eq!(kept.preview(), preview);
+    revert(kept.apply(&mut writer(), &mut alone()).unwrap());
     let named: Vec<_> = preview
         .sites
         .iter()
@@ -1878,6 +1920,8 @@ fn the_report_names_each_site_s_function_and_each_entry_s_variant() {
         "apply reports what the preview showed, and the page it wrote"
     );
     revert(p);
+    // The record read the table where it lies.
+    std::mem::forget(b);
 }
 
 #[test]
