@@ -35,6 +35,13 @@
 //! ([`TableErrorKind::ReturnInsideInstruction`]).
 //!
 //! The first failing check, in that order, is the error reported.
+//!
+//! A table in address order with no placeholder between its entries (as the linker leaves a
+//! program's own) is planned in one pass: each site's entries are checked as the site is
+//! planned, and nothing is kept per entry. The checks, and the order entries are checked in,
+//! are those of the two passes, so the plan is theirs; if anything fails, or the table is
+//! not such a table, it is planned again in two passes, per entry then per site, which name
+//! the first error in the order above.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -361,54 +368,172 @@ fn plan_entries<I: Isa, M: Memory, E: EntryList + ?Sized>(
     caps: &CapabilitySet,
     mem: &M,
 ) -> Result<Plan, TableError> {
-    let mut parsed = Vec::with_capacity(entries.len());
-    let mut arena = Vec::new();
-    let mut shapes = Vec::new();
-    let mut unchanged = MovesUnchanged::new(entries.len());
-    for index in 0..entries.len() {
-        parsed.push(check_entry::<I, M>(
+    let mut work = Work::new(entries.len());
+    if let Some(plan) = plan_in_order::<I, M, E>(entries, place, layout, caps, mem, &mut work) {
+        return Ok(plan);
+    }
+    // Not in address order, a placeholder between entries, or some entry is wrong: the two
+    // passes, which find the first error in the documented order.
+    plan_in_two_passes::<I, M, E>(entries, layout, caps, mem)
+}
+
+/// What planning builds up from the entries: the relocated replacements and their shapes.
+struct Work {
+    /// Every inline replacement relocated to its first site, one after the other (entries
+    /// whose replacements move unchanged share theirs).
+    arena: Vec<u8>,
+    shapes: Vec<Shape>,
+    unchanged: MovesUnchanged,
+}
+
+impl Work {
+    fn new(entries: usize) -> Self {
+        Work {
+            arena: Vec::new(),
+            shapes: Vec::new(),
+            unchanged: MovesUnchanged::new(entries),
+        }
+    }
+
+    fn check<I: Isa, M: Memory>(
+        &mut self,
+        index: usize,
+        t: &TableEntry,
+        layout: &Layout<'_>,
+        mem: &M,
+    ) -> Result<Parsed, TableError> {
+        check_entry::<I, M>(
             index,
-            &entries.get(index),
+            t,
             layout,
             mem,
-            &mut arena,
-            &mut shapes,
-            &mut unchanged,
-        )?);
+            &mut self.arena,
+            &mut self.shapes,
+            &mut self.unchanged,
+        )
+    }
+}
+
+/// Sites for a table whose entries lie from `first` (table index) on, `n` of them.
+fn sites_for<E: EntryList + ?Sized>(
+    entries: &E,
+    place: Option<&'static [AltEntry]>,
+    caps: &CapabilitySet,
+    first: usize,
+    n: usize,
+) -> Sites {
+    match place {
+        Some(table) => {
+            // Room for sites as long as the first (a hint: pages are touched as used).
+            let len = if n > 0 {
+                entries.get(first).entry.site_len
+            } else {
+                0
+            };
+            Sites::in_place(table, *caps, 2 * usize::from(len) * n)
+        }
+        None => Sites::with_capacity(n),
+    }
+}
+
+/// The plan of a table in address order with no placeholder between its entries (as the
+/// linker leaves a program's table) in one pass: each site's entries are checked, grouped,
+/// decided and encoded together, and nothing is kept per entry. `None` when the table is not
+/// such a table or some check fails: then [`plan_in_two_passes`] plans it (and names the first
+/// error in the documented order). The checks and the order in which entries are checked
+/// (table order: the replacements' cache and arena fill alike) are the two passes', so a plan
+/// made here is the plan they make.
+fn plan_in_order<I: Isa, M: Memory, E: EntryList + ?Sized>(
+    entries: &E,
+    place: Option<&'static [AltEntry]>,
+    layout: &Layout<'_>,
+    caps: &CapabilitySet,
+    mem: &M,
+    work: &mut Work,
+) -> Option<Plan> {
+    let n = entries.len();
+    let mut i = (0..n)
+        .find(|&i| !entries.get(i).is_placeholder())
+        .unwrap_or(n);
+    let mut sites = sites_for(entries, place, caps, i, n - i);
+    let mut previous: Option<Range<u64>> = None;
+    while i < n {
+        let t = entries.get(i);
+        if t.is_placeholder() {
+            // Placeholders only at the end.
+            if (i..n).all(|j| entries.get(j).is_placeholder()) {
+                break;
+            }
+            return None;
+        }
+        let mut group: GroupEntries =
+            [(i, work.check::<I, M>(i, &t, layout, mem).ok()?)][..].into();
+        let site = t.site();
+        if previous.is_some_and(|p| p.end > site.start) {
+            // Out of order, or overlapping the site before.
+            return None;
+        }
+        let mut j = i + 1;
+        while j < n {
+            let u = entries.get(j);
+            if u.is_placeholder() || u.entry.site_addr(u.addr) != site.start {
+                break;
+            }
+            if u.site().end != site.end {
+                return None;
+            }
+            group.push((j, work.check::<I, M>(j, &u, layout, mem).ok()?));
+            j += 1;
+        }
+        let g = read_site::<I, M>(site.clone(), group, &t, mem).ok()?;
+        let planned = Planned {
+            entries,
+            arena: &work.arena,
+            shapes: &work.shapes,
+        };
+        planned.site::<I>(&mut sites, g, caps).ok()?;
+        previous = Some(site);
+        i = j;
+    }
+    Some(Plan {
+        sites,
+        capabilities: *caps,
+    })
+}
+
+/// The plan of any table: every entry checked on its own first (in table order), then the
+/// sites in address order.
+fn plan_in_two_passes<I: Isa, M: Memory, E: EntryList + ?Sized>(
+    entries: &E,
+    layout: &Layout<'_>,
+    caps: &CapabilitySet,
+    mem: &M,
+) -> Result<Plan, TableError> {
+    let mut work = Work::new(entries.len());
+    let mut parsed = Vec::with_capacity(entries.len());
+    for index in 0..entries.len() {
+        parsed.push(work.check::<I, M>(index, &entries.get(index), layout, mem)?);
     }
     let order = Order::new(entries);
     let planned = Planned {
         entries,
-        parsed: &parsed,
-        arena: &arena,
-        shapes: &shapes,
-        order: &order,
+        arena: &work.arena,
+        shapes: &work.shapes,
     };
     // One site at a time: its entries are grouped, its bytes read and checked, then it is
     // decided and encoded, so no list of every site's group is kept. The checks of the
     // grouping (lengths, overlaps, the site's bytes) come first for the whole table: an error
     // of a later step is held until every site has passed them.
-    let mut sites = match (place, &order) {
-        (Some(table), Order::Table(r)) => {
-            // Room for sites as long as the first (a hint: pages are touched as used).
-            let len = r
-                .clone()
-                .next()
-                .map_or(0, |i| entries.get(i).entry.site_len);
-            Sites::in_place(table, *caps, 2 * usize::from(len) * r.len())
-        }
-        _ => Sites::with_capacity(order.len()),
-    };
-    let in_place = sites.is_in_place();
+    let mut sites = Sites::with_capacity(order.len());
     let mut later: Option<TableError> = None;
     let mut k = 0;
     let mut previous: Option<(u64, usize)> = None;
     while k < order.len() {
-        let g = next_group::<I, M, E>(entries, &order, k, previous, mem)?;
+        let (g, end) = next_group::<I, M, E>(entries, &parsed, &order, k, previous, mem)?;
         previous = Some((g.site.end, order.at(k)));
-        k = g.entries.end;
+        k = end;
         if later.is_none() {
-            if let Err(e) = planned.site::<I>(&mut sites, in_place, g, caps) {
+            if let Err(e) = planned.site::<I>(&mut sites, g, caps) {
                 later = Some(e);
             }
         }
@@ -422,13 +547,11 @@ fn plan_entries<I: Isa, M: Memory, E: EntryList + ?Sized>(
     })
 }
 
-/// What the per-entry pass found, for planning the sites one by one.
+/// What the entries' checks found, for planning the sites one by one.
 struct Planned<'p, E: ?Sized> {
     entries: &'p E,
-    parsed: &'p [Parsed],
     arena: &'p [u8],
     shapes: &'p [Shape],
-    order: &'p Order,
 }
 
 impl<E: EntryList + ?Sized> Planned<'_, E> {
@@ -436,36 +559,30 @@ impl<E: EntryList + ?Sized> Planned<'_, E> {
     fn site<I: Isa>(
         &self,
         sites: &mut Sites,
-        in_place: bool,
         g: Group,
         caps: &CapabilitySet,
     ) -> Result<(), TableError> {
         let returns = check_returns::<I, E>(self, &g)?;
-        let candidate = |i: usize| {
+        let first = g.entries[0].0;
+        let candidate = |&(i, p): &(usize, Parsed)| {
             let t = self.entries.get(i);
-            (self.parsed[i].candidate(i, &t, caps), t.addr)
+            (p.candidate(i, &t, caps), t.addr)
         };
-        // Each entry's candidate once (two inline, more on the heap).
-        let first = self.order.at(g.entries.start);
-        let candidates: crate::bytes::SmallVec<(Candidate, u64), 2> = if g.entries.len() == 1 {
-            [candidate(first)][..].into()
-        } else {
-            g.indices(self.order).map(candidate).collect()
-        };
-        let choice = decide(self.entries, candidates.iter().map(|c| c.0));
-        let new = encode::<I, E>(self, &g, choice, returns)?;
-        let pushed = if in_place {
-            // In table order: the order's positions are the table's indices.
+        let pushed = if sites.is_in_place() {
+            // Only the bytes are kept: the rule is applied to the entries as they come.
+            let choice = decide(self.entries, g.entries.iter().map(|e| candidate(e).0));
+            let new = encode::<I, E>(self, &g, choice, returns)?;
+            // The entries follow one another in the table.
             let entries = first..first + g.entries.len();
             sites.push_in_place(entries, &g.original, &new)
         } else {
-            sites.push(
-                g.site.start,
-                &g.original,
-                &new,
-                candidates.iter().copied(),
-                choice,
-            )
+            // Each entry's candidate once (two inline, more on the heap).
+            let candidates: crate::bytes::SmallVec<(Candidate, u64), 2> =
+                g.entries.iter().map(candidate).collect();
+            let choice = decide(self.entries, candidates.iter().map(|c| c.0));
+            let new = encode::<I, E>(self, &g, choice, returns)?;
+            let candidates = candidates.iter().copied();
+            sites.push(g.site.start, &g.original, &new, candidates, choice)
         };
         pushed.map_err(|e| {
             let kind = TableErrorKind::TooManyEntries(e);
@@ -478,9 +595,9 @@ impl<E: EntryList + ?Sized> Planned<'_, E> {
     }
 }
 
-/// What a valid entry would put at its site, in 8 bytes (a program has one per site): its
-/// capability and condition are not kept, they are read from the entry again.
-#[derive(Clone, Copy)]
+/// What a valid entry would put at its site, in 8 bytes: its capability and condition are not
+/// kept, they are read from the entry again.
+#[derive(Clone, Copy, Default)]
 struct Parsed {
     /// For an inline replacement: where its bytes, relocated to the site's start, are in the
     /// planner's arena (one buffer for every entry; entries with the same bytes share them).
@@ -714,21 +831,38 @@ fn check_entry<I: Isa, M: Memory>(
     Ok(parsed)
 }
 
+/// A site's entries in table order (the first carries the site's default): each one's table
+/// index and what its check found. Two inline, more on the heap.
+type GroupEntries = crate::bytes::SmallVec<(usize, Parsed), 2>;
+
 /// The entries of one site, and the site's bytes.
 struct Group {
     site: Range<u64>,
-    /// Where the site's entry indices are in the sorted order, in table order (the first one
-    /// carries the site's default).
-    entries: Range<usize>,
+    entries: GroupEntries,
     original: SiteBytes,
     shape: Shape,
 }
 
-impl Group {
-    /// The site's entries (their indices), in table order.
-    fn indices<'o>(&self, order: &'o Order) -> impl Iterator<Item = usize> + 'o {
-        self.entries.clone().map(|k| order.at(k))
-    }
+/// The group of `entries` for `site`, with the site's bytes read and checked to be whole
+/// instructions; errors name `first`, the site's first entry.
+fn read_site<I: Isa, M: Memory>(
+    site: Range<u64>,
+    entries: GroupEntries,
+    first: &TableEntry,
+    mem: &M,
+) -> Result<Group, TableError> {
+    let index = entries[0].0;
+    let mut original = SiteBytes::filled(0, site.end.saturating_sub(site.start) as usize);
+    mem.read(site.start, &mut original)
+        .map_err(|e| error(index, first, TableErrorKind::Unreadable(e)))?;
+    let shape = I::shape(site.start, &original)
+        .map_err(|e| error(index, first, TableErrorKind::Site(e)))?;
+    Ok(Group {
+        site,
+        entries,
+        original,
+        shape,
+    })
 }
 
 /// The entries' indices sorted by site (table order kept among the entries of one site),
@@ -790,14 +924,15 @@ impl Order {
 
 /// The site whose first entry is `order[k]`: its entries (checked to agree on its length), its
 /// bytes (read and checked), after checking it does not overlap the previous site (its end and
-/// first entry).
+/// first entry); and where in the order the next site's entries begin.
 fn next_group<I: Isa, M: Memory, E: EntryList + ?Sized>(
     entries: &E,
+    parsed: &[Parsed],
     order: &Order,
     k: usize,
     previous: Option<(u64, usize)>,
     mem: &M,
-) -> Result<Group, TableError> {
+) -> Result<(Group, usize), TableError> {
     let i = order.at(k);
     let t = &entries.get(i);
     let site = t.site();
@@ -811,11 +946,7 @@ fn next_group<I: Isa, M: Memory, E: EntryList + ?Sized>(
             return Err(error(i, t, kind));
         }
     }
-    let mut original = SiteBytes::filled(0, site.end.saturating_sub(site.start) as usize);
-    mem.read(site.start, &mut original)
-        .map_err(|e| error(i, t, TableErrorKind::Unreadable(e)))?;
-    let shape =
-        I::shape(site.start, &original).map_err(|e| error(i, t, TableErrorKind::Site(e)))?;
+    let mut group: GroupEntries = [(i, parsed[i])][..].into();
     let mut end = k + 1;
     while end < order.len() {
         let j = order.at(end);
@@ -831,14 +962,10 @@ fn next_group<I: Isa, M: Memory, E: EntryList + ?Sized>(
             };
             return Err(error(j, other, kind));
         }
+        group.push((j, parsed[j]));
         end += 1;
     }
-    Ok(Group {
-        site,
-        entries: k..end,
-        original,
-        shape,
-    })
+    Ok((read_site::<I, M>(site, group, t, mem)?, end))
 }
 
 /// Where a direct call of this site ends: where the default's (last) call returns, or right
@@ -857,12 +984,12 @@ fn check_returns<I: Isa, E: EntryList + ?Sized>(
     p: &Planned<'_, E>,
     g: &Group,
 ) -> Result<Offsets, TableError> {
-    let (entries, parsed, order) = (p.entries, p.parsed, p.order);
+    let entries = p.entries;
     let call_end = call_end::<I>(g);
     let call_start = call_end - usize::from(I::CALL_LEN);
     let mut returns = g.shape.returns;
-    for i in g.indices(order) {
-        match parsed[i].variant() {
+    for (_, parsed) in &g.entries {
+        match parsed.variant() {
             Variant::Inline { shape, .. } => returns = returns.union(p.shape(shape).returns),
             Variant::Call => returns.insert(call_end),
             Variant::None => {}
@@ -876,7 +1003,7 @@ fn check_returns<I: Isa, E: EntryList + ?Sized>(
     // A return to the site's end is fine in every variant: each ends there.
     for r in returns.iter().take_while(|&r| r < len) {
         let offset = r as u8;
-        let first = order.at(g.entries.start);
+        let first = g.entries[0].0;
         if !g.shape.boundaries.contains(r) {
             let kind = TableErrorKind::ReturnInsideInstruction {
                 offset,
@@ -884,8 +1011,8 @@ fn check_returns<I: Isa, E: EntryList + ?Sized>(
             };
             return Err(error(first, &entries.get(first), kind));
         }
-        for i in g.indices(order) {
-            let straddles = match parsed[i].variant() {
+        for &(i, parsed) in &g.entries {
+            let straddles = match parsed.variant() {
                 Variant::Inline { shape, .. } => {
                     let len = entries.get(i).entry.replacement_len;
                     r < usize::from(len) && !p.shape(shape).boundaries.contains(r)
@@ -943,8 +1070,9 @@ fn encode<I: Isa, E: EntryList + ?Sized>(
             Ok(if keeps { kept } else { g.original.clone() })
         }
         Choice::Inline { entry } => {
-            let Variant::Inline { at, .. } = p.parsed[entry].variant() else {
-                unreachable!("an inline choice has inline bytes")
+            let parsed = g.entries.iter().find(|e| e.0 == entry).map(|e| e.1);
+            let Some(Variant::Inline { at, .. }) = parsed.map(Parsed::variant) else {
+                unreachable!("an inline choice is one of the site's inline entries")
             };
             let n = usize::from(p.entries.get(entry).entry.replacement_len);
             let at = at as usize;
@@ -974,6 +1102,168 @@ fn encode<I: Isa, E: EntryList + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capability::{Errata, Features};
+
+    /// Text at 0x10000 (0x800 bytes), the replacement section right after it (0x100).
+    struct Image(Vec<u8>);
+
+    const TEXT: u64 = 0x10000;
+    const REPL: u64 = TEXT + 0x800;
+
+    impl Memory for Image {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+            let at = addr.checked_sub(TEXT).ok_or(MemoryError { addr })? as usize;
+            let src = self.0.get(at..at + buf.len()).ok_or(MemoryError { addr })?;
+            buf.copy_from_slice(src);
+            Ok(())
+        }
+    }
+
+    /// xorshift64*: fixed seed, the same tables every run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
+        }
+    }
+
+    #[test]
+    fn a_table_in_order_plans_in_one_pass_as_in_two_and_any_other_falls_back() {
+        // Text: sites of 5-byte calls and of `mov eax, imm32; nop; nop; nop` (8 bytes), each
+        // 16 bytes apart; replacements: popcnt rax, rdi (moves unchanged), lea rax, [rip + x]
+        // (must be relocated), mov eax, 2.
+        let mut image = vec![0xcc; 0x900];
+        for k in 0..0x80usize {
+            let at = 16 * k;
+            let site: &[u8] = if k.is_multiple_of(3) {
+                &[0xb8, 1, 0, 0, 0, 0x90, 0x90, 0x90]
+            } else {
+                &[0xe8, 0x10, 0, 0, 0]
+            };
+            image[at..at + site.len()].copy_from_slice(site);
+        }
+        let repl: [(&[u8], u64); 3] = [
+            (&[0xf3, 0x48, 0x0f, 0xb8, 0xc7], 0),
+            (&[0x48, 0x8d, 0x05, 0x00, 0x01, 0x00, 0x00], 0x10),
+            (&[0xb8, 2, 0, 0, 0], 0x20),
+        ];
+        for (code, off) in repl {
+            let at = (REPL - TEXT + off) as usize;
+            image[at..at + code.len()].copy_from_slice(code);
+        }
+        let mem = Image(image);
+        let text = TEXT..REPL;
+        let layout = Layout {
+            text: core::slice::from_ref(&text),
+            replacements: REPL..REPL + 0x100,
+        };
+        let caps = CapabilitySet::new(Features::POPCNT | Features::SSE3, Errata::empty());
+        let keys = [
+            Capability::feature(Features::POPCNT).unwrap().id(),
+            Capability::feature(Features::AVX2).unwrap().id(),
+            Capability::feature(Features::SSE3).unwrap().id(),
+        ];
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let (mut one_pass, mut fell_back, mut refused) = (0, 0, 0);
+        for round in 0..3000 {
+            let mut entries = Vec::new();
+            let sites = 1 + rng.below(6);
+            let mut k = rng.below(4);
+            for _ in 0..sites {
+                let site = TEXT + 16 * k;
+                let long = k.is_multiple_of(3);
+                for _ in 0..1 + rng.below(3) {
+                    let addr = 0x9_0000 + 12 * entries.len() as u64;
+                    let cap = keys[rng.below(3) as usize];
+                    let mut flags = AltFlags::empty();
+                    if rng.below(4) == 0 {
+                        flags |= AltFlags::NOT;
+                    }
+                    let (target, len) = match rng.below(4) {
+                        0 => {
+                            flags |= AltFlags::DIRECT_CALL;
+                            (TEXT + 16 * rng.below(0x80), 0)
+                        }
+                        // The 7-byte lea only where it fits.
+                        n => {
+                            let n = if long { n } else { 1 + 2 * (n % 2) };
+                            let (code, off) = repl[n as usize - 1];
+                            (REPL + off, code.len() as u8)
+                        }
+                    };
+                    // Now and then a wrong entry: a site too short for its replacement, or
+                    // a site length that is not the site's.
+                    let site_len = match rng.below(40) {
+                        0 => 3,
+                        1 => 6,
+                        _ if long => 8,
+                        _ => 5,
+                    };
+                    let entry = AltEntry {
+                        site: site.wrapping_sub(addr) as i32,
+                        replacement: target.wrapping_sub(addr + 4) as i32,
+                        key: AltEntry::make_key(cap, flags),
+                        site_len,
+                        replacement_len: len,
+                    };
+                    entries.push(TableEntry { addr, entry });
+                }
+                k += 1 + rng.below(3);
+            }
+            // Now and then a site that begins inside the last one.
+            if rng.below(10) == 0 {
+                let last = entries[entries.len() - 1];
+                let addr = 0x9_0000 + 12 * entries.len() as u64;
+                let mut entry = last.entry;
+                let site = last.entry.site_addr(last.addr) + 2;
+                entry.site = site.wrapping_sub(addr) as i32;
+                entry.replacement = last
+                    .entry
+                    .replacement_addr(last.addr)
+                    .wrapping_sub(addr + 4) as i32;
+                entries.push(TableEntry { addr, entry });
+            }
+            // Now and then out of order, or with a placeholder between entries.
+            match rng.below(8) {
+                0 => entries.reverse(),
+                1 => {
+                    let at = rng.below(entries.len() as u64 + 1) as usize;
+                    let addr = 0x8_0000;
+                    let zero = AltEntry {
+                        site: 0,
+                        replacement: 0,
+                        key: 0,
+                        site_len: 0,
+                        replacement_len: 0,
+                    };
+                    entries.insert(at, TableEntry { addr, entry: zero });
+                }
+                _ => {}
+            }
+            let entries = &entries[..];
+            let mut work = Work::new(entries.len());
+            let fast =
+                plan_in_order::<X86_64, _, _>(entries, None, &layout, &caps, &mem, &mut work);
+            let slow = plan_in_two_passes::<X86_64, _, _>(entries, &layout, &caps, &mem);
+            match (fast, slow) {
+                (Some(fast), Ok(slow)) => {
+                    assert_eq!(fast, slow, "round {round}");
+                    one_pass += 1;
+                }
+                (Some(fast), Err(e)) => panic!("round {round}: {fast:?} in one pass, {e}"),
+                (None, Ok(_)) => fell_back += 1,
+                (None, Err(_)) => refused += 1,
+            }
+        }
+        assert!(
+            one_pass > 1000 && fell_back > 100 && refused > 100,
+            "{one_pass} planned in one pass, {fell_back} fell back, {refused} refused"
+        );
+    }
 
     /// Entries at 0x1000, 0x100c, ...: `Some(site)` for an entry of the site at `site`, `None`
     /// for a placeholder.

@@ -1063,6 +1063,16 @@ impl InPlace {
         if entries.start != end || entries.is_empty() || entries.end > self.table.len() {
             return Err(SitesError::Order);
         }
+        // The site begins after the one before ends.
+        let k = entries.start;
+        let addr = self.table[k].site_addr(self.entry_addr(k));
+        if self
+            .len()
+            .checked_sub(1)
+            .is_some_and(|i| self.change(i).range().end > addr)
+        {
+            return Err(SitesError::Order);
+        }
         let (Ok(first), Ok(count), Ok(bytes), Ok(next)) = (
             u32::try_from(entries.start),
             u32::try_from(entries.len()),
@@ -1519,6 +1529,14 @@ mod tests {
             Err(SitesError::Order)
         );
         sites.push_in_place(1..2, &[1, 2], &[3, 4]).unwrap();
+        // A site that begins inside the one before.
+        let mut overlapping = Sites::in_place(table, Default::default(), 0);
+        let long = [0u8; 0x11];
+        overlapping.push_in_place(0..1, &long, &long).unwrap();
+        assert_eq!(
+            overlapping.push_in_place(1..2, &[1, 2], &[3, 4]),
+            Err(SitesError::Order)
+        );
         assert_eq!(
             sites.push_in_place(0..1, &[1, 2], &[3, 4]),
             Err(SitesError::Order)
