@@ -8,7 +8,6 @@
 //! `BL`, `NOP` words, PC-relative forms re-targeted, cache maintenance and `ISB`). Both are plain
 //! functions, so AArch64 tables are planned and tested on any host.
 
-use alloc::vec::Vec;
 use core::fmt;
 
 pub use crate::aarch64::Aarch64;
@@ -112,6 +111,7 @@ impl Offsets {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::vec::Vec;
 
     #[test]
     fn offsets_iterate_in_order() {
@@ -142,6 +142,9 @@ pub struct Shape {
     pub returns: Offsets,
 }
 
+/// A direct call's bytes ([`Isa::call`]): up to eight, inline.
+pub type CallBytes = crate::bytes::SmallVec<u8, 8>;
+
 /// One instruction set's rules for sites and replacements.
 pub trait Isa {
     /// Length of the direct call written at a direct-call site.
@@ -151,12 +154,20 @@ pub trait Isa {
     /// where they start and where its calls return to.
     fn shape(addr: u64, code: &[u8]) -> Result<Shape, CodeError>;
 
+    /// Whether `b` has the shape of `a` without decoding it: the planner plans a site like the
+    /// one before when their code is alike. Bytes that are equal are alike; an instruction set
+    /// may say more (x86-64: one `call` or `jmp rel32` and another, whatever their targets).
+    fn alike(a: &[u8], b: &[u8]) -> bool {
+        a == b
+    }
+
     /// Copies `src`, assembled at `from`, into `out` re-targeted to run at `to`, and returns
     /// its shape (as [`Isa::shape`] would, from the same decoding).
     fn relocate(src: &[u8], from: u64, to: u64, out: &mut [u8]) -> Result<Shape, CodeError>;
 
-    /// The direct call written at `at` to reach `target` ([`Isa::CALL_LEN`] bytes).
-    fn call(at: u64, target: u64) -> Result<Vec<u8>, CodeError>;
+    /// The direct call written at `at` to reach `target` ([`Isa::CALL_LEN`] bytes, kept
+    /// inline: a program plans one per direct-call entry).
+    fn call(at: u64, target: u64) -> Result<CallBytes, CodeError>;
 
     /// Fills `buf` (a whole number of instructions' room) with NOPs.
     fn fill(buf: &mut [u8]);

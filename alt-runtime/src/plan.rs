@@ -457,6 +457,7 @@ fn plan_in_order<I: Isa, M: Memory, E: EntryList + ?Sized>(
         .unwrap_or(n);
     let mut sites = sites_for(entries, place, caps, i, n - i);
     let mut previous: Option<Range<u64>> = None;
+    let mut last: Option<Last> = None;
     while i < n {
         let t = entries.get(i);
         if t.is_placeholder() {
@@ -485,13 +486,35 @@ fn plan_in_order<I: Isa, M: Memory, E: EntryList + ?Sized>(
             group.push((j, work.check::<I, M>(j, &u, layout, mem).ok()?));
             j += 1;
         }
-        let g = read_site::<I, M>(site.clone(), group, &t, mem).ok()?;
+        let mut original = SiteBytes::filled(0, site.end.saturating_sub(site.start) as usize);
+        mem.read(site.start, &mut original).ok()?;
+        let like = last
+            .take()
+            .filter(|l| l.is_like::<I, E>(entries, &group, &original));
+        let shape = match &like {
+            Some(l) => l.shape,
+            None => I::shape(site.start, &original).ok()?,
+        };
+        let g = Group {
+            site: site.clone(),
+            entries: group,
+            original,
+            shape,
+        };
         let planned = Planned {
             entries,
             arena: &work.arena,
             shapes: &work.shapes,
         };
-        planned.site::<I>(&mut sites, g, caps).ok()?;
+        let decided = planned
+            .site::<I>(&mut sites, &g, caps, like.as_ref())
+            .ok()?;
+        last = Some(Last {
+            entries: g.entries,
+            original: g.original,
+            shape: g.shape,
+            decided,
+        });
         previous = Some(site);
         i = j;
     }
@@ -499,6 +522,69 @@ fn plan_in_order<I: Isa, M: Memory, E: EntryList + ?Sized>(
         sites,
         capabilities: *caps,
     })
+}
+
+/// What was decided for a site: the offsets that stay boundaries, which of its entries
+/// applies (its position among them), and the bytes.
+struct Decided {
+    returns: Offsets,
+    chosen: Option<usize>,
+    new: SiteBytes,
+}
+
+/// The site planned last, which the next is planned from when it is like it.
+struct Last {
+    entries: GroupEntries,
+    original: SiteBytes,
+    shape: Shape,
+    decided: Decided,
+}
+
+impl Last {
+    /// Whether a site with these entries and code plans as this one did: as many entries, each
+    /// with the key (capability, flags) and replacement length of this one's in its place and
+    /// checked to the same [`Parsed`] (one kind, and for a replacement the same bytes, relocated
+    /// to any site alike: the replacements' cache shares only those that move unchanged), and
+    /// code as long and [alike](Isa::alike) (so of one shape). Then the return-address rule
+    /// holds for it as it did here, the same entry holds, and an inline replacement puts the
+    /// same bytes; what depends on where the site is (a direct call, the default's bytes) is
+    /// worked out again.
+    fn is_like<I: Isa, E: EntryList + ?Sized>(
+        &self,
+        entries: &E,
+        group: &GroupEntries,
+        original: &[u8],
+    ) -> bool {
+        let same = |a: &(usize, Parsed), b: &(usize, Parsed)| {
+            let (x, y) = (entries.get(a.0).entry, entries.get(b.0).entry);
+            a.1 == b.1 && x.key == y.key && x.replacement_len == y.replacement_len
+        };
+        self.entries.len() == group.len()
+            && self.original.len() == original.len()
+            && I::alike(&self.original, original)
+            && self
+                .entries
+                .iter()
+                .zip(group.iter())
+                .all(|(a, b)| same(a, b))
+    }
+
+    /// The choice for site `g` that is like this one: the entry in the same place.
+    fn choice_for<E: EntryList + ?Sized>(&self, entries: &E, g: &Group) -> Choice {
+        let Some(&(entry, parsed)) = self.decided.chosen.and_then(|k| g.entries.get(k)) else {
+            return Choice::Default;
+        };
+        match parsed.variant() {
+            Variant::Call => {
+                let t = entries.get(entry);
+                Choice::DirectCall {
+                    entry,
+                    target: t.entry.replacement_addr(t.addr),
+                }
+            }
+            _ => Choice::Inline { entry },
+        }
+    }
 }
 
 /// The plan of any table: every entry checked on its own first (in table order), then the
@@ -533,7 +619,7 @@ fn plan_in_two_passes<I: Isa, M: Memory, E: EntryList + ?Sized>(
         previous = Some((g.site.end, order.at(k)));
         k = end;
         if later.is_none() {
-            if let Err(e) = planned.site::<I>(&mut sites, g, caps) {
+            if let Err(e) = planned.site::<I>(&mut sites, &g, caps, None) {
                 later = Some(e);
             }
         }
@@ -555,38 +641,59 @@ struct Planned<'p, E: ?Sized> {
 }
 
 impl<E: EntryList + ?Sized> Planned<'_, E> {
-    /// Plans one site into `sites`: the return-address rule, the decision and its bytes.
+    /// Plans one site into `sites`: the return-address rule, the decision and its bytes; or,
+    /// for a site `like` the one planned before (see [`Last::is_like`]), the rule's and the
+    /// decision's outcome taken from it, and its bytes too where they are the replacement's.
     fn site<I: Isa>(
         &self,
         sites: &mut Sites,
-        g: Group,
+        g: &Group,
         caps: &CapabilitySet,
-    ) -> Result<(), TableError> {
-        let returns = check_returns::<I, E>(self, &g)?;
+        like: Option<&Last>,
+    ) -> Result<Decided, TableError> {
+        let returns = match like {
+            Some(l) => l.decided.returns,
+            None => check_returns::<I, E>(self, g)?,
+        };
         let first = g.entries[0].0;
         let candidate = |&(i, p): &(usize, Parsed)| {
             let t = self.entries.get(i);
             (p.candidate(i, &t, caps), t.addr)
         };
-        let pushed = if sites.is_in_place() {
+        let choose = |choice: Choice| g.entries.iter().position(|e| Some(e.0) == choice.entry());
+        let encoded = |choice: Choice| match (like, choice) {
+            (Some(l), Choice::Inline { .. }) => Ok(l.decided.new.clone()),
+            _ => encode::<I, E>(self, g, choice, returns),
+        };
+        let (pushed, chosen, new) = if sites.is_in_place() {
             // Only the bytes are kept: the rule is applied to the entries as they come.
-            let choice = decide(self.entries, g.entries.iter().map(|e| candidate(e).0));
-            let new = encode::<I, E>(self, &g, choice, returns)?;
+            let choice = match like {
+                Some(l) => l.choice_for(self.entries, g),
+                None => decide(self.entries, g.entries.iter().map(|e| candidate(e).0)),
+            };
+            let new = encoded(choice)?;
             // The entries follow one another in the table.
             let entries = first..first + g.entries.len();
-            sites.push_in_place(entries, &g.original, &new)
+            let pushed = sites.push_in_place(entries, &g.original, &new);
+            (pushed, choose(choice), new)
         } else {
             // Each entry's candidate once (two inline, more on the heap).
             let candidates: crate::bytes::SmallVec<(Candidate, u64), 2> =
                 g.entries.iter().map(candidate).collect();
             let choice = decide(self.entries, candidates.iter().map(|c| c.0));
-            let new = encode::<I, E>(self, &g, choice, returns)?;
+            let new = encoded(choice)?;
             let candidates = candidates.iter().copied();
-            sites.push(g.site.start, &g.original, &new, candidates, choice)
+            let pushed = sites.push(g.site.start, &g.original, &new, candidates, choice);
+            (pushed, choose(choice), new)
         };
         pushed.map_err(|e| {
             let kind = TableErrorKind::TooManyEntries(e);
             error(first, &self.entries.get(first), kind)
+        })?;
+        Ok(Decided {
+            returns,
+            chosen,
+            new,
         })
     }
 
@@ -597,7 +704,7 @@ impl<E: EntryList + ?Sized> Planned<'_, E> {
 
 /// What a valid entry would put at its site, in 8 bytes: its capability and condition are not
 /// kept, they are read from the entry again.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
 struct Parsed {
     /// For an inline replacement: where its bytes, relocated to the site's start, are in the
     /// planner's arena (one buffer for every entry; entries with the same bytes share them).
@@ -1133,16 +1240,20 @@ mod tests {
 
     #[test]
     fn a_table_in_order_plans_in_one_pass_as_in_two_and_any_other_falls_back() {
-        // Text: sites of 5-byte calls and of `mov eax, imm32; nop; nop; nop` (8 bytes), each
-        // 16 bytes apart; replacements: popcnt rax, rdi (moves unchanged), lea rax, [rip + x]
+        // Text: sites of 5-byte calls, of `mov eax, imm32; nop; nop; nop` and of `call; nop;
+        // nop; nop` (8 bytes), each 16 bytes apart; replacements: popcnt rax, rdi (moves unchanged), lea rax, [rip + x]
         // (must be relocated), mov eax, 2.
         let mut image = vec![0xcc; 0x900];
         for k in 0..0x80usize {
             let at = 16 * k;
-            let site: &[u8] = if k.is_multiple_of(3) {
-                &[0xb8, 1, 0, 0, 0, 0x90, 0x90, 0x90]
-            } else {
-                &[0xe8, 0x10, 0, 0, 0]
+            // Calls to different places: alike, not equal. Sites of 8 bytes: a mov, or a
+            // call that returns inside the site (a replacement must keep that boundary).
+            let call = [0xe8, k as u8, 0, 0, 0];
+            let padded = [0xe8, k as u8, 0, 0, 0, 0x90, 0x90, 0x90];
+            let site: &[u8] = match k % 6 {
+                0 => &[0xb8, 1, 0, 0, 0, 0x90, 0x90, 0x90],
+                3 => &padded,
+                _ => &call,
             };
             image[at..at + site.len()].copy_from_slice(site);
         }

@@ -262,7 +262,7 @@ impl alt_runtime::isa::Isa for RecordingA64 {
     ) -> Result<alt_runtime::isa::Shape, CodeError> {
         Aarch64::relocate(src, from, to, out)
     }
-    fn call(at: u64, target: u64) -> Result<Vec<u8>, CodeError> {
+    fn call(at: u64, target: u64) -> Result<alt_runtime::isa::CallBytes, CodeError> {
         Aarch64::call(at, target)
     }
     fn fill(buf: &mut [u8]) {

@@ -60,7 +60,7 @@ impl Isa for Aarch64 {
         Ok(shape)
     }
 
-    fn call(at: u64, target: u64) -> Result<Vec<u8>, CodeError> {
+    fn call(at: u64, target: u64) -> Result<crate::isa::CallBytes, CodeError> {
         if !at.is_multiple_of(4) || !target.is_multiple_of(4) {
             return Err(CodeError::A64Misaligned {
                 addr: if at.is_multiple_of(4) { target } else { at },
@@ -68,7 +68,7 @@ impl Isa for Aarch64 {
         }
         // `BL .` assembled at the target reaches the target; moved to the site it calls it.
         relocate_insn(A64_BL, target, at)
-            .map(|w| w.to_le_bytes().to_vec())
+            .map(|w| w.to_le_bytes().into())
             .map_err(CodeError::A64Relocation)
     }
 

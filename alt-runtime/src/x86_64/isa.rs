@@ -1,6 +1,5 @@
 //! The x86-64 rules of the planner ([`crate::isa::Isa`]).
 
-use alloc::vec::Vec;
 use core::ops::Range;
 
 use super::{insn, nops, relocate};
@@ -53,6 +52,13 @@ impl Isa for X86_64 {
         Ok(shape)
     }
 
+    fn alike(a: &[u8], b: &[u8]) -> bool {
+        // A call or jmp rel32 and nothing else: one instruction, and its displacement plays no
+        // part in the shape.
+        let rel32 = |c: &[u8]| c.len() == 5 && matches!(c[0], 0xe8 | 0xe9);
+        crate::short::same(a, b) || (rel32(a) && rel32(b) && a[0] == b[0])
+    }
+
     fn relocate(src: &[u8], from: u64, to: u64, out: &mut [u8]) -> Result<Shape, CodeError> {
         let mut shape = Shape::default();
         relocate::relocate_each(src, from, to, out, |at, i| note(&mut shape, at, i))
@@ -61,9 +67,9 @@ impl Isa for X86_64 {
         Ok(shape)
     }
 
-    fn call(at: u64, target: u64) -> Result<Vec<u8>, CodeError> {
+    fn call(at: u64, target: u64) -> Result<crate::isa::CallBytes, CodeError> {
         relocate::call_rel32(at, target)
-            .map(|c| c.to_vec())
+            .map(|c| c.into())
             .map_err(CodeError::X86Relocation)
     }
 
@@ -90,6 +96,7 @@ impl Isa for X86_64 {
 mod tests {
     use super::*;
     use crate::isa::Offsets;
+    use alloc::vec::Vec;
 
     #[test]
     fn shapes_record_boundaries_and_return_offsets() {
@@ -102,6 +109,42 @@ mod tests {
         let s = X86_64::shape(0, &[0xff, 0x15, 0, 0, 0, 0]).unwrap();
         assert_eq!(s.returns.iter().collect::<Vec<_>>(), [6]);
         assert!(X86_64::shape(0, &[0xe8, 0]).is_err());
+    }
+
+    #[test]
+    fn code_alike_has_one_shape() {
+        let call = |d: u32| {
+            let mut c = [0xe8, 0, 0, 0, 0];
+            c[1..].copy_from_slice(&d.to_le_bytes());
+            c
+        };
+        let jmp = |d: u32| {
+            let mut c = call(d);
+            c[0] = 0xe9;
+            c
+        };
+        let mov = [0xb8, 1, 0, 0, 0];
+        for (a, b, alike) in [
+            (call(0), call(0x1234_5678), true),
+            (jmp(7), jmp(0xffff_fff0), true),
+            (call(0), jmp(0), false),
+            (mov, mov, true),
+            (mov, [0xb8, 2, 0, 0, 0], false),
+            (call(0), mov, false),
+        ] {
+            assert_eq!(X86_64::alike(&a, &b), alike, "{a:02x?} {b:02x?}");
+            if alike {
+                assert_eq!(
+                    X86_64::shape(0, &a).unwrap(),
+                    X86_64::shape(0x40, &b).unwrap()
+                );
+            }
+        }
+        assert!(
+            !X86_64::alike(&call(0)[..4], &call(1)[..4]),
+            "a call cut short"
+        );
+        assert!(X86_64::alike(&[0x90, 0x90], &[0x90, 0x90]));
     }
 
     #[test]
