@@ -227,7 +227,12 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized, C: Changes + 
         changes: sites,
         undo: false,
     };
-    match first_unlike(writer, &chunks, |i| sites.change(i).from) {
+    // What each site holds now, read as chunks: the batch the other way.
+    let held = AsChunks {
+        changes: sites,
+        undo: true,
+    };
+    match first_unlike(writer, &held) {
         Ok(None) => {}
         Ok(Some(i)) => {
             let s = sites.change(i);
@@ -350,58 +355,79 @@ impl<C: Changes + ?Sized> Chunks for AsChunks<'_, C> {
     }
 }
 
-/// The first site (its index) that does not hold the bytes `expected` gives for it. Every
-/// site is read (in order: the first that cannot be read is the error, whichever sites differ)
-/// a few at a time into a buffer on the stack: nothing is allocated (the others may be
-/// stopped).
-fn first_unlike<'e, M: Memory, C: Chunks + ?Sized>(
+/// The first chunk (its index) whose range does not hold the chunk's bytes. Every chunk is
+/// read (in order: the first that cannot be read is the error, whichever chunks differ)
+/// through a buffer on the stack: nothing is allocated (the others may be stopped). Chunks in
+/// address order whose extent fits the buffer are read as one range, the bytes between them
+/// too; where that cannot be read, each chunk of them is read on its own.
+fn first_unlike<M: Memory, C: Chunks + ?Sized>(
     mem: &M,
     chunks: &C,
-    expected: impl Fn(usize) -> &'e [u8],
 ) -> Result<Option<usize>, MemoryError> {
     const BUF: usize = 512;
+    const GROUP: usize = 64;
     let mut buf = [0u8; BUF];
+    let mut group = [Chunk {
+        addr: 0,
+        bytes: &[],
+    }; GROUP];
     let mut first = None;
+    let mut note = |k: usize, now: &[u8], want: &[u8]| {
+        if first.is_none() && !crate::short::same(now, want) {
+            first = Some(k);
+        }
+    };
     let mut i = 0;
     while i < chunks.len() {
-        let (c, want) = (chunks.chunk(i), expected(i));
+        let c = chunks.chunk(i);
         if c.bytes.len() > BUF {
             // A chunk longer than the buffer (no site is): read in parts, on its own.
-            for off in (0..want.len()).step_by(BUF) {
-                let part = &want[off..want.len().min(off + BUF)];
+            for off in (0..c.bytes.len()).step_by(BUF) {
+                let part = &c.bytes[off..c.bytes.len().min(off + BUF)];
                 mem.read(c.addr + off as u64, &mut buf[..part.len()])?;
-                if first.is_none() && buf[..part.len()] != *part {
-                    first = Some(i);
-                }
+                note(i, &buf[..part.len()], part);
             }
             i += 1;
             continue;
         }
-        // As many chunks as fit in the buffer (this one does), read together.
-        let (mut end, mut total) = (i, 0);
-        while end < chunks.len() {
-            let n = chunks.chunk(end).bytes.len();
-            if total + n > BUF {
-                break;
+        // As many chunks as lie in order within the buffer's length of this one.
+        // (A chunk that would pass the end of the address space is read on its own.)
+        let start = c.addr;
+        let (mut g, mut end) = (1, c.addr.checked_add(c.bytes.len() as u64));
+        group[0] = c;
+        while let (true, Some(e)) = (g < GROUP && i + g < chunks.len(), end) {
+            let d = chunks.chunk(i + g);
+            match d.addr.checked_add(d.bytes.len() as u64) {
+                Some(d_end) if d.addr >= e && d_end - start <= BUF as u64 => {
+                    group[g] = d;
+                    (g, end) = (g + 1, Some(d_end));
+                }
+                _ => break,
             }
-            total += n;
-            end += 1;
         }
-        let group = Window {
-            spans: chunks,
-            at: i..end,
-        };
-        mem.read_each(&group, &mut buf[..total])?;
-        let mut at = 0;
-        for k in i..end {
-            let n = chunks.chunk(k).bytes.len();
-            let now = &buf[at..at + n];
-            if first.is_none() && !crate::short::same(now, expected(k)) {
-                first = Some(k);
+        let group = &group[..g];
+        let extent = end.map(|e| (e - start) as usize);
+        let read = |extent: usize| mem.read(start, &mut buf[..extent]).is_ok();
+        if extent.is_some_and(read) {
+            for (k, d) in group.iter().enumerate() {
+                let at = (d.addr - start) as usize;
+                note(i + k, &buf[at..at + d.bytes.len()], d.bytes);
             }
-            at += n;
+        } else {
+            // Something between them (or the end of the address space) cannot be read.
+            let total: usize = group.iter().map(|d| d.bytes.len()).sum();
+            let spans = Window {
+                spans: chunks,
+                at: i..i + g,
+            };
+            mem.read_each(&spans, &mut buf[..total])?;
+            let mut at = 0;
+            for (k, d) in group.iter().enumerate() {
+                note(i + k, &buf[at..at + d.bytes.len()], d.bytes);
+                at += d.bytes.len();
+            }
         }
-        i = end;
+        i += g;
     }
     Ok(first)
 }
@@ -409,7 +435,7 @@ fn first_unlike<'e, M: Memory, C: Chunks + ?Sized>(
 /// The first site that does not read back as its chunk, or the first that cannot be read:
 /// its address. Allocates nothing while every site reads back right.
 fn first_mismatch<W: Writer, C: Chunks + ?Sized>(writer: &W, chunks: &C) -> Option<u64> {
-    match first_unlike(writer, chunks, |k| chunks.chunk(k).bytes) {
+    match first_unlike(writer, chunks) {
         Ok(None) => None,
         Ok(Some(k)) => Some(chunks.chunk(k).addr),
         Err(e) => Some(e.addr),
@@ -437,15 +463,24 @@ mod tests {
             .iter()
             .map(|&(at, n)| text[at..at + n].to_vec())
             .collect();
-        let chunks: Vec<Chunk<'_>> = spots
-            .iter()
-            .zip(&expected)
-            .map(|(&(at, _), b)| Chunk {
-                addr: base + at as u64,
-                bytes: b,
-            })
-            .collect();
-        assert_eq!(first_unlike(&mem, &chunks, |k| &expected[k]), Ok(None));
+        fn expecting<'b>(
+            spots: &[(usize, usize)],
+            base: u64,
+            bytes: &'b [Vec<u8>],
+        ) -> Vec<Chunk<'b>> {
+            spots
+                .iter()
+                .zip(bytes)
+                .map(|(&(at, _), b)| Chunk {
+                    addr: base + at as u64,
+                    bytes: b,
+                })
+                .collect()
+        }
+        assert_eq!(
+            first_unlike(&mem, &expecting(&spots, base, &expected)),
+            Ok(None)
+        );
         // 600 one-byte sites: groups fill the buffer exactly, never past it.
         let ones: Vec<Chunk<'_>> = (0..600)
             .map(|k| Chunk {
@@ -453,16 +488,11 @@ mod tests {
                 bytes: &text[k..k + 1],
             })
             .collect();
-        assert_eq!(first_unlike(&mem, &ones, |k| &text[k..k + 1]), Ok(None));
+        assert_eq!(first_unlike(&mem, &ones), Ok(None));
         let flipped = [text[599] ^ 1];
-        assert_eq!(
-            first_unlike(&mem, &ones, |k| if k == 599 {
-                &flipped
-            } else {
-                &text[k..k + 1]
-            }),
-            Ok(Some(599))
-        );
+        let mut last_differs = ones.clone();
+        last_differs[599].bytes = &flipped;
+        assert_eq!(first_unlike(&mem, &last_differs), Ok(Some(599)));
         for (wrong, byte) in [
             (0, 0),
             (97, 4),
@@ -475,24 +505,70 @@ mod tests {
             let mut other = expected.clone();
             other[wrong][byte] ^= 1;
             assert_eq!(
-                first_unlike(&mem, &chunks, |k| &other[k]),
+                first_unlike(&mem, &expecting(&spots, base, &other)),
                 Ok(Some(wrong)),
                 "site {wrong} differs at byte {byte}"
             );
         }
         // Unreadable: the address that could not be read, even after a site that differs
         // (in an earlier group).
-        let mut past = chunks.clone();
+        let mut other = expected.clone();
+        other[0][0] ^= 1;
+        let mut past = expecting(&spots, base, &other);
         past.push(Chunk {
             addr: base + 3998,
             bytes: &[0; 4],
         });
-        let mut other = expected.clone();
-        other[0][0] ^= 1;
-        other.push(vec![0; 4]);
         assert_eq!(
-            first_unlike(&mem, &past, |k| &other[k]),
+            first_unlike(&mem, &past),
             Err(MemoryError { addr: base + 4000 })
+        );
+
+        // Out of order and overlapping (no batch is, but no panic either): each read.
+        let unsorted = [
+            Chunk {
+                addr: base + 10,
+                bytes: &text[10..15],
+            },
+            Chunk {
+                addr: base + 8,
+                bytes: &text[8..13],
+            },
+            Chunk {
+                addr: base + 9,
+                bytes: &[0; 2],
+            },
+        ];
+        assert_eq!(first_unlike(&mem, &unsorted[..]), Ok(Some(2)));
+
+        // Two readable ranges with a hole between: sites on either side are read on their own.
+        let ranges = [base..base + 100, base + 200..base + 300];
+        // SAFETY: as above.
+        let holed = unsafe { LiveMemory::new(&ranges) };
+        let two = |second: &[u8]| {
+            let sites = [
+                Chunk {
+                    addr: base + 90,
+                    bytes: &text[90..95],
+                },
+                Chunk {
+                    addr: base + 210,
+                    bytes: second,
+                },
+            ];
+            first_unlike(&holed, &sites[..])
+        };
+        assert_eq!(two(&text[210..215]), Ok(None));
+        assert_eq!(two(&[0; 5]), Ok(Some(1)));
+        assert_eq!(
+            first_unlike(
+                &holed,
+                &[Chunk {
+                    addr: base + 98,
+                    bytes: &text[98..103]
+                }][..]
+            ),
+            Err(MemoryError { addr: base + 100 })
         );
     }
 }

@@ -278,6 +278,8 @@ struct InPlace {
     caps: CapabilitySet,
     index: Index,
     bytes: Vec<u8>,
+    /// After the last site: the table index of the entry after its entries, and its end.
+    last: Option<(usize, u64)>,
 }
 
 /// Where each site's entries (table indices) and bytes start.
@@ -591,6 +593,7 @@ impl Sites {
                     sites: 0,
                 },
                 bytes: Vec::with_capacity(bytes),
+                last: None,
             }),
             names: Names::default(),
         }
@@ -1056,34 +1059,29 @@ impl InPlace {
         if len != after.len() || len == 0 || len > usize::from(u8::MAX) {
             return Err(SitesError::Length);
         }
-        let end = self
-            .len()
-            .checked_sub(1)
-            .map_or(entries.start, |i| self.entries(i).end);
-        if entries.start != end || entries.is_empty() || entries.end > self.table.len() {
-            return Err(SitesError::Order);
-        }
-        // The site begins after the one before ends.
-        let k = entries.start;
-        let addr = self.table[k].site_addr(self.entry_addr(k));
-        if self
-            .len()
-            .checked_sub(1)
-            .is_some_and(|i| self.change(i).range().end > addr)
+        let start = entries.start;
+        if entries.is_empty()
+            || entries.end > self.table.len()
+            || self.last.is_some_and(|(next, _)| next != start)
         {
+            // The site's entries follow the previous site's.
             return Err(SitesError::Order);
         }
-        let (Ok(first), Ok(count), Ok(bytes), Ok(next)) = (
-            u32::try_from(entries.start),
+        let e = &self.table[start];
+        let addr = e.site_addr(e as *const AltEntry as usize as u64);
+        if self.last.is_some_and(|(_, end)| end > addr) {
+            // The site begins after the one before ends.
+            return Err(SitesError::Order);
+        }
+        let (Ok(first), Ok(count), Ok(bytes), Ok(next), Ok(_)) = (
+            u32::try_from(start),
             u32::try_from(entries.len()),
             u32::try_from(self.bytes.len()),
             u32::try_from(entries.end),
+            u32::try_from(self.bytes.len() + 2 * len),
         ) else {
             return Err(SitesError::TooMany);
         };
-        if u32::try_from(self.bytes.len() + 2 * len).is_err() {
-            return Err(SitesError::TooMany);
-        }
         match &mut self.index {
             Index::Uniform {
                 first: f,
@@ -1113,6 +1111,7 @@ impl InPlace {
         }
         crate::short::extend(&mut self.bytes, before);
         crate::short::extend(&mut self.bytes, after);
+        self.last = Some((entries.end, addr.saturating_add(len as u64)));
         Ok(())
     }
 
