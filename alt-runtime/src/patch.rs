@@ -353,6 +353,14 @@ impl<C: Changes + ?Sized> Chunks for AsChunks<'_, C> {
             bytes: if self.undo { c.from } else { c.to },
         }
     }
+
+    /// What the site holds before this batch: checked before the batch is written forward,
+    /// and written by the forward batch before it is undone.
+    #[inline(always)]
+    fn before(&self, i: usize) -> Option<&[u8]> {
+        let c = self.changes.change(i);
+        Some(if self.undo { c.to } else { c.from })
+    }
 }
 
 /// The first chunk (its index) whose range does not hold the chunk's bytes. Every chunk is

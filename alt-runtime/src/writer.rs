@@ -55,6 +55,16 @@ pub trait Chunks: Spans {
     fn iter(&self) -> impl Iterator<Item = Chunk<'_>> + '_ {
         (0..self.len()).map(move |i| self.chunk(i))
     }
+
+    /// What chunk `i`'s range holds before the batch is written, where the batch knows it (a
+    /// batch of site changes knows what each site held: it was checked right before), as
+    /// long as the chunk. A writer given it for every chunk restores from it and saves
+    /// nothing itself ([`Writer::write`]'s contract: it is what the range holds). `None`, the
+    /// default: not known.
+    fn before(&self, i: usize) -> Option<&[u8]> {
+        let _ = i;
+        None
+    }
 }
 
 impl Chunks for [Chunk<'_>] {
@@ -164,7 +174,8 @@ pub trait Writer: Memory {
     /// Every chunk must be code (or data) of this program that the new bytes are valid for, no
     /// reference into it may be held (nor may a chunk's bytes lie inside the ranges written),
     /// and no other CPU or thread may execute or access it while the call runs (a
-    /// [rendezvous](crate::rendezvous) stopped them, or none exists).
+    /// [rendezvous](crate::rendezvous) stopped them, or none exists). Where the batch says what
+    /// a chunk's range holds ([`Chunks::before`]), that is what it holds.
     unsafe fn write<C: Chunks + ?Sized>(&mut self, chunks: &C) -> Result<WriteStats, WriteError>;
 }
 

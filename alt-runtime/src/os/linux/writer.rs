@@ -71,8 +71,12 @@ struct Prepared {
     chunks: usize,
     runs: Vec<Run>,
     /// The bytes each chunk overwrites, concatenated in chunk order: read by each `write` right
-    /// before it writes (room for them is made by `prepare`).
+    /// before it writes (room for them is made by `prepare`); none when the batch says what
+    /// every chunk holds (`known`).
     originals: Vec<u8>,
+    /// Whether the batch says what every chunk holds ([`Chunks::before`]): then that is what
+    /// a roll back writes.
+    known: bool,
     /// Per run: written through `/proc/self/mem` (else with `mprotect`).
     via_mem: Vec<bool>,
 }
@@ -89,6 +93,7 @@ impl Prepared {
             return false;
         }
         let (mut covered, mut k, mut offset) = (0usize, 0, 0usize);
+        let mut known = true;
         for r in &self.runs {
             if r.chunks.end > chunks.len() {
                 return false;
@@ -96,7 +101,9 @@ impl Prepared {
             // The saved bytes of the chunks before this run's first (runs list their chunks in
             // order: a run's first is at or after the one before's).
             while k < r.chunks.start {
-                offset += chunks.chunk(k).bytes.len();
+                let n = chunks.chunk(k).bytes.len();
+                known &= knows(chunks, k, n);
+                offset += n;
                 k += 1;
             }
             if r.originals_at != offset {
@@ -109,10 +116,17 @@ impl Prepared {
         }
         // The rest of the chunks: then `offset` is their total.
         while k < chunks.len() {
-            offset += chunks.chunk(k).bytes.len();
+            let n = chunks.chunk(k).bytes.len();
+            known &= knows(chunks, k, n);
+            offset += n;
             k += 1;
         }
-        covered == offset && offset == self.originals.len()
+        let saved = if self.known {
+            known
+        } else {
+            offset == self.originals.len()
+        };
+        covered == offset && saved
     }
 
     /// Pages whose contents the batch changes: those of the runs (a run is made of the pages
@@ -121,6 +135,12 @@ impl Prepared {
         let bytes: u64 = self.runs.iter().map(|r| r.range.end - r.range.start).sum();
         (bytes / PAGE_SIZE) as usize
     }
+}
+
+/// Whether the batch says what chunk `i` (of `n` bytes) holds.
+#[inline(always)]
+fn knows<C: Chunks + ?Sized>(chunks: &C, i: usize, n: usize) -> bool {
+    chunks.before(i).is_some_and(|b| b.len() == n)
 }
 
 /// How a run's bytes are written.
@@ -236,9 +256,11 @@ impl<S: TextSys> MprotectWriter<S> {
         let mut runs: Vec<Run> = Vec::new();
         let mut total = 0usize;
         let mut last_end = 0u64;
+        let mut known = true;
         for (i, c) in chunks.iter().enumerate() {
             let at = total;
             total += c.bytes.len();
+            known &= knows(chunks, i, c.bytes.len());
             if c.bytes.is_empty() {
                 continue;
             }
@@ -289,7 +311,8 @@ impl<S: TextSys> MprotectWriter<S> {
             chunks: chunks.len(),
             via_mem: vec![false; runs.len()],
             runs,
-            originals: vec![0; total],
+            originals: if known { Vec::new() } else { vec![0; total] },
+            known,
         })
     }
 
@@ -310,7 +333,8 @@ impl<S: TextSys> MprotectWriter<S> {
         path: Path,
     ) -> Result<(), (u64, Errno)> {
         let mut at = run.originals_at;
-        for c in run.chunks.clone().map(|i| chunks.chunk(i)) {
+        for i in run.chunks.clone() {
+            let c = chunks.chunk(i);
             let offset = at;
             at += c.bytes.len();
             let start = c.addr.max(run.range.start);
@@ -320,7 +344,13 @@ impl<S: TextSys> MprotectWriter<S> {
             }
             let from = (start - c.addr) as usize;
             let n = (end - start) as usize;
-            let bytes = if originals {
+            let bytes = if originals && p.known {
+                // `fits` checked the batch says what each chunk holds, as long as the chunk.
+                match chunks.before(i).and_then(|b| b.get(from..from + n)) {
+                    Some(b) => b,
+                    None => return Err((start, libc::EINVAL)),
+                }
+            } else if originals {
                 &p.originals[offset + from..offset + from + n]
             } else {
                 &c.bytes[from..from + n]
@@ -468,8 +498,12 @@ impl<S: TextSys> MprotectWriter<S> {
     fn holds_originals<C: Chunks + ?Sized>(&self, p: &Prepared, chunks: &C) -> bool {
         let mut buf = [0u8; 64];
         let mut at = 0;
-        chunks.iter().all(|c| {
-            let saved = p.originals.get(at..at + c.bytes.len());
+        chunks.iter().enumerate().all(|(i, c)| {
+            let saved = if p.known {
+                chunks.before(i)
+            } else {
+                p.originals.get(at..at + c.bytes.len())
+            };
             at += c.bytes.len();
             saved.is_some_and(|saved| {
                 let mut addr = c.addr;
@@ -550,7 +584,12 @@ impl<S: TextSys> Writer for MprotectWriter<S> {
             _ => self.prepare_batch(chunks)?,
         };
         let mut originals = core::mem::take(&mut p.originals);
-        let read = self.read_each(chunks, &mut originals);
+        // What a roll back writes: the batch knows it, or it is read now.
+        let read = if p.known {
+            Ok(())
+        } else {
+            self.read_each(chunks, &mut originals)
+        };
         p.originals = originals;
         if let Err(e) = read {
             let reason = "cannot read the text to be overwritten";
