@@ -154,11 +154,15 @@ pub trait Isa {
     /// where they start and where its calls return to.
     fn shape(addr: u64, code: &[u8]) -> Result<Shape, CodeError>;
 
-    /// Whether `b` has the shape of `a` without decoding it: the planner plans a site like the
-    /// one before when their code is alike. Bytes that are equal are alike; an instruction set
-    /// may say more (x86-64: one `call` or `jmp rel32` and another, whatever their targets).
+    /// Whether code `b` has the shape of code `a` wherever each lies, without decoding it: the
+    /// planner plans a site like the one before when their code is alike. It must imply that
+    /// [`Isa::shape`] gives both one result at any two addresses (x86-64: equal bytes, or one
+    /// `call` or `jmp rel32` and another, whatever their targets). The default, for an
+    /// instruction set whose shapes depend on where the code lies (AArch64 refuses misaligned
+    /// code), says no code is alike: every site is decoded.
     fn alike(a: &[u8], b: &[u8]) -> bool {
-        a == b
+        let _ = (a, b);
+        false
     }
 
     /// Copies `src`, assembled at `from`, into `out` re-targeted to run at `to`, and returns

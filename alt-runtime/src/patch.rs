@@ -354,10 +354,11 @@ impl<C: Changes + ?Sized> Chunks for AsChunks<'_, C> {
         }
     }
 
-    /// What the site holds before this batch: checked before the batch is written forward,
-    /// and written by the forward batch before it is undone.
+    /// What a failed write puts back: forward, what the site held (checked before the writer
+    /// prepares); undone, what the forward batch wrote (the site may hold something else: a
+    /// read-back found some site unlike it, which is why it is undone).
     #[inline(always)]
-    fn before(&self, i: usize) -> Option<&[u8]> {
+    fn restore(&self, i: usize) -> Option<&[u8]> {
         let c = self.changes.change(i);
         Some(if self.undo { c.to } else { c.from })
     }

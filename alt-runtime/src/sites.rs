@@ -375,6 +375,10 @@ impl fmt::Debug for Changed<'_> {
 impl Changed<'_> {
     /// Keeps only the changes for which `keep` (one flag per change, in order) is true.
     pub fn keep(&mut self, keep: &[bool]) {
+        if self.which.is_none() && keep.len() == self.sites && keep.iter().all(|&k| k) {
+            // Every site still: nothing is listed.
+            return;
+        }
         let which = self
             .which
             .get_or_insert_with(|| (0..self.sites as u32).collect());
@@ -592,7 +596,12 @@ impl Sites {
                     len: 0,
                     sites: 0,
                 },
-                bytes: Vec::with_capacity(bytes),
+                bytes: {
+                    // A hint from entries not checked yet: never a reason to fail.
+                    let mut v = Vec::new();
+                    let _ = v.try_reserve(bytes);
+                    v
+                },
                 last: None,
             }),
             names: Names::default(),
@@ -1073,6 +1082,10 @@ impl InPlace {
             // The site begins after the one before ends.
             return Err(SitesError::Order);
         }
+        if entries.len() > usize::from(u16::MAX) {
+            // As many as a recorded site may have.
+            return Err(SitesError::TooMany);
+        }
         let (Ok(first), Ok(count), Ok(bytes), Ok(next), Ok(_)) = (
             u32::try_from(start),
             u32::try_from(entries.len()),
@@ -1508,6 +1521,40 @@ mod tests {
     fn recorded_addrs(s: &Sites) -> Vec<u64> {
         let r = recorded(s);
         (0..r.entries.len()).map(|k| r.entry_addr(k)).collect()
+    }
+
+    #[test]
+    fn a_site_kept_in_place_has_no_more_entries_than_a_recorded_one() {
+        let n = usize::from(u16::MAX) + 1;
+        let table = leaked_table(n, |_| 0x1000, |_| 4, 1);
+        let mut sites = Sites::in_place(table, Default::default(), 0);
+        assert_eq!(
+            sites.push_in_place(0..n, &[1], &[2]),
+            Err(SitesError::TooMany)
+        );
+        sites.push_in_place(0..n - 1, &[1], &[2]).unwrap();
+        assert_eq!(sites.at(0).candidates.len(), n - 1);
+        // The same site recorded: as many entries.
+        let recorded: Sites = sites.iter().collect();
+        assert_eq!(recorded, sites);
+        // A capacity no memory has is a hint, not a failure.
+        let _ = Sites::in_place(table, Default::default(), usize::MAX);
+    }
+
+    #[test]
+    fn keeping_every_site_of_a_batch_keeps_it_a_batch_of_all() {
+        let table = leaked_table(3, |k| 0x1000 + 0x10 * k as u64, |_| 4, 2);
+        let mut sites = Sites::in_place(table, Default::default(), 0);
+        for k in 0..3 {
+            sites.push_in_place(k..k + 1, &[1, 2], &[3, 4]).unwrap();
+        }
+        let mut back = sites.changed(true);
+        back.keep(&[true; 3]);
+        assert!(back.which.is_none());
+        assert_eq!(back.alike().map(|a| a.len()), Some(3));
+        back.keep(&[true, false, true]);
+        assert_eq!(back.which.as_deref(), Some(&[0, 2][..]));
+        assert!(back.alike().is_none());
     }
 
     #[test]

@@ -56,12 +56,13 @@ pub trait Chunks: Spans {
         (0..self.len()).map(move |i| self.chunk(i))
     }
 
-    /// What chunk `i`'s range holds before the batch is written, where the batch knows it (a
-    /// batch of site changes knows what each site held: it was checked right before), as
-    /// long as the chunk. A writer given it for every chunk restores from it and saves
-    /// nothing itself ([`Writer::write`]'s contract: it is what the range holds). `None`, the
-    /// default: not known.
-    fn before(&self, i: usize) -> Option<&[u8]> {
+    /// The bytes to put back in chunk `i`'s range if writing the batch fails, where the batch
+    /// says (as long as the chunk): a writer given them for every chunk restores those and
+    /// saves nothing of its own, and "as before" then means "as these bytes say". A batch of
+    /// site changes gives what each site held (checked before the writer prepares; that no
+    /// one else writes the text meanwhile is [`Writer::write`]'s contract), and its undo what
+    /// the change wrote. `None`, the default: the writer saves what each range holds.
+    fn restore(&self, i: usize) -> Option<&[u8]> {
         let _ = i;
         None
     }
@@ -120,7 +121,8 @@ pub struct WriteError {
     /// The operating system's error number, where there is one.
     pub os_error: Option<i32>,
     /// Whether the text may differ from before: the writer changed bytes and could not restore
-    /// them all. `false` means every byte is exactly as it was before the call.
+    /// them all. `false` means every byte is exactly as it was before the call (for a batch
+    /// that gives the bytes to restore, [`Chunks::restore`], as those bytes say).
     pub text_changed: bool,
 }
 
@@ -174,8 +176,9 @@ pub trait Writer: Memory {
     /// Every chunk must be code (or data) of this program that the new bytes are valid for, no
     /// reference into it may be held (nor may a chunk's bytes lie inside the ranges written),
     /// and no other CPU or thread may execute or access it while the call runs (a
-    /// [rendezvous](crate::rendezvous) stopped them, or none exists). Where the batch says what
-    /// a chunk's range holds ([`Chunks::before`]), that is what it holds.
+    /// [rendezvous](crate::rendezvous) stopped them, or none exists). Where the batch gives the
+    /// bytes to restore ([`Chunks::restore`]), they are valid for the range as the new bytes
+    /// are.
     unsafe fn write<C: Chunks + ?Sized>(&mut self, chunks: &C) -> Result<WriteStats, WriteError>;
 }
 

@@ -172,6 +172,46 @@ fn replacements_are_retargeted_padded_and_calls_become_bl() {
 }
 
 #[test]
+fn a_site_like_the_one_before_but_misaligned_is_refused_as_on_its_own() {
+    // Two sites of one NOP each, the same entry for both (a replacement that moves
+    // unchanged), the second at a misaligned address: in table order as the linker leaves
+    // it, and alone. Planning the second from the first must not skip its alignment check.
+    let cap = Capability::erratum(ERRATUM).unwrap();
+    let text = TEXT..TEXT + 0x1000;
+    let layout = Layout {
+        text: std::slice::from_ref(&text),
+        replacements: REPL..REPL + 0x100,
+    };
+    let mem = Sim::new();
+    mem.put(TEXT, &[A64_NOP]);
+    mem.put(TEXT + 6, &[A64_NOP]);
+    mem.put(REPL, &[0xd280_0020]); // mov x0, #1
+    let k = key(cap, AltFlags::empty());
+    let misaligned = |entries: &[TableEntry]| {
+        let e = plan_alternatives_for::<Aarch64, _>(entries, &layout, &caps(ERRATUM), &mem)
+            .unwrap_err();
+        // Alone its replacement is moved to it and refused; after the first site the
+        // replacement moves unchanged and the site's own code is refused.
+        assert!(
+            matches!(
+                e.kind,
+                TableErrorKind::Site(CodeError::A64Misaligned { addr: TEXT_6 })
+                    | TableErrorKind::Replacement(CodeError::A64Misaligned { addr: TEXT_6 })
+            ),
+            "{e}"
+        );
+        e.index
+    };
+    const TEXT_6: u64 = TEXT + 6;
+    let both = [
+        entry(0, TEXT, REPL, k, 4, 4),
+        entry(1, TEXT_6, REPL, k, 4, 4),
+    ];
+    assert_eq!(misaligned(&both), 1);
+    assert_eq!(misaligned(&both[1..]), 0);
+}
+
+#[test]
 fn a64_problems_are_refused_naming_the_entry() {
     let cap = Capability::erratum(ERRATUM).unwrap();
     let text = TEXT..TEXT + 0x1000;

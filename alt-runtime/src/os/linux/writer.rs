@@ -20,9 +20,10 @@
 //! would reach the file on disk or another process), and makes room for the bytes to be
 //! overwritten; [`Writer::write`] saves them there right before it writes (nothing is kept per
 //! chunk in between: the batch written is checked against the runs prepared, byte for byte
-//! covered). If anything fails after that, every run already written is restored from those
-//! bytes, by the path that wrote it, before the error is returned; the error says if even that
-//! failed. A failed attempt to restore a protection is retried once, so that no run is left
+//! covered). A batch that gives the bytes to restore ([`Chunks::restore`], as the driver's
+//! batches of site changes do) has nothing saved: those are restored instead. If anything
+//! fails after that, every run already written is restored, by the path that wrote it, before
+//! the error is returned; the error says if even that failed. A failed attempt to restore a protection is retried once, so that no run is left
 //! writable.
 //!
 //! Reads ([`Memory::read`]) go through `process_vm_readv` (or `/proc/self/mem`): an address
@@ -71,11 +72,11 @@ struct Prepared {
     chunks: usize,
     runs: Vec<Run>,
     /// The bytes each chunk overwrites, concatenated in chunk order: read by each `write` right
-    /// before it writes (room for them is made by `prepare`); none when the batch says what
-    /// every chunk holds (`known`).
+    /// before it writes (room for them is made by `prepare`); none when the batch gives the
+    /// bytes to restore in every chunk (`known`).
     originals: Vec<u8>,
-    /// Whether the batch says what every chunk holds ([`Chunks::before`]): then that is what
-    /// a roll back writes.
+    /// Whether the batch gives the bytes to restore in every chunk ([`Chunks::restore`]): then
+    /// those are what a roll back writes.
     known: bool,
     /// Per run: written through `/proc/self/mem` (else with `mprotect`).
     via_mem: Vec<bool>,
@@ -137,10 +138,10 @@ impl Prepared {
     }
 }
 
-/// Whether the batch says what chunk `i` (of `n` bytes) holds.
+/// Whether the batch gives the bytes to restore in chunk `i` (of `n` bytes).
 #[inline(always)]
 fn knows<C: Chunks + ?Sized>(chunks: &C, i: usize, n: usize) -> bool {
-    chunks.before(i).is_some_and(|b| b.len() == n)
+    chunks.restore(i).is_some_and(|b| b.len() == n)
 }
 
 /// How a run's bytes are written.
@@ -346,7 +347,7 @@ impl<S: TextSys> MprotectWriter<S> {
             let n = (end - start) as usize;
             let bytes = if originals && p.known {
                 // `fits` checked the batch says what each chunk holds, as long as the chunk.
-                match chunks.before(i).and_then(|b| b.get(from..from + n)) {
+                match chunks.restore(i).and_then(|b| b.get(from..from + n)) {
                     Some(b) => b,
                     None => return Err((start, libc::EINVAL)),
                 }
@@ -500,7 +501,7 @@ impl<S: TextSys> MprotectWriter<S> {
         let mut at = 0;
         chunks.iter().enumerate().all(|(i, c)| {
             let saved = if p.known {
-                chunks.before(i)
+                chunks.restore(i)
             } else {
                 p.originals.get(at..at + c.bytes.len())
             };
