@@ -414,6 +414,54 @@ impl Work {
     }
 }
 
+impl Work {
+    /// The keys a site's entries must match to be planned from site `g` without checking them
+    /// again (see [`Planned::like_site`]): `None` when some entry would not check the same
+    /// wherever its site is (an inline replacement that is not cached as moving unchanged is
+    /// relocated again, and takes room of its own), or when no code is alike under `I`
+    /// (not even a site's with itself: then no site is planned from another).
+    fn keys<I: Isa, M: Memory, E: EntryList + ?Sized>(
+        &self,
+        entries: &E,
+        g: &Group,
+        mem: &M,
+    ) -> Option<EntryKeys> {
+        if !I::alike(&g.original, &g.original) {
+            return None;
+        }
+        let mut keys = EntryKeys::new();
+        for &(i, parsed) in g.entries.iter() {
+            let t = entries.get(i);
+            let e = &t.entry;
+            let mut key = EntryKey {
+                key: e.key,
+                site_len: e.site_len,
+                replacement_len: e.replacement_len,
+                ..EntryKey::default()
+            };
+            match parsed.variant() {
+                Variant::Inline { .. } => {
+                    // As `check_entry` would find it now: room for it, and cached by its bytes.
+                    let n = usize::from(e.replacement_len);
+                    let fits = u32::try_from(self.arena.len() + n).is_ok()
+                        && self.shapes.len() < Parsed::SHAPES;
+                    let at = e.replacement_addr(t.addr);
+                    let cached = n <= MovesUnchanged::KEY
+                        && mem.read(at, &mut key.bytes[..n]).is_ok()
+                        && self.unchanged.get(&key.bytes, n) == Some(parsed);
+                    if !(fits && cached) {
+                        return None;
+                    }
+                }
+                Variant::Call => key.target = e.replacement_addr(t.addr),
+                Variant::None => return None,
+            }
+            keys.push(key);
+        }
+        Some(keys)
+    }
+}
+
 /// Sites for a table whose entries lie from `first` (table index) on, `n` of them.
 fn sites_for<E: EntryList + ?Sized>(
     entries: &E,
@@ -459,6 +507,20 @@ fn plan_in_order<I: Isa, M: Memory, E: EntryList + ?Sized>(
     let mut previous: Option<Range<u64>> = None;
     let mut last: Option<Last> = None;
     while i < n {
+        if let Some(l) = &last {
+            let planned = Planned {
+                entries,
+                arena: &work.arena,
+                shapes: &work.shapes,
+            };
+            if let Some((end, site)) =
+                planned.like_site::<I, M>(&mut sites, i, l, layout, caps, mem, &previous)
+            {
+                previous = Some(site);
+                i = end;
+                continue;
+            }
+        }
         let t = entries.get(i);
         if t.is_placeholder() {
             // Placeholders only at the end.
@@ -509,11 +571,13 @@ fn plan_in_order<I: Isa, M: Memory, E: EntryList + ?Sized>(
         let decided = planned
             .site::<I>(&mut sites, &g, caps, like.as_ref())
             .ok()?;
+        let keys = work.keys::<I, M, E>(entries, &g, mem);
         last = Some(Last {
             entries: g.entries,
             original: g.original,
             shape: g.shape,
             decided,
+            keys,
         });
         previous = Some(site);
         i = j;
@@ -523,6 +587,10 @@ fn plan_in_order<I: Isa, M: Memory, E: EntryList + ?Sized>(
         capabilities: *caps,
     })
 }
+
+/// Sites planned by [`Planned::like_site`] (tests see that it is used).
+#[cfg(test)]
+static LIKE_SITES: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
 
 /// What was decided for a site: the offsets that stay boundaries, which of its entries
 /// applies (its position among them), and the bytes.
@@ -538,6 +606,53 @@ struct Last {
     original: SiteBytes,
     shape: Shape,
     decided: Decided,
+    /// Its entries as a site's must be to be planned from it without checking them again
+    /// ([`Planned::like_site`]); `None` when that cannot be.
+    keys: Option<EntryKeys>,
+}
+
+/// What a site's entries must match, one by one, to be checked as the last site's were.
+type EntryKeys = crate::bytes::SmallVec<EntryKey, 2>;
+
+/// What an entry's check depends on, apart from where it and its site are: an entry with
+/// these fields checks as this one did ([`check_entry`]) once its site is in the text, its
+/// replacement in the replacement section (each site may have a copy of its own) and, for a
+/// direct call, the target within reach of the site.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct EntryKey {
+    key: u16,
+    site_len: u8,
+    replacement_len: u8,
+    /// A direct call's target (else zero).
+    target: u64,
+    /// An inline replacement's bytes, zero after them (else zero).
+    bytes: [u8; MovesUnchanged::KEY],
+}
+
+impl EntryKey {
+    fn is_call(&self) -> bool {
+        AltFlags::from_bits_retain(self.key).contains(AltFlags::DIRECT_CALL)
+    }
+
+    /// Whether entry `t` has this key: its fields, and what its replacement holds or where
+    /// its call goes.
+    #[inline]
+    fn matches<M: Memory>(&self, t: &TableEntry, layout: &Layout<'_>, mem: &M) -> bool {
+        let e = &t.entry;
+        if (e.key, e.site_len, e.replacement_len) != (self.key, self.site_len, self.replacement_len)
+        {
+            return false;
+        }
+        let at = e.replacement_addr(t.addr);
+        if self.is_call() {
+            return at == self.target;
+        }
+        let n = usize::from(e.replacement_len);
+        let mut bytes = [0u8; MovesUnchanged::KEY];
+        inside(&layout.replacements, &(at..at.saturating_add(n as u64)))
+            && mem.read(at, &mut bytes[..n]).is_ok()
+            && bytes == self.bytes
+    }
 }
 
 impl Last {
@@ -569,11 +684,17 @@ impl Last {
                 .all(|(a, b)| same(a, b))
     }
 
-    /// The choice for site `g` that is like this one: the entry in the same place.
-    fn choice_for<E: EntryList + ?Sized>(&self, entries: &E, g: &Group) -> Choice {
-        let Some(&(entry, parsed)) = self.decided.chosen.and_then(|k| g.entries.get(k)) else {
+    /// The choice for a site like this one whose entries start at table index `first`: the
+    /// entry in the same place.
+    fn choice_for<E: EntryList + ?Sized>(&self, entries: &E, first: usize) -> Choice {
+        let Some((k, &(_, parsed))) = self
+            .decided
+            .chosen
+            .and_then(|k| Some((k, self.entries.get(k)?)))
+        else {
             return Choice::Default;
         };
+        let entry = first + k;
         match parsed.variant() {
             Variant::Call => {
                 let t = entries.get(entry);
@@ -656,44 +777,143 @@ impl<E: EntryList + ?Sized> Planned<'_, E> {
             None => check_returns::<I, E>(self, g)?,
         };
         let first = g.entries[0].0;
-        let candidate = |&(i, p): &(usize, Parsed)| {
-            let t = self.entries.get(i);
-            (p.candidate(i, &t, caps), t.addr)
+        let choice = match like {
+            Some(l) => l.choice_for(self.entries, first),
+            None => decide(
+                self.entries,
+                g.entries
+                    .iter()
+                    .map(|&(i, p)| p.candidate(i, &self.entries.get(i), caps)),
+            ),
         };
-        let choose = |choice: Choice| g.entries.iter().position(|e| Some(e.0) == choice.entry());
-        let encoded = |choice: Choice| match (like, choice) {
-            (Some(l), Choice::Inline { .. }) => Ok(l.decided.new.clone()),
-            _ => encode::<I, E>(self, g, choice, returns),
+        let new = match (like, choice) {
+            (Some(l), Choice::Inline { .. }) => l.decided.new.clone(),
+            _ => encode::<I, E>(self, g, choice, returns)?,
         };
-        let (pushed, chosen, new) = if sites.is_in_place() {
-            // Only the bytes are kept: the rule is applied to the entries as they come.
-            let choice = match like {
-                Some(l) => l.choice_for(self.entries, g),
-                None => decide(self.entries, g.entries.iter().map(|e| candidate(e).0)),
-            };
-            let new = encoded(choice)?;
-            // The entries follow one another in the table.
-            let entries = first..first + g.entries.len();
-            let pushed = sites.push_in_place(entries, &g.original, &new);
-            (pushed, choose(choice), new)
+        let entries = g.entries.iter().copied();
+        self.push(
+            sites,
+            g.site.start,
+            entries,
+            &g.original,
+            &new,
+            choice,
+            caps,
+        )?;
+        Ok(Decided {
+            returns,
+            chosen: g.entries.iter().position(|e| Some(e.0) == choice.entry()),
+            new,
+        })
+    }
+
+    /// Plans the site whose entries start at table index `i` from `last`, the site planned
+    /// before, when its entries are `last`'s [keys](Last::keys) one for one (so each checks as
+    /// `last`'s did: it is not checked again) and its code is alike ([`Last::is_like`]): then
+    /// only what depends on where the site is is checked (that it lies in the text, after the
+    /// site before; that its direct calls reach) and worked out (a direct call, the default's
+    /// bytes). Returns where the next site's entries start and this site's range; `None`, with
+    /// nothing pushed, when the site is not planned so (then it is planned on its own, which
+    /// finds what is wrong if anything is).
+    #[allow(clippy::too_many_arguments)]
+    fn like_site<I: Isa, M: Memory>(
+        &self,
+        sites: &mut Sites,
+        i: usize,
+        last: &Last,
+        layout: &Layout<'_>,
+        caps: &CapabilitySet,
+        mem: &M,
+        previous: &Option<Range<u64>>,
+    ) -> Option<(usize, Range<u64>)> {
+        let keys: &[EntryKey] = last.keys.as_deref()?;
+        let entries = self.entries;
+        let (n, count) = (entries.len(), keys.len());
+        if count == 0 || n - i < count {
+            return None;
+        }
+        let head = entries.get(i);
+        let start = head.entry.site_addr(head.addr);
+        for (k, key) in keys.iter().enumerate() {
+            let t = if k == 0 { head } else { entries.get(i + k) };
+            if !key.matches(&t, layout, mem) || t.entry.site_addr(t.addr) != start {
+                return None;
+            }
+        }
+        // The site has no more entries than the last one.
+        let end = i + count;
+        if end < n {
+            let next = entries.get(end);
+            if !next.is_placeholder() && next.entry.site_addr(next.addr) == start {
+                return None;
+            }
+        }
+        let len = keys[0].site_len;
+        let site = start..start.checked_add(u64::from(len))?;
+        if !layout.in_text(&site) || previous.as_ref().is_some_and(|p| p.end > site.start) {
+            return None;
+        }
+        let mut original = SiteBytes::filled(0, usize::from(len));
+        mem.read(start, &mut original).ok()?;
+        if last.original.len() != original.len() || !I::alike(&last.original, &original) {
+            return None;
+        }
+        for key in keys {
+            if key.is_call() {
+                // Within reach of the site's start, as `check_entry` checks.
+                I::call(start, key.target).ok()?;
+            }
+        }
+        let choice = last.choice_for(entries, i);
+        let group = last.entries.iter().enumerate().map(|(k, e)| (i + k, e.1));
+        let new = match choice {
+            Choice::Inline { .. } => last.decided.new.clone(),
+            _ => {
+                let g = Group {
+                    site: site.clone(),
+                    entries: group.clone().collect(),
+                    original: original.clone(),
+                    shape: last.shape,
+                };
+                encode::<I, E>(self, &g, choice, last.decided.returns).ok()?
+            }
+        };
+        self.push(sites, start, group, &original, &new, choice, caps)
+            .ok()?;
+        #[cfg(test)]
+        LIKE_SITES.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        Some((end, site))
+    }
+
+    /// Adds a planned site to `sites`: at `start`, its entries (table index and what each
+    /// one's check found; at least one), its bytes before and after, the choice.
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &self,
+        sites: &mut Sites,
+        start: u64,
+        group: impl ExactSizeIterator<Item = (usize, Parsed)>,
+        original: &[u8],
+        new: &[u8],
+        choice: Choice,
+        caps: &CapabilitySet,
+    ) -> Result<(), TableError> {
+        let mut group = group.peekable();
+        let first = group.peek().map_or(0, |e| e.0);
+        let pushed = if sites.is_in_place() {
+            // Only the bytes are kept: the entries follow one another in the table.
+            let entries = first..first + group.len();
+            sites.push_in_place(entries, original, new)
         } else {
-            // Each entry's candidate once (two inline, more on the heap).
-            let candidates: crate::bytes::SmallVec<(Candidate, u64), 2> =
-                g.entries.iter().map(candidate).collect();
-            let choice = decide(self.entries, candidates.iter().map(|c| c.0));
-            let new = encoded(choice)?;
-            let candidates = candidates.iter().copied();
-            let pushed = sites.push(g.site.start, &g.original, &new, candidates, choice);
-            (pushed, choose(choice), new)
+            let candidates = group.map(|(i, p)| {
+                let t = self.entries.get(i);
+                (p.candidate(i, &t, caps), t.addr)
+            });
+            sites.push(start, original, new, candidates, choice)
         };
         pushed.map_err(|e| {
             let kind = TableErrorKind::TooManyEntries(e);
             error(first, &self.entries.get(first), kind)
-        })?;
-        Ok(Decided {
-            returns,
-            chosen,
-            new,
         })
     }
 
@@ -1214,7 +1434,7 @@ mod tests {
     /// Text at 0x10000 (0x800 bytes), the replacement section right after it (0x100).
     struct Image(Vec<u8>);
 
-    const TEXT: u64 = 0x10000;
+    const TEXT: u64 = 0x9000_0000;
     const REPL: u64 = TEXT + 0x800;
 
     impl Memory for Image {
@@ -1241,35 +1461,56 @@ mod tests {
     #[test]
     fn a_table_in_order_plans_in_one_pass_as_in_two_and_any_other_falls_back() {
         // Text: sites of 5-byte calls, of `mov eax, imm32; nop; nop; nop` and of `call; nop;
-        // nop; nop` (8 bytes), each 16 bytes apart; replacements: popcnt rax, rdi (moves unchanged), lea rax, [rip + x]
-        // (must be relocated), mov eax, 2.
+        // nop; nop` (8 bytes), each 16 bytes apart; replacements: popcnt rax, rdi (moves
+        // unchanged), lea rax, [rip + x] (must be relocated), mov eax, 2; after them, calls
+        // again (where no site may be). A second text range, `FAR`, is a call target that
+        // only the first 17 sites reach.
         let mut image = vec![0xcc; 0x900];
+        for at in (0x800..0x8c0).step_by(16) {
+            image[at..at + 5].copy_from_slice(&[0xe8, 1, 2, 3, 4]);
+        }
+        const FAR: u64 = TEXT - 0x8000_0000 + 0x45;
         for k in 0..0x80usize {
             let at = 16 * k;
             // Calls to different places: alike, not equal. Sites of 8 bytes: a mov, or a
             // call that returns inside the site (a replacement must keep that boundary).
+            // Sites of 8 bytes that call at their end instead, whose direct calls go there.
+            // Sites of 5 bytes that hold a call at 3 too, where a site overlapping them may
+            // begin.
             let call = [0xe8, k as u8, 0, 0, 0];
             let padded = [0xe8, k as u8, 0, 0, 0, 0x90, 0x90, 0x90];
-            let site: &[u8] = match k % 6 {
-                0 => &[0xb8, 1, 0, 0, 0, 0x90, 0x90, 0x90],
+            let late = [0x90, 0x90, 0x90, 0xe8, k as u8, 0, 0, 0];
+            let twice = [0xe8, k as u8, 0, 0xe8, 0, 0, 0, 0];
+            let site: &[u8] = match k % 12 {
+                0 | 6 => &[0xb8, 1, 0, 0, 0, 0x90, 0x90, 0x90],
                 3 => &padded,
+                9 => &late,
+                5 | 11 => &twice,
                 _ => &call,
             };
             image[at..at + site.len()].copy_from_slice(site);
         }
         let repl: [(&[u8], u64); 3] = [
-            (&[0xf3, 0x48, 0x0f, 0xb8, 0xc7], 0),
-            (&[0x48, 0x8d, 0x05, 0x00, 0x01, 0x00, 0x00], 0x10),
-            (&[0xb8, 2, 0, 0, 0], 0x20),
+            (&[0xf3, 0x48, 0x0f, 0xb8, 0xc7], 0xc0),
+            (&[0x48, 0x8d, 0x05, 0x00, 0x01, 0x00, 0x00], 0xd0),
+            (&[0xb8, 2, 0, 0, 0], 0xe0),
         ];
+        // A second copy of the popcnt (as each site of a function has its own).
+        let popcnt_copy = REPL + 0xf0;
         for (code, off) in repl {
             let at = (REPL - TEXT + off) as usize;
             image[at..at + code.len()].copy_from_slice(code);
         }
+        // And one in the text, between two sites, where no replacement may be.
+        let popcnt_in_text = TEXT + 0x18;
+        for copy in [popcnt_copy, popcnt_in_text] {
+            let at = (copy - TEXT) as usize;
+            image[at..at + 5].copy_from_slice(repl[0].0);
+        }
         let mem = Image(image);
-        let text = TEXT..REPL;
+        let text = [TEXT..REPL, FAR..FAR + 0x10];
         let layout = Layout {
-            text: core::slice::from_ref(&text),
+            text: &text,
             replacements: REPL..REPL + 0x100,
         };
         let caps = CapabilitySet::new(Features::POPCNT | Features::SSE3, Errata::empty());
@@ -1280,15 +1521,28 @@ mod tests {
         ];
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let (mut one_pass, mut fell_back, mut refused) = (0, 0, 0);
-        for round in 0..3000 {
+        let like_before = LIKE_SITES.load(core::sync::atomic::Ordering::Relaxed);
+        for round in 0..5000 {
             let mut entries = Vec::new();
-            let sites = 1 + rng.below(6);
-            let mut k = rng.below(4);
+            let sites = 1 + rng.below(10);
+            // Now and then sites that run past the end of the text.
+            let mut k = match rng.below(8) {
+                0 => 0x7a + rng.below(4),
+                _ => rng.below(4),
+            };
+            // The last site's entries (capability, flags, target, replacement length, site
+            // length) and whether it was long: half the sites of its length repeat them (a
+            // program's many calls of one function), which the planner plans from the site
+            // before.
+            type Params = Vec<(u16, AltFlags, u64, u8, u8)>;
+            let mut prev: (Params, bool) = (Vec::new(), false);
             for _ in 0..sites {
                 let site = TEXT + 16 * k;
                 let long = k.is_multiple_of(3);
-                for _ in 0..1 + rng.below(3) {
-                    let addr = 0x9_0000 + 12 * entries.len() as u64;
+                let repeat = prev.1 == long && !prev.0.is_empty() && rng.below(2) == 0;
+                // Repeated: now and then with an entry more, or one less.
+                let change = rng.below(8);
+                let fresh = |rng: &mut Rng, k: u64| {
                     let cap = keys[rng.below(3) as usize];
                     let mut flags = AltFlags::empty();
                     if rng.below(4) == 0 {
@@ -1297,7 +1551,11 @@ mod tests {
                     let (target, len) = match rng.below(4) {
                         0 => {
                             flags |= AltFlags::DIRECT_CALL;
-                            (TEXT + 16 * rng.below(0x80), 0)
+                            // A target only the first sites reach, for the first sites.
+                            match rng.below(4) {
+                                0 if k < 4 => (FAR, 0),
+                                _ => (TEXT + 16 * rng.below(0x80), 0),
+                            }
                         }
                         // The 7-byte lea only where it fits.
                         n => {
@@ -1306,13 +1564,52 @@ mod tests {
                             (REPL + off, code.len() as u8)
                         }
                     };
+                    (cap, flags, target, len)
+                };
+                let params: Vec<_> = if repeat {
+                    let mut params = prev.0.clone();
+                    match change {
+                        0 => {
+                            let (cap, flags, target, len) = fresh(&mut rng, k);
+                            params.push((cap, flags, target, len, params[0].4));
+                        }
+                        1 if params.len() > 1 => {
+                            params.pop();
+                        }
+                        _ => {}
+                    }
+                    // Now and then a 5-byte replacement elsewhere: the same bytes (a copy of
+                    // the popcnt), or others as long.
+                    // A direct call elsewhere: in the text, or not.
+                    for p in &mut params {
+                        p.2 = match (p.3, p.1.contains(AltFlags::DIRECT_CALL), rng.below(16)) {
+                            (5, false, 0 | 1) => popcnt_copy,
+                            (5, false, 2) => popcnt_in_text,
+                            (5, false, 3 | 4) => REPL + repl[0].1,
+                            (5, false, 5 | 6) => REPL + repl[2].1,
+                            (_, true, 0 | 1) => TEXT + 16 * rng.below(0x80),
+                            (_, true, 2) => REPL + 0x40,
+                            _ => p.2,
+                        };
+                    }
+                    params
+                } else {
+                    (0..1 + rng.below(3))
+                        .map(|_| {
+                            let (cap, flags, target, len) = fresh(&mut rng, k);
+                            (cap, flags, target, len, if long { 8 } else { 5 })
+                        })
+                        .collect()
+                };
+                prev = (params.clone(), long);
+                for (cap, flags, target, len, site_len) in params {
+                    let addr = TEXT - 0x10_0000 + 12 * entries.len() as u64;
                     // Now and then a wrong entry: a site too short for its replacement, or
                     // a site length that is not the site's.
-                    let site_len = match rng.below(40) {
+                    let site_len = match rng.below(100) {
                         0 => 3,
                         1 => 6,
-                        _ if long => 8,
-                        _ => 5,
+                        _ => site_len,
                     };
                     let entry = AltEntry {
                         site: site.wrapping_sub(addr) as i32,
@@ -1323,14 +1620,14 @@ mod tests {
                     };
                     entries.push(TableEntry { addr, entry });
                 }
-                k += 1 + rng.below(3);
+                k += 1 + rng.below(6);
             }
             // Now and then a site that begins inside the last one.
             if rng.below(10) == 0 {
                 let last = entries[entries.len() - 1];
-                let addr = 0x9_0000 + 12 * entries.len() as u64;
+                let addr = TEXT - 0x10_0000 + 12 * entries.len() as u64;
                 let mut entry = last.entry;
-                let site = last.entry.site_addr(last.addr) + 2;
+                let site = last.entry.site_addr(last.addr) + 3;
                 entry.site = site.wrapping_sub(addr) as i32;
                 entry.replacement = last
                     .entry
@@ -1343,7 +1640,7 @@ mod tests {
                 0 => entries.reverse(),
                 1 => {
                     let at = rng.below(entries.len() as u64 + 1) as usize;
-                    let addr = 0x8_0000;
+                    let addr = TEXT - 0x20_0000;
                     let zero = AltEntry {
                         site: 0,
                         replacement: 0,
@@ -1370,9 +1667,11 @@ mod tests {
                 (None, Err(_)) => refused += 1,
             }
         }
+        let like = LIKE_SITES.load(core::sync::atomic::Ordering::Relaxed) - like_before;
         assert!(
-            one_pass > 1000 && fell_back > 100 && refused > 100,
-            "{one_pass} planned in one pass, {fell_back} fell back, {refused} refused"
+            one_pass > 1000 && fell_back > 100 && refused > 100 && like > 1000,
+            "{one_pass} planned in one pass ({like} sites from the one before), {fell_back} \
+             fell back, {refused} refused"
         );
     }
 
