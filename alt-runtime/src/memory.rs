@@ -22,6 +22,26 @@ pub trait Memory {
         }
         Ok(())
     }
+
+    /// Whether the bytes at `addr` are `expected`, compared where they lie, by a reader that
+    /// reads them with plain copies; `None` (the default) where that cannot be, or the bytes
+    /// cannot be read: then the caller reads them (many ranges at a time, through a reader's
+    /// system call), which also names what cannot be read.
+    fn compare_in_place(&self, addr: u64, expected: &[u8]) -> Option<bool> {
+        let _ = (addr, expected);
+        None
+    }
+}
+
+/// Whether the `expected.len()` bytes at `addr` are `expected`.
+///
+/// # Safety
+///
+/// The bytes must be mapped and readable, and no one may write them while they are compared.
+pub(crate) unsafe fn holds(addr: u64, expected: &[u8]) -> bool {
+    // SAFETY: the caller's contract.
+    let now = unsafe { core::slice::from_raw_parts(addr as usize as *const u8, expected.len()) };
+    crate::short::same(now, expected)
 }
 
 /// Address ranges in order, read one at a time: a slice of ranges, or a batch of a writer's
@@ -180,6 +200,12 @@ impl Memory for LiveMemory<'_> {
         };
         Ok(())
     }
+
+    fn compare_in_place(&self, addr: u64, expected: &[u8]) -> Option<bool> {
+        check_within(self.ranges, addr, expected.len()).ok()?;
+        // SAFETY: as for `read`.
+        Some(unsafe { holds(addr, expected) })
+    }
 }
 
 impl<M: Memory + ?Sized> Memory for &M {
@@ -189,6 +215,10 @@ impl<M: Memory + ?Sized> Memory for &M {
 
     fn read_each<S: Spans + ?Sized>(&self, ranges: &S, out: &mut [u8]) -> Result<(), MemoryError> {
         (**self).read_each(ranges, out)
+    }
+
+    fn compare_in_place(&self, addr: u64, expected: &[u8]) -> Option<bool> {
+        (**self).compare_in_place(addr, expected)
     }
 }
 

@@ -216,8 +216,7 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized, C: Changes + 
     // chunks; read as ranges, they are the sites' ranges: what is read and what the rendezvous
     // keeps threads out of), nothing copied; one pass checks the lengths, and the sites are
     // read a few at a time and compared.
-    for i in 0..sites.len() {
-        let s = sites.change(i);
+    for s in sites.changes_from(0) {
         if s.to.len() != s.from.len() {
             let reason = "the new bytes are not as long as the site";
             return Err(PatchError::Write(WriteError::unchanged(s.addr, reason, None)).into());
@@ -362,83 +361,125 @@ impl<C: Changes + ?Sized> Chunks for AsChunks<'_, C> {
         let c = self.changes.change(i);
         Some(if self.undo { c.to } else { c.from })
     }
+
+    fn chunks_from(&self, start: usize) -> impl Iterator<Item = (Chunk<'_>, Option<&[u8]>)> + '_ {
+        let undo = self.undo;
+        self.changes.changes_from(start).map(move |c| {
+            let (bytes, restore) = if undo { (c.from, c.to) } else { (c.to, c.from) };
+            (
+                Chunk {
+                    addr: c.addr,
+                    bytes,
+                },
+                Some(restore),
+            )
+        })
+    }
 }
 
 /// The first chunk (its index) whose range does not hold the chunk's bytes. Every chunk is
-/// read (in order: the first that cannot be read is the error, whichever chunks differ)
-/// through a buffer on the stack: nothing is allocated (the others may be stopped). Chunks in
-/// address order whose extent fits the buffer are read as one range, the bytes between them
-/// too; where that cannot be read, each chunk of them is read on its own.
+/// read (in order: the first that cannot be read is the error, whichever chunks differ),
+/// compared where it lies if the reader can ([`Memory::compare_in_place`]), else through a
+/// buffer on the stack: nothing is allocated (the others may be stopped). Chunks in address
+/// order whose extent fits the buffer are read as one range, the bytes between them too;
+/// where that cannot be read, each chunk of them is read on its own.
 fn first_unlike<M: Memory, C: Chunks + ?Sized>(
     mem: &M,
     chunks: &C,
 ) -> Result<Option<usize>, MemoryError> {
-    const BUF: usize = 512;
-    const GROUP: usize = 64;
+    let mut first = None;
+    let mut note = |k: usize, same: bool| {
+        if first.is_none() && !same {
+            first = Some(k);
+        }
+    };
     let mut buf = [0u8; BUF];
+    // The chunks read together next: `g` of them, the first of which is chunk `at`, ending at
+    // `end` (`None` past the end of the address space).
     let mut group = [Chunk {
         addr: 0,
         bytes: &[],
     }; GROUP];
-    let mut first = None;
-    let mut note = |k: usize, now: &[u8], want: &[u8]| {
-        if first.is_none() && !crate::short::same(now, want) {
-            first = Some(k);
+    let (mut g, mut at, mut end) = (0, 0, None);
+    for (i, (c, _)) in chunks.chunks_from(0).enumerate() {
+        let c_end = c.addr.checked_add(c.bytes.len() as u64);
+        if g > 0 {
+            // Joins the group where it lies after it, within the buffer's length of its start.
+            match (end, c_end) {
+                (Some(e), Some(c_end))
+                    if g < GROUP && c.addr >= e && c_end - group[0].addr <= BUF as u64 =>
+                {
+                    group[g] = c;
+                    (g, end) = (g + 1, Some(c_end));
+                    continue;
+                }
+                _ => {
+                    read_group(mem, chunks, &group[..g], at, end, &mut buf, &mut note)?;
+                    g = 0;
+                }
+            }
         }
-    };
-    let mut i = 0;
-    while i < chunks.len() {
-        let c = chunks.chunk(i);
-        if c.bytes.len() > BUF {
+        if let Some(holds) = mem.compare_in_place(c.addr, c.bytes) {
+            // Compared where it lies: nothing to copy.
+            note(i, holds);
+        } else if c.bytes.len() > BUF {
             // A chunk longer than the buffer (no site is): read in parts, on its own.
             for off in (0..c.bytes.len()).step_by(BUF) {
                 let part = &c.bytes[off..c.bytes.len().min(off + BUF)];
                 mem.read(c.addr + off as u64, &mut buf[..part.len()])?;
-                note(i, &buf[..part.len()], part);
-            }
-            i += 1;
-            continue;
-        }
-        // As many chunks as lie in order within the buffer's length of this one.
-        // (A chunk that would pass the end of the address space is read on its own.)
-        let start = c.addr;
-        let (mut g, mut end) = (1, c.addr.checked_add(c.bytes.len() as u64));
-        group[0] = c;
-        while let (true, Some(e)) = (g < GROUP && i + g < chunks.len(), end) {
-            let d = chunks.chunk(i + g);
-            match d.addr.checked_add(d.bytes.len() as u64) {
-                Some(d_end) if d.addr >= e && d_end - start <= BUF as u64 => {
-                    group[g] = d;
-                    (g, end) = (g + 1, Some(d_end));
-                }
-                _ => break,
-            }
-        }
-        let group = &group[..g];
-        let extent = end.map(|e| (e - start) as usize);
-        let read = |extent: usize| mem.read(start, &mut buf[..extent]).is_ok();
-        if extent.is_some_and(read) {
-            for (k, d) in group.iter().enumerate() {
-                let at = (d.addr - start) as usize;
-                note(i + k, &buf[at..at + d.bytes.len()], d.bytes);
+                note(i, crate::short::same(&buf[..part.len()], part));
             }
         } else {
-            // Something between them (or the end of the address space) cannot be read.
-            let total: usize = group.iter().map(|d| d.bytes.len()).sum();
-            let spans = Window {
-                spans: chunks,
-                at: i..i + g,
-            };
-            mem.read_each(&spans, &mut buf[..total])?;
-            let mut at = 0;
-            for (k, d) in group.iter().enumerate() {
-                note(i + k, &buf[at..at + d.bytes.len()], d.bytes);
-                at += d.bytes.len();
-            }
+            group[0] = c;
+            (g, at, end) = (1, i, c_end);
         }
-        i += g;
+    }
+    if g > 0 {
+        read_group(mem, chunks, &group[..g], at, end, &mut buf, &mut note)?;
     }
     Ok(first)
+}
+
+/// [`first_unlike`]'s buffer, and the most chunks it reads together.
+const BUF: usize = 512;
+const GROUP: usize = 64;
+
+/// Reads `group`, chunks `at..` of `chunks` in address order that end at `end` within
+/// [`BUF`] bytes of the first one's start (or one chunk of at most [`BUF`] bytes), and notes
+/// whether each holds its bytes: as one range, or each on its own where that cannot be read.
+#[allow(clippy::too_many_arguments)]
+fn read_group<M: Memory, C: Chunks + ?Sized>(
+    mem: &M,
+    chunks: &C,
+    group: &[Chunk<'_>],
+    at: usize,
+    end: Option<u64>,
+    buf: &mut [u8; BUF],
+    note: &mut impl FnMut(usize, bool),
+) -> Result<(), MemoryError> {
+    let start = group[0].addr;
+    let same = crate::short::same;
+    let extent = end.map(|e| (e - start) as usize);
+    if extent.is_some_and(|extent| mem.read(start, &mut buf[..extent]).is_ok()) {
+        for (k, d) in group.iter().enumerate() {
+            let off = (d.addr - start) as usize;
+            note(at + k, same(&buf[off..off + d.bytes.len()], d.bytes));
+        }
+        return Ok(());
+    }
+    // Something between them (or the end of the address space) cannot be read.
+    let total: usize = group.iter().map(|d| d.bytes.len()).sum();
+    let spans = Window {
+        spans: chunks,
+        at: at..at + group.len(),
+    };
+    mem.read_each(&spans, &mut buf[..total])?;
+    let mut off = 0;
+    for (k, d) in group.iter().enumerate() {
+        note(at + k, same(&buf[off..off + d.bytes.len()], d.bytes));
+        off += d.bytes.len();
+    }
+    Ok(())
 }
 
 /// The first site that does not read back as its chunk, or the first that cannot be read:
@@ -455,6 +496,57 @@ fn first_mismatch<W: Writer, C: Chunks + ?Sized>(writer: &W, chunks: &C) -> Opti
 mod tests {
     use super::*;
     use crate::memory::LiveMemory;
+
+    #[test]
+    fn a_batch_read_as_chunks_in_order_is_each_chunk_and_what_restores_it() {
+        let bytes = [[1u8, 2], [3, 4], [5, 6]];
+        let changes: Vec<SiteChange<'_>> = (0..3)
+            .map(|k| SiteChange {
+                addr: 0x1000 + 0x10 * k as u64,
+                from: &bytes[k],
+                to: &bytes[(k + 1) % 3],
+            })
+            .collect();
+        for undo in [false, true] {
+            let chunks = AsChunks {
+                changes: &changes[..],
+                undo,
+            };
+            for start in 0..5 {
+                let each: Vec<_> = (start..3)
+                    .map(|i| (chunks.chunk(i), chunks.restore(i)))
+                    .collect();
+                let from: Vec<_> = chunks.chunks_from(start).collect();
+                assert_eq!(from, each, "undo {undo}, from {start}");
+            }
+            let (first, restore) = chunks.chunks_from(0).next().unwrap();
+            let (bytes, back) = if undo {
+                (&[1, 2], &[3, 4])
+            } else {
+                (&[3, 4], &[1, 2])
+            };
+            assert_eq!((first.bytes, restore), (&bytes[..], Some(&back[..])));
+        }
+    }
+
+    /// A reader that only copies: sites are read in groups, never compared in place.
+    struct Copying<'a>(LiveMemory<'a>);
+
+    impl Memory for Copying<'_> {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+            self.0.read(addr, buf)
+        }
+    }
+
+    /// [`first_unlike`] with sites compared in place and read in groups: the same answer.
+    fn both<C: Chunks + ?Sized>(
+        mem: &LiveMemory<'_>,
+        chunks: &C,
+    ) -> Result<Option<usize>, MemoryError> {
+        let copied = first_unlike(&Copying(*mem), chunks);
+        assert_eq!(first_unlike(mem, chunks), copied);
+        copied
+    }
 
     #[test]
     fn the_first_site_unlike_its_expected_bytes_is_found_in_groups_and_parts() {
@@ -486,10 +578,7 @@ mod tests {
                 })
                 .collect()
         }
-        assert_eq!(
-            first_unlike(&mem, &expecting(&spots, base, &expected)),
-            Ok(None)
-        );
+        assert_eq!(both(&mem, &expecting(&spots, base, &expected)), Ok(None));
         // 600 one-byte sites: groups fill the buffer exactly, never past it.
         let ones: Vec<Chunk<'_>> = (0..600)
             .map(|k| Chunk {
@@ -497,11 +586,11 @@ mod tests {
                 bytes: &text[k..k + 1],
             })
             .collect();
-        assert_eq!(first_unlike(&mem, &ones), Ok(None));
+        assert_eq!(both(&mem, &ones), Ok(None));
         let flipped = [text[599] ^ 1];
         let mut last_differs = ones.clone();
         last_differs[599].bytes = &flipped;
-        assert_eq!(first_unlike(&mem, &last_differs), Ok(Some(599)));
+        assert_eq!(both(&mem, &last_differs), Ok(Some(599)));
         for (wrong, byte) in [
             (0, 0),
             (97, 4),
@@ -514,7 +603,7 @@ mod tests {
             let mut other = expected.clone();
             other[wrong][byte] ^= 1;
             assert_eq!(
-                first_unlike(&mem, &expecting(&spots, base, &other)),
+                both(&mem, &expecting(&spots, base, &other)),
                 Ok(Some(wrong)),
                 "site {wrong} differs at byte {byte}"
             );
@@ -528,10 +617,7 @@ mod tests {
             addr: base + 3998,
             bytes: &[0; 4],
         });
-        assert_eq!(
-            first_unlike(&mem, &past),
-            Err(MemoryError { addr: base + 4000 })
-        );
+        assert_eq!(both(&mem, &past), Err(MemoryError { addr: base + 4000 }));
 
         // Out of order and overlapping (no batch is, but no panic either): each read.
         let unsorted = [
@@ -548,7 +634,7 @@ mod tests {
                 bytes: &[0; 2],
             },
         ];
-        assert_eq!(first_unlike(&mem, &unsorted[..]), Ok(Some(2)));
+        assert_eq!(both(&mem, &unsorted[..]), Ok(Some(2)));
 
         // Two readable ranges with a hole between: sites on either side are read on their own.
         let ranges = [base..base + 100, base + 200..base + 300];
@@ -565,12 +651,12 @@ mod tests {
                     bytes: second,
                 },
             ];
-            first_unlike(&holed, &sites[..])
+            both(&holed, &sites[..])
         };
         assert_eq!(two(&text[210..215]), Ok(None));
         assert_eq!(two(&[0; 5]), Ok(Some(1)));
         assert_eq!(
-            first_unlike(
+            both(
                 &holed,
                 &[Chunk {
                     addr: base + 98,

@@ -648,10 +648,16 @@ impl EntryKey {
             return at == self.target;
         }
         let n = usize::from(e.replacement_len);
-        let mut bytes = [0u8; MovesUnchanged::KEY];
-        inside(&layout.replacements, &(at..at.saturating_add(n as u64)))
-            && mem.read(at, &mut bytes[..n]).is_ok()
-            && bytes == self.bytes
+        let want = &self.bytes[..n.min(MovesUnchanged::KEY)];
+        let holds = || {
+            // Compared where it lies if the reader can; else read.
+            mem.compare_in_place(at, want).unwrap_or_else(|| {
+                let mut bytes = [0u8; MovesUnchanged::KEY];
+                let now = &mut bytes[..want.len()];
+                mem.read(at, now).is_ok() && now == want
+            })
+        };
+        inside(&layout.replacements, &(at..at.saturating_add(n as u64))) && holds()
     }
 }
 
@@ -853,9 +859,11 @@ impl<E: EntryList + ?Sized> Planned<'_, E> {
         if !layout.in_text(&site) || previous.as_ref().is_some_and(|p| p.end > site.start) {
             return None;
         }
-        let mut original = SiteBytes::filled(0, usize::from(len));
-        mem.read(start, &mut original).ok()?;
-        if last.original.len() != original.len() || !I::alike(&last.original, &original) {
+        let mut buf = [0u8; u8::MAX as usize];
+        let original = &mut buf[..usize::from(len)];
+        mem.read(start, original).ok()?;
+        let original = &*original;
+        if last.original.len() != original.len() || !I::alike(&last.original, original) {
             return None;
         }
         for key in keys {
@@ -866,19 +874,21 @@ impl<E: EntryList + ?Sized> Planned<'_, E> {
         }
         let choice = last.choice_for(entries, i);
         let group = last.entries.iter().enumerate().map(|(k, e)| (i + k, e.1));
-        let new = match choice {
-            Choice::Inline { .. } => last.decided.new.clone(),
+        let encoded;
+        let new: &[u8] = match choice {
+            Choice::Inline { .. } => &last.decided.new,
             _ => {
                 let g = Group {
                     site: site.clone(),
                     entries: group.clone().collect(),
-                    original: original.clone(),
+                    original: original.into(),
                     shape: last.shape,
                 };
-                encode::<I, E>(self, &g, choice, last.decided.returns).ok()?
+                encoded = encode::<I, E>(self, &g, choice, last.decided.returns).ok()?;
+                &encoded
             }
         };
-        self.push(sites, start, group, &original, &new, choice, caps)
+        self.push(sites, start, group, original, new, choice, caps)
             .ok()?;
         #[cfg(test)]
         LIKE_SITES.fetch_add(1, core::sync::atomic::Ordering::Relaxed);

@@ -339,6 +339,12 @@ pub trait Changes {
 
     /// The `i`-th change (`i < len()`).
     fn change(&self, i: usize) -> SiteChange<'_>;
+
+    /// The changes from the `start`-th on, in order: each what [`Changes::change`] gives,
+    /// read one after another (for some batches much cheaper than one at a time).
+    fn changes_from(&self, start: usize) -> impl Iterator<Item = SiteChange<'_>> + '_ {
+        (start..self.len()).map(move |i| self.change(i))
+    }
 }
 
 impl Changes for [SiteChange<'_>] {
@@ -466,6 +472,53 @@ impl Changes for Alike<'_> {
             (before, after)
         };
         SiteChange { addr, from, to }
+    }
+
+    /// Walks the table and the bytes side by side: no index is multiplied out per change.
+    fn changes_from(&self, start: usize) -> impl Iterator<Item = SiteChange<'_>> + '_ {
+        let (count, len) = (self.count.max(1), self.site_len);
+        AlikeChanges {
+            entries: self.entries.get(start * count..).unwrap_or_default(),
+            bytes: self.bytes.get(start * 2 * len..).unwrap_or_default(),
+            count,
+            len,
+            left: self.sites.saturating_sub(start),
+            back: self.back,
+        }
+    }
+}
+
+/// [`Alike::changes_from`]: what is left of the table and the bytes, from the next site on.
+struct AlikeChanges<'a> {
+    entries: &'static [AltEntry],
+    bytes: &'a [u8],
+    count: usize,
+    len: usize,
+    left: usize,
+    back: bool,
+}
+
+impl<'a> Iterator for AlikeChanges<'a> {
+    type Item = SiteChange<'a>;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<SiteChange<'a>> {
+        if self.left == 0 || self.bytes.len() < 2 * self.len {
+            return None;
+        }
+        let e = self.entries.first()?;
+        let (before, rest) = self.bytes.split_at(self.len);
+        let (after, rest) = rest.split_at(self.len);
+        self.bytes = rest;
+        self.entries = self.entries.get(self.count..).unwrap_or_default();
+        self.left -= 1;
+        let addr = e.site_addr(e as *const AltEntry as usize as u64);
+        let (from, to) = if self.back {
+            (after, before)
+        } else {
+            (before, after)
+        };
+        Some(SiteChange { addr, from, to })
     }
 }
 
@@ -1065,6 +1118,17 @@ impl InPlace {
         after: &[u8],
     ) -> Result<(), SitesError> {
         let len = before.len();
+        if let (Index::Uniform { count, len: l, .. }, Some((next, end))) = (&self.index, self.last)
+        {
+            // A site like those before it, whose entries follow theirs.
+            let like = entries.start == next
+                && entries.len() == *count as usize
+                && len == usize::from(*l)
+                && after.len() == len;
+            if like && self.push_alike(entries.clone(), end, before, after) {
+                return Ok(());
+            }
+        }
         if len != after.len() || len == 0 || len > usize::from(u8::MAX) {
             return Err(SitesError::Length);
         }
@@ -1126,6 +1190,31 @@ impl InPlace {
         crate::short::extend(&mut self.bytes, after);
         self.last = Some((entries.end, addr.saturating_add(len as u64)));
         Ok(())
+    }
+
+    /// [`InPlace::push`] for a site as long as the others, with as many entries, following
+    /// the last site's (which ends at `end`), while every site is alike: `false`, with nothing
+    /// changed, where it is not that (then the general path says why, or lists the sites).
+    #[inline]
+    fn push_alike(&mut self, entries: Range<usize>, end: u64, before: &[u8], after: &[u8]) -> bool {
+        let Index::Uniform { sites, .. } = &mut self.index else {
+            return false;
+        };
+        let Some(e) = self.table.get(entries.start) else {
+            return false;
+        };
+        let addr = e.site_addr(e as *const AltEntry as usize as u64);
+        let fits = entries.end <= self.table.len()
+            && u32::try_from(entries.end).is_ok()
+            && u32::try_from(self.bytes.len() + 2 * before.len()).is_ok();
+        if !fits || end > addr {
+            return false;
+        }
+        *sites += 1;
+        crate::short::extend(&mut self.bytes, before);
+        crate::short::extend(&mut self.bytes, after);
+        self.last = Some((entries.end, addr.saturating_add(before.len() as u64)));
+        true
     }
 
     /// Every capability the sites' entries are keyed by, each once per entry.
@@ -1388,11 +1477,15 @@ mod tests {
         table
     }
 
+    /// The changes of a batch, one at a time; read in order from each start on, the same.
     fn changes_of<C: Changes + ?Sized>(c: &C) -> Vec<(u64, Vec<u8>, Vec<u8>)> {
-        (0..c.len())
-            .map(|i| c.change(i))
-            .map(|c| (c.addr, c.from.to_vec(), c.to.to_vec()))
-            .collect()
+        let own = |c: SiteChange<'_>| (c.addr, c.from.to_vec(), c.to.to_vec());
+        let each: Vec<_> = (0..c.len()).map(|i| own(c.change(i))).collect();
+        for start in 0..c.len() + 2 {
+            let from: Vec<_> = c.changes_from(start).map(own).collect();
+            assert_eq!(from, each.get(start..).unwrap_or_default(), "from {start}");
+        }
+        each
     }
 
     #[test]

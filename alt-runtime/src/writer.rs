@@ -66,6 +66,12 @@ pub trait Chunks: Spans {
         let _ = i;
         None
     }
+
+    /// The chunks from the `start`-th on, in order, each with what [`Chunks::restore`] gives
+    /// for it: read one after another (for some batches much cheaper than one at a time).
+    fn chunks_from(&self, start: usize) -> impl Iterator<Item = (Chunk<'_>, Option<&[u8]>)> + '_ {
+        (start..self.len()).map(move |i| (self.chunk(i), self.restore(i)))
+    }
 }
 
 impl Chunks for [Chunk<'_>] {
@@ -238,6 +244,12 @@ impl Memory for DirectWriter<'_> {
             crate::short::copy_small(addr as usize as *const u8, buf.as_mut_ptr(), buf.len())
         };
         Ok(())
+    }
+
+    fn compare_in_place(&self, addr: u64, expected: &[u8]) -> Option<bool> {
+        check_within(self.writable, addr, expected.len()).ok()?;
+        // SAFETY: as for `read`.
+        Some(unsafe { crate::memory::holds(addr, expected) })
     }
 }
 

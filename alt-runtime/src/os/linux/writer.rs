@@ -90,37 +90,37 @@ impl Prepared {
     /// run's first chunk starting in `originals` where its saved bytes start (a run restores
     /// its chunks' bytes from there on).
     fn fits<C: Chunks + ?Sized>(&self, chunks: &C) -> bool {
-        if self.chunks != chunks.len() {
+        let runs = &self.runs;
+        // Runs list chunks of the batch, in order (a run's first is at or after the one
+        // before's), each at least one.
+        let listed = runs
+            .iter()
+            .all(|r| !r.chunks.is_empty() && r.chunks.end <= chunks.len())
+            && runs
+                .windows(2)
+                .all(|w| w[0].chunks.start <= w[1].chunks.start);
+        if self.chunks != chunks.len() || !listed {
             return false;
         }
-        let (mut covered, mut k, mut offset) = (0usize, 0, 0usize);
+        let (mut covered, mut offset) = (0usize, 0usize);
         let mut known = true;
-        for r in &self.runs {
-            if r.chunks.end > chunks.len() {
-                return false;
+        // The first run that may list the chunk: those before it end before it.
+        let mut from = 0;
+        for (i, (c, restore)) in chunks.chunks_from(0).enumerate() {
+            while from < runs.len() && runs[from].chunks.end <= i {
+                from += 1;
             }
-            // The saved bytes of the chunks before this run's first (runs list their chunks in
-            // order: a run's first is at or after the one before's).
-            while k < r.chunks.start {
-                let n = chunks.chunk(k).bytes.len();
-                known &= knows(chunks, k, n);
-                offset += n;
-                k += 1;
-            }
-            if r.originals_at != offset {
-                return false;
-            }
-            for c in r.chunks.clone().map(|i| chunks.chunk(i)) {
+            for r in runs[from..].iter().take_while(|r| r.chunks.start <= i) {
+                if r.chunks.start == i && r.originals_at != offset {
+                    // Its saved bytes start where the chunks before it end.
+                    return false;
+                }
                 let (start, end) = (c.addr.max(r.range.start), c.range().end.min(r.range.end));
                 covered += end.saturating_sub(start) as usize;
             }
-        }
-        // The rest of the chunks: then `offset` is their total.
-        while k < chunks.len() {
-            let n = chunks.chunk(k).bytes.len();
-            known &= knows(chunks, k, n);
+            let n = c.bytes.len();
+            known &= restore.is_some_and(|b| b.len() == n);
             offset += n;
-            k += 1;
         }
         let saved = if self.known {
             known
@@ -136,12 +136,6 @@ impl Prepared {
         let bytes: u64 = self.runs.iter().map(|r| r.range.end - r.range.start).sum();
         (bytes / PAGE_SIZE) as usize
     }
-}
-
-/// Whether the batch gives the bytes to restore in chunk `i` (of `n` bytes).
-#[inline(always)]
-fn knows<C: Chunks + ?Sized>(chunks: &C, i: usize, n: usize) -> bool {
-    chunks.restore(i).is_some_and(|b| b.len() == n)
 }
 
 /// How a run's bytes are written.
@@ -203,17 +197,6 @@ impl<S: TextSys> MprotectWriter<S> {
         self
     }
 
-    /// Whether every chunk lies inside one of the [known](Self::loader_mappings) mappings.
-    fn known_cover<C: Chunks + ?Sized>(&self, chunks: &C) -> bool {
-        !self.known.is_empty()
-            && chunks.iter().all(|c| {
-                let end = c.addr.saturating_add(c.bytes.len() as u64);
-                self.known
-                    .iter()
-                    .any(|m| m.range.start <= c.addr && end <= m.range.end)
-            })
-    }
-
     /// Reads inside `ranges` (the object's own text and replacement section, say) with plain
     /// copies instead of system calls: much cheaper for many sites. Reads elsewhere still go
     /// through `process_vm_readv`.
@@ -247,21 +230,33 @@ impl<S: TextSys> MprotectWriter<S> {
     }
 
     fn prepare_batch<C: Chunks + ?Sized>(&self, chunks: &C) -> Result<Prepared, WriteError> {
-        let read;
-        let maps: &[Mapping] = if self.known_cover(chunks) {
-            &self.known
-        } else {
-            read = self.sys.maps()?;
-            &read
-        };
+        if !self.known.is_empty() {
+            if let Some(p) = self.runs_of(chunks, &self.known, true)? {
+                return Ok(p);
+            }
+        }
+        let maps = self.sys.maps()?;
+        self.runs_of(chunks, &maps, false)?
+            .ok_or(WriteError::unchanged(0, "page is not mapped", None))
+    }
+
+    /// The runs of pages `chunks` touch, by the mappings `maps`; `None` when `known` (the
+    /// [loader's](Self::loader_mappings) mappings: they may not be all) and some page lies in
+    /// none of them.
+    fn runs_of<C: Chunks + ?Sized>(
+        &self,
+        chunks: &C,
+        maps: &[Mapping],
+        known: bool,
+    ) -> Result<Option<Prepared>, WriteError> {
         let mut runs: Vec<Run> = Vec::new();
         let mut total = 0usize;
         let mut last_end = 0u64;
-        let mut known = true;
-        for (i, c) in chunks.iter().enumerate() {
+        let mut restores = true;
+        for (i, (c, restore)) in chunks.chunks_from(0).enumerate() {
             let at = total;
             total += c.bytes.len();
-            known &= knows(chunks, i, c.bytes.len());
+            restores &= restore.is_some_and(|b| b.len() == c.bytes.len());
             if c.bytes.is_empty() {
                 continue;
             }
@@ -293,7 +288,12 @@ impl<S: TextSys> MprotectWriter<S> {
                         continue;
                     }
                 }
-                let m = mapping_of(maps, start)?;
+                let m = match mapping_of(maps, start) {
+                    Ok(m) => m,
+                    // Not one of the loader's: the maps say what it is.
+                    Err(_) if known => return Ok(None),
+                    Err(e) => return Err(e),
+                };
                 match runs.last_mut() {
                     Some(r) if r.range.end == start && r.prot == m.prot => {
                         r.range.end += PAGE_SIZE;
@@ -308,13 +308,13 @@ impl<S: TextSys> MprotectWriter<S> {
                 }
             }
         }
-        Ok(Prepared {
+        Ok(Some(Prepared {
             chunks: chunks.len(),
             via_mem: vec![false; runs.len()],
             runs,
-            originals: if known { Vec::new() } else { vec![0; total] },
-            known,
-        })
+            originals: if restores { Vec::new() } else { vec![0; total] },
+            known: restores,
+        }))
     }
 
     /// Writes the parts of the run's chunks that fall inside it: the new bytes, or the saved
@@ -334,8 +334,8 @@ impl<S: TextSys> MprotectWriter<S> {
         path: Path,
     ) -> Result<(), (u64, Errno)> {
         let mut at = run.originals_at;
-        for i in run.chunks.clone() {
-            let c = chunks.chunk(i);
+        let listed = chunks.chunks_from(run.chunks.start).take(run.chunks.len());
+        for (c, restore) in listed {
             let offset = at;
             at += c.bytes.len();
             let start = c.addr.max(run.range.start);
@@ -347,7 +347,7 @@ impl<S: TextSys> MprotectWriter<S> {
             let n = (end - start) as usize;
             let bytes = if originals && p.known {
                 // `fits` checked the batch says what each chunk holds, as long as the chunk.
-                match chunks.restore(i).and_then(|b| b.get(from..from + n)) {
+                match restore.and_then(|b| b.get(from..from + n)) {
                     Some(b) => b,
                     None => return Err((start, libc::EINVAL)),
                 }
@@ -499,9 +499,9 @@ impl<S: TextSys> MprotectWriter<S> {
     fn holds_originals<C: Chunks + ?Sized>(&self, p: &Prepared, chunks: &C) -> bool {
         let mut buf = [0u8; 64];
         let mut at = 0;
-        chunks.iter().enumerate().all(|(i, c)| {
+        chunks.chunks_from(0).all(|(c, restore)| {
             let saved = if p.known {
-                chunks.restore(i)
+                restore
             } else {
                 p.originals.get(at..at + c.bytes.len())
             };
@@ -545,6 +545,12 @@ impl<S: TextSys> Memory for MprotectWriter<S> {
             return Ok(());
         }
         self.sys.read(addr, buf).map_err(|_| MemoryError { addr })
+    }
+
+    fn compare_in_place(&self, addr: u64, expected: &[u8]) -> Option<bool> {
+        // SAFETY: inside the ranges the creator vouched stay mapped and readable.
+        self.direct(addr, expected.len())
+            .then(|| unsafe { crate::memory::holds(addr, expected) })
     }
 
     fn read_each<R: Spans + ?Sized>(&self, ranges: &R, out: &mut [u8]) -> Result<(), MemoryError> {
