@@ -37,7 +37,9 @@ use crate::linker::Names;
 use crate::memory::Memory;
 use crate::paravirt::{plan_paravirt, Backend, PvError, PvPlan, PvTableEntry, TableDesc};
 use crate::patch::Direction::{Back, Forward};
-use crate::patch::{carry_out, Changes, Failure, PatchError, SiteChange, SiteWrite, SlotWrite};
+use crate::patch::{
+    carry_out, carry_out_read, Changes, Failure, PatchError, SiteChange, SiteWrite, SlotWrite,
+};
 use crate::plan::{
     plan_static_table, plan_table_for, InMemory, Layout, Plan, TableEntry, TableError,
 };
@@ -350,6 +352,36 @@ impl<I: Isa> Prepared<I> {
         writer: &mut W,
         rendezvous: &mut R,
     ) -> Result<Patched<I>, ApplyError<I>> {
+        // SAFETY: the sites are read again before anything is written.
+        unsafe { self.apply_read(writer, rendezvous, true) }
+    }
+
+    /// [`Prepared::apply`] of a plan made just now, whose sites hold what the planner read
+    /// and checked: they are not read again before the write (they are read back after it).
+    /// For a process patching itself at start-up, under its lock.
+    ///
+    /// # Safety
+    ///
+    /// No one wrote the sites since the plan was made from them, and no one but the caller
+    /// writes them until this returns.
+    pub(crate) unsafe fn apply_as_planned<W: Writer, R: Rendezvous + ?Sized>(
+        self,
+        writer: &mut W,
+        rendezvous: &mut R,
+    ) -> Result<Patched<I>, ApplyError<I>> {
+        // SAFETY: the caller's contract: the sites hold what the plan says they hold.
+        unsafe { self.apply_read(writer, rendezvous, false) }
+    }
+
+    /// # Safety
+    ///
+    /// Without `reread`, as for [`Prepared::apply_as_planned`].
+    unsafe fn apply_read<W: Writer, R: Rendezvous + ?Sized>(
+        self,
+        writer: &mut W,
+        rendezvous: &mut R,
+        reread: bool,
+    ) -> Result<Patched<I>, ApplyError<I>> {
         let slots: Vec<SlotWrite> = self
             .pv
             .iter()
@@ -372,10 +404,14 @@ impl<I: Isa> Prepared<I> {
                 let writes = self.alt.sites.changed(false);
                 match writes.alike() {
                     Some(alike) => unsafe {
-                        carry_out::<I, W, R, _>(&alike, &slots, Forward, writer, rendezvous)
+                        carry_out_read::<I, W, R, _>(
+                            &alike, &slots, Forward, writer, rendezvous, reread,
+                        )
                     },
                     None => unsafe {
-                        carry_out::<I, W, R, _>(&writes, &slots, Forward, writer, rendezvous)
+                        carry_out_read::<I, W, R, _>(
+                            &writes, &slots, Forward, writer, rendezvous, reread,
+                        )
                     },
                 }
             } else {
@@ -389,7 +425,11 @@ impl<I: Isa> Prepared<I> {
                 writes.extend(pv.filter(|w| w.changed()).map(SiteWrite::change));
                 writes.sort_unstable_by_key(|w| w.addr);
                 let writes = &writes[..];
-                unsafe { carry_out::<I, W, R, _>(writes, &slots, Forward, writer, rendezvous) }
+                unsafe {
+                    carry_out_read::<I, W, R, _>(
+                        writes, &slots, Forward, writer, rendezvous, reread,
+                    )
+                }
             }
         };
         match done {

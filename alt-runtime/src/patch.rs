@@ -212,6 +212,33 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized, C: Changes + 
     writer: &mut W,
     rendezvous: &mut R,
 ) -> Result<WriteStats, Failure> {
+    // SAFETY: the caller's contract; the sites are read again.
+    unsafe { carry_out_read::<I, W, R, C>(sites, slots, direction, writer, rendezvous, true) }
+}
+
+/// [`carry_out`], which reads every site again before it writes anything and refuses a site
+/// that does not hold its `from` bytes; with `reread` false the sites are taken to hold them
+/// (a batch planned just now from the sites themselves: what the planner read and checked is
+/// there). Everything else is the same: the lengths and slots are checked, the sites read
+/// back after the write.
+///
+/// # Safety
+///
+/// As for [`carry_out`]; without `reread`, every site must hold its `from` bytes (no one but
+/// this thread writes them, and nothing did since they were read).
+pub(crate) unsafe fn carry_out_read<
+    I: Isa,
+    W: Writer,
+    R: Rendezvous + ?Sized,
+    C: Changes + ?Sized,
+>(
+    sites: &C,
+    slots: &[SlotWrite],
+    direction: Direction,
+    writer: &mut W,
+    rendezvous: &mut R,
+    reread: bool,
+) -> Result<WriteStats, Failure> {
     // 1. Expected bytes and values. The batch is written as it is (its new bytes are the
     // chunks; read as ranges, they are the sites' ranges: what is read and what the rendezvous
     // keeps threads out of), nothing copied; one pass checks the lengths, and the sites are
@@ -231,7 +258,12 @@ pub unsafe fn carry_out<I: Isa, W: Writer, R: Rendezvous + ?Sized, C: Changes + 
         changes: sites,
         undo: true,
     };
-    match first_unlike(writer, &held) {
+    let unlike = if reread {
+        first_unlike(writer, &held)
+    } else {
+        Ok(None)
+    };
+    match unlike {
         Ok(None) => {}
         Ok(Some(i)) => {
             let s = sites.change(i);
@@ -402,10 +434,9 @@ fn first_unlike<M: Memory, C: Chunks + ?Sized>(
     }; GROUP];
     let (mut g, mut at, mut end) = (0, 0, None);
     for (i, (c, _)) in chunks.chunks_from(0).enumerate() {
-        let c_end = c.addr.checked_add(c.bytes.len() as u64);
         if g > 0 {
             // Joins the group where it lies after it, within the buffer's length of its start.
-            match (end, c_end) {
+            match (end, c.addr.checked_add(c.bytes.len() as u64)) {
                 (Some(e), Some(c_end))
                     if g < GROUP && c.addr >= e && c_end - group[0].addr <= BUF as u64 =>
                 {
@@ -431,7 +462,7 @@ fn first_unlike<M: Memory, C: Chunks + ?Sized>(
             }
         } else {
             group[0] = c;
-            (g, at, end) = (1, i, c_end);
+            (g, at, end) = (1, i, c.addr.checked_add(c.bytes.len() as u64));
         }
     }
     if g > 0 {
@@ -496,6 +527,60 @@ fn first_mismatch<W: Writer, C: Chunks + ?Sized>(writer: &W, chunks: &C) -> Opti
 mod tests {
     use super::*;
     use crate::memory::LiveMemory;
+
+    #[test]
+    fn a_batch_carried_out_as_planned_is_not_read_before_but_is_read_back() {
+        use crate::isa::X86_64;
+        use crate::rendezvous::Alone;
+        use crate::writer::DirectWriter;
+        let mut buf = [0x90u8; 16];
+        let base = buf.as_mut_ptr() as u64;
+        let range = base..base + 16;
+        // Site 0 holds what the batch says; site 1 does not (something wrote it since).
+        let changes = [
+            SiteChange {
+                addr: base,
+                from: &[0x90; 4],
+                to: &[1, 2, 3, 4],
+            },
+            SiteChange {
+                addr: base + 8,
+                from: &[0xcc; 4],
+                to: &[5, 6, 7, 8],
+            },
+        ];
+        let run = |reread: bool| {
+            // SAFETY: the buffer is ours, not code, and no other thread sees it.
+            let mut w = unsafe { DirectWriter::new(core::slice::from_ref(&range)) };
+            // SAFETY: as above: no one else runs this "text".
+            let mut alone = unsafe { Alone::new() };
+            // SAFETY: as above.
+            unsafe {
+                carry_out_read::<X86_64, _, _, _>(
+                    &changes[..],
+                    &[],
+                    Direction::Forward,
+                    &mut w,
+                    &mut alone,
+                    reread,
+                )
+            }
+        };
+        // Read again: refused, nothing written.
+        let refused = run(true).unwrap_err();
+        assert!(
+            matches!(refused.error, PatchError::UnexpectedBytes { addr, .. } if addr == base + 8),
+            "{:?}",
+            refused.error
+        );
+        assert!(!refused.text_changed);
+        // SAFETY: nothing else holds the buffer now.
+        let now = |at: usize| unsafe { *(base as *const [u8; 4]).byte_add(at) };
+        assert_eq!((now(0), now(8)), ([0x90; 4], [0x90; 4]));
+        // As planned: taken to hold its bytes, written, and read back.
+        run(false).unwrap();
+        assert_eq!((now(0), now(8)), ([1, 2, 3, 4], [5, 6, 7, 8]));
+    }
 
     #[test]
     fn a_batch_read_as_chunks_in_order_is_each_chunk_and_what_restores_it() {

@@ -692,6 +692,7 @@ impl Last {
 
     /// The choice for a site like this one whose entries start at table index `first`: the
     /// entry in the same place.
+    #[inline]
     fn choice_for<E: EntryList + ?Sized>(&self, entries: &E, first: usize) -> Choice {
         let Some((k, &(_, parsed))) = self
             .decided
@@ -859,8 +860,9 @@ impl<E: EntryList + ?Sized> Planned<'_, E> {
         if !layout.in_text(&site) || previous.as_ref().is_some_and(|p| p.end > site.start) {
             return None;
         }
-        let mut buf = [0u8; u8::MAX as usize];
-        let original = &mut buf[..usize::from(len)];
+        // Sites longer than this are planned on their own (none the macros emit is).
+        let mut buf = [0u8; 32];
+        let original = buf.get_mut(..usize::from(len))?;
         mem.read(start, original).ok()?;
         let original = &*original;
         if last.original.len() != original.len() || !I::alike(&last.original, original) {
@@ -888,8 +890,12 @@ impl<E: EntryList + ?Sized> Planned<'_, E> {
                 &encoded
             }
         };
-        self.push(sites, start, group, original, new, choice, caps)
-            .ok()?;
+        if sites.is_in_place() {
+            sites.push_in_place(i..end, original, new).ok()?;
+        } else {
+            self.push(sites, start, group, original, new, choice, caps)
+                .ok()?;
+        }
         #[cfg(test)]
         LIKE_SITES.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
         Some((end, site))

@@ -342,7 +342,9 @@ fn patch_now(options: &PatchOptions, at_load: bool) -> Result<Arc<Report>, Proce
     let prepared = patcher.plan(&mem).map_err(ProcessError::Plan)?;
     let mut writer = own_text_writer(options, readable, at_load.then_some(&segments));
     let mut threads = options.rendezvous();
-    let applied = prepared.apply(&mut writer, &mut threads);
+    // SAFETY: planned just now from the text, holding the lock that every patch and revert
+    // of this object's alternatives sites takes (a paravirt install writes other sites).
+    let applied = unsafe { prepared.apply_as_planned(&mut writer, &mut threads) };
     note_stop(&threads);
     let mut patched = applied.map_err(|e| ProcessError::Patch(alloc::boxed::Box::new(e)))?;
     patched.set_elapsed_ns(Some(started.elapsed().as_nanos() as u64));

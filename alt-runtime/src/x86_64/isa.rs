@@ -52,6 +52,7 @@ impl Isa for X86_64 {
         Ok(shape)
     }
 
+    #[inline]
     fn alike(a: &[u8], b: &[u8]) -> bool {
         // A call or jmp rel32 and nothing else: one instruction, and its displacement plays no
         // part in the shape.
