@@ -220,15 +220,100 @@ unsafe fn slice_between<T>((start, end): (usize, usize)) -> &'static [T] {
 
 /// Names of sites and entries for reports, by address. Cloning shares them.
 ///
-/// A name table the linker left in address order (as it leaves the macros' tables) is looked
-/// up where it lies, names resolved only when asked for: a program with a hundred thousand
-/// sites pays nothing for naming them until its report is read. Any other table is copied and
-/// sorted once.
+/// Nothing is read of a name table until a name is first looked up (a program with a hundred
+/// thousand sites pays nothing for naming them until its report is read): then a table the
+/// linker left in address order (as it leaves the macros' tables) is searched where it lies,
+/// names resolved only when asked for, and any other table is copied and sorted, once.
 #[cfg(feature = "alloc")]
 #[derive(Clone, Debug, Default)]
 pub struct Names {
-    sites: List,
-    entries: List,
+    sites: Lazy,
+    entries: Lazy,
+}
+
+/// A name table, looked at when it is first searched; clones share what that found.
+#[cfg(feature = "alloc")]
+#[derive(Clone, Debug, Default)]
+struct Lazy(alloc::sync::Arc<Resolving>);
+
+/// A name table and, once it was first searched, its [`List`] (set once; freed with it).
+#[cfg(feature = "alloc")]
+#[derive(Debug, Default)]
+struct Resolving {
+    table: &'static [NameEntry],
+    list: core::sync::atomic::AtomicPtr<List>,
+}
+
+// The list is built by one thread and read (and freed) by any: it must be both.
+#[cfg(feature = "alloc")]
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<List>();
+};
+
+#[cfg(feature = "alloc")]
+impl Lazy {
+    /// # Safety
+    ///
+    /// As for [`Names::new`].
+    unsafe fn new(table: &'static [NameEntry]) -> Self {
+        Lazy(alloc::sync::Arc::new(Resolving {
+            table,
+            list: Default::default(),
+        }))
+    }
+
+    /// The table's list, worked out by the first caller (threads that race each work it out;
+    /// the first to finish sets it, the others drop theirs).
+    fn get(&self) -> &List {
+        use core::sync::atomic::Ordering::{AcqRel, Acquire};
+        let r = &*self.0;
+        let set = r.list.load(Acquire);
+        if !set.is_null() {
+            // SAFETY: set once from `Box::into_raw` below and freed only by `Resolving`'s drop,
+            // which cannot run while `self` borrows it.
+            return unsafe { &*set };
+        }
+        // SAFETY: `Lazy::new`'s contract (or an empty table, the default).
+        let list =
+            alloc::boxed::Box::into_raw(alloc::boxed::Box::new(unsafe { List::new(r.table) }));
+        match r
+            .list
+            .compare_exchange(core::ptr::null_mut(), list, AcqRel, Acquire)
+        {
+            // SAFETY: as above: now set to ours.
+            Ok(_) => unsafe { &*list },
+            Err(other) => {
+                // SAFETY: ours was never shared; `other` is set for good, as above.
+                unsafe {
+                    drop(alloc::boxed::Box::from_raw(list));
+                    &*other
+                }
+            }
+        }
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Drop for Resolving {
+    fn drop(&mut self) {
+        let list = *self.list.get_mut();
+        if !list.is_null() {
+            // SAFETY: set from `Box::into_raw` and no longer shared: this is its last owner.
+            drop(unsafe { alloc::boxed::Box::from_raw(list) });
+        }
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl From<alloc::vec::Vec<(u64, &'static str)>> for Lazy {
+    fn from(v: alloc::vec::Vec<(u64, &'static str)>) -> Self {
+        let list = alloc::boxed::Box::into_raw(alloc::boxed::Box::new(List::from(v)));
+        Lazy(alloc::sync::Arc::new(Resolving {
+            table: &[],
+            list: core::sync::atomic::AtomicPtr::new(list),
+        }))
+    }
 }
 
 /// One name table, searchable by address.
@@ -355,20 +440,20 @@ impl Names {
         // SAFETY: the caller's contract.
         unsafe {
             Names {
-                sites: List::new(sites),
-                entries: List::new(entries),
+                sites: Lazy::new(sites),
+                entries: Lazy::new(entries),
             }
         }
     }
 
     /// The name of the function whose site is at `addr`.
     pub fn site(&self, addr: u64) -> Option<&'static str> {
-        self.sites.find(addr)
+        self.sites.get().find(addr)
     }
 
     /// The name of the variant whose table entry is at `addr`.
     pub fn entry(&self, addr: u64) -> Option<&'static str> {
-        self.entries.find(addr)
+        self.entries.get().find(addr)
     }
 }
 
@@ -449,6 +534,40 @@ mod tests {
             }
         }
         (&buf.entries[..names.len()], base)
+    }
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn names_are_looked_at_when_first_looked_up_by_any_thread_and_shared() {
+        let (a, b, c) = (Some((0x10, "a")), Some((0x20, "b")), Some((0x30, "c")));
+        for names in [&[a, b, c][..], &[c, None, a, b]] {
+            let (t, base) = table(names);
+            // SAFETY: the table is leaked and points at string literals.
+            let names = unsafe { Names::new(t, t) };
+            let null = |l: &Lazy| {
+                l.0.list
+                    .load(core::sync::atomic::Ordering::Acquire)
+                    .is_null()
+            };
+            assert!(
+                null(&names.sites) && null(&names.entries),
+                "nothing read yet"
+            );
+            let copy = names.clone();
+            std::thread::scope(|s| {
+                for _ in 0..4 {
+                    s.spawn(|| {
+                        for (offset, name) in [(0x10, "a"), (0x20, "b"), (0x30, "c")] {
+                            assert_eq!(copy.site(base + offset), Some(name));
+                        }
+                        assert_eq!(copy.entry(base + 0x18), None);
+                    });
+                }
+            });
+            // Worked out once, for every clone.
+            assert!(!null(&names.sites) && !null(&names.entries));
+            assert!(core::ptr::eq(names.sites.get(), copy.sites.get()));
+        }
     }
 
     #[test]
