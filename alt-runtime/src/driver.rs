@@ -137,7 +137,11 @@ impl<'a> Patcher<'a, X86_64> {
     /// functions on its word. Errata may be added or left out freely. The memory given to
     /// [`Patcher::plan`] must read that code as it is (the bytes planned from it are written
     /// into the text), and the text must stay mapped for as long as the plan, or a
-    /// [`Patched`] record made from it, is used (reverting writes it back).
+    /// [`Patched`] record made from it, is used (reverting writes it back). A process's own
+    /// alternatives sites are patched by [`crate::process`] (at load, by `patch_self`,
+    /// `revert_self`), which does not read them again between planning and writing: a patcher
+    /// for those sites must not write them while that may run (opt out of patching at load
+    /// with [`crate::no_patch_at_load!`] and patch them through the patcher alone).
     pub unsafe fn new(caps: CapabilitySet, layout: Layout<'a>) -> Self {
         // SAFETY: the caller's contract.
         unsafe { Self::for_isa(caps, layout) }

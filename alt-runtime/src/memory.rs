@@ -39,7 +39,11 @@ pub trait Memory {
 ///
 /// The bytes must be mapped and readable, and no one may write them while they are compared.
 pub(crate) unsafe fn holds(addr: u64, expected: &[u8]) -> bool {
-    // SAFETY: the caller's contract.
+    if expected.is_empty() {
+        // Nothing to compare (and `addr` may be anything, even null: no slice is made).
+        return true;
+    }
+    // SAFETY: the caller's contract; not empty, so `addr` lies in a mapping (not null).
     let now = unsafe { core::slice::from_raw_parts(addr as usize as *const u8, expected.len()) };
     crate::short::same(now, expected)
 }
@@ -229,6 +233,26 @@ impl<M: Memory + ?Sized> Memory for &M {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nothing_is_compared_in_place_anywhere_even_at_null() {
+        // SAFETY: no ranges: nothing is vouched for.
+        let none = unsafe { LiveMemory::new(&[]) };
+        assert_eq!(none.compare_in_place(0, &[]), Some(true));
+        assert_eq!(none.compare_in_place(0, &[1]), None);
+        let bytes = [1u8, 2, 3];
+        let at = bytes.as_ptr() as u64;
+        let range = at..at + 3;
+        // SAFETY: `bytes` outlives the reader and is not written.
+        let mem = unsafe { LiveMemory::new(core::slice::from_ref(&range)) };
+        assert_eq!(mem.compare_in_place(at, &[1, 2, 3]), Some(true));
+        assert_eq!(mem.compare_in_place(at + 1, &[2, 4]), Some(false));
+        assert_eq!(
+            mem.compare_in_place(at + 1, &[2, 3, 0]),
+            None,
+            "past the range"
+        );
+    }
 
     #[test]
     #[cfg(feature = "std")]

@@ -1462,6 +1462,46 @@ mod tests {
         }
     }
 
+    /// An image read as if it lay `by` bytes further on.
+    struct Shifted<'a>(&'a Image, u64);
+
+    impl Memory for Shifted<'_> {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+            self.0.read(addr.wrapping_sub(self.1), buf)
+        }
+    }
+
+    /// `entries` (at `TEXT - 0x10_0000 + 12 * k`) copied into a table that lives for good, as a
+    /// program's own does, pointing where they point moved by as much as the table moved;
+    /// and by how much that is.
+    fn kept_in_place(entries: &[TableEntry]) -> (&'static [AltEntry], u64) {
+        let zero = AltEntry {
+            site: 0,
+            replacement: 0,
+            key: 0,
+            site_len: 0,
+            replacement_len: 0,
+        };
+        let table: &'static mut [AltEntry] =
+            alloc::boxed::Box::leak(vec![zero; entries.len()].into_boxed_slice());
+        let base = table.as_ptr() as usize as u64;
+        let by = base.wrapping_sub(TEXT - 0x10_0000);
+        for (k, t) in entries.iter().enumerate() {
+            if t.is_placeholder() {
+                continue;
+            }
+            let at = base + 12 * k as u64;
+            let site = t.entry.site_addr(t.addr).wrapping_add(by);
+            let repl = t.entry.replacement_addr(t.addr).wrapping_add(by);
+            table[k] = AltEntry {
+                site: site.wrapping_sub(at) as i32,
+                replacement: repl.wrapping_sub(at + 4) as i32,
+                ..t.entry
+            };
+        }
+        (table, by)
+    }
+
     /// xorshift64*: fixed seed, the same tables every run.
     struct Rng(u64);
 
@@ -1536,7 +1576,7 @@ mod tests {
             Capability::feature(Features::SSE3).unwrap().id(),
         ];
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        let (mut one_pass, mut fell_back, mut refused) = (0, 0, 0);
+        let (mut one_pass, mut fell_back, mut refused, mut in_place) = (0, 0, 0, 0);
         let like_before = LIKE_SITES.load(core::sync::atomic::Ordering::Relaxed);
         for round in 0..5000 {
             let mut entries = Vec::new();
@@ -1668,6 +1708,39 @@ mod tests {
                 }
                 _ => {}
             }
+            // The same table kept in place, as a program's own is planned at load.
+            {
+                let (table, by) = kept_in_place(&entries);
+                let moved = |r: &Range<u64>| r.start.wrapping_add(by)..r.end.wrapping_add(by);
+                let text: Vec<Range<u64>> = text.iter().map(moved).collect();
+                let layout = Layout {
+                    text: &text,
+                    replacements: moved(&layout.replacements),
+                };
+                let mem = Shifted(&mem, by);
+                let mut work = Work::new(table.len());
+                let fast = plan_in_order::<X86_64, _, _>(
+                    &InMemory(table),
+                    Some(table),
+                    &layout,
+                    &caps,
+                    &mem,
+                    &mut work,
+                );
+                let slow =
+                    plan_in_two_passes::<X86_64, _, _>(&InMemory(table), &layout, &caps, &mem);
+                match (fast, slow) {
+                    (Some(fast), Ok(slow)) => {
+                        assert!(fast.sites.is_in_place() || fast.sites.is_empty());
+                        assert_eq!(fast, slow, "kept in place, round {round}");
+                        in_place += 1;
+                    }
+                    (Some(fast), Err(e)) => {
+                        panic!("round {round}, kept in place: {fast:?} in one pass, {e}")
+                    }
+                    _ => {}
+                }
+            }
             let entries = &entries[..];
             let mut work = Work::new(entries.len());
             let fast =
@@ -1685,9 +1758,9 @@ mod tests {
         }
         let like = LIKE_SITES.load(core::sync::atomic::Ordering::Relaxed) - like_before;
         assert!(
-            one_pass > 1000 && fell_back > 100 && refused > 100 && like > 1000,
-            "{one_pass} planned in one pass ({like} sites from the one before), {fell_back} \
-             fell back, {refused} refused"
+            one_pass > 1000 && in_place > 1000 && fell_back > 100 && refused > 100 && like > 2000,
+            "{one_pass} planned in one pass ({in_place} kept in place; {like} sites from the \
+             one before), {fell_back} fell back, {refused} refused"
         );
     }
 

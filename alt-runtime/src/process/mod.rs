@@ -342,8 +342,10 @@ fn patch_now(options: &PatchOptions, at_load: bool) -> Result<Arc<Report>, Proce
     let prepared = patcher.plan(&mem).map_err(ProcessError::Plan)?;
     let mut writer = own_text_writer(options, readable, at_load.then_some(&segments));
     let mut threads = options.rendezvous();
-    // SAFETY: planned just now from the text, holding the lock that every patch and revert
-    // of this object's alternatives sites takes (a paravirt install writes other sites).
+    // SAFETY: planned just now from the text, holding the lock that this module's patching
+    // and reverting of the object's alternatives sites take (a paravirt install writes other
+    // sites); no one else writes them: the readers' contracts above (`LiveMemory`,
+    // `reading_directly`: written by no one but this writer) and `Patcher::new`'s say so.
     let applied = unsafe { prepared.apply_as_planned(&mut writer, &mut threads) };
     note_stop(&threads);
     let mut patched = applied.map_err(|e| ProcessError::Patch(alloc::boxed::Box::new(e)))?;
