@@ -1462,6 +1462,15 @@ mod tests {
         }
     }
 
+    /// An all-zero entry.
+    const PLACEHOLDER: AltEntry = AltEntry {
+        site: 0,
+        replacement: 0,
+        key: 0,
+        site_len: 0,
+        replacement_len: 0,
+    };
+
     /// An image read as if it lay `by` bytes further on.
     struct Shifted<'a>(&'a Image, u64);
 
@@ -1475,15 +1484,8 @@ mod tests {
     /// program's own does, pointing where they point moved by as much as the table moved;
     /// and by how much that is.
     fn kept_in_place(entries: &[TableEntry]) -> (&'static [AltEntry], u64) {
-        let zero = AltEntry {
-            site: 0,
-            replacement: 0,
-            key: 0,
-            site_len: 0,
-            replacement_len: 0,
-        };
         let table: &'static mut [AltEntry] =
-            alloc::boxed::Box::leak(vec![zero; entries.len()].into_boxed_slice());
+            alloc::boxed::Box::leak(vec![PLACEHOLDER; entries.len()].into_boxed_slice());
         let base = table.as_ptr() as usize as u64;
         let by = base.wrapping_sub(TEXT - 0x10_0000);
         for (k, t) in entries.iter().enumerate() {
@@ -1697,14 +1699,13 @@ mod tests {
                 1 => {
                     let at = rng.below(entries.len() as u64 + 1) as usize;
                     let addr = TEXT - 0x20_0000;
-                    let zero = AltEntry {
-                        site: 0,
-                        replacement: 0,
-                        key: 0,
-                        site_len: 0,
-                        replacement_len: 0,
-                    };
-                    entries.insert(at, TableEntry { addr, entry: zero });
+                    entries.insert(
+                        at,
+                        TableEntry {
+                            addr,
+                            entry: PLACEHOLDER,
+                        },
+                    );
                 }
                 _ => {}
             }
