@@ -412,9 +412,7 @@ impl Work {
             &mut self.unchanged,
         )
     }
-}
 
-impl Work {
     /// The keys a site's entries must match to be planned from site `g` without checking them
     /// again (see [`Planned::like_site`]): `None` when some entry would not check the same
     /// wherever its site is (an inline replacement that is not cached as moving unchanged is
@@ -801,6 +799,7 @@ impl<E: EntryList + ?Sized> Planned<'_, E> {
         self.push(
             sites,
             g.site.start,
+            first,
             entries,
             &g.original,
             &new,
@@ -891,9 +890,11 @@ impl<E: EntryList + ?Sized> Planned<'_, E> {
             }
         };
         if sites.is_in_place() {
+            // As `push` does, without the error it would make (this site is planned on its own
+            // if it cannot be pushed).
             sites.push_in_place(i..end, original, new).ok()?;
         } else {
-            self.push(sites, start, group, original, new, choice, caps)
+            self.push(sites, start, i, group, original, new, choice, caps)
                 .ok()?;
         }
         #[cfg(test)]
@@ -902,20 +903,20 @@ impl<E: EntryList + ?Sized> Planned<'_, E> {
     }
 
     /// Adds a planned site to `sites`: at `start`, its entries (table index and what each
-    /// one's check found; at least one), its bytes before and after, the choice.
+    /// one's check found; the first at index `first`), its bytes before and after, the
+    /// choice.
     #[allow(clippy::too_many_arguments)]
     fn push(
         &self,
         sites: &mut Sites,
         start: u64,
+        first: usize,
         group: impl ExactSizeIterator<Item = (usize, Parsed)>,
         original: &[u8],
         new: &[u8],
         choice: Choice,
         caps: &CapabilitySet,
     ) -> Result<(), TableError> {
-        let mut group = group.peekable();
-        let first = group.peek().map_or(0, |e| e.0);
         let pushed = if sites.is_in_place() {
             // Only the bytes are kept: the entries follow one another in the table.
             let entries = first..first + group.len();
@@ -1447,7 +1448,7 @@ mod tests {
     use super::*;
     use crate::capability::{Errata, Features};
 
-    /// Text at 0x10000 (0x800 bytes), the replacement section right after it (0x100).
+    /// Text at `TEXT` (0x800 bytes), the replacement section right after it (0x100).
     struct Image(Vec<u8>);
 
     const TEXT: u64 = 0x9000_0000;

@@ -462,16 +462,13 @@ impl Changes for Alike<'_> {
 
     #[inline(always)]
     fn change(&self, i: usize) -> SiteChange<'_> {
-        let e = &self.entries[i * self.count];
-        let addr = e.site_addr(e as *const AltEntry as usize as u64);
-        let (before, after) =
-            self.bytes[i * 2 * self.site_len..][..2 * self.site_len].split_at(self.site_len);
-        let (from, to) = if self.back {
-            (after, before)
-        } else {
-            (before, after)
-        };
-        SiteChange { addr, from, to }
+        let pair = &self.bytes[i * 2 * self.site_len..][..2 * self.site_len];
+        alike_change(
+            &self.entries[i * self.count],
+            pair,
+            self.site_len,
+            self.back,
+        )
     }
 
     /// Walks the table and the bytes side by side: no index is multiplied out per change.
@@ -507,19 +504,26 @@ impl<'a> Iterator for AlikeChanges<'a> {
             return None;
         }
         let e = self.entries.first()?;
-        let (before, rest) = self.bytes.split_at(self.len);
-        let (after, rest) = rest.split_at(self.len);
+        let (pair, rest) = self.bytes.split_at(2 * self.len);
         self.bytes = rest;
         self.entries = self.entries.get(self.count..).unwrap_or_default();
         self.left -= 1;
-        let addr = e.site_addr(e as *const AltEntry as usize as u64);
-        let (from, to) = if self.back {
-            (after, before)
-        } else {
-            (before, after)
-        };
-        Some(SiteChange { addr, from, to })
+        Some(alike_change(e, pair, self.len, self.back))
     }
+}
+
+/// The change of an alike site whose first entry is `e` and whose bytes, before then after
+/// (`len` each), are `pair`; `back` the other way.
+#[inline(always)]
+fn alike_change<'a>(e: &AltEntry, pair: &'a [u8], len: usize, back: bool) -> SiteChange<'a> {
+    let addr = e.site_addr(e as *const AltEntry as usize as u64);
+    let (before, after) = pair.split_at(len);
+    let (from, to) = if back {
+        (after, before)
+    } else {
+        (before, after)
+    };
+    SiteChange { addr, from, to }
 }
 
 /// Where each site's change is read from, worked out once for every site.
@@ -564,12 +568,12 @@ impl<'a> View<'a> {
                 count,
                 len,
                 bytes,
-            } => {
-                let e = &entries[i * count];
-                let addr = e.site_addr(e as *const AltEntry as usize as u64);
-                let (from, to) = bytes[i * 2 * len..][..2 * len].split_at(len);
-                SiteChange { addr, from, to }
-            }
+            } => alike_change(
+                &entries[i * count],
+                &bytes[i * 2 * len..][..2 * len],
+                len,
+                false,
+            ),
             _ => self.change_listed(i),
         }
     }

@@ -119,7 +119,7 @@ impl Prepared {
                 covered += end.saturating_sub(start) as usize;
             }
             let n = c.bytes.len();
-            known &= restore.is_some_and(|b| b.len() == n);
+            known &= restores(restore, n);
             offset += n;
         }
         let saved = if self.known {
@@ -136,6 +136,12 @@ impl Prepared {
         let bytes: u64 = self.runs.iter().map(|r| r.range.end - r.range.start).sum();
         (bytes / PAGE_SIZE) as usize
     }
+}
+
+/// Whether a chunk of `n` bytes comes with the bytes that restore it ([`Chunks::restore`]).
+#[inline(always)]
+fn restores(restore: Option<&[u8]>, n: usize) -> bool {
+    restore.is_some_and(|b| b.len() == n)
 }
 
 /// How a run's bytes are written.
@@ -252,11 +258,11 @@ impl<S: TextSys> MprotectWriter<S> {
         let mut runs: Vec<Run> = Vec::new();
         let mut total = 0usize;
         let mut last_end = 0u64;
-        let mut restores = true;
+        let mut restoring = true;
         for (i, (c, restore)) in chunks.chunks_from(0).enumerate() {
             let at = total;
             total += c.bytes.len();
-            restores &= restore.is_some_and(|b| b.len() == c.bytes.len());
+            restoring &= restores(restore, c.bytes.len());
             if c.bytes.is_empty() {
                 continue;
             }
@@ -312,8 +318,12 @@ impl<S: TextSys> MprotectWriter<S> {
             chunks: chunks.len(),
             via_mem: vec![false; runs.len()],
             runs,
-            originals: if restores { Vec::new() } else { vec![0; total] },
-            known: restores,
+            originals: if restoring {
+                Vec::new()
+            } else {
+                vec![0; total]
+            },
+            known: restoring,
         }))
     }
 
